@@ -1,0 +1,49 @@
+//! Images: an ordered list of shared, read-only, content-addressed layers
+//! plus a config (env, cmd, workdir), stored under `<root>/`:
+//!
+//! ```text
+//! layers/sha256/<hex>/fs/        unpacked layer (overlay whiteouts as 0:0 char devices)
+//! layers/sha256/<hex>/size       bytes of the layer's uncompressed tar
+//! images/<name>.json             manifest: layer digests bottom first + config
+//! ```
+//! A layer's digest is the sha256 of its uncompressed tar stream (the OCI
+//! `diff_id`), so the same layer imported twice is unpacked once.
+
+mod busybox;
+mod import;
+mod store;
+mod whiteout;
+
+pub use import::import_tarball;
+pub use store::{ImageError, ImageStore};
+
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the image duet builds from the host's busybox-static on first use.
+pub const BUSYBOX_IMAGE: &str = "busybox";
+
+/// What an image says about how to run it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `KEY=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Default command (entrypoint + cmd, already joined).
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Default working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
+/// An image manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Name in the store.
+    pub name: String,
+    /// Layer digests (hex sha256), bottom layer first.
+    pub layers: Vec<String>,
+    /// Run defaults.
+    pub config: ImageConfig,
+}

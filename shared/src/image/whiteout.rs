@@ -1,0 +1,1 @@
+//! OCI/AUFS whiteouts, turned into overlayfs's own form on unpack.

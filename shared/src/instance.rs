@@ -1,0 +1,283 @@
+//! Per-instance state directories under `<root>/instances/<id>/`.
+//!
+//! Each holds the writable layer (`upper/`, `work/`), an empty `rootfs/`
+//! mount point, and `meta.json` naming the image, isolation and the duet
+//! process that owns it (pid + start time, so a reused pid is not mistaken
+//! for a live owner). `duet gc` removes directories whose owner is gone,
+//! unless the instance was kept with `--keep`.
+
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What `meta.json` records about an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    /// Unique id (`<name>-<hex>`).
+    pub id: String,
+    /// Spec name.
+    pub name: String,
+    /// Image it runs from.
+    pub image: String,
+    /// `container` or `vm`.
+    pub isolation: String,
+    /// Owning duet process.
+    pub owner_pid: i32,
+    /// Owner's start time in clock ticks since boot (field 22 of /proc/PID/stat).
+    pub owner_start: u64,
+    /// Kept after exit (`--keep`): not garbage.
+    pub kept: bool,
+    /// Exit status, once the workload ended.
+    pub exit_code: Option<i32>,
+}
+
+/// Errors around instance directories.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// Filesystem error on an instance path.
+    #[error("instance directory {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// No such instance.
+    #[error("no instance `{0}` (see `duet ps`)")]
+    NotFound(String),
+    /// meta.json unreadable.
+    #[error("instance metadata {} is corrupt", path.display())]
+    Meta {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> InstanceError + '_ {
+    move |source| InstanceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One instance's state directory.
+#[derive(Debug, Clone)]
+pub struct InstanceDir {
+    path: PathBuf,
+    meta: InstanceMeta,
+}
+
+/// Start time of a process, in clock ticks since boot, or None if it is gone.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn random_hex() -> String {
+    let mut buf = [0u8; 6];
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        // Fall back to time + pid; uniqueness is re-checked by create_dir.
+        let t = crate::clock::monotonic_ns() ^ ((std::process::id() as u64) << 32);
+        buf.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    hex::encode(buf)
+}
+
+impl InstanceDir {
+    /// `<root>/instances`.
+    pub fn base(root: &Path) -> PathBuf {
+        root.join("instances")
+    }
+
+    /// Creates a fresh instance directory owned by this process.
+    pub fn create(
+        root: &Path,
+        name: &str,
+        image: &str,
+        isolation: &str,
+    ) -> Result<InstanceDir, InstanceError> {
+        let base = Self::base(root);
+        std::fs::create_dir_all(&base).map_err(io_err(&base))?;
+        let pid = std::process::id() as i32;
+        loop {
+            let id = format!("{name}-{}", random_hex());
+            let path = base.join(&id);
+            match std::fs::create_dir(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+            let dir = InstanceDir {
+                meta: InstanceMeta {
+                    id,
+                    name: name.to_string(),
+                    image: image.to_string(),
+                    isolation: isolation.to_string(),
+                    owner_pid: pid,
+                    owner_start: process_start_time(pid).unwrap_or(0),
+                    kept: false,
+                    exit_code: None,
+                },
+                path,
+            };
+            let made = (|| {
+                for sub in ["upper", "work", "rootfs"] {
+                    let p = dir.path.join(sub);
+                    std::fs::create_dir(&p).map_err(io_err(&p))?;
+                }
+                dir.save()
+            })();
+            if let Err(e) = made {
+                let _ = std::fs::remove_dir_all(&dir.path);
+                return Err(e);
+            }
+            return Ok(dir);
+        }
+    }
+
+    /// Opens an existing instance by id.
+    pub fn open(root: &Path, id: &str) -> Result<InstanceDir, InstanceError> {
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return Err(InstanceError::NotFound(id.to_string()));
+        }
+        let path = Self::base(root).join(id);
+        let mp = path.join("meta.json");
+        let text = match std::fs::read_to_string(&mp) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(InstanceError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(io_err(&mp)(e)),
+        };
+        let meta = serde_json::from_str(&text).map_err(|source| InstanceError::Meta {
+            path: mp.clone(),
+            source,
+        })?;
+        Ok(InstanceDir { path, meta })
+    }
+
+    /// All instance ids under `root` (directories, whether or not meta is readable).
+    pub fn list_ids(root: &Path) -> Result<Vec<String>, InstanceError> {
+        let base = Self::base(root);
+        let rd = match std::fs::read_dir(&base) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&base)(e)),
+        };
+        let mut ids: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn save(&self) -> Result<(), InstanceError> {
+        let mp = self.path.join("meta.json");
+        let tmp = self.path.join("meta.json.tmp");
+        let text = serde_json::to_string_pretty(&self.meta).expect("meta serializes");
+        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &mp).map_err(io_err(&mp))
+    }
+
+    /// Instance id.
+    pub fn id(&self) -> &str {
+        &self.meta.id
+    }
+    /// Metadata.
+    pub fn meta(&self) -> &InstanceMeta {
+        &self.meta
+    }
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Writable layer (overlay upperdir).
+    pub fn upper(&self) -> PathBuf {
+        self.path.join("upper")
+    }
+    /// Overlay workdir (same file system as `upper`).
+    pub fn work(&self) -> PathBuf {
+        self.path.join("work")
+    }
+    /// Mount point for the instance's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+
+    /// Whether the duet process that created this instance is still running.
+    pub fn owner_alive(&self) -> bool {
+        process_start_time(self.meta.owner_pid).is_some_and(|s| s == self.meta.owner_start)
+    }
+
+    /// Records the exit status and whether to keep the writable layer.
+    pub fn finish(&mut self, exit_code: Option<i32>, keep: bool) -> Result<(), InstanceError> {
+        self.meta.exit_code = exit_code;
+        self.meta.kept = keep;
+        self.save()
+    }
+
+    /// Removes the whole directory.
+    pub fn remove(self) -> Result<(), InstanceError> {
+        remove_instance_path(&self.path)
+    }
+}
+
+/// Removes an instance directory; a missing one is fine.
+pub fn remove_instance_path(path: &Path) -> Result<(), InstanceError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_open_list_remove() {
+        let t = tempfile::tempdir().unwrap();
+        let d = InstanceDir::create(t.path(), "web", "busybox", "container").unwrap();
+        assert!(d.id().starts_with("web-"));
+        assert!(d.upper().is_dir() && d.work().is_dir() && d.rootfs().is_dir());
+        assert!(d.owner_alive());
+        let ids = InstanceDir::list_ids(t.path()).unwrap();
+        assert_eq!(ids, vec![d.id().to_string()]);
+        let mut o = InstanceDir::open(t.path(), d.id()).unwrap();
+        assert_eq!(o.meta(), d.meta());
+        o.finish(Some(3), true).unwrap();
+        let o2 = InstanceDir::open(t.path(), d.id()).unwrap();
+        assert!(o2.meta().kept);
+        assert_eq!(o2.meta().exit_code, Some(3));
+        o2.remove().unwrap();
+        assert!(InstanceDir::list_ids(t.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dead_owner_is_detected() {
+        let t = tempfile::tempdir().unwrap();
+        let mut d = InstanceDir::create(t.path(), "x", "busybox", "vm").unwrap();
+        d.meta.owner_start += 1; // as if the pid had been reused
+        assert!(!d.owner_alive());
+    }
+
+    #[test]
+    fn open_rejects_paths_and_missing() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            InstanceDir::open(t.path(), "../etc"),
+            Err(InstanceError::NotFound(_))
+        ));
+        assert!(matches!(
+            InstanceDir::open(t.path(), "nope"),
+            Err(InstanceError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,18 @@
+//! duet-shared: what both isolations have in common.
+//!
+//! The workload spec, the [`Runtime`] trait both backends implement, the
+//! phase timeline ([`RunReport`]) every run records, per-instance state
+//! directories, and the content-addressed image store.
+
+pub mod clock;
+pub mod image;
+pub mod instance;
+pub mod paths;
+pub mod report;
+pub mod runtime;
+pub mod spec;
+
+pub use instance::InstanceDir;
+pub use report::{Phase, RunReport};
+pub use runtime::{Launch, RunOptions, Runtime, WorkloadExit};
+pub use spec::{Isolation, Resources, WorkloadSpec};

@@ -1,0 +1,91 @@
+//! The trait both isolations implement, and what a run is given.
+
+use crate::image::Image;
+use crate::instance::InstanceDir;
+use crate::report::RunReport;
+use crate::spec::WorkloadSpec;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a workload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadExit {
+    /// Exited with this status.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl WorkloadExit {
+    /// The status duet itself exits with: the code, or 128+N for signal N.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            WorkloadExit::Code(c) => c,
+            WorkloadExit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for WorkloadExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkloadExit::Code(c) => write!(f, "code {c}"),
+            WorkloadExit::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// Run-time options from the command line that are not part of the spec.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Kill the workload (or stop the VM) after this long.
+    pub timeout: Option<Duration>,
+    /// VM: show the guest kernel's console log.
+    pub console: bool,
+    /// Narrate each step on stderr (`--explain`).
+    pub explain: bool,
+}
+
+/// Everything a backend needs to start one instance: the resolved spec
+/// (image defaults merged in), the image's layers, and its instance directory.
+pub struct Launch<'a> {
+    /// Spec with the image's default command, env and workdir merged in.
+    pub spec: &'a WorkloadSpec,
+    /// The resolved image.
+    pub image: &'a Image,
+    /// Unpacked layer directories, bottom layer first.
+    pub layers: Vec<PathBuf>,
+    /// This instance's state directory (writable layer lives here).
+    pub instance: &'a InstanceDir,
+    /// Command-line options.
+    pub options: &'a RunOptions,
+}
+
+/// Boxed error a backend returns; the CLI prints its whole `source()` chain.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One isolation technology.
+pub trait Runtime {
+    /// `container` or `vm`.
+    fn isolation(&self) -> &'static str;
+
+    /// Runs the workload to completion, stamping phases into `report`.
+    /// On error everything the backend created is already torn down.
+    fn run(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, BackendError>;
+
+    /// Removes what a crashed run of this backend may have left for
+    /// instance `id` (cgroups, devices, processes). Used by `duet gc`.
+    fn gc_instance(&self, id: &str) -> Result<(), BackendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn shell_codes() {
+        assert_eq!(WorkloadExit::Code(7).shell_code(), 7);
+        assert_eq!(WorkloadExit::Signal(9).shell_code(), 137);
+    }
+}
