@@ -73,7 +73,11 @@ pub trait Runtime {
 
     /// Runs the workload to completion, stamping phases into `report`.
     /// On error everything the backend created is already torn down.
-    fn run(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, BackendError>;
+    fn run(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+    ) -> Result<WorkloadExit, BackendError>;
 
     /// Removes what a crashed run of this backend may have left for
     /// instance `id` (cgroups, devices, processes). Used by `duet gc`.

@@ -171,10 +171,7 @@ impl WorkloadSpec {
     /// Parses and validates spec text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<WorkloadSpec, SpecError> {
         let spec: WorkloadSpec = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             let key = e.span().and_then(|s| key_at(text, s.start));
             let mut message = e.message().trim().to_string();
             if let Some(k) = key {
@@ -213,7 +210,10 @@ impl WorkloadSpec {
             return Err(bad("image", "must not be empty".into()));
         }
         if self.command.first().is_some_and(|c| c.is_empty()) {
-            return Err(bad("command", "the program (first element) is empty".into()));
+            return Err(bad(
+                "command",
+                "the program (first element) is empty".into(),
+            ));
         }
         if self.command.iter().any(|a| a.contains('\0')) {
             return Err(bad("command", "an argument contains a NUL byte".into()));
@@ -372,7 +372,10 @@ pids_max = 64
                 "image = \"b\"\n[resources]\nmemory_mib = 1\n",
                 "`resources.memory_mib`",
             ),
-            ("image = \"b\"\n[resources]\nvcpus = 0\n", "`resources.vcpus`"),
+            (
+                "image = \"b\"\n[resources]\nvcpus = 0\n",
+                "`resources.vcpus`",
+            ),
             (
                 "image = \"b\"\n[resources]\npids_max = 0\n",
                 "`resources.pids_max`",

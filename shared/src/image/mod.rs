@@ -12,11 +12,13 @@
 mod busybox;
 mod import;
 mod store;
-mod whiteout;
+#[cfg(test)]
+mod tests;
+pub mod whiteout;
 
-pub use import::import_tarball;
+pub use import::{add_layer, import_tarball};
 pub use store::{ImageError, ImageStore};
-
+pub use whiteout::{is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 use serde::{Deserialize, Serialize};
 

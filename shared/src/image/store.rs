@@ -43,7 +43,10 @@ pub enum ImageError {
     Busybox(String),
 }
 
-pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
+pub(crate) fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ImageError + 'a {
     move |source| ImageError::Io {
         what,
         path: path.to_path_buf(),

@@ -1,1 +1,312 @@
-//! OCI/AUFS whiteouts, turned into overlayfs's own form on unpack.
+//! Layer unpacking with OCI/AUFS whiteouts turned into overlayfs's own form.
+//!
+//! In a layer tarball `dir/.wh.name` deletes `dir/name` from the layers below
+//! and `dir/.wh..wh..opq` hides everything below `dir`. overlayfs spells the
+//! same things as a 0:0 character device named `name` and the xattr
+//! `trusted.overlay.opaque=y` on `dir` (what containerd's overlay snapshotter
+//! does), so an unpacked layer can be used as a lowerdir directly.
+
+use super::store::io_err;
+use super::ImageError;
+use sha2::{Digest, Sha256};
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// File-name prefix that marks a whiteout in a layer tarball.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+/// File name that marks its directory as opaque.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// A reader that hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Result of unpacking one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// sha256 (hex) of the uncompressed tar stream.
+    pub digest: String,
+    /// Bytes of the uncompressed tar stream.
+    pub tar_bytes: u64,
+}
+
+/// Opens a possibly gzip-compressed tar stream (detected by magic bytes).
+pub fn decompressed(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        let n = r.read(&mut magic[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let chained = io::Cursor::new(magic[..got].to_vec()).chain(r);
+    if got == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::GzDecoder::new(chained)))
+    } else {
+        Ok(Box::new(chained))
+    }
+}
+
+/// Unpacks an (uncompressed) layer tar stream into `dest`, converting
+/// whiteouts, and returns its digest. `what` names the source in errors.
+pub fn unpack_layer(tar: impl Read, dest: &Path, what: &Path) -> Result<Unpacked, ImageError> {
+    let bad = |message: String| ImageError::Format {
+        path: what.to_path_buf(),
+        message,
+    };
+    let mut hr = HashingReader {
+        inner: tar,
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    {
+        let mut archive = tar::Archive::new(&mut hr);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(true);
+        archive.set_preserve_mtime(true);
+        archive.set_unpack_xattrs(true);
+        archive.set_overwrite(true);
+        let entries = archive
+            .entries()
+            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| bad(format!("corrupt tar entry: {e}")))?;
+            let path = entry
+                .path()
+                .map_err(|e| bad(format!("bad path in tar: {e}")))?
+                .into_owned();
+            let rel = safe_relative(&path)
+                .ok_or_else(|| bad(format!("entry `{}` escapes the layer", path.display())))?;
+            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned());
+            match name.as_deref() {
+                Some(OPAQUE_MARKER) => {
+                    let dir = dest.join(rel.parent().unwrap_or(Path::new("")));
+                    std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+                    set_opaque(&dir)?;
+                }
+                Some(n) if n.starts_with(WHITEOUT_PREFIX) => {
+                    let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
+                    std::fs::create_dir_all(&parent).map_err(io_err("cannot create", &parent))?;
+                    let target = parent.join(&n[WHITEOUT_PREFIX.len()..]);
+                    remove_any(&target)?;
+                    make_whiteout(&target)?;
+                }
+                _ => {
+                    entry.unpack_in(dest).map_err(|e| {
+                        bad(format!(
+                            "cannot unpack `{}`: {}",
+                            path.display(),
+                            error_chain(&e)
+                        ))
+                    })?;
+                }
+            }
+        }
+    }
+    // Hash the trailing blocks too, so the digest is that of the whole stream.
+    io::copy(&mut hr, &mut io::sink()).map_err(|e| bad(format!("read error: {e}")))?;
+    Ok(Unpacked {
+        digest: hex::encode(hr.hasher.finalize()),
+        tar_bytes: hr.bytes,
+    })
+}
+
+/// An error and its sources, `: `-joined (tar hides the useful part in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+/// `path` without root, `.` or `..` components; None if it would escape.
+fn safe_relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+fn remove_any(p: &Path) -> Result<(), ImageError> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).map_err(io_err("cannot remove", p)),
+        Ok(_) => std::fs::remove_file(p).map_err(io_err("cannot remove", p)),
+        Err(_) => Ok(()),
+    }
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("paths from tar have no NUL")
+}
+
+/// Creates an overlayfs whiteout (0:0 character device) at `p`.
+pub fn make_whiteout(p: &Path) -> Result<(), ImageError> {
+    let c = cpath(p);
+    // SAFETY: c is a valid NUL-terminated path; mknod does not retain it.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) };
+    if r != 0 {
+        return Err(io_err("cannot create whiteout", p)(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Marks a directory opaque for overlayfs.
+pub fn set_opaque(dir: &Path) -> Result<(), ImageError> {
+    let c = cpath(dir);
+    let name = c"trusted.overlay.opaque";
+    // SAFETY: both strings are NUL-terminated; value is a 1-byte buffer we own.
+    let r = unsafe { libc::lsetxattr(c.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    if r != 0 {
+        return Err(io_err("cannot mark opaque", dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Whether `p` is an overlayfs whiteout.
+pub fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// Whether `dir` carries the opaque xattr.
+pub fn is_opaque(dir: &Path) -> bool {
+    let c = cpath(dir);
+    let mut buf = [0u8; 4];
+    // SAFETY: NUL-terminated strings; buf is ours and its length is passed.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    n == 1 && buf[0] == b'y'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn tar_with(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, path, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn digest_is_sha256_of_stream() {
+        let t = tempfile::tempdir().unwrap();
+        let data = tar_with(&[("a/", None), ("a/f", Some(b"x"))]);
+        let u = unpack_layer(&data[..], t.path(), Path::new("t.tar")).unwrap();
+        assert_eq!(u.digest, hex::encode(Sha256::digest(&data)));
+        assert_eq!(u.tar_bytes, data.len() as u64);
+        assert_eq!(std::fs::read(t.path().join("a/f")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_form() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: creating 0:0 char devices and trusted.* xattrs needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let data = tar_with(&[
+            ("etc/", None),
+            ("etc/.wh.motd", Some(b"")),
+            ("opt/.wh..wh..opq", Some(b"")),
+        ]);
+        unpack_layer(&data[..], t.path(), Path::new("t.tar")).unwrap();
+        let m = std::fs::symlink_metadata(t.path().join("etc/motd")).unwrap();
+        assert!(is_whiteout(&m));
+        assert!(!t.path().join("etc/.wh.motd").exists());
+        assert!(is_opaque(&t.path().join("opt")));
+        assert!(!is_opaque(&t.path().join("etc")));
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        assert_eq!(safe_relative(Path::new("../x")), None);
+        assert_eq!(
+            safe_relative(Path::new("/a/./b")),
+            Some(PathBuf::from("a/b"))
+        );
+        let t = tempfile::tempdir().unwrap();
+        let mut raw = tar_with(&[("zz/f", Some(b"x"))]);
+        // Patch the name field in place to "../f" (tar::Builder refuses to write it).
+        raw[..4].copy_from_slice(b"../f");
+        raw[4..100].fill(0);
+        // Fix the header checksum.
+        let mut h = tar::Header::from_byte_slice(&raw[..512]).clone();
+        h.set_cksum();
+        raw[..512].copy_from_slice(h.as_bytes());
+        let e = unpack_layer(&raw[..], t.path(), Path::new("evil.tar")).unwrap_err();
+        assert!(e.to_string().contains("evil.tar"), "{e}");
+    }
+
+    #[test]
+    fn gzip_is_detected() {
+        use std::io::Write;
+        let data = tar_with(&[("f", Some(b"hello"))]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut out = Vec::new();
+        decompressed(io::Cursor::new(gz))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        let mut plain = Vec::new();
+        decompressed(io::Cursor::new(data.clone()))
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, data);
+    }
+}
