@@ -5,6 +5,7 @@
 //! directories, and the content-addressed image store.
 
 pub mod clock;
+pub mod guest_abi;
 pub mod image;
 pub mod instance;
 pub mod paths;
