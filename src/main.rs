@@ -1,1 +1,57 @@
-fn main() {}
+//! duet: run one workload as a container or as a microVM, and measure the difference.
+//!
+//! This file is the command line only; each subcommand lives in `cmd/`.
+
+mod backends;
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "duet",
+    version,
+    about = "Run the same workload as a container or a microVM, and measure the difference"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a workload: `duet run busybox -- echo hi`, or `duet run --spec w.toml`.
+    Run(cmd::run::RunArgs),
+    /// Manage images: import, ls, rm.
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
+    /// List instances kept with `--keep` (and running ones).
+    Ps,
+    /// Remove kept instances.
+    Rm {
+        /// Instance ids (see `duet ps`).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove what crashed or killed duet runs left behind (cgroups, processes, instance directories).
+    Gc,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Image(c) => cmd::image::image(c).map(|()| 0),
+        Command::Ps => cmd::instances::ps().map(|()| 0),
+        Command::Rm { ids } => cmd::instances::rm(&ids).map(|()| 0),
+        Command::Gc => cmd::instances::gc().map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("duet: {}", cmd::error_chain(&e));
+            ExitCode::from(125)
+        }
+    }
+}

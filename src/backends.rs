@@ -1,0 +1,17 @@
+//! Picks the backend for an isolation: the one place the CLI meets both crates.
+
+use anyhow::{bail, Result};
+use duet_shared::{Isolation, Runtime};
+
+/// The runtime implementing `isolation`.
+pub fn for_isolation(isolation: Isolation) -> Result<Box<dyn Runtime>> {
+    match isolation {
+        Isolation::Container => bail!("the container backend is not wired in yet"),
+        Isolation::Vm => bail!("the microVM backend (--isolation vm) is not available yet"),
+    }
+}
+
+/// Every backend, for `duet gc`.
+pub fn all() -> Vec<Box<dyn Runtime>> {
+    Vec::new()
+}

@@ -1,0 +1,219 @@
+//! `duet run`: resolve spec and image, make an instance, hand it to a backend.
+
+use crate::backends;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use duet_shared::image::ImageStore;
+use duet_shared::paths::state_root;
+use duet_shared::{InstanceDir, Isolation, Launch, Phase, RunOptions, RunReport, WorkloadSpec};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Report formats for `--report`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    /// The phase table (same as --timings).
+    Table,
+    /// The RunReport as JSON.
+    Json,
+}
+
+/// Arguments of `duet run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// container (namespaces on the host kernel) or vm (KVM microVM with its own kernel); overrides the spec.
+    #[arg(long)]
+    pub isolation: Option<Isolation>,
+    /// Workload spec (TOML).
+    #[arg(long, conflicts_with = "image")]
+    pub spec: Option<PathBuf>,
+    /// Image to run when no spec is given (e.g. busybox).
+    #[arg(required_unless_present = "spec")]
+    pub image: Option<String>,
+    /// Instance name (hostname inside); overrides the spec.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Memory in MiB (cgroup limit / guest RAM); overrides the spec.
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// CPUs (cgroup quota / vCPUs); overrides the spec.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Environment KEY=VALUE, added to the spec's.
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Print the phase timeline on stderr after the run.
+    #[arg(long)]
+    pub timings: bool,
+    /// Print the run report on stdout after the run, in this format.
+    #[arg(long)]
+    pub report: Option<ReportFormat>,
+    /// Keep the instance's writable layer after exit (see `duet ps`, `duet commit`).
+    #[arg(long)]
+    pub keep: bool,
+    /// Stop the workload after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// VM: show the guest kernel's console log.
+    #[arg(long)]
+    pub console: bool,
+    /// Narrate each step on stderr.
+    #[arg(long)]
+    pub explain: bool,
+    /// Command and arguments, after `--`; default: the spec's or the image's.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Builds the effective spec from the file or IMAGE plus command-line overrides.
+fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
+    let (mut spec, origin) = match &args.spec {
+        Some(p) => (WorkloadSpec::load(p)?, p.clone()),
+        None => {
+            let image = args
+                .image
+                .as_deref()
+                .expect("clap requires IMAGE without --spec");
+            (
+                WorkloadSpec::for_image(image, Vec::new()),
+                PathBuf::from("<command line>"),
+            )
+        }
+    };
+    if !args.command.is_empty() {
+        spec.command = args.command.clone();
+    }
+    if let Some(n) = &args.name {
+        spec.name = n.clone();
+    }
+    if let Some(m) = args.memory {
+        spec.resources.memory_mib = m;
+    }
+    if let Some(v) = args.vcpus {
+        spec.resources.vcpus = v;
+    }
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env `{kv}`: expected KEY=VALUE");
+        };
+        spec.env.insert(k.to_string(), v.to_string());
+    }
+    if let Some(i) = args.isolation {
+        spec.isolation = Some(i);
+    }
+    spec.validate(&origin)?;
+    Ok((spec, origin))
+}
+
+/// Merges the image's defaults into the spec: command, env (spec wins), workdir.
+pub fn merge_image_defaults(spec: &mut WorkloadSpec, image: &duet_shared::image::Image) {
+    if spec.command.is_empty() {
+        spec.command = image.config.cmd.clone();
+    }
+    for kv in &image.config.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            spec.env
+                .entry(k.to_string())
+                .or_insert_with(|| v.to_string());
+        }
+    }
+    if spec.workdir.is_none() {
+        spec.workdir = Some(
+            image
+                .config
+                .workdir
+                .clone()
+                .unwrap_or_else(|| "/".to_string()),
+        );
+    }
+}
+
+/// `duet run`; returns the exit code duet should exit with.
+pub fn run(args: RunArgs) -> Result<i32> {
+    let (mut spec, origin) = effective_spec(&args)?;
+    let isolation = spec.isolation.unwrap_or(Isolation::Container);
+    let backend = backends::for_isolation(isolation)?;
+    let mut report = RunReport::start(backend.isolation(), &spec.name, &spec.image);
+    let root = state_root();
+    let store = ImageStore::open(&root)?;
+    let image = store
+        .get(&spec.image)
+        .with_context(|| format!("{}: field `image`", origin.display()))?;
+    merge_image_defaults(&mut spec, &image);
+    if spec.command.is_empty() {
+        bail!(
+            "image `{}` has no default command; give one after `--` or in the spec's `command`",
+            image.name
+        );
+    }
+    report.mark(Phase::SpecLoaded);
+    let options = RunOptions {
+        timeout: args.timeout.map(Duration::from_secs_f64),
+        console: args.console,
+        explain: args.explain,
+    };
+    let mut instance = InstanceDir::create(&root, &spec.name, &image.name, backend.isolation())?;
+    let launch = Launch {
+        spec: &spec,
+        image: &image,
+        layers: store.layer_dirs(&image),
+        instance: &instance,
+        options: &options,
+    };
+    let result = backend.run(&launch, &mut report);
+    let exit_code = result.as_ref().ok().map(|e| e.shell_code());
+    let keep = args.keep && result.is_ok();
+    let cleanup = if keep {
+        instance
+            .finish(exit_code, true)
+            .map_err(anyhow::Error::from)
+    } else {
+        remove_instance(instance.path())
+    };
+    report.mark(Phase::CleanedUp);
+    let exit = result.map_err(|e| anyhow::anyhow!(e))?;
+    cleanup?;
+    report.exit = Some(exit);
+    if keep {
+        eprintln!("duet: kept instance {}", instance.id());
+    }
+    if args.timings {
+        eprint!("{}", report.table());
+    }
+    match args.report {
+        Some(ReportFormat::Json) => println!("{}", report.to_json()),
+        Some(ReportFormat::Table) => print!("{}", report.table()),
+        None => {}
+    }
+    Ok(exit.shell_code())
+}
+
+fn remove_instance(p: &Path) -> Result<()> {
+    duet_shared::instance::remove_instance_path(p).map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duet_shared::image::{Image, ImageConfig};
+
+    #[test]
+    fn image_defaults_fill_gaps_but_spec_wins() {
+        let mut spec = WorkloadSpec::for_image("x", vec![]);
+        spec.env.insert("A".into(), "spec".into());
+        let img = Image {
+            name: "x".into(),
+            layers: vec![],
+            config: ImageConfig {
+                env: vec!["A=image".into(), "B=image".into()],
+                cmd: vec!["/bin/sh".into()],
+                workdir: Some("/srv".into()),
+            },
+        };
+        merge_image_defaults(&mut spec, &img);
+        assert_eq!(spec.command, vec!["/bin/sh"]);
+        assert_eq!(spec.env["A"], "spec");
+        assert_eq!(spec.env["B"], "image");
+        assert_eq!(spec.workdir.as_deref(), Some("/srv"));
+    }
+}
