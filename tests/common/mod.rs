@@ -1,0 +1,118 @@
+//! Helpers for the integration tests: run the real `duet` binary against a
+//! private state root, and check that runs leave nothing behind.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The duet binary cargo built for these tests.
+pub fn duet_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_duet"))
+}
+
+/// Whether we run as root (containers need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Prints why a test skips and returns true when it must.
+pub fn skip_unless_root(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED {test}: needs root (containers need namespaces, mounts and cgroups)");
+        return true;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIPPED {test}: needs /bin/busybox (apt-get install busybox-static)");
+        return true;
+    }
+    false
+}
+
+/// A private DUET_ROOT for one test.
+pub struct Env {
+    pub root: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        // Under /var/tmp, not /tmp: overlayfs upper dirs need a real file system, and
+        // some hosts mount /tmp as tmpfs with options overlay dislikes.
+        std::fs::create_dir_all("/var/tmp/duet-tests").unwrap();
+        Env {
+            root: tempfile::Builder::new()
+                .prefix("root-")
+                .tempdir_in("/var/tmp/duet-tests")
+                .unwrap(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `duet ARGS` with this env's DUET_ROOT.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(duet_bin());
+        c.args(args).env("DUET_ROOT", self.root()).stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `duet ARGS` and captures its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn duet")
+    }
+
+    /// Instance directories currently present.
+    pub fn instances(&self) -> Vec<String> {
+        match std::fs::read_dir(self.root().join("instances")) {
+            Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Asserts no instance directory, no mount under this root and no cgroup
+    /// named after `name` is left.
+    pub fn assert_clean(&self, name: &str) {
+        assert_eq!(self.instances(), Vec::<String>::new(), "instance directories left behind");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.root().to_string_lossy().into_owned();
+        assert!(!mounts.contains(&root), "mounts left under {root}");
+        let left = cgroups_named(name);
+        assert!(left.is_empty(), "cgroups left behind: {left:?}");
+    }
+}
+
+/// cgroup directories `duet/<name>-*` under any hierarchy in /sys/fs/cgroup.
+pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let prefix = format!("{name}-");
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(rd.flatten().map(|e| e.path()));
+    }
+    for r in roots {
+        if let Ok(rd) = std::fs::read_dir(r.join("duet")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A unique instance name for one test.
+pub fn unique(name: &str) -> String {
+    format!("{name}{}", std::process::id())
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

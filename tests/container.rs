@@ -1,0 +1,377 @@
+//! Containers, run for real through the `duet` binary (needs root).
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn run_ok(env: &Env, args: &[&str]) -> String {
+    let o = env.run(args);
+    assert!(o.status.success(), "duet {args:?} failed: {}\n{}", o.status, stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn echo_and_exit_codes() {
+    if skip_unless_root("echo_and_exit_codes") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("echo");
+    assert_eq!(run_ok(&env, &["run", "--name", &name, "busybox", "--", "echo", "hi"]), "hi\n");
+    let o = env.run(&["run", "--name", &name, "busybox", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    let o = env.run(&["run", "--name", &name, "busybox", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(137), "signal 9 -> 128+9: {}", stderr(&o));
+    let o = env.run(&["run", "--name", &name, "busybox", "--", "/no/such/program"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/no/such/program"), "{}", stderr(&o));
+    env.assert_clean(&name);
+}
+
+#[test]
+fn namespaces_pid1_hostname_and_host_processes() {
+    if skip_unless_root("namespaces_pid1_hostname_and_host_processes") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("ns");
+    let out = run_ok(
+        &env,
+        &["run", "--name", &name, "busybox", "--", "sh", "-c",
+          "echo pid=$$; hostname; ls /proc | grep -c '^[0-9]'; ip -o link | wc -l; cat /proc/self/cgroup | head -1"],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{out}");
+    assert_eq!(lines[1], name, "{out}");
+    let procs: u32 = lines[2].trim().parse().unwrap();
+    assert!(procs <= 4, "sees {procs} processes: host processes leak in\n{out}");
+    let links: u32 = lines[3].trim().parse().unwrap();
+    assert_eq!(links, 1, "a new network namespace has only lo\n{out}");
+    env.assert_clean(&name);
+}
+
+#[test]
+fn dev_proc_sys_and_masked_paths() {
+    if skip_unless_root("dev_proc_sys_and_masked_paths") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("dev");
+    let out = run_ok(
+        &env,
+        &["run", "--name", &name, "busybox", "--", "sh", "-c",
+          "for d in null zero full random urandom tty ptmx; do test -c /dev/$d && echo ok-$d; done; \
+           test -d /dev/pts && echo ok-pts; test -d /dev/shm && echo ok-shm; \
+           echo x > /sys/kernel/foo 2>/dev/null || echo ro-sys; \
+           echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null || echo ro-procsys; \
+           wc -c < /proc/kcore; echo h > /proc/sysrq-trigger 2>/dev/null || echo ro-sysrq; \
+           grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; grep CapEff /proc/self/status"],
+    );
+    for want in ["ok-null", "ok-zero", "ok-full", "ok-random", "ok-urandom", "ok-tty", "ok-ptmx",
+                 "ok-pts", "ok-shm", "ro-sys", "ro-procsys", "ro-sysrq"] {
+        assert!(out.lines().any(|l| l == want), "missing {want}:\n{out}");
+    }
+    assert!(out.lines().any(|l| l.trim() == "0"), "/proc/kcore must be masked (empty):\n{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    // OCI default set = 0x00000000a80425fb; CAP_SYS_ADMIN (bit 21) must be gone.
+    let cap = out.lines().find(|l| l.starts_with("CapEff")).unwrap();
+    let v = u64::from_str_radix(cap.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(v & (1 << 21), 0, "CAP_SYS_ADMIN kept: {cap}");
+    assert_eq!(v, 0xa80425fb, "not the OCI default set: {cap}");
+    env.assert_clean(&name);
+}
+
+#[test]
+fn seccomp_refuses_init_module() {
+    if skip_unless_root("seccomp_refuses_init_module") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("seccomp");
+    let o = env.run(&["run", "--name", &name, "busybox", "--", "sh", "-c",
+                      "echo junk > /tmp/m.ko; insmod /tmp/m.ko"]);
+    assert_ne!(o.status.code(), Some(0));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("Operation not permitted"), "{all}");
+    env.assert_clean(&name);
+}
+
+#[test]
+fn env_and_workdir_from_spec() {
+    if skip_unless_root("env_and_workdir_from_spec") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("spec");
+    let spec = env.root().join("w.toml");
+    std::fs::write(
+        &spec,
+        format!("name = \"{name}\"\nimage = \"busybox\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $GREETING; pwd\"]\nenv = {{ GREETING = \"hello there\" }}\nworkdir = \"/tmp\"\n"),
+    )
+    .unwrap();
+    let out = run_ok(&env, &["run", "--spec", spec.to_str().unwrap()]);
+    assert_eq!(out, "hello there\n/tmp\n");
+    // A workdir that does not exist is an error naming it, and leaves nothing.
+    let o = env.run(&["run", "--name", &name, "busybox", "--", "true"]);
+    assert!(o.status.success());
+    std::fs::write(&spec, format!("name = \"{name}\"\nimage = \"busybox\"\ncommand = [\"true\"]\nworkdir = \"/nope\"\n")).unwrap();
+    let o = env.run(&["run", "--spec", spec.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nope"), "{}", stderr(&o));
+    env.assert_clean(&name);
+}
+
+#[test]
+fn memory_limit_kills_with_137() {
+    if skip_unless_root("memory_limit_kills_with_137") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("oom");
+    // dd allocates a 200 MiB buffer and fills it: past a 32 MiB limit.
+    let o = env.run(&["run", "--name", &name, "--memory", "32", "busybox", "--",
+                      "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    // The same with room to spare succeeds.
+    let o = env.run(&["run", "--name", &name, "--memory", "512", "busybox", "--",
+                      "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    env.assert_clean(&name);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    if skip_unless_root("pids_limit_stops_a_fork_bomb") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("pids");
+    let spec = env.root().join("p.toml");
+    std::fs::write(
+        &spec,
+        format!("name = \"{name}\"\nimage = \"busybox\"\ncommand = [\"sh\", \"-c\", \"n=0; while [ $n -lt 100 ]; do sleep 30 & n=$((n+1)); done; echo spawned=$n\"]\n[resources]\npids_max = 16\n"),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let o = env.run(&["run", "--spec", spec.to_str().unwrap()]);
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("spawned=100"), "100 processes under pids_max=16:\n{all}");
+    assert!(all.contains("fork"), "expected a fork failure:\n{all}");
+    assert!(start.elapsed() < Duration::from_secs(25), "sleepers outlived the container");
+    env.assert_clean(&name);
+}
+
+#[test]
+fn instances_from_one_image_stay_pristine() {
+    if skip_unless_root("instances_from_one_image_stay_pristine") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("pristine");
+    // A writes and deletes while B runs at the same time; neither sees the other,
+    // and the image is unchanged afterwards.
+    let a = env
+        .cmd(&["run", "--name", &name, "busybox", "--", "sh", "-c",
+               "echo A > /etc/db; rm /etc/passwd; sleep 1; cat /etc/db"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let b = run_ok(&env, &["run", "--name", &name, "busybox", "--", "sh", "-c",
+                           "cat /etc/db 2>/dev/null || echo no-db; test -f /etc/passwd && echo has-passwd"]);
+    assert_eq!(b, "no-db\nhas-passwd\n");
+    let a = a.wait_with_output().unwrap();
+    assert_eq!(stdout(&a), "A\n");
+    let c = run_ok(&env, &["run", "--name", &name, "busybox", "--", "sh", "-c",
+                           "cat /etc/db 2>/dev/null || echo no-db; test -f /etc/passwd && echo has-passwd"]);
+    assert_eq!(c, "no-db\nhas-passwd\n");
+    env.assert_clean(&name);
+}
+
+#[test]
+fn fifty_in_parallel_leave_nothing() {
+    if skip_unless_root("fifty_in_parallel_leave_nothing") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("par");
+    // Create the image once so all 50 share it.
+    run_ok(&env, &["run", "--name", &name, "busybox", "--", "true"]);
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            env.cmd(&["run", "--name", &name, "busybox", "--", "sh", "-c", &format!("echo {i} > /tmp/x; cat /tmp/x")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "instance {i}: {}", stderr(&o));
+        assert_eq!(stdout(&o), format!("{i}\n"));
+    }
+    env.assert_clean(&name);
+}
+
+#[test]
+fn sigterm_and_sigint_clean_up() {
+    if skip_unless_root("sigterm_and_sigint_clean_up") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("sig");
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut c = env
+            .cmd(&["run", "--name", &name, "busybox", "--", "sleep", "100"])
+            .spawn()
+            .unwrap();
+        // Wait until the workload runs (its cgroup exists).
+        let t = Instant::now();
+        while cgroups_named(&name).is_empty() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: we signal only the duet process we spawned.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        let t = Instant::now();
+        let status = c.wait().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "duet took {:?} to stop", t.elapsed());
+        assert_eq!(status.code(), Some(code));
+        env.assert_clean(&name);
+    }
+}
+
+#[test]
+fn timeout_stops_the_workload() {
+    if skip_unless_root("timeout_stops_the_workload") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("tmo");
+    let t = Instant::now();
+    let o = env.run(&["run", "--name", &name, "--timeout", "0.5", "busybox", "--", "sleep", "100"]);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    env.assert_clean(&name);
+}
+
+#[test]
+fn gc_after_kill_9_removes_leftovers() {
+    if skip_unless_root("gc_after_kill_9_removes_leftovers") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("gc");
+    let mut c = env
+        .cmd(&["run", "--name", &name, "busybox", "--", "sleep", "100"])
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while cgroups_named(&name).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    c.kill().unwrap(); // SIGKILL: duet gets no chance to clean up
+    c.wait().unwrap();
+    assert_eq!(env.instances().len(), 1, "kill -9 should leave the instance dir for gc");
+    let o = env.run(&["gc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    env.assert_clean(&name);
+    // No `sleep 100` of ours survives (the container died with duet).
+    let ps = std::process::Command::new("sh")
+        .args(["-c", "ps -eo args | grep -c '^sleep 100$' || true"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&ps).trim(), "0", "container process survived kill -9 of duet");
+}
+
+#[test]
+fn keep_ps_rm() {
+    if skip_unless_root("keep_ps_rm") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("keep");
+    let o = env.run(&["run", "--keep", "--name", &name, "busybox", "--", "sh", "-c", "echo kept > /data"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids = env.instances();
+    assert_eq!(ids.len(), 1);
+    let upper = env.root().join("instances").join(&ids[0]).join("upper/data");
+    assert_eq!(std::fs::read_to_string(upper).unwrap(), "kept\n");
+    let ps = stdout(&env.run(&["ps"]));
+    assert!(ps.contains(&ids[0]) && ps.contains("kept"), "{ps}");
+    // gc leaves kept instances alone.
+    assert!(env.run(&["gc"]).status.success());
+    assert_eq!(env.instances().len(), 1);
+    assert!(env.run(&["rm", &ids[0]]).status.success());
+    env.assert_clean(&name);
+}
+
+#[test]
+fn docker_save_with_whiteout_runs() {
+    if skip_unless_root("docker_save_with_whiteout_runs") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("dsave");
+    run_ok(&env, &["run", "--name", &name, "busybox", "--", "true"]);
+    // Layer 1: the busybox layer as a tar; layer 2: deletes /etc/passwd, adds /data/file.
+    let store = duet_shared::image::ImageStore::open(env.root()).unwrap();
+    let bb = store.get("busybox").unwrap();
+    let mut l1 = tar::Builder::new(Vec::new());
+    l1.follow_symlinks(false);
+    l1.append_dir_all(".", store.layer_dir(&bb.layers[0])).unwrap();
+    let l1 = l1.into_inner().unwrap();
+    let mut l2 = tar::Builder::new(Vec::new());
+    for (p, d) in [("etc/.wh.passwd", &b""[..]), ("data/file", &b"from layer 2\n"[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(d.len() as u64);
+        l2.append_data(&mut h, p, d).unwrap();
+    }
+    let l2 = l2.into_inner().unwrap();
+    let cfg = br#"{"config":{"Cmd":["/bin/sh","-c","cat /data/file; test -e /etc/passwd && echo passwd-present || echo passwd-deleted"],"Env":["PATH=/bin:/usr/bin"]}}"#;
+    let man = br#"[{"Config":"c.json","RepoTags":["t:1"],"Layers":["1/layer.tar","2/layer.tar"]}]"#;
+    let mut outer = tar::Builder::new(Vec::new());
+    for (p, d) in [("manifest.json", &man[..]), ("c.json", &cfg[..]), ("1/layer.tar", &l1[..]), ("2/layer.tar", &l2[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(d.len() as u64);
+        outer.append_data(&mut h, p, d).unwrap();
+    }
+    let tarball = env.root().join("saved.tar");
+    std::fs::File::create(&tarball).unwrap().write_all(&outer.into_inner().unwrap()).unwrap();
+    run_ok(&env, &["image", "import", tarball.to_str().unwrap(), "--name", "saved"]);
+    let ls = run_ok(&env, &["image", "ls"]);
+    assert!(ls.contains("saved") && ls.contains("busybox"), "{ls}");
+    let out = run_ok(&env, &["run", "--name", &name, "saved"]);
+    assert_eq!(out, "from layer 2\npasswd-deleted\n");
+    env.assert_clean(&name);
+}
+
+#[test]
+fn bad_input_is_named_and_leaves_nothing() {
+    let env = Env::new();
+    let spec = env.root().join("bad.toml");
+    std::fs::write(&spec, "image = \"busybox\"\n[resources]\nmemory_mb = 12\n").unwrap();
+    let o = env.run(&["run", "--spec", spec.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(125));
+    let e = stderr(&o);
+    assert!(e.contains("bad.toml:3:1") && e.contains("memory_mb"), "{e}");
+    let o = env.run(&["run", "nosuchimage", "--", "true"]);
+    let e = stderr(&o);
+    assert!(e.contains("nosuchimage") && e.contains("busybox"), "{e}");
+    assert!(env.instances().is_empty());
+    // One line, no panic.
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}
