@@ -17,15 +17,23 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Prints why a test skips and returns true when it must.
+/// Prints why a test skips and returns true; under `DUET_TEST_STRICT=1`
+/// (scripts/test.sh, CI) a test that cannot run fails instead.
+pub fn skip(test: &str, why: &str) -> bool {
+    if std::env::var_os("DUET_TEST_STRICT").is_some_and(|v| v == "1") {
+        panic!("{test} cannot run: {why} (DUET_TEST_STRICT=1 forbids skipping)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
+/// Skips (see [`skip`]) unless root and a static busybox are available.
 pub fn skip_unless_root(test: &str) -> bool {
     if !is_root() {
-        eprintln!("SKIPPED {test}: needs root (containers need namespaces, mounts and cgroups)");
-        return true;
+        return skip(test, "needs root (containers need namespaces, mounts and cgroups)");
     }
     if !Path::new("/bin/busybox").exists() {
-        eprintln!("SKIPPED {test}: needs /bin/busybox (apt-get install busybox-static)");
-        return true;
+        return skip(test, "needs /bin/busybox (apt-get install busybox-static)");
     }
     false
 }
