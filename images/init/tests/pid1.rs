@@ -1,0 +1,268 @@
+//! Runs the real duet-init binary as PID 1 of fresh PID/mount/UTS/IPC
+//! namespaces, chrooted into a small busybox root, with duet's I/O ports
+//! replaced by a log file (`DUET_INIT_FAKE_PORTS`). This exercises mounts,
+//! config parsing, hostname, env, workdir, command lookup, exec, reaping,
+//! exit-status encoding and the final reboot() (which in a PID namespace
+//! ends the namespace with SIGHUP instead of resetting a machine).
+//!
+//! Needs root, util-linux `unshare`, `chroot` and a static busybox; each test
+//! says plainly why it skips otherwise.
+
+use duet_init::config::GuestWorkload;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "pwd", "hostname", "env", "sleep", "true", "ls",
+];
+
+fn busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (namespaces, mounts, chroot)".into());
+    }
+    for tool in ["unshare", "chroot"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!("needs `{tool}` on PATH"));
+        }
+    }
+    match busybox() {
+        None => Some("needs a static busybox (apt-get install busybox-static)".into()),
+        Some(_) => None,
+    }
+}
+
+struct Outcome {
+    stdout: String,
+    stderr: String,
+    ports: String,
+    status: std::process::ExitStatus,
+}
+
+fn make_root(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("duet")).unwrap();
+    std::fs::create_dir_all(root.join("work/sub")).unwrap();
+    std::fs::copy(busybox().unwrap(), root.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_duet-init"), root.join("duet/init")).unwrap();
+    root
+}
+
+fn run_raw(config: &[u8]) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let root = make_root(dir.path());
+    std::fs::write(root.join("duet/workload.json"), config).unwrap();
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--uts", "--ipc"])
+        .args(["--propagation", "private", "chroot"])
+        .arg(&root)
+        .arg("/duet/init")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DUET_INIT_FAKE_PORTS", "/ports.log")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Outcome {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        ports: std::fs::read_to_string(root.join("ports.log")).unwrap_or_default(),
+        status: out.status,
+    }
+}
+
+fn run(w: &GuestWorkload) -> Outcome {
+    run_raw(&w.to_json())
+}
+
+fn workload(script: &str) -> GuestWorkload {
+    GuestWorkload {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into(), "FOO=bar baz".into()],
+        workdir: "/work/sub".into(),
+        hostname: "duet-guest".into(),
+        pids_max: None,
+    }
+}
+
+macro_rules! skip_unless_possible {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+#[test]
+fn runs_the_workload_and_reports_ready_then_exit_status() {
+    skip_unless_possible!();
+    let o = run(&workload(
+        "echo hi; echo \"$FOO\"; pwd; hostname; echo $$; env | sort; exit 7",
+    ));
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        ["hi", "bar baz", "/work/sub", "duet-guest"],
+        "stdout: {}\nstderr: {}",
+        o.stdout,
+        o.stderr
+    );
+    // The workload is PID 2: the init is PID 1 and forked it first.
+    assert_eq!(lines[4], "2");
+    // Exactly the given env (sh adds PWD/SHLVL of its own; nothing from the init).
+    let env: Vec<&str> = lines[5..].to_vec();
+    assert!(
+        env.contains(&"FOO=bar baz") && env.contains(&"PATH=/bin"),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("DUET_INIT_FAKE_PORTS")),
+        "{env:?}"
+    );
+    assert_eq!(o.ports, "ready\nexit 0x7\n", "stderr: {}", o.stderr);
+    // reboot(RB_AUTOBOOT) in a PID namespace ends it with SIGHUP.
+    assert_eq!(o.status.signal(), Some(libc::SIGHUP), "{:?}", o.status);
+}
+
+#[test]
+fn missing_command_is_127_without_ready() {
+    skip_unless_possible!();
+    let mut w = workload("");
+    w.argv = vec!["no-such-command".into(), "arg".into()];
+    let o = run(&w);
+    assert!(
+        o.stderr
+            .contains("duet-init: command not found: no-such-command"),
+        "stderr: {}",
+        o.stderr
+    );
+    assert_eq!(o.ports, "exit 0x7f\n");
+}
+
+#[test]
+fn killed_workload_reports_the_signal() {
+    skip_unless_possible!();
+    let o = run(&workload("kill -9 $$"));
+    assert_eq!(o.ports, "ready\nexit 0x109\n", "stderr: {}", o.stderr);
+}
+
+#[test]
+fn orphans_are_reaped_and_do_not_delay_the_exit() {
+    skip_unless_possible!();
+    // The background sleep re-parents to the init; the workload's own exit
+    // is what ends the run, not the orphan.
+    let t = std::time::Instant::now();
+    let o = run(&workload("sleep 30 & exit 3"));
+    assert_eq!(o.ports, "ready\nexit 0x3\n", "stderr: {}", o.stderr);
+    assert!(t.elapsed().as_secs() < 20, "waited for the orphan");
+}
+
+#[test]
+fn bad_workdir_is_an_init_failure_naming_it() {
+    skip_unless_possible!();
+    let mut w = workload("true");
+    w.workdir = "/does/not/exist".into();
+    let o = run(&w);
+    assert!(o.stderr.contains("/does/not/exist"), "stderr: {}", o.stderr);
+    // EXIT_INIT_FAILED | InitFailure::Setup, and never "ready".
+    assert_eq!(o.ports, "exit 0x203\n");
+}
+
+#[test]
+fn broken_config_is_an_init_failure_naming_the_file() {
+    skip_unless_possible!();
+    let o = run_raw(b"{\"argv\": [");
+    assert!(
+        o.stderr.contains("/duet/workload.json"),
+        "stderr: {}",
+        o.stderr
+    );
+    // EXIT_INIT_FAILED | InitFailure::Config.
+    assert_eq!(o.ports, "exit 0x202\n");
+}
+
+#[test]
+fn guest_file_systems_are_mounted() {
+    skip_unless_possible!();
+    let o = run(&workload(
+        "cat /proc/self/mounts | while read dev dir fs rest; do echo \"$dir $fs\"; done; \
+         ls -d /tmp /sys/kernel /dev/null",
+    ));
+    for want in [
+        "/proc proc",
+        "/sys sysfs",
+        "/dev devtmpfs",
+        "/dev/pts devpts",
+        "/dev/shm tmpfs",
+        "/run tmpfs",
+        "/tmp",
+        "/sys/kernel",
+        "/dev/null",
+    ] {
+        assert!(
+            o.stdout.lines().any(|l| l == want),
+            "missing {want:?} in:\n{}\nstderr: {}",
+            o.stdout,
+            o.stderr
+        );
+    }
+    assert_eq!(o.ports, "ready\nexit 0x0\n");
+}
+
+#[test]
+fn pids_max_limits_the_workload_or_says_why_it_cannot() {
+    skip_unless_possible!();
+    let mut w = workload(
+        "cat /sys/fs/cgroup/workload/pids.max; \
+         for i in 1 2 3 4 5 6; do sleep 2 & done 2>/dev/null; echo forked; wait",
+    );
+    w.pids_max = Some(3);
+    let o = run(&w);
+    if o.ports == "exit 0x203\n" {
+        // Hosts whose pids controller is bound to cgroup v1 (like ours) have
+        // none in a fresh cgroup2 mount; a guest kernel has only v2.
+        assert!(
+            o.stderr.contains("no `pids` controller") && o.stderr.contains("pids_max = 3"),
+            "stderr: {}",
+            o.stderr
+        );
+        return;
+    }
+    assert!(
+        o.stdout.starts_with("3\n"),
+        "stdout: {}\nstderr: {}",
+        o.stdout,
+        o.stderr
+    );
+    // sh + 2 sleeps fit under 3; the other 4 forks fail (sh reports them).
+    assert!(o.stderr.contains("fork"), "stderr: {}", o.stderr);
+}
+
+#[test]
+fn refuses_to_run_unless_pid_1() {
+    let o = Command::new(env!("CARGO_BIN_EXE_duet-init"))
+        .env("DUET_INIT_FAKE_PORTS", "/nonexistent/ports.log")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only as PID 1"));
+}
