@@ -1,1 +1,449 @@
-//! duet-container
+//! duet-container: the workload as a namespaced container on the host kernel.
+//!
+//! [`ContainerRuntime::run`] follows one recipe:
+//! 1. build the child's [`plan`] in the parent: overlay options, mounts,
+//!    devices, masked paths, argv/envp, capability masks, seccomp programs;
+//! 2. clone3 the container's init into new mount, pid, uts, ipc and net
+//!    namespaces (with a pidfd);
+//! 3. while the child mounts its overlay root (inside its own mount
+//!    namespace: the host never sees it, so a killed duet cannot leak a
+//!    mount), the parent creates `duet/<id>` cgroups with the limits, moves
+//!    the child in and tells it to go on ([`channel`]);
+//! 4. the child enters a cgroup namespace, drops capabilities, sets
+//!    no_new_privs, installs the seccomp filter, reports its timestamps and
+//!    execs the workload ([`child`]);
+//! 5. the parent waits on the pidfd (timeout, SIGINT/SIGTERM: [`signals`]),
+//!    reaps the init and removes the cgroups.
+
+pub mod capabilities;
+pub mod cgroup;
+pub mod channel;
+pub mod child;
+pub mod plan;
+pub mod seccomp;
+pub mod signals;
+
+use crate::capabilities::CapabilityPlan;
+use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, Controller};
+use crate::channel::{Channel, ChildMsg, ParentMsg};
+use crate::plan::{ChildPlan, PlanError, RootfsSpec, Step};
+use crate::seccomp::SeccompError;
+use duet_shared::runtime::BackendError;
+use duet_shared::{Launch, Phase, RunReport, Runtime, WorkloadExit};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Errors of a container run.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// Preparing the child's setup failed.
+    #[error("preparing the container")]
+    Plan(#[from] PlanError),
+    /// Building the seccomp filter failed.
+    #[error("preparing the container")]
+    Seccomp(#[from] SeccompError),
+    /// Creating, filling or removing the cgroups failed.
+    #[error("container cgroups")]
+    Cgroup(#[from] CgroupError),
+    /// The parent/child socketpair could not be made.
+    #[error("creating the container's sync socketpair")]
+    Channel(#[source] io::Error),
+    /// clone3 failed.
+    #[error("cloning the container init into new mount/pid/uts/ipc/net namespaces")]
+    Clone(#[source] io::Error),
+    /// A setup step inside the container failed.
+    #[error("container setup: {step}")]
+    Step {
+        /// What the step was doing, with its paths.
+        step: String,
+        /// errno from the child.
+        #[source]
+        source: io::Error,
+    },
+    /// The workdir does not exist in the container's root.
+    #[error("workdir `{0}` (spec field `workdir`) does not exist in the container")]
+    WorkdirMissing(String),
+    /// The container's init died before it could exec the workload.
+    #[error("container init died during setup ({0})")]
+    InitDied(WorkloadExit),
+    /// Waiting for the container failed.
+    #[error("waiting for the container init (pid {pid})")]
+    Wait {
+        /// Host pid of the init.
+        pid: i32,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// duet was told to stop before the container started.
+    #[error("interrupted by signal {0} before the container started")]
+    Interrupted(i32),
+}
+
+/// The container backend. Cheap to create; holds no state between runs.
+#[derive(Debug, Default, Clone)]
+pub struct ContainerRuntime {}
+
+impl ContainerRuntime {
+    /// A runtime; all detection happens per run.
+    pub fn new() -> ContainerRuntime {
+        ContainerRuntime {}
+    }
+}
+
+/// clone3's argument block, the first 64 bytes (CLONE_ARGS_SIZE_VER0).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// Namespaces the container init starts in (cgroup comes later, from inside).
+const NAMESPACES: u64 = (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET) as u64;
+
+/// The container init, as the parent holds it: killed and reaped on drop
+/// unless [`Init::wait`] reaped it.
+struct Init {
+    pid: i32,
+    pidfd: OwnedFd,
+    reaped: bool,
+}
+
+impl Init {
+    /// Clones the init; the child runs [`child::child_main`] and never returns here.
+    fn spawn(plan: &ChildPlan, child_end: &Channel) -> io::Result<Init> {
+        let mut pidfd: libc::c_int = -1;
+        let args = CloneArgs {
+            flags: NAMESPACES | libc::CLONE_PIDFD as u64,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..Default::default()
+        };
+        // SAFETY: fork-style clone3 (no new stack): the child continues on a
+        // copy of this stack and only runs child_main, which never returns,
+        // never allocates and ends in execve or _exit.
+        let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if r == 0 {
+            child::child_main(plan, child_end);
+        }
+        // SAFETY: clone3 stored a new pidfd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        Ok(Init {
+            pid: r as i32,
+            pidfd,
+            reaped: false,
+        })
+    }
+
+    fn kill(&self) {
+        // SAFETY: pidfd_send_signal on our own pidfd; cannot hit a recycled pid.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
+    /// Waits until the init has exited (or `deadline`); true if it has.
+    fn wait_exit(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        loop {
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    left.as_millis().clamp(1, i32::MAX as u128) as i32
+                }
+            };
+            let mut pfd = libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd we own.
+            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if r > 0 {
+                return Ok(true);
+            }
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Reaps the init (blocking) and decodes its status.
+    fn reap(&mut self) -> io::Result<WorkloadExit> {
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child, writing into a local.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            if r == self.pid {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        self.reaped = true;
+        Ok(if libc::WIFSIGNALED(status) {
+            WorkloadExit::Signal(libc::WTERMSIG(status))
+        } else {
+            WorkloadExit::Code(libc::WEXITSTATUS(status))
+        })
+    }
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill();
+            let _ = self.reap();
+        }
+    }
+}
+
+/// What the child said before exec (or before failing).
+#[derive(Default)]
+struct SetupOutcome {
+    stamps: Option<(u64, u64, u64)>,
+    step_failed: Option<(u32, i32)>,
+    exec_failed: Option<(i32, bool)>,
+}
+
+fn read_child(chan: &Channel) -> SetupOutcome {
+    let mut out = SetupOutcome::default();
+    // Errors reading count as end-of-file: the init's status tells the rest.
+    while let Ok(Some(msg)) = chan.recv_child() {
+        match msg {
+            ChildMsg::Stamps {
+                rootfs_ready,
+                pivot_done,
+                ready,
+            } => out.stamps = Some((rootfs_ready, pivot_done, ready)),
+            ChildMsg::StepFailed { step, errno } => out.step_failed = Some((step, errno)),
+            ChildMsg::ExecFailed {
+                errno,
+                interpreter_missing,
+            } => out.exec_failed = Some((errno, interpreter_missing)),
+        }
+    }
+    out
+}
+
+/// The message and exit status for a failed execve, as a shell would give.
+pub fn exec_failure_message(command: &str, errno: i32, interpreter_missing: bool) -> (String, i32) {
+    if errno == libc::ENOENT && interpreter_missing {
+        (
+            format!("cannot run {command}: its interpreter (ELF loader or #! line) is missing in the image"),
+            child::NOT_FOUND_STATUS,
+        )
+    } else if errno == libc::ENOENT {
+        (format!("command not found: {command}"), child::NOT_FOUND_STATUS)
+    } else if errno == libc::EACCES {
+        (format!("permission denied: {command}"), child::CANNOT_EXECUTE_STATUS)
+    } else {
+        (
+            format!("cannot execute {command}: {}", io::Error::from_raw_os_error(errno)),
+            child::CANNOT_EXECUTE_STATUS,
+        )
+    }
+}
+
+impl ContainerRuntime {
+    /// Runs one container; see the crate docs for the recipe.
+    pub fn run_container(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, ContainerError> {
+        let mut guard = signals::RunGuard::enter();
+        if let Some(sig) = signals::received() {
+            return Err(ContainerError::Interrupted(sig));
+        }
+        let spec = launch.spec;
+        let explain = launch.options.explain;
+        let layout = CgroupLayout::detect()?;
+        let hierarchies = layout.plan(&Controller::needed(&spec.resources))?;
+        let workdir = spec.workdir.as_deref().unwrap_or("/");
+        let plan = plan::build(
+            &RootfsSpec {
+                layers: &launch.layers,
+                upper: launch.instance.upper(),
+                work: launch.instance.work(),
+                rootfs: launch.instance.rootfs(),
+                hostname: &spec.name,
+                workdir,
+                command: &spec.command,
+                env: &spec.env,
+            },
+            CapabilityPlan::for_this_process(),
+            Arc::new(seccomp::compile()?),
+        )?;
+        if explain {
+            for h in &hierarchies {
+                let names: Vec<&str> = h.controllers.iter().map(|c| c.name()).collect();
+                eprintln!(
+                    "duet: cgroup {:?} {}/{}/{} for {}",
+                    h.version,
+                    h.mount.display(),
+                    cgroup::DUET_CGROUP_DIR,
+                    launch.instance.id(),
+                    names.join(",")
+                );
+            }
+            for s in &plan.steps {
+                eprintln!("duet: container init: {}", s.describe());
+            }
+        }
+
+        let (parent_end, child_end) = Channel::pair().map_err(ContainerError::Channel)?;
+        let mut init = Init::spawn(&plan, &child_end).map_err(ContainerError::Clone)?;
+        report.mark(Phase::NamespacesCreated);
+        drop(child_end);
+        guard.register(init.pidfd.as_raw_fd());
+
+        // The child mounts its root meanwhile; the parent makes its cgroups.
+        let cgroup = Cgroup::create(&hierarchies, launch.instance.id(), &spec.resources)
+            .and_then(|cg| cg.add_pid(init.pid).map(|()| cg));
+        let cgroup = match cgroup {
+            Ok(cg) => cg,
+            Err(e) => {
+                drop(init); // kill + reap before removing what is left of the cgroups
+                return Err(e.into());
+            }
+        };
+        report.mark(Phase::CgroupApplied);
+        // A child that already failed has closed its end: EPIPE, and its message waits for us.
+        let _ = parent_end.send_raw(&ParentMsg::Go.encode());
+        let setup = read_child(&parent_end);
+
+        let finish = |init: &mut Init, guard: &mut signals::RunGuard| -> Result<WorkloadExit, ContainerError> {
+            let exit = init.reap().map_err(|source| ContainerError::Wait { pid: init.pid, source })?;
+            guard.unregister();
+            Ok(exit)
+        };
+
+        if let Some((step, errno)) = setup.step_failed {
+            let _ = finish(&mut init, &mut guard);
+            cgroup.destroy()?;
+            if let Some(sig) = signals::received() {
+                return Ok(WorkloadExit::Signal(sig));
+            }
+            let step = &plan.steps[step as usize];
+            if let (Step::Workdir(_), libc::ENOENT | libc::ENOTDIR) = (step, errno) {
+                return Err(ContainerError::WorkdirMissing(workdir.to_string()));
+            }
+            return Err(ContainerError::Step {
+                step: step.describe(),
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        if let Some((rootfs_ready, pivot_done, _)) = setup.stamps {
+            report.mark_at(Phase::RootfsReady, rootfs_ready);
+            report.mark_at(Phase::PivotDone, pivot_done);
+        }
+        if let Some((errno, interp)) = setup.exec_failed {
+            let status = finish(&mut init, &mut guard);
+            cgroup.destroy()?;
+            status?;
+            let (msg, code) = exec_failure_message(&spec.command[0], errno, interp);
+            eprintln!("duet: {msg}");
+            let exit = WorkloadExit::Code(code);
+            report.exit = Some(exit);
+            return Ok(exit);
+        }
+        let Some((_, _, ready)) = setup.stamps else {
+            let status = finish(&mut init, &mut guard);
+            cgroup.destroy()?;
+            if let Some(sig) = signals::received() {
+                return Ok(WorkloadExit::Signal(sig));
+            }
+            return Err(ContainerError::InitDied(status?));
+        };
+        report.mark_at(Phase::Ready, ready);
+
+        // The workload runs.
+        let deadline = launch.options.timeout.map(|t| Instant::now() + t);
+        let waited = init
+            .wait_exit(deadline)
+            .and_then(|exited| {
+                if !exited {
+                    init.kill();
+                    report.counters.insert("timed_out".into(), 1);
+                    init.wait_exit(None)?;
+                }
+                Ok(())
+            })
+            .map_err(|source| ContainerError::Wait { pid: init.pid, source });
+        let exit = waited.and_then(|()| finish(&mut init, &mut guard));
+        report.mark(Phase::Exited);
+        let destroyed = cgroup.destroy();
+        let mut exit = exit?;
+        destroyed?;
+        if let Some(sig) = signals::received() {
+            report.counters.insert("stopped_by_signal".into(), sig as u64);
+            exit = WorkloadExit::Signal(sig);
+        } else if report.counters.contains_key("timed_out") {
+            eprintln!(
+                "duet: {}: killed after the {} timeout",
+                spec.name,
+                fmt_duration(launch.options.timeout.unwrap_or_default())
+            );
+        }
+        report.exit = Some(exit);
+        Ok(exit)
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+impl Runtime for ContainerRuntime {
+    fn isolation(&self) -> &'static str {
+        "container"
+    }
+
+    fn run(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, BackendError> {
+        Ok(self.run_container(launch, report)?)
+    }
+
+    fn gc_instance(&self, id: &str) -> Result<(), BackendError> {
+        let layout = CgroupLayout::detect()?;
+        cgroup::gc_instance(&layout, id)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_failures_read_like_a_shell() {
+        assert_eq!(
+            exec_failure_message("nope", libc::ENOENT, false),
+            ("command not found: nope".to_string(), 127)
+        );
+        assert_eq!(exec_failure_message("/x", libc::EACCES, false).1, 126);
+        assert!(exec_failure_message("/x", libc::ENOENT, true).0.contains("interpreter"));
+    }
+}

@@ -1,0 +1,255 @@
+//! Typed messages between duet and the container's init before it execs.
+//!
+//! A `SOCK_SEQPACKET` socketpair with `SOCK_CLOEXEC`: every message arrives
+//! whole, and when the child's execve succeeds its end closes, so the parent
+//! reads end-of-file: "the workload is running". Messages are fixed-size
+//! little arrays encoded without allocation, because the child side runs
+//! between clone and execve.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Bytes in one encoded message.
+pub const MSG_LEN: usize = 40;
+
+/// What the child tells the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildMsg {
+    /// Setup done; execve comes next. `CLOCK_MONOTONIC` ns of the phases.
+    Stamps {
+        /// Overlay root mounted.
+        rootfs_ready: u64,
+        /// pivot_root done.
+        pivot_done: u64,
+        /// Immediately before execve.
+        ready: u64,
+    },
+    /// Setup step number `step` of the plan failed with `errno`.
+    StepFailed {
+        /// Index into the child plan's steps.
+        step: u32,
+        /// errno.
+        errno: i32,
+    },
+    /// execve of the workload failed.
+    ExecFailed {
+        /// errno of the last attempt (ENOENT: not found).
+        errno: i32,
+        /// The file exists but its ELF interpreter or `#!` interpreter does not.
+        interpreter_missing: bool,
+    },
+}
+
+/// What the parent tells the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentMsg {
+    /// The child is in its cgroup: go on to exec.
+    Go,
+}
+
+const TAG_STAMPS: u32 = 1;
+const TAG_STEP_FAILED: u32 = 2;
+const TAG_EXEC_FAILED: u32 = 3;
+const TAG_GO: u32 = 4;
+
+fn put_u32(b: &mut [u8; MSG_LEN], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut [u8; MSG_LEN], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+fn get_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl ChildMsg {
+    /// Fixed-size encoding.
+    pub fn encode(&self) -> [u8; MSG_LEN] {
+        let mut b = [0u8; MSG_LEN];
+        match *self {
+            ChildMsg::Stamps {
+                rootfs_ready,
+                pivot_done,
+                ready,
+            } => {
+                put_u32(&mut b, 0, TAG_STAMPS);
+                put_u64(&mut b, 8, rootfs_ready);
+                put_u64(&mut b, 16, pivot_done);
+                put_u64(&mut b, 24, ready);
+            }
+            ChildMsg::StepFailed { step, errno } => {
+                put_u32(&mut b, 0, TAG_STEP_FAILED);
+                put_u32(&mut b, 4, step);
+                put_u32(&mut b, 8, errno as u32);
+            }
+            ChildMsg::ExecFailed {
+                errno,
+                interpreter_missing,
+            } => {
+                put_u32(&mut b, 0, TAG_EXEC_FAILED);
+                put_u32(&mut b, 4, errno as u32);
+                put_u32(&mut b, 8, u32::from(interpreter_missing));
+            }
+        }
+        b
+    }
+
+    /// Decodes a message; `None` for anything malformed.
+    pub fn decode(b: &[u8]) -> Option<ChildMsg> {
+        if b.len() != MSG_LEN {
+            return None;
+        }
+        match get_u32(b, 0) {
+            TAG_STAMPS => Some(ChildMsg::Stamps {
+                rootfs_ready: get_u64(b, 8),
+                pivot_done: get_u64(b, 16),
+                ready: get_u64(b, 24),
+            }),
+            TAG_STEP_FAILED => Some(ChildMsg::StepFailed {
+                step: get_u32(b, 4),
+                errno: get_u32(b, 8) as i32,
+            }),
+            TAG_EXEC_FAILED => Some(ChildMsg::ExecFailed {
+                errno: get_u32(b, 4) as i32,
+                interpreter_missing: get_u32(b, 8) != 0,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl ParentMsg {
+    /// Fixed-size encoding.
+    pub fn encode(&self) -> [u8; MSG_LEN] {
+        let mut b = [0u8; MSG_LEN];
+        match self {
+            ParentMsg::Go => put_u32(&mut b, 0, TAG_GO),
+        }
+        b
+    }
+
+    /// Decodes a message; `None` for anything malformed.
+    pub fn decode(b: &[u8]) -> Option<ParentMsg> {
+        (b.len() == MSG_LEN && get_u32(b, 0) == TAG_GO).then_some(ParentMsg::Go)
+    }
+}
+
+/// One end of the parent/child socketpair.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+impl Channel {
+    /// A connected pair: (parent end, child end), both close-on-exec.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair writes two new fds into the array we own.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds were just created and are owned by nobody else.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok((Channel { fd: a }, Channel { fd: b }))
+    }
+
+    /// Sends one message; returns the errno on failure. No allocation.
+    pub fn send_raw(&self, b: &[u8; MSG_LEN]) -> Result<(), i32> {
+        loop {
+            // SAFETY: sends MSG_LEN bytes from a buffer we own; MSG_NOSIGNAL
+            // turns a closed peer into EPIPE instead of SIGPIPE.
+            let n = unsafe { libc::send(self.fd.as_raw_fd(), b.as_ptr().cast(), MSG_LEN, libc::MSG_NOSIGNAL) };
+            if n == MSG_LEN as isize {
+                return Ok(());
+            }
+            let e = crate::capabilities::errno();
+            if n < 0 && e == libc::EINTR {
+                continue;
+            }
+            return Err(if n < 0 { e } else { libc::EPROTO });
+        }
+    }
+
+    /// Receives one message: `Ok(None)` at end-of-file. No allocation.
+    pub fn recv_raw(&self, b: &mut [u8; MSG_LEN]) -> Result<Option<usize>, i32> {
+        loop {
+            // SAFETY: receives at most MSG_LEN bytes into a buffer we own.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), MSG_LEN, 0) };
+            if n > 0 {
+                return Ok(Some(n as usize));
+            }
+            if n == 0 {
+                return Ok(None);
+            }
+            let e = crate::capabilities::errno();
+            if e != libc::EINTR {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Parent side: next message from the child, `None` at end-of-file.
+    pub fn recv_child(&self) -> io::Result<Option<ChildMsg>> {
+        let mut b = [0u8; MSG_LEN];
+        match self.recv_raw(&mut b).map_err(io::Error::from_raw_os_error)? {
+            None => Ok(None),
+            Some(n) => ChildMsg::decode(&b[..n])
+                .map(Some)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed message from container init")),
+        }
+    }
+
+    /// Raw fd (for the child, which must not drop the `OwnedFd` before exec).
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            ChildMsg::Stamps {
+                rootfs_ready: 1,
+                pivot_done: u64::MAX,
+                ready: 3,
+            },
+            ChildMsg::StepFailed { step: 7, errno: libc::ENOENT },
+            ChildMsg::ExecFailed {
+                errno: libc::EACCES,
+                interpreter_missing: true,
+            },
+        ] {
+            assert_eq!(ChildMsg::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(ParentMsg::decode(&ParentMsg::Go.encode()), Some(ParentMsg::Go));
+        assert_eq!(ChildMsg::decode(&ParentMsg::Go.encode()), None);
+        assert_eq!(ChildMsg::decode(&[1, 0, 0]), None);
+    }
+
+    #[test]
+    fn pair_delivers_whole_messages_then_eof() {
+        let (p, c) = Channel::pair().unwrap();
+        let m = ChildMsg::StepFailed { step: 2, errno: 5 };
+        c.send_raw(&m.encode()).unwrap();
+        drop(c);
+        assert_eq!(p.recv_child().unwrap(), Some(m));
+        assert_eq!(p.recv_child().unwrap(), None);
+        // The peer is gone: send reports EPIPE rather than raising SIGPIPE.
+        assert_eq!(p.send_raw(&ParentMsg::Go.encode()), Err(libc::EPIPE));
+    }
+}

@@ -1,0 +1,282 @@
+//! The container's init between clone and execve.
+//!
+//! Runs in a copy of the parent's address space made by a fork-style clone3,
+//! possibly while other parent threads held locks (the allocator's, stdio's):
+//! so this code never allocates, never panics on purpose, never touches
+//! Rust's stdio, and ends in execve or `_exit`. Everything it needs was
+//! prepared by the parent in a [`ChildPlan`].
+
+use crate::capabilities::errno;
+use crate::channel::{Channel, ChildMsg, ParentMsg, MSG_LEN};
+use crate::plan::{ChildPlan, Step};
+use duet_shared::clock::monotonic_ns;
+use std::ffi::CStr;
+
+/// Exit status of an init whose setup failed (the parent reports the reason).
+pub const SETUP_FAILED_STATUS: i32 = 125;
+/// Exit status when the command was not found (as in shells).
+pub const NOT_FOUND_STATUS: i32 = 127;
+/// Exit status when the command was found but could not be executed.
+pub const CANNOT_EXECUTE_STATUS: i32 = 126;
+
+fn check(r: libc::c_int) -> Result<(), i32> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// mount(2) with an optional data string.
+fn mount(source: &CStr, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, data: Option<&CStr>) -> Result<(), i32> {
+    // SAFETY: every pointer is a NUL-terminated string we own or NULL.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.map_or(std::ptr::null(), CStr::as_ptr),
+            flags,
+            data.map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    })
+}
+
+/// `struct ifreq` as far as SIOCGIFFLAGS/SIOCSIFFLAGS use it.
+#[repr(C)]
+struct IfreqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn loopback_up() -> Result<(), i32> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let mut req = IfreqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: the ioctls read/write an ifreq-sized struct we own.
+    let r = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
+            -1
+        } else {
+            req.flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req)
+        }
+    };
+    let e = errno();
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn mask(path: &CStr) -> Result<(), i32> {
+    match mount(c"dev/null", path, None, libc::MS_BIND, None) {
+        Ok(()) => Ok(()),
+        Err(libc::ENOENT) => Ok(()),
+        // A directory: cover it with an empty read-only tmpfs.
+        Err(libc::ENOTDIR) => mount(c"tmpfs", path, Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0")),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_only(path: &CStr) -> Result<(), i32> {
+    match mount(path, path, None, libc::MS_BIND | libc::MS_REC, None) {
+        Ok(()) => {}
+        Err(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let flags = libc::MS_BIND
+        | libc::MS_REMOUNT
+        | libc::MS_RDONLY
+        | libc::MS_REC
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    mount(path, path, None, flags, None)
+}
+
+fn pivot_root() -> Result<(), i32> {
+    // pivot_root(".", "."): the old root ends up stacked on the new one and is
+    // detached right away (runc's trick; no temporary directory needed).
+    // SAFETY: raw syscalls with static NUL-terminated strings.
+    unsafe {
+        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
+            return Err(errno());
+        }
+        check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+        check(libc::chdir(c"/".as_ptr()))
+    }
+}
+
+struct Stamps {
+    rootfs_ready: u64,
+    pivot_done: u64,
+}
+
+fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) -> Result<(), i32> {
+    match step {
+        Step::MakeRootSlave => mount(c"none", c"/", None, libc::MS_REC | libc::MS_SLAVE, None),
+        Step::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => mount(source, target, Some(fstype), *flags, data.as_deref()),
+        // SAFETY: chdir with a NUL-terminated path we own.
+        Step::Chdir(p) | Step::Workdir(p) => check(unsafe { libc::chdir(p.as_ptr()) }),
+        // SAFETY: mkdir with a NUL-terminated path we own.
+        Step::Mkdir(p, mode) => match check(unsafe { libc::mkdir(p.as_ptr(), *mode) }) {
+            Err(libc::EEXIST) => Ok(()),
+            r => r,
+        },
+        Step::CharDevice { path, major, minor } => {
+            // SAFETY: mknod with a NUL-terminated path we own.
+            check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(*major, *minor)) })
+        }
+        // SAFETY: symlink with NUL-terminated strings we own.
+        Step::Symlink { target, link } => match check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }) {
+            Err(libc::EEXIST) => Ok(()),
+            r => r,
+        },
+        Step::Mask(p) => mask(p),
+        Step::ReadOnly(p) => read_only(p),
+        Step::StampRootfsReady => {
+            stamps.rootfs_ready = monotonic_ns();
+            Ok(())
+        }
+        Step::PivotRoot => pivot_root(),
+        Step::StampPivotDone => {
+            stamps.pivot_done = monotonic_ns();
+            Ok(())
+        }
+        // SAFETY: sethostname reads len bytes of a string we own.
+        Step::Hostname(h) => check(unsafe { libc::sethostname(h.as_ptr(), h.as_bytes().len()) }),
+        Step::LoopbackUp => loopback_up(),
+        Step::WaitForParent => {
+            let mut b = [0u8; MSG_LEN];
+            match chan.recv_raw(&mut b)? {
+                Some(n) if ParentMsg::decode(&b[..n]) == Some(ParentMsg::Go) => Ok(()),
+                // The parent went away or said something else: stop here.
+                _ => Err(libc::ECANCELED),
+            }
+        }
+        // SAFETY: unshare with a constant flag.
+        Step::UnshareCgroupNamespace => check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }),
+        Step::Umask(m) => {
+            // SAFETY: umask cannot fail.
+            unsafe { libc::umask(*m) };
+            Ok(())
+        }
+        Step::DropCapabilities => plan.caps.apply(),
+        // SAFETY: prctl with integer arguments.
+        Step::NoNewPrivs => check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
+        Step::Seccomp => crate::seccomp::install_all(&plan.seccomp),
+    }
+}
+
+/// Resets what the parent's process state would otherwise leak into the workload.
+fn reset_signals() {
+    // SAFETY: plain libc calls on a zeroed sigset and default dispositions.
+    unsafe {
+        for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// execve of the workload, searching `plan.search_path` when argv\[0\] has
+/// no `/`. Returns only on failure: (errno, interpreter_missing).
+fn exec(plan: &ChildPlan) -> (i32, bool) {
+    let cmd = plan.argv[0].as_bytes();
+    let try_one = |path: *const libc::c_char| -> (i32, bool) {
+        // SAFETY: path, argv and envp are NUL-terminated strings / NULL-terminated arrays we own.
+        unsafe { libc::execve(path, plan.argv_ptr(), plan.envp_ptr()) };
+        let e = errno();
+        // ENOENT for a file that exists: its ELF loader or #! interpreter is missing.
+        // SAFETY: access with a NUL-terminated path.
+        let exists = e == libc::ENOENT && unsafe { libc::access(path, libc::F_OK) } == 0;
+        (e, exists)
+    };
+    let Some(search) = &plan.search_path else {
+        return try_one(plan.argv[0].as_ptr());
+    };
+    let mut buf = [0u8; 4096];
+    let mut seen_eacces = false;
+    for dir in search.as_bytes().split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let len = dir.len() + 1 + cmd.len();
+        if len + 1 > buf.len() {
+            continue;
+        }
+        buf[..dir.len()].copy_from_slice(dir);
+        buf[dir.len()] = b'/';
+        buf[dir.len() + 1..len].copy_from_slice(cmd);
+        buf[len] = 0;
+        match try_one(buf.as_ptr().cast()) {
+            (libc::EACCES, _) => seen_eacces = true,
+            (libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT, false) => {}
+            other => return other,
+        }
+    }
+    if seen_eacces {
+        (libc::EACCES, false)
+    } else {
+        (libc::ENOENT, false)
+    }
+}
+
+/// The container's init: set up, report, exec. Never returns.
+pub fn child_main(plan: &ChildPlan, chan: &Channel) -> ! {
+    // SAFETY: prctl with integer arguments; if duet dies, so does the container.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    reset_signals();
+    let mut stamps = Stamps {
+        rootfs_ready: 0,
+        pivot_done: 0,
+    };
+    for (i, step) in plan.steps.iter().enumerate() {
+        if let Err(errno) = run_step(step, plan, chan, &mut stamps) {
+            let _ = chan.send_raw(&ChildMsg::StepFailed { step: i as u32, errno }.encode());
+            // SAFETY: _exit ends the process without running destructors.
+            unsafe { libc::_exit(SETUP_FAILED_STATUS) };
+        }
+    }
+    let msg = ChildMsg::Stamps {
+        rootfs_ready: stamps.rootfs_ready,
+        pivot_done: stamps.pivot_done,
+        ready: monotonic_ns(),
+    };
+    if chan.send_raw(&msg.encode()).is_err() {
+        // SAFETY: as above.
+        unsafe { libc::_exit(SETUP_FAILED_STATUS) };
+    }
+    let (errno, interpreter_missing) = exec(plan);
+    let _ = chan.send_raw(
+        &ChildMsg::ExecFailed {
+            errno,
+            interpreter_missing,
+        }
+        .encode(),
+    );
+    let status = if errno == libc::ENOENT {
+        NOT_FOUND_STATUS
+    } else {
+        CANNOT_EXECUTE_STATUS
+    };
+    // SAFETY: as above.
+    unsafe { libc::_exit(status) }
+}
