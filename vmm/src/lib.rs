@@ -1,1 +1,3 @@
 //! duet-vmm
+
+pub mod rootfs;
