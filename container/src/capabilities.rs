@@ -102,7 +102,15 @@ impl CapabilityPlan {
         }
         // SAFETY: prctl with integer arguments only. Fails with EINVAL on
         // kernels without ambient capabilities (< 4.3), which then have none to clear.
-        unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+        unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+        };
         let hdr = CapHeader {
             version: CAP_VERSION_3,
             pid: 0,
@@ -180,11 +188,24 @@ mod tests {
                     let eff = permitted_now();
                     // SAFETY: prctl with integer arguments only.
                     let bnd_admin = unsafe {
-                        libc::prctl(libc::PR_CAPBSET_READ, Capability::CAP_SYS_ADMIN.index() as libc::c_ulong, 0, 0, 0)
+                        libc::prctl(
+                            libc::PR_CAPBSET_READ,
+                            Capability::CAP_SYS_ADMIN.index() as libc::c_ulong,
+                            0,
+                            0,
+                            0,
+                        )
                     };
                     // SAFETY: same.
-                    let bnd_chown =
-                        unsafe { libc::prctl(libc::PR_CAPBSET_READ, Capability::CAP_CHOWN.index() as libc::c_ulong, 0, 0, 0) };
+                    let bnd_chown = unsafe {
+                        libc::prctl(
+                            libc::PR_CAPBSET_READ,
+                            Capability::CAP_CHOWN.index() as libc::c_ulong,
+                            0,
+                            0,
+                            0,
+                        )
+                    };
                     if eff != plan.keep {
                         11
                     } else if bnd_admin != 0 {

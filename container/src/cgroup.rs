@@ -127,8 +127,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -156,11 +158,7 @@ impl CgroupLayout {
             }
             let mount = PathBuf::from(unescape_mountinfo(fields[4]));
             match right[0] {
-                "cgroup2" => {
-                    if layout.v2.is_none() {
-                        layout.v2 = Some(mount);
-                    }
-                }
+                "cgroup2" if layout.v2.is_none() => layout.v2 = Some(mount),
                 "cgroup" => {
                     let controllers: Vec<String> = right[2]
                         .split(',')
@@ -206,7 +204,11 @@ impl CgroupLayout {
             .map(|(p, c)| format!("v1 {} ({})", p.display(), c.join(",")))
             .collect();
         if let Some(p) = &self.v2 {
-            parts.push(format!("v2 {} ({})", p.display(), self.v2_controllers().join(" ")));
+            parts.push(format!(
+                "v2 {} ({})",
+                p.display(),
+                self.v2_controllers().join(" ")
+            ));
         }
         if parts.is_empty() {
             "none".to_string()
@@ -376,7 +378,11 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates `duet/<id>` in each hierarchy and writes the limits. On error,
     /// whatever was created is removed again.
-    pub fn create(hierarchies: &[Hierarchy], id: &str, r: &Resources) -> Result<Cgroup, CgroupError> {
+    pub fn create(
+        hierarchies: &[Hierarchy],
+        id: &str,
+        r: &Resources,
+    ) -> Result<Cgroup, CgroupError> {
         check_id(id)?;
         let mut cg = Cgroup { dirs: Vec::new() };
         for h in hierarchies {
@@ -536,7 +542,10 @@ mod tests {
     fn detects_hybrid_layout() {
         let l = CgroupLayout::from_mountinfo(HYBRID);
         assert_eq!(l.v2, Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let names: Vec<_> = l.v1.iter().map(|(p, c)| (p.to_str().unwrap(), c.join(","))).collect();
+        let names: Vec<_> =
+            l.v1.iter()
+                .map(|(p, c)| (p.to_str().unwrap(), c.join(",")))
+                .collect();
         assert_eq!(
             names,
             vec![
@@ -601,7 +610,10 @@ mod tests {
         let (_t, l) = v2_fixture("cpuset hugetlb");
         let e = l.plan(&[Controller::Memory]).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("`memory`") && msg.contains("resources.memory_mib"), "{msg}");
+        assert!(
+            msg.contains("`memory`") && msg.contains("resources.memory_mib"),
+            "{msg}"
+        );
         assert!(msg.contains("hugetlb"), "{msg}");
     }
 
@@ -615,14 +627,26 @@ mod tests {
         };
         let plan = l.plan(&Controller::needed(&r)).unwrap();
         assert_eq!(plan.len(), 1);
-        assert_eq!(plan[0].controllers, vec![Controller::Memory, Controller::Pids, Controller::Cpu]);
+        assert_eq!(
+            plan[0].controllers,
+            vec![Controller::Memory, Controller::Pids, Controller::Cpu]
+        );
         let leaf = t.path().join("duet/inst-1");
         // The fixture stands in for the kernel: the files exist once the dir does.
         touch(&t.path().join("duet"), &["cgroup.subtree_control"]);
-        touch(&leaf, &["memory.max", "pids.max", "cpu.max", "cgroup.procs"]);
+        touch(
+            &leaf,
+            &["memory.max", "pids.max", "cpu.max", "cgroup.procs"],
+        );
         let cg = Cgroup::create(&plan, "inst-1", &r).unwrap();
-        assert_eq!(read(&t.path().join("cgroup.subtree_control")), "+memory +pids +cpu");
-        assert_eq!(read(&t.path().join("duet/cgroup.subtree_control")), "+memory +pids +cpu");
+        assert_eq!(
+            read(&t.path().join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        assert_eq!(
+            read(&t.path().join("duet/cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
         assert_eq!(read(&leaf.join("memory.max")), (64u64 << 20).to_string());
         assert_eq!(read(&leaf.join("pids.max")), "100");
         assert_eq!(read(&leaf.join("cpu.max")), "200000 100000");
@@ -654,7 +678,11 @@ mod tests {
     #[test]
     fn v1_limits_per_hierarchy() {
         let t = tempfile::tempdir().unwrap();
-        let (mem, pids, cpu) = (t.path().join("memory"), t.path().join("pids"), t.path().join("cpu"));
+        let (mem, pids, cpu) = (
+            t.path().join("memory"),
+            t.path().join("pids"),
+            t.path().join("cpu"),
+        );
         let l = CgroupLayout {
             v1: vec![
                 (cpu.clone(), vec!["cpu".into()]),
@@ -670,12 +698,28 @@ mod tests {
         };
         let plan = l.plan(&Controller::needed(&r)).unwrap();
         assert_eq!(plan.len(), 3);
-        touch(&mem.join("duet/i"), &["memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "cgroup.procs"]);
+        touch(
+            &mem.join("duet/i"),
+            &[
+                "memory.limit_in_bytes",
+                "memory.memsw.limit_in_bytes",
+                "cgroup.procs",
+            ],
+        );
         touch(&pids.join("duet/i"), &["pids.max", "cgroup.procs"]);
-        touch(&cpu.join("duet/i"), &["cpu.cfs_period_us", "cpu.cfs_quota_us", "cgroup.procs"]);
+        touch(
+            &cpu.join("duet/i"),
+            &["cpu.cfs_period_us", "cpu.cfs_quota_us", "cgroup.procs"],
+        );
         let cg = Cgroup::create(&plan, "i", &r).unwrap();
-        assert_eq!(read(&mem.join("duet/i/memory.limit_in_bytes")), (32u64 << 20).to_string());
-        assert_eq!(read(&mem.join("duet/i/memory.memsw.limit_in_bytes")), (32u64 << 20).to_string());
+        assert_eq!(
+            read(&mem.join("duet/i/memory.limit_in_bytes")),
+            (32u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(&mem.join("duet/i/memory.memsw.limit_in_bytes")),
+            (32u64 << 20).to_string()
+        );
         assert_eq!(read(&pids.join("duet/i/pids.max")), "16");
         assert_eq!(read(&cpu.join("duet/i/cpu.cfs_period_us")), "100000");
         assert_eq!(read(&cpu.join("duet/i/cpu.cfs_quota_us")), "100000");
@@ -692,7 +736,10 @@ mod tests {
         let mem = t.path().join("memory");
         std::fs::create_dir(&mem).unwrap();
         let l = CgroupLayout {
-            v1: vec![(mem.clone(), vec!["memory".into()]), (mem.clone(), vec!["cpu".into()])],
+            v1: vec![
+                (mem.clone(), vec!["memory".into()]),
+                (mem.clone(), vec!["cpu".into()]),
+            ],
             v2: None,
         };
         let plan = l.plan(&[Controller::Memory]).unwrap();
@@ -705,7 +752,10 @@ mod tests {
     #[test]
     fn bad_ids_are_refused() {
         let l = CgroupLayout::default();
-        assert!(matches!(gc_instance(&l, "../x"), Err(CgroupError::BadId(_))));
+        assert!(matches!(
+            gc_instance(&l, "../x"),
+            Err(CgroupError::BadId(_))
+        ));
         assert!(matches!(gc_instance(&l, ""), Err(CgroupError::BadId(_))));
         assert!(gc_instance(&l, "fine-id").is_ok());
     }

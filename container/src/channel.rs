@@ -169,7 +169,14 @@ impl Channel {
         loop {
             // SAFETY: sends MSG_LEN bytes from a buffer we own; MSG_NOSIGNAL
             // turns a closed peer into EPIPE instead of SIGPIPE.
-            let n = unsafe { libc::send(self.fd.as_raw_fd(), b.as_ptr().cast(), MSG_LEN, libc::MSG_NOSIGNAL) };
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    b.as_ptr().cast(),
+                    MSG_LEN,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
             if n == MSG_LEN as isize {
                 return Ok(());
             }
@@ -202,11 +209,17 @@ impl Channel {
     /// Parent side: next message from the child, `None` at end-of-file.
     pub fn recv_child(&self) -> io::Result<Option<ChildMsg>> {
         let mut b = [0u8; MSG_LEN];
-        match self.recv_raw(&mut b).map_err(io::Error::from_raw_os_error)? {
+        match self
+            .recv_raw(&mut b)
+            .map_err(io::Error::from_raw_os_error)?
+        {
             None => Ok(None),
-            Some(n) => ChildMsg::decode(&b[..n])
-                .map(Some)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed message from container init")),
+            Some(n) => ChildMsg::decode(&b[..n]).map(Some).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed message from container init",
+                )
+            }),
         }
     }
 
@@ -228,7 +241,10 @@ mod tests {
                 pivot_done: u64::MAX,
                 ready: 3,
             },
-            ChildMsg::StepFailed { step: 7, errno: libc::ENOENT },
+            ChildMsg::StepFailed {
+                step: 7,
+                errno: libc::ENOENT,
+            },
             ChildMsg::ExecFailed {
                 errno: libc::EACCES,
                 interpreter_missing: true,
@@ -236,7 +252,10 @@ mod tests {
         ] {
             assert_eq!(ChildMsg::decode(&m.encode()), Some(m));
         }
-        assert_eq!(ParentMsg::decode(&ParentMsg::Go.encode()), Some(ParentMsg::Go));
+        assert_eq!(
+            ParentMsg::decode(&ParentMsg::Go.encode()),
+            Some(ParentMsg::Go)
+        );
         assert_eq!(ChildMsg::decode(&ParentMsg::Go.encode()), None);
         assert_eq!(ChildMsg::decode(&[1, 0, 0]), None);
     }

@@ -28,7 +28,13 @@ fn check(r: libc::c_int) -> Result<(), i32> {
 }
 
 /// mount(2) with an optional data string.
-fn mount(source: &CStr, target: &CStr, fstype: Option<&CStr>, flags: libc::c_ulong, data: Option<&CStr>) -> Result<(), i32> {
+fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), i32> {
     // SAFETY: every pointer is a NUL-terminated string we own or NULL.
     check(unsafe {
         libc::mount(
@@ -84,7 +90,13 @@ fn mask(path: &CStr) -> Result<(), i32> {
         Ok(()) => Ok(()),
         Err(libc::ENOENT) => Ok(()),
         // A directory: cover it with an empty read-only tmpfs.
-        Err(libc::ENOTDIR) => mount(c"tmpfs", path, Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0")),
+        Err(libc::ENOTDIR) => mount(
+            c"tmpfs",
+            path,
+            Some(c"tmpfs"),
+            libc::MS_RDONLY,
+            Some(c"size=0"),
+        ),
         Err(e) => Err(e),
     }
 }
@@ -142,13 +154,21 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
         },
         Step::CharDevice { path, major, minor } => {
             // SAFETY: mknod with a NUL-terminated path we own.
-            check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(*major, *minor)) })
+            check(unsafe {
+                libc::mknod(
+                    path.as_ptr(),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(*major, *minor),
+                )
+            })
         }
         // SAFETY: symlink with NUL-terminated strings we own.
-        Step::Symlink { target, link } => match check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }) {
-            Err(libc::EEXIST) => Ok(()),
-            r => r,
-        },
+        Step::Symlink { target, link } => {
+            match check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }) {
+                Err(libc::EEXIST) => Ok(()),
+                r => r,
+            }
+        }
         Step::Mask(p) => mask(p),
         Step::ReadOnly(p) => read_only(p),
         Step::StampRootfsReady => {
@@ -189,7 +209,13 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
 fn reset_signals() {
     // SAFETY: plain libc calls on a zeroed sigset and default dispositions.
     unsafe {
-        for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+        ] {
             libc::signal(sig, libc::SIG_DFL);
         }
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -228,7 +254,10 @@ fn exec(plan: &ChildPlan) -> (i32, bool) {
         buf[len] = 0;
         match try_one(buf.as_ptr().cast()) {
             (libc::EACCES, _) => seen_eacces = true,
-            (libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT, false) => {}
+            (
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT,
+                false,
+            ) => {}
             other => return other,
         }
     }
@@ -250,7 +279,13 @@ pub fn child_main(plan: &ChildPlan, chan: &Channel) -> ! {
     };
     for (i, step) in plan.steps.iter().enumerate() {
         if let Err(errno) = run_step(step, plan, chan, &mut stamps) {
-            let _ = chan.send_raw(&ChildMsg::StepFailed { step: i as u32, errno }.encode());
+            let _ = chan.send_raw(
+                &ChildMsg::StepFailed {
+                    step: i as u32,
+                    errno,
+                }
+                .encode(),
+            );
             // SAFETY: _exit ends the process without running destructors.
             unsafe { libc::_exit(SETUP_FAILED_STATUS) };
         }

@@ -108,7 +108,11 @@ struct CloneArgs {
 }
 
 /// Namespaces the container init starts in (cgroup comes later, from inside).
-const NAMESPACES: u64 = (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET) as u64;
+const NAMESPACES: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET) as u64;
 
 /// The container init, as the parent holds it: killed and reaped on drop
 /// unless [`Init::wait`] reaped it.
@@ -131,7 +135,13 @@ impl Init {
         // SAFETY: fork-style clone3 (no new stack): the child continues on a
         // copy of this stack and only runs child_main, which never returns,
         // never allocates and ends in execve or _exit.
-        let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -260,12 +270,21 @@ pub fn exec_failure_message(command: &str, errno: i32, interpreter_missing: bool
             child::NOT_FOUND_STATUS,
         )
     } else if errno == libc::ENOENT {
-        (format!("command not found: {command}"), child::NOT_FOUND_STATUS)
+        (
+            format!("command not found: {command}"),
+            child::NOT_FOUND_STATUS,
+        )
     } else if errno == libc::EACCES {
-        (format!("permission denied: {command}"), child::CANNOT_EXECUTE_STATUS)
+        (
+            format!("permission denied: {command}"),
+            child::CANNOT_EXECUTE_STATUS,
+        )
     } else {
         (
-            format!("cannot execute {command}: {}", io::Error::from_raw_os_error(errno)),
+            format!(
+                "cannot execute {command}: {}",
+                io::Error::from_raw_os_error(errno)
+            ),
             child::CANNOT_EXECUTE_STATUS,
         )
     }
@@ -273,7 +292,11 @@ pub fn exec_failure_message(command: &str, errno: i32, interpreter_missing: bool
 
 impl ContainerRuntime {
     /// Runs one container; see the crate docs for the recipe.
-    pub fn run_container(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, ContainerError> {
+    pub fn run_container(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+    ) -> Result<WorkloadExit, ContainerError> {
         let mut guard = signals::RunGuard::enter();
         if let Some(sig) = signals::received() {
             return Err(ContainerError::Interrupted(sig));
@@ -335,8 +358,13 @@ impl ContainerRuntime {
         let _ = parent_end.send_raw(&ParentMsg::Go.encode());
         let setup = read_child(&parent_end);
 
-        let finish = |init: &mut Init, guard: &mut signals::RunGuard| -> Result<WorkloadExit, ContainerError> {
-            let exit = init.reap().map_err(|source| ContainerError::Wait { pid: init.pid, source })?;
+        let finish = |init: &mut Init,
+                      guard: &mut signals::RunGuard|
+         -> Result<WorkloadExit, ContainerError> {
+            let exit = init.reap().map_err(|source| ContainerError::Wait {
+                pid: init.pid,
+                source,
+            })?;
             guard.unregister();
             Ok(exit)
         };
@@ -392,14 +420,19 @@ impl ContainerRuntime {
                 }
                 Ok(())
             })
-            .map_err(|source| ContainerError::Wait { pid: init.pid, source });
+            .map_err(|source| ContainerError::Wait {
+                pid: init.pid,
+                source,
+            });
         let exit = waited.and_then(|()| finish(&mut init, &mut guard));
         report.mark(Phase::Exited);
         let destroyed = cgroup.destroy();
         let mut exit = exit?;
         destroyed?;
         if let Some(sig) = signals::received() {
-            report.counters.insert("stopped_by_signal".into(), sig as u64);
+            report
+                .counters
+                .insert("stopped_by_signal".into(), sig as u64);
             exit = WorkloadExit::Signal(sig);
         } else if report.counters.contains_key("timed_out") {
             eprintln!(
@@ -422,7 +455,11 @@ impl Runtime for ContainerRuntime {
         "container"
     }
 
-    fn run(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, BackendError> {
+    fn run(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+    ) -> Result<WorkloadExit, BackendError> {
         Ok(self.run_container(launch, report)?)
     }
 
@@ -444,6 +481,8 @@ mod tests {
             ("command not found: nope".to_string(), 127)
         );
         assert_eq!(exec_failure_message("/x", libc::EACCES, false).1, 126);
-        assert!(exec_failure_message("/x", libc::ENOENT, true).0.contains("interpreter"));
+        assert!(exec_failure_message("/x", libc::ENOENT, true)
+            .0
+            .contains("interpreter"));
     }
 }

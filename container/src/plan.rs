@@ -37,7 +37,13 @@ pub const MASKED_PATHS: &[&str] = &[
 ];
 
 /// Paths made read-only (OCI default `readonlyPaths`), relative to the root.
-pub const READONLY_PATHS: &[&str] = &["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"];
+pub const READONLY_PATHS: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
 
 /// Character devices created in the container's /dev: name, major, minor.
 pub const DEVICES: &[(&str, u32, u32)] = &[
@@ -164,7 +170,12 @@ impl Step {
                 data,
                 ..
             } => {
-                let mut s = format!("mounting {} ({}) on {}", show(source), show(fstype), show(target));
+                let mut s = format!(
+                    "mounting {} ({}) on {}",
+                    show(source),
+                    show(fstype),
+                    show(target)
+                );
                 if let Some(d) = data {
                     s.push_str(&format!(" with options `{}`", show(d)));
                 }
@@ -175,7 +186,9 @@ impl Step {
             Step::CharDevice { path, major, minor } => {
                 format!("creating device {} ({major}:{minor})", show(path))
             }
-            Step::Symlink { target, link } => format!("creating symlink {} -> {}", show(link), show(target)),
+            Step::Symlink { target, link } => {
+                format!("creating symlink {} -> {}", show(link), show(target))
+            }
             Step::Mask(p) => format!("masking {}", show(p)),
             Step::ReadOnly(p) => format!("making {} read-only", show(p)),
             Step::StampRootfsReady | Step::StampPivotDone => "reading the clock".into(),
@@ -278,7 +291,11 @@ pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<
         }
     }
     let lower: Vec<&OsStr> = layers.iter().rev().map(|p| p.as_os_str()).collect();
-    let lower = lower.iter().map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(":");
+    let lower = lower
+        .iter()
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(":");
     let s = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         upper.to_string_lossy(),
@@ -296,13 +313,21 @@ pub fn overlay_options(layers: &[PathBuf], upper: &Path, work: &Path) -> Result<
 /// The environment: spec env, plus PATH, HOSTNAME and HOME defaults when missing.
 pub fn environment(env: &BTreeMap<String, String>, hostname: &str) -> BTreeMap<String, String> {
     let mut e = env.clone();
-    e.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
-    e.entry("HOSTNAME".into()).or_insert_with(|| hostname.into());
+    e.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    e.entry("HOSTNAME".into())
+        .or_insert_with(|| hostname.into());
     e.entry("HOME".into()).or_insert_with(|| "/root".into());
     e
 }
 
-fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: Option<&str>) -> Step {
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Step {
     Step::Mount {
         source: CString::new(source).expect("static"),
         target: CString::new(target).expect("static"),
@@ -317,7 +342,11 @@ fn c(s: &str) -> CString {
 }
 
 /// Builds the full plan for one container.
-pub fn build(r: &RootfsSpec<'_>, caps: CapabilityPlan, seccomp: Arc<SeccompPrograms>) -> Result<ChildPlan, PlanError> {
+pub fn build(
+    r: &RootfsSpec<'_>,
+    caps: CapabilityPlan,
+    seccomp: Arc<SeccompPrograms>,
+) -> Result<ChildPlan, PlanError> {
     if r.command.is_empty() {
         return Err(PlanError::NoCommand);
     }
@@ -330,7 +359,10 @@ pub fn build(r: &RootfsSpec<'_>, caps: CapabilityPlan, seccomp: Arc<SeccompProgr
             target: rootfs.clone(),
             fstype: c("overlay"),
             flags: 0,
-            data: Some(cstr("overlay options", overlay_options(r.layers, &r.upper, &r.work)?)?),
+            data: Some(cstr(
+                "overlay options",
+                overlay_options(r.layers, &r.upper, &r.work)?,
+            )?),
         },
         Step::StampRootfsReady,
         Step::Chdir(rootfs),
@@ -339,7 +371,13 @@ pub fn build(r: &RootfsSpec<'_>, caps: CapabilityPlan, seccomp: Arc<SeccompProgr
         Step::Mkdir(c("proc"), 0o555),
         mount("proc", "proc", "proc", nosuid_nodev_noexec, None),
         Step::Mkdir(c("dev"), 0o755),
-        mount("tmpfs", "dev", "tmpfs", libc::MS_NOSUID | libc::MS_STRICTATIME, Some("mode=755,size=65536k")),
+        mount(
+            "tmpfs",
+            "dev",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        ),
     ];
     for &(name, major, minor) in DEVICES {
         s.push(Step::CharDevice {
@@ -362,7 +400,13 @@ pub fn build(r: &RootfsSpec<'_>, caps: CapabilityPlan, seccomp: Arc<SeccompProgr
             link: c("dev/ptmx"),
         },
         Step::Mkdir(c("dev/shm"), 0o1777),
-        mount("shm", "dev/shm", "tmpfs", nosuid_nodev_noexec, Some("mode=1777,size=65536k")),
+        mount(
+            "shm",
+            "dev/shm",
+            "tmpfs",
+            nosuid_nodev_noexec,
+            Some("mode=1777,size=65536k"),
+        ),
         Step::Mkdir(c("dev/mqueue"), 0o755),
         mount("mqueue", "dev/mqueue", "mqueue", nosuid_nodev_noexec, None),
         Step::Symlink {
@@ -382,7 +426,13 @@ pub fn build(r: &RootfsSpec<'_>, caps: CapabilityPlan, seccomp: Arc<SeccompProgr
             link: c("dev/stderr"),
         },
         Step::Mkdir(c("sys"), 0o555),
-        mount("sysfs", "sys", "sysfs", nosuid_nodev_noexec | libc::MS_RDONLY, None),
+        mount(
+            "sysfs",
+            "sys",
+            "sysfs",
+            nosuid_nodev_noexec | libc::MS_RDONLY,
+            None,
+        ),
     ]);
     s.extend(MASKED_PATHS.iter().map(|p| Step::Mask(c(p))));
     s.extend(READONLY_PATHS.iter().map(|p| Step::ReadOnly(c(p))));
@@ -393,7 +443,10 @@ pub fn build(r: &RootfsSpec<'_>, caps: CapabilityPlan, seccomp: Arc<SeccompProgr
         Step::LoopbackUp,
         Step::WaitForParent,
         Step::UnshareCgroupNamespace,
-        Step::Workdir(cstr("workdir", if r.workdir.is_empty() { "/" } else { r.workdir })?),
+        Step::Workdir(cstr(
+            "workdir",
+            if r.workdir.is_empty() { "/" } else { r.workdir },
+        )?),
         Step::Umask(0o022),
         Step::DropCapabilities,
         Step::NoNewPrivs,
@@ -415,8 +468,16 @@ pub fn build(r: &RootfsSpec<'_>, caps: CapabilityPlan, seccomp: Arc<SeccompProgr
     } else {
         Some(cstr("env PATH", &env["PATH"])?)
     };
-    let argv_ptrs = argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-    let envp_ptrs = envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+    let argv_ptrs = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp_ptrs = envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
     Ok(ChildPlan {
         steps: s,
         argv,
@@ -447,7 +508,10 @@ mod tests {
         };
         build(
             &r,
-            CapabilityPlan { keep: 1, last_cap: 40 },
+            CapabilityPlan {
+                keep: 1,
+                last_cap: 40,
+            },
             Arc::new(crate::seccomp::compile().unwrap()),
         )
         .unwrap()
@@ -459,7 +523,11 @@ mod tests {
 
     #[test]
     fn overlay_lists_layers_top_first() {
-        let layers = vec![PathBuf::from("/a"), PathBuf::from("/b"), PathBuf::from("/c")];
+        let layers = vec![
+            PathBuf::from("/a"),
+            PathBuf::from("/b"),
+            PathBuf::from("/c"),
+        ];
         assert_eq!(
             overlay_options(&layers, Path::new("/u"), Path::new("/w")).unwrap(),
             "lowerdir=/c:/b:/a,upperdir=/u,workdir=/w"
@@ -468,9 +536,12 @@ mod tests {
             overlay_options(&[], Path::new("/u"), Path::new("/w")),
             Err(PlanError::NoLayers)
         ));
-        let e = overlay_options(&[PathBuf::from("/x:y")], Path::new("/u"), Path::new("/w")).unwrap_err();
+        let e = overlay_options(&[PathBuf::from("/x:y")], Path::new("/u"), Path::new("/w"))
+            .unwrap_err();
         assert!(e.to_string().contains("/x:y"), "{e}");
-        let many: Vec<PathBuf> = (0..100).map(|i| PathBuf::from(format!("/var/lib/duet/layers/sha256/{i:064}/fs"))).collect();
+        let many: Vec<PathBuf> = (0..100)
+            .map(|i| PathBuf::from(format!("/var/lib/duet/layers/sha256/{i:064}/fs")))
+            .collect();
         assert!(matches!(
             overlay_options(&many, Path::new("/u"), Path::new("/w")),
             Err(PlanError::TooManyLayers { layers: 100, .. })
@@ -480,12 +551,27 @@ mod tests {
     #[test]
     fn steps_are_ordered_safely() {
         let p = plan_for(&["echo".into(), "hi".into()], &BTreeMap::new());
-        assert!(matches!(p.steps[0], Step::MakeRootSlave), "propagation first");
-        let overlay = position(&p, |s| matches!(s, Step::Mount { fstype, .. } if fstype.as_bytes() == b"overlay"));
+        assert!(
+            matches!(p.steps[0], Step::MakeRootSlave),
+            "propagation first"
+        );
+        let overlay = position(
+            &p,
+            |s| matches!(s, Step::Mount { fstype, .. } if fstype.as_bytes() == b"overlay"),
+        );
         let chdir = position(&p, |s| matches!(s, Step::Chdir(_)));
-        let proc_ = position(&p, |s| matches!(s, Step::Mount { fstype, .. } if fstype.as_bytes() == b"proc"));
-        let mask = position(&p, |s| matches!(s, Step::Mask(m) if m.as_bytes() == b"proc/kcore"));
-        let ro = position(&p, |s| matches!(s, Step::ReadOnly(m) if m.as_bytes() == b"proc/sys"));
+        let proc_ = position(
+            &p,
+            |s| matches!(s, Step::Mount { fstype, .. } if fstype.as_bytes() == b"proc"),
+        );
+        let mask = position(
+            &p,
+            |s| matches!(s, Step::Mask(m) if m.as_bytes() == b"proc/kcore"),
+        );
+        let ro = position(
+            &p,
+            |s| matches!(s, Step::ReadOnly(m) if m.as_bytes() == b"proc/sys"),
+        );
         let pivot = position(&p, |s| matches!(s, Step::PivotRoot));
         let wait = position(&p, |s| matches!(s, Step::WaitForParent));
         let cgns = position(&p, |s| matches!(s, Step::UnshareCgroupNamespace));
@@ -493,7 +579,10 @@ mod tests {
         let nnp = position(&p, |s| matches!(s, Step::NoNewPrivs));
         assert!(overlay < chdir && chdir < proc_ && proc_ < mask && mask < pivot && ro < pivot);
         assert!(pivot < wait && wait < cgns && cgns < caps && caps < nnp);
-        assert!(matches!(p.steps.last(), Some(Step::Seccomp)), "seccomp is the last step");
+        assert!(
+            matches!(p.steps.last(), Some(Step::Seccomp)),
+            "seccomp is the last step"
+        );
         match &p.steps[overlay] {
             Step::Mount { target, data, .. } => {
                 assert_eq!(target.as_bytes(), b"/i/rootfs");
@@ -504,8 +593,19 @@ mod tests {
             }
             _ => unreachable!(),
         }
-        for m in ["proc/kcore", "proc/keys", "proc/timer_list", "proc/sched_debug", "sys/firmware"] {
-            assert!(p.steps.iter().any(|s| matches!(s, Step::Mask(x) if x.as_bytes() == m.as_bytes())), "{m}");
+        for m in [
+            "proc/kcore",
+            "proc/keys",
+            "proc/timer_list",
+            "proc/sched_debug",
+            "sys/firmware",
+        ] {
+            assert!(
+                p.steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Mask(x) if x.as_bytes() == m.as_bytes())),
+                "{m}"
+            );
         }
         let devs: Vec<String> = p
             .steps
@@ -515,9 +615,25 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(devs, ["dev/null", "dev/zero", "dev/full", "dev/random", "dev/urandom", "dev/tty"]);
-        assert!(p.steps.iter().any(|s| matches!(s, Step::Hostname(h) if h.as_bytes() == b"web")));
-        assert!(p.steps.iter().any(|s| matches!(s, Step::Workdir(h) if h.as_bytes() == b"/srv")));
+        assert_eq!(
+            devs,
+            [
+                "dev/null",
+                "dev/zero",
+                "dev/full",
+                "dev/random",
+                "dev/urandom",
+                "dev/tty"
+            ]
+        );
+        assert!(p
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Hostname(h) if h.as_bytes() == b"web")));
+        assert!(p
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Workdir(h) if h.as_bytes() == b"/srv")));
     }
 
     #[test]
@@ -526,8 +642,19 @@ mod tests {
         env.insert("A".to_string(), "1".to_string());
         let p = plan_for(&["echo".into()], &env);
         let envs: Vec<String> = p.envp.iter().map(show).collect();
-        assert_eq!(envs, ["A=1", "HOME=/root", "HOSTNAME=web", &format!("PATH={DEFAULT_PATH}")]);
-        assert_eq!(p.search_path.as_ref().unwrap().as_bytes(), DEFAULT_PATH.as_bytes());
+        assert_eq!(
+            envs,
+            [
+                "A=1",
+                "HOME=/root",
+                "HOSTNAME=web",
+                &format!("PATH={DEFAULT_PATH}")
+            ]
+        );
+        assert_eq!(
+            p.search_path.as_ref().unwrap().as_bytes(),
+            DEFAULT_PATH.as_bytes()
+        );
         env.insert("PATH".to_string(), "/opt/bin".to_string());
         let p = plan_for(&["/bin/echo".into(), "x".into()], &env);
         assert!(p.search_path.is_none(), "absolute command: no search");
@@ -555,7 +682,10 @@ mod tests {
             command: &cmd,
             env: &env,
         };
-        let caps = CapabilityPlan { keep: 0, last_cap: 40 };
+        let caps = CapabilityPlan {
+            keep: 0,
+            last_cap: 40,
+        };
         let sec = Arc::new(crate::seccomp::compile().unwrap());
         let e = build(&r, caps, sec.clone()).unwrap_err();
         assert!(e.to_string().starts_with("command contains a NUL"), "{e}");
@@ -567,8 +697,12 @@ mod tests {
     fn describe_names_paths() {
         let p = plan_for(&["true".into()], &BTreeMap::new());
         let all: Vec<String> = p.steps.iter().map(Step::describe).collect();
-        assert!(all.iter().any(|d| d.contains("overlay") && d.contains("/i/rootfs")));
-        assert!(all.iter().any(|d| d == "changing to workdir `/srv` (spec field `workdir`)"));
+        assert!(all
+            .iter()
+            .any(|d| d.contains("overlay") && d.contains("/i/rootfs")));
+        assert!(all
+            .iter()
+            .any(|d| d == "changing to workdir `/srv` (spec field `workdir`)"));
         assert!(all.iter().any(|d| d == "creating device dev/null (1:3)"));
     }
 }

@@ -99,14 +99,24 @@ pub fn compile() -> Result<SeccompPrograms, SeccompError> {
         .collect();
     let build = |what| move |source| SeccompError::Build { what, source };
     let newuser = libc::CLONE_NEWUSER as u64;
-    let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(newuser), newuser)
-        .map_err(build("clone CLONE_NEWUSER"))?;
+    let cond = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(newuser),
+        newuser,
+    )
+    .map_err(build("clone CLONE_NEWUSER"))?;
     rules.insert(
         libc::SYS_clone,
         vec![SeccompRule::new(vec![cond]).map_err(build("clone CLONE_NEWUSER"))?],
     );
-    let eperm = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch())
-        .map_err(build("EPERM list"))?;
+    let eperm = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch(),
+    )
+    .map_err(build("EPERM list"))?;
     let enosys = SeccompFilter::new(
         [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
         SeccompAction::Allow,
@@ -130,7 +140,15 @@ pub fn install(program: &BpfProgram) -> Result<(), i32> {
     };
     // SAFETY: the kernel copies `len` instructions from `filter`, which points
     // into `program`, alive for the duration of the call.
-    let r = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const _,
+            0,
+            0,
+        )
+    };
     if r != 0 {
         return Err(crate::capabilities::errno());
     }
@@ -172,12 +190,27 @@ mod tests {
             let junk = [0x7fu8, b'E', b'L', b'F', 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
             // SAFETY: init_module reads `junk.len()` bytes and a NUL-terminated
             // parameter string; a junk image never loads.
-            let r = unsafe { libc::syscall(libc::SYS_init_module, junk.as_ptr(), junk.len(), c"".as_ptr()) };
-            let e1 = if r == 0 { 0 } else { crate::capabilities::errno() };
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_init_module,
+                    junk.as_ptr(),
+                    junk.len(),
+                    c"".as_ptr(),
+                )
+            };
+            let e1 = if r == 0 {
+                0
+            } else {
+                crate::capabilities::errno()
+            };
             // SAFETY: clone3 with a NULL args pointer and size 0 fails with EINVAL
             // in the kernel, or ENOSYS/EPERM in a filter, and creates nothing.
             let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
-            let e2 = if r == 0 { 0 } else { crate::capabilities::errno() };
+            let e2 = if r == 0 {
+                0
+            } else {
+                crate::capabilities::errno()
+            };
             let out = [e1, e2];
             // SAFETY: write from a stack array to our pipe.
             unsafe { libc::write(wfd, out.as_ptr().cast(), 8) };
@@ -214,7 +247,11 @@ mod tests {
             return;
         }
         let (init, clone3) = probe(false);
-        assert_ne!(init, libc::EPERM, "the kernel itself refused with EPERM: the other test proves nothing");
+        assert_ne!(
+            init,
+            libc::EPERM,
+            "the kernel itself refused with EPERM: the other test proves nothing"
+        );
         assert_ne!(init, 0);
         assert_eq!(clone3, libc::EINVAL);
     }
@@ -237,6 +274,10 @@ mod tests {
         let mut nrs: Vec<_> = DENIED_SYSCALLS.iter().map(|(_, nr)| *nr).collect();
         nrs.sort();
         nrs.dedup();
-        assert_eq!(nrs.len(), DENIED_SYSCALLS.len(), "duplicate syscall numbers");
+        assert_eq!(
+            nrs.len(),
+            DENIED_SYSCALLS.len(),
+            "duplicate syscall numbers"
+        );
     }
 }

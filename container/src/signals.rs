@@ -105,7 +105,10 @@ impl RunGuard {
     /// kills it if duet dies).
     pub fn register(&mut self, pidfd: i32) -> bool {
         for (i, slot) in PIDFDS.iter().enumerate() {
-            if slot.compare_exchange(-1, pidfd, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            if slot
+                .compare_exchange(-1, pidfd, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
                 self.slot = Some(i);
                 if received().is_some() {
                     kill_registered();

@@ -7,7 +7,9 @@
 use duet_container::cgroup::{CgroupLayout, CgroupVersion, Controller, DUET_CGROUP_DIR};
 use duet_container::{ContainerError, ContainerRuntime};
 use duet_shared::image::{Image, ImageConfig};
-use duet_shared::{InstanceDir, Launch, Phase, RunOptions, RunReport, Runtime, WorkloadExit, WorkloadSpec};
+use duet_shared::{
+    InstanceDir, Launch, Phase, RunOptions, RunReport, Runtime, WorkloadExit, WorkloadSpec,
+};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -42,12 +44,19 @@ macro_rules! require_root {
 fn lower() -> &'static Path {
     static LOWER: OnceLock<PathBuf> = OnceLock::new();
     LOWER.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("duet-lower-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("duet-lower-")
+            .tempdir()
+            .unwrap()
+            .keep();
         for d in ["bin", "tmp", "etc", "srv/data"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
         std::fs::copy(BUSYBOX, dir.join("bin/busybox")).unwrap();
-        let list = std::process::Command::new(BUSYBOX).arg("--list").output().unwrap();
+        let list = std::process::Command::new(BUSYBOX)
+            .arg("--list")
+            .output()
+            .unwrap();
         for applet in String::from_utf8(list.stdout).unwrap().lines() {
             if applet != "busybox" {
                 std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
@@ -80,8 +89,12 @@ impl Ran {
 }
 
 fn run_with(command: &[&str], edit: impl FnOnce(&mut WorkloadSpec, &mut RunOptions)) -> Ran {
-    let root = tempfile::Builder::new().prefix("duet-root-").tempdir().unwrap();
-    let mut spec = WorkloadSpec::for_image("busybox", command.iter().map(|s| s.to_string()).collect());
+    let root = tempfile::Builder::new()
+        .prefix("duet-root-")
+        .tempdir()
+        .unwrap();
+    let mut spec =
+        WorkloadSpec::for_image("busybox", command.iter().map(|s| s.to_string()).collect());
     spec.name = "box".into();
     let mut options = RunOptions::default();
     edit(&mut spec, &mut options);
@@ -146,12 +159,19 @@ fn echo_pid1_hostname_and_timeline() {
         Phase::Ready,
         Phase::Exited,
     ] {
-        assert!(r.report.since_start_ns(p).is_some(), "{p:?} not stamped: {}", r.report.table());
+        assert!(
+            r.report.since_start_ns(p).is_some(),
+            "{p:?} not stamped: {}",
+            r.report.table()
+        );
     }
     let at = |p| r.report.since_start_ns(p).unwrap();
     assert!(at(Phase::RootfsReady) <= at(Phase::PivotDone));
     assert!(at(Phase::PivotDone) <= at(Phase::Ready));
-    assert!(at(Phase::CgroupApplied) <= at(Phase::Ready), "exec only after the cgroup is joined");
+    assert!(
+        at(Phase::CgroupApplied) <= at(Phase::Ready),
+        "exec only after the cgroup is joined"
+    );
     assert!(at(Phase::Ready) <= at(Phase::Exited));
 }
 
@@ -170,7 +190,9 @@ fn exit_codes_and_signals() {
 fn timeout_kills_the_workload() {
     require_root!();
     let started = std::time::Instant::now();
-    let r = run_with(&["sleep", "30"], |_, o| o.timeout = Some(Duration::from_millis(300)));
+    let r = run_with(&["sleep", "30"], |_, o| {
+        o.timeout = Some(Duration::from_millis(300))
+    });
     assert_eq!(r.exit(), WorkloadExit::Signal(libc::SIGKILL));
     assert_eq!(r.report.counters.get("timed_out"), Some(&1));
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -188,10 +210,17 @@ fn host_processes_are_invisible() {
 #[test]
 fn env_and_workdir() {
     require_root!();
-    let r = run_with(&["/bin/sh", "-c", "echo $GREETING > /out; pwd >> /out; echo $PATH >> /out"], |s, _| {
-        s.env.insert("GREETING".into(), "hello there".into());
-        s.workdir = Some("/srv/data".into());
-    });
+    let r = run_with(
+        &[
+            "/bin/sh",
+            "-c",
+            "echo $GREETING > /out; pwd >> /out; echo $PATH >> /out",
+        ],
+        |s, _| {
+            s.env.insert("GREETING".into(), "hello there".into());
+            s.workdir = Some("/srv/data".into());
+        },
+    );
     assert_eq!(r.exit(), WorkloadExit::Code(0));
     assert_eq!(
         r.out("out"),
@@ -213,14 +242,22 @@ fn missing_command_exits_127() {
     require_root!();
     assert_eq!(run(&["no-such-command"]).exit(), WorkloadExit::Code(127));
     assert_eq!(run(&["/bin/nope"]).exit(), WorkloadExit::Code(127));
-    assert_eq!(run(&["/etc/pristine"]).exit(), WorkloadExit::Code(126), "not executable");
+    assert_eq!(
+        run(&["/etc/pristine"]).exit(),
+        WorkloadExit::Code(126),
+        "not executable"
+    );
 }
 
 #[test]
 fn memory_limit_kills_with_sigkill() {
     require_root!();
     let r = run_with(
-        &["/bin/sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived > /out"],
+        &[
+            "/bin/sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived > /out",
+        ],
         |s, _| s.resources.memory_mib = 32,
     );
     assert_eq!(r.exit().shell_code(), 137, "{:?}", r.exit());
@@ -237,7 +274,9 @@ fn pids_limit_stops_a_fork_bomb() {
     let n: u32 = free.out("out").trim().parse().unwrap();
     assert!(n > 100, "only {n} processes without a limit");
     // Limited: busybox sh gives up when fork fails, before it can count.
-    let r = run_with(&["/bin/sh", "-c", bomb], |s, _| s.resources.pids_max = Some(16));
+    let r = run_with(&["/bin/sh", "-c", bomb], |s, _| {
+        s.resources.pids_max = Some(16)
+    });
     let out = r.out("out");
     match out.trim().parse::<u32>() {
         Ok(n) => assert!(n <= 16, "{n} processes with pids_max 16"),
@@ -269,13 +308,27 @@ fn capabilities_masks_and_readonly_paths() {
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
     let masked: Vec<&str> = out.lines().filter(|l| l.starts_with("masked ")).collect();
-    let on_host = ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"]
-        .iter()
-        .filter(|p| std::fs::read(p).is_ok_and(|b| !b.is_empty()))
-        .count();
-    assert!(on_host == 0 || !masked.is_empty(), "masked files not visible at all: {out}");
-    assert!(masked.iter().all(|l| l.ends_with(" 0")), "masked file has content: {out}");
-    assert!(out.contains("\nacpi 0 firmware 0\n"), "/proc/acpi or /sys/firmware not masked: {out}");
+    let on_host = [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+    ]
+    .iter()
+    .filter(|p| std::fs::read(p).is_ok_and(|b| !b.is_empty()))
+    .count();
+    assert!(
+        on_host == 0 || !masked.is_empty(),
+        "masked files not visible at all: {out}"
+    );
+    assert!(
+        masked.iter().all(|l| l.ends_with(" 0")),
+        "masked file has content: {out}"
+    );
+    assert!(
+        out.contains("\nacpi 0 firmware 0\n"),
+        "/proc/acpi or /sys/firmware not masked: {out}"
+    );
     assert!(!out.contains("writable"), "{out}");
     assert!(!out.contains("mounted"), "{out}");
     assert!(out.contains("/dev/ptmx -> pts/ptmx"), "{out}");
@@ -287,7 +340,10 @@ fn writes_stay_in_the_instance() {
     require_root!();
     let r = sh("echo changed > /etc/pristine; cat /etc/pristine > /out");
     assert_eq!(r.out("out"), "changed\n");
-    assert_eq!(std::fs::read_to_string(lower().join("etc/pristine")).unwrap(), "original\n");
+    assert_eq!(
+        std::fs::read_to_string(lower().join("etc/pristine")).unwrap(),
+        "original\n"
+    );
     let r2 = sh("cat /etc/pristine > /out");
     assert_eq!(r2.out("out"), "original\n");
 }
@@ -312,12 +368,18 @@ fn gc_removes_a_leftover_cgroup_with_processes() {
     let id = format!("gc-test-{}", std::process::id());
     let dir = hier[0].mount.join(DUET_CGROUP_DIR).join(&id);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
     ContainerRuntime::new().gc_instance(&id).unwrap();
     assert!(!dir.exists());
     let status = child.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
 }
 
 /// Real cgroup v2 teardown through cgroup.kill, on the host's v2 mount
@@ -340,12 +402,18 @@ fn v2_teardown_uses_cgroup_kill() {
         eprintln!("skipped: kernel without cgroup.kill (< 5.14)");
         return;
     }
-    let mut child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
     duet_container::cgroup::remove_cgroup_dir(CgroupVersion::V2, &dir).unwrap();
     assert!(!dir.exists());
     let status = child.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
 }
 
 /// Helper mode: run one long container and exit with its shell code, so the
@@ -368,7 +436,9 @@ fn helper_long_container() {
     let launch = Launch {
         spec: &spec,
         image: &image,
-        layers: vec![PathBuf::from(std::env::var("DUET_TEST_HELPER_LOWER").unwrap())],
+        layers: vec![PathBuf::from(
+            std::env::var("DUET_TEST_HELPER_LOWER").unwrap(),
+        )],
         instance: &instance,
         options: &options,
     };
@@ -379,19 +449,27 @@ fn helper_long_container() {
 
 /// Starts the helper; returns it and its instance id once its workload runs.
 fn start_helper(root: &Path) -> (std::process::Child, String) {
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_long_container", "--nocapture", "--test-threads=1"])
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_long_container",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("DUET_TEST_HELPER_ROOT", root)
         .env("DUET_TEST_HELPER_LOWER", lower())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let layout = CgroupLayout::detect().unwrap();
-    let mem = layout.plan(&[Controller::Memory]).unwrap()[0].mount.join(DUET_CGROUP_DIR);
+    let mem = layout.plan(&[Controller::Memory]).unwrap()[0]
+        .mount
+        .join(DUET_CGROUP_DIR);
     for _ in 0..500 {
         if let Ok(id) = std::fs::read_to_string(root.join("id")) {
             // Running: the cgroup holds the workload (sleep) as its init.
-            let procs = std::fs::read_to_string(mem.join(&id).join("cgroup.procs")).unwrap_or_default();
+            let procs =
+                std::fs::read_to_string(mem.join(&id).join("cgroup.procs")).unwrap_or_default();
             if let Some(pid) = procs.lines().next() {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 if comm.trim() == "sleep" {
@@ -401,6 +479,8 @@ fn start_helper(root: &Path) -> (std::process::Child, String) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("helper container did not start");
 }
 
@@ -424,7 +504,11 @@ fn sigint_and_sigterm_kill_the_container_and_clean_up() {
         unsafe { libc::kill(child.id() as i32, sig) };
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(code), "signal {sig}");
-        assert!(cgroups_of(&id).is_empty(), "cgroups left: {:?}", cgroups_of(&id));
+        assert!(
+            cgroups_of(&id).is_empty(),
+            "cgroups left: {:?}",
+            cgroups_of(&id)
+        );
     }
 }
 
@@ -434,8 +518,17 @@ fn kill_9_leaves_only_what_gc_removes() {
     let root = tempfile::tempdir().unwrap();
     let (mut child, id) = start_helper(root.path());
     let layout = CgroupLayout::detect().unwrap();
-    let mem = layout.plan(&[Controller::Memory]).unwrap()[0].mount.join(DUET_CGROUP_DIR).join(&id);
-    let init: i32 = std::fs::read_to_string(mem.join("cgroup.procs")).unwrap().lines().next().unwrap().parse().unwrap();
+    let mem = layout.plan(&[Controller::Memory]).unwrap()[0]
+        .mount
+        .join(DUET_CGROUP_DIR)
+        .join(&id);
+    let init: i32 = std::fs::read_to_string(mem.join("cgroup.procs"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     // pdeathsig: the container's init (and with it its pid namespace) dies with duet.
@@ -445,11 +538,17 @@ fn kill_9_leaves_only_what_gc_removes() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!Path::new(&format!("/proc/{init}")).exists(), "container init {init} survived duet");
+    assert!(
+        !Path::new(&format!("/proc/{init}")).exists(),
+        "container init {init} survived duet"
+    );
     // The overlay was mounted only inside the container's mount namespace.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(root.path().to_str().unwrap()));
-    assert!(!cgroups_of(&id).is_empty(), "expected the killed run's cgroups to remain");
+    assert!(
+        !cgroups_of(&id).is_empty(),
+        "expected the killed run's cgroups to remain"
+    );
     ContainerRuntime::new().gc_instance(&id).unwrap();
     assert!(cgroups_of(&id).is_empty(), "gc left {:?}", cgroups_of(&id));
 }
