@@ -1,3 +1,286 @@
-//! duet-vmm
+//! duet-vmm: duet's own virtual machine monitor on KVM.
+//!
+//! [`run_vm`] boots a Linux kernel (ELF vmlinux or bzImage) with an initrd
+//! in a microVM: guest memory, 64-bit entry, in-kernel irqchip and PIT,
+//! COM1, i8042, and duet's ready/exit ports (`duet_shared::guest_abi`),
+//! with one thread per vCPU under a seccomp filter. [`Vm`] exposes the
+//! same boot steps one by one for tiny hand-written guests, and
+//! [`doctor`] tells whether this host's KVM really accelerates.
 
+pub mod boot_params;
+pub mod bus;
+pub mod console;
+pub mod cpuid;
+pub mod devices;
+pub mod doctor;
+pub mod event;
+pub mod gdt;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+pub mod mptable;
+pub mod paging;
+pub mod regs;
 pub mod rootfs;
+pub mod seccomp;
+pub mod vcpu;
+pub mod vm;
+
+pub use console::{ConsoleMode, SharedBuffer};
+pub use regs::CpuMode;
+pub use vm::{ConsoleConfig, ConsoleInput, Vm, VmOptions, VmmError};
+
+use duet_shared::guest_abi::InitFailure;
+use duet_shared::report::{Phase, RunReport};
+use duet_shared::runtime::WorkloadExit;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Kernel command line options duet's guests should start with: serial
+/// console, reset through the i8042 on reboot, reboot at once on panic (so a
+/// panic ends the VM instead of hanging), and no probing for hardware that
+/// is not there.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule \
+    i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest kernel: ELF vmlinux or bzImage.
+    pub kernel: PathBuf,
+    /// Initial ramdisk (cpio archive), if any.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (see [`BASE_CMDLINE`]).
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Stop the VM after this long.
+    pub timeout: Option<Duration>,
+    /// Which guest output reaches stdout.
+    pub console: ConsoleMode,
+    /// Forward duet's stdin to the guest's serial console.
+    pub stdin: bool,
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEnd {
+    /// The guest wrote the workload's exit status to the exit port.
+    Exited(WorkloadExit),
+    /// The guest init reported that it failed at this stage.
+    InitFailed(InitFailure),
+    /// i8042 reset (reboot, or a panic with `panic=-1`) without an exit status.
+    Reset,
+    /// Every vCPU executed HLT (only VMs without an irqchip).
+    Halted,
+    /// Triple fault or shutdown (KVM_EXIT_SHUTDOWN).
+    Shutdown {
+        /// vCPU that faulted.
+        vcpu: u32,
+        /// Its RIP, if readable.
+        rip: Option<u64>,
+    },
+    /// KVM could not continue the guest (KVM_EXIT_INTERNAL_ERROR).
+    InternalError {
+        /// vCPU.
+        vcpu: u32,
+        /// KVM suberror (1 = instruction emulation failed).
+        suberror: u32,
+        /// Its RIP, if readable.
+        rip: Option<u64>,
+    },
+    /// The hardware refused to enter the guest.
+    FailEntry {
+        /// vCPU.
+        vcpu: u32,
+        /// Hardware reason code.
+        reason: u64,
+    },
+    /// The guest requested a system event (KVM_EXIT_SYSTEM_EVENT).
+    SystemEvent {
+        /// vCPU.
+        vcpu: u32,
+        /// KVM_SYSTEM_EVENT_* type.
+        kind: u32,
+    },
+    /// The guest caused an exit duet does not handle.
+    UnhandledExit {
+        /// vCPU.
+        vcpu: u32,
+        /// The exit.
+        exit: String,
+    },
+    /// KVM_RUN failed or the vCPU thread could not start.
+    VcpuFailed {
+        /// vCPU.
+        vcpu: u32,
+        /// What failed.
+        what: String,
+    },
+    /// The timeout passed first.
+    Timeout(Duration),
+}
+
+impl VmEnd {
+    /// One-line description ("the guest triple-faulted on vCPU 0 at rip 0x...").
+    pub fn describe(&self) -> String {
+        let rip = |r: &Option<u64>| r.map(|r| format!(" at rip {r:#x}")).unwrap_or_default();
+        match self {
+            VmEnd::Exited(e) => format!("the workload exited with {e}"),
+            VmEnd::InitFailed(stage) => {
+                format!("the guest init failed (stage: {})", stage.name())
+            }
+            VmEnd::Reset => {
+                "the guest reset (rebooted or panicked) without reporting an exit status".into()
+            }
+            VmEnd::Halted => "every vCPU halted".into(),
+            VmEnd::Shutdown { vcpu, rip: r } => format!(
+                "the guest shut down (triple fault) on vCPU {vcpu}{}",
+                rip(r)
+            ),
+            VmEnd::InternalError {
+                vcpu,
+                suberror,
+                rip: r,
+            } => format!(
+                "KVM internal error {suberror}{} on vCPU {vcpu}{}",
+                if *suberror == 1 {
+                    " (instruction emulation failed: this host's KVM may not accelerate, see `duet doctor`)"
+                } else {
+                    ""
+                },
+                rip(r)
+            ),
+            VmEnd::FailEntry { vcpu, reason } => {
+                format!("KVM could not enter vCPU {vcpu} (hardware reason {reason:#x})")
+            }
+            VmEnd::SystemEvent { vcpu, kind } => {
+                format!("vCPU {vcpu} requested system event {kind}")
+            }
+            VmEnd::UnhandledExit { vcpu, exit } => {
+                format!("vCPU {vcpu} stopped on an unhandled exit: {exit}")
+            }
+            VmEnd::VcpuFailed { vcpu, what } => format!("vCPU {vcpu} failed: {what}"),
+            VmEnd::Timeout(t) => format!("the VM was stopped after the {:?} timeout", t),
+        }
+    }
+}
+
+/// The result of running a VM.
+#[derive(Debug, Clone)]
+pub struct VmOutcome {
+    /// How it ended.
+    pub end: VmEnd,
+    /// The last console lines (kernel log included), for error messages.
+    pub console_tail: Vec<String>,
+    /// Exit counters (`vm_exits.io.serial`, `vm_exits.total`, ...).
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// A VM that ended without a workload exit status.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}", end.describe(), tail_text(console_tail))]
+pub struct GuestFailure {
+    /// How the VM ended.
+    pub end: VmEnd,
+    /// The last console lines.
+    pub console_tail: Vec<String>,
+}
+
+fn tail_text(lines: &[String]) -> String {
+    if lines.is_empty() {
+        "; the guest wrote nothing to its console".into()
+    } else {
+        let mut s = String::from("; last console lines:");
+        for l in lines {
+            s.push_str("\n  | ");
+            s.push_str(l);
+        }
+        s
+    }
+}
+
+impl VmOutcome {
+    /// The workload's exit, or an error saying how the VM ended instead.
+    pub fn workload_exit(&self) -> Result<WorkloadExit, GuestFailure> {
+        match self.end {
+            VmEnd::Exited(e) => Ok(e),
+            _ => Err(GuestFailure {
+                end: self.end.clone(),
+                console_tail: self.console_tail.clone(),
+            }),
+        }
+    }
+}
+
+/// Boots `cfg` with guest output on stdout. See [`run_vm_with_sink`].
+pub fn run_vm(cfg: &VmConfig, report: &mut RunReport) -> Result<VmOutcome, VmmError> {
+    run_vm_with_sink(cfg, report, Box::new(std::io::stdout()))
+}
+
+/// Boots `cfg`, sending forwarded console output to `sink`. Stamps
+/// VmCreated, KernelLoaded, VcpusStarted, Ready (the guest's ready write)
+/// and Exited, and adds the exit counters to `report.counters`.
+pub fn run_vm_with_sink(
+    cfg: &VmConfig,
+    report: &mut RunReport,
+    sink: Box<dyn Write + Send>,
+) -> Result<VmOutcome, VmmError> {
+    check_config(cfg)?;
+    let mut vm = Vm::new(VmOptions {
+        memory_mib: cfg.memory_mib,
+        vcpus: cfg.vcpus,
+        irqchip: true,
+        seccomp: true,
+    })?;
+    report.mark(Phase::VmCreated);
+    vm.attach_legacy_devices(ConsoleConfig {
+        mode: cfg.console,
+        sink,
+        input: if cfg.stdin {
+            ConsoleInput::Stdin
+        } else {
+            ConsoleInput::None
+        },
+    })?;
+    let kernel = vm.load_linux(&cfg.kernel, cfg.initrd.as_deref(), &cfg.cmdline)?;
+    report.mark(Phase::KernelLoaded);
+    let cr3 = vm.setup_long_mode()?;
+    vm.write_mptable()?;
+    vm.create_vcpus(vm::linux_entry(&kernel, cr3))?;
+    vm.run(cfg.timeout, report)
+}
+
+/// Checks what can be checked before touching KVM: the kernel file (its
+/// format and size against memory_mib) and the vCPU count.
+pub fn check_config(cfg: &VmConfig) -> Result<(), VmmError> {
+    if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
+        return Err(VmmError::Config(format!(
+            "vcpus = {}: duet supports 1..={}",
+            cfg.vcpus,
+            mptable::MAX_VCPUS
+        )));
+    }
+    let info = loader::inspect_kernel(&cfg.kernel)?;
+    if info.needed_end > memory::low_memory_end(cfg.memory_mib) {
+        return Err(loader::LoaderError::KernelDoesNotFit {
+            path: cfg.kernel.clone(),
+            needed_end: info.needed_end,
+            memory_mib: cfg.memory_mib,
+        }
+        .into());
+    }
+    if let Some(initrd) = &cfg.initrd {
+        if !initrd.exists() {
+            return Err(loader::LoaderError::InitrdMissing {
+                path: initrd.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
