@@ -143,9 +143,12 @@ fn unescape_mountinfo(s: &str) -> String {
 
 impl CgroupLayout {
     /// Parses `/proc/self/mountinfo` text. The first mount of each v1
-    /// controller and the first cgroup2 mount win (bind mounts come later).
+    /// controller and the first cgroup2 mount win (bind mounts come later);
+    /// a mount hidden by a later mount on the same or a parent directory
+    /// (e.g. a tmpfs + cgroup2 stacked over the v1 tree) is ignored.
     pub fn from_mountinfo(text: &str) -> CgroupLayout {
-        let mut layout = CgroupLayout::default();
+        // (mount point, fstype, super options), in mount order.
+        let mut mounts: Vec<(PathBuf, &str, &str)> = Vec::new();
         for line in text.lines() {
             // id parent major:minor root mountpoint options [optional...] - fstype source superoptions
             let Some((left, right)) = line.split_once(" - ") else {
@@ -156,11 +159,24 @@ impl CgroupLayout {
             if fields.len() < 5 || right.len() < 3 {
                 continue;
             }
-            let mount = PathBuf::from(unescape_mountinfo(fields[4]));
-            match right[0] {
-                "cgroup2" if layout.v2.is_none() => layout.v2 = Some(mount),
+            mounts.push((
+                PathBuf::from(unescape_mountinfo(fields[4])),
+                right[0],
+                right[2],
+            ));
+        }
+        let mut layout = CgroupLayout::default();
+        for (i, (mount, fstype, options)) in mounts.iter().enumerate() {
+            if mounts[i + 1..]
+                .iter()
+                .any(|(later, _, _)| mount.starts_with(later))
+            {
+                continue; // shadowed
+            }
+            match *fstype {
+                "cgroup2" if layout.v2.is_none() => layout.v2 = Some(mount.clone()),
                 "cgroup" => {
-                    let controllers: Vec<String> = right[2]
+                    let controllers: Vec<String> = options
                         .split(',')
                         .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
                         .filter(|o| !o.starts_with("no") && *o != "clone_children" && *o != "xattr")
@@ -171,7 +187,7 @@ impl CgroupLayout {
                         .iter()
                         .any(|(_, c)| c.iter().any(|x| controllers.contains(x)));
                     if !controllers.is_empty() && !already {
-                        layout.v1.push((mount, controllers));
+                        layout.v1.push((mount.clone(), controllers));
                     }
                 }
                 _ => {}
@@ -567,6 +583,24 @@ mod tests {
     fn detects_pure_v2_layout() {
         let l = CgroupLayout::from_mountinfo(PURE_V2);
         assert!(l.v1.is_empty());
+        assert_eq!(l.v2, Some(PathBuf::from("/sys/fs/cgroup")));
+    }
+
+    /// This host after `unshare -m`, tmpfs + cgroup2 mounted over /sys/fs/cgroup.
+    const V2_OVER_HYBRID: &str = "\
+47 46 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+48 47 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+51 47 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+55 47 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+57 47 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+63 47 0:39 / /sys/fs/cgroup rw,relatime - tmpfs none rw
+64 63 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 none rw
+";
+
+    #[test]
+    fn shadowed_mounts_are_ignored() {
+        let l = CgroupLayout::from_mountinfo(V2_OVER_HYBRID);
+        assert!(l.v1.is_empty(), "{l:?}");
         assert_eq!(l.v2, Some(PathBuf::from("/sys/fs/cgroup")));
     }
 
