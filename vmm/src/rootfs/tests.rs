@@ -379,6 +379,9 @@ fn initramfs_is_cached_and_carries_init_and_workload() {
     assert_eq!(used as u64, first.image_bytes);
     let (run, used2) = parse(&initrd[used..]);
     assert_eq!((used + used2) as u64, first.total_bytes());
+    let joined = t.path().join("initrd.cpio");
+    first.concatenate(&joined).unwrap();
+    assert_eq!(std::fs::read(&joined).unwrap(), initrd);
 
     let init_entry = find(&image, "duet/init").unwrap();
     assert_eq!(init_entry.h.mode, libc::S_IFREG | 0o755);
@@ -553,4 +556,129 @@ fn merged_tree_kinds_are_classified() {
         tree.get(Path::new("d/s")).unwrap().kind,
         NodeKind::Symlink(b"f".to_vec())
     );
+}
+
+/// End to end without a guest: the initrd's two archives unpacked in order
+/// (GNU cpio standing in for the kernel's unpacker), then the real duet-init
+/// run as PID 1 of fresh namespaces chrooted there, its ports replaced by a
+/// log file. Shows that what the builder writes is what the init reads.
+#[test]
+fn unpacked_initramfs_boots_duet_init_in_namespaces() {
+    let have = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !is_root() || !["cpio", "unshare", "chroot"].iter().all(|t| have(t)) {
+        eprintln!("SKIP: needs root, GNU cpio, unshare and chroot");
+        return;
+    }
+    let Ok(init) = find_init_binary() else {
+        eprintln!("SKIP: duet-init is not built (cargo build -p duet-init)");
+        return;
+    };
+    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|p| check_static_elf(p).is_ok())
+    else {
+        eprintln!("SKIP: needs busybox-static");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    // Two layers: busybox below; above it, a file deleted and one replaced.
+    let (base, top) = (t.path().join("base"), t.path().join("top"));
+    std::fs::create_dir_all(base.join("bin")).unwrap();
+    std::fs::copy(&busybox, base.join("bin/busybox")).unwrap();
+    for a in ["sh", "cat", "ls", "echo"] {
+        symlink("busybox", base.join("bin").join(a)).unwrap();
+    }
+    write(&base.join("etc/greeting"), "from base\n");
+    write(&base.join("etc/removed"), "should be gone");
+    write(&top.join("etc/greeting"), "from top\n");
+    mknod(&top.join("etc/removed"), libc::S_IFCHR, 0);
+
+    let w = GuestWorkload {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /etc/greeting; ls /etc; echo \"$MSG\"; exit 5".into(),
+        ],
+        env: vec!["PATH=/bin".into(), "MSG=env ok".into()],
+        workdir: "/etc".into(),
+        hostname: "e2e".into(),
+        pids_max: None,
+    };
+    let info = build_initramfs(
+        t.path(),
+        &[base, top],
+        &["b".repeat(64), "c".repeat(64)],
+        &init,
+        &w,
+        &t.path().join("run.cpio"),
+    )
+    .unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    for part in info.parts() {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd {} && cpio -idm --quiet < {}",
+                root.display(),
+                part.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cpio -i {}", part.display());
+    }
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--uts", "--ipc"])
+        .args(["--propagation", "private", "chroot"])
+        .arg(&root)
+        .arg(INIT_PATH)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(duet_init::ports::FAKE_PORTS_ENV, "/ports.log")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "from top\ngreeting\nenv ok\n", "stderr: {stderr}");
+    let ports = std::fs::read_to_string(root.join("ports.log")).unwrap();
+    assert_eq!(ports, "ready\nexit 0x5\n", "stderr: {stderr}");
+}
+
+#[test]
+fn guest_workload_gets_the_container_environment_defaults() {
+    let mut spec =
+        WorkloadSpec::for_image("busybox", vec!["sh".into(), "-c".into(), "true".into()]);
+    spec.name = "web1".into();
+    for (k, v) in [("B", "2"), ("A", "1"), ("HOME", "/home/x")] {
+        spec.env.insert(k.into(), v.into());
+    }
+    spec.resources.pids_max = Some(9);
+    let g = guest_workload(&spec);
+    assert_eq!(g.argv, ["sh", "-c", "true"]);
+    assert_eq!(
+        g.env,
+        [
+            "A=1",
+            "B=2",
+            "HOME=/home/x",
+            "HOSTNAME=web1",
+            &format!("PATH={DEFAULT_PATH}")
+        ]
+    );
+    assert_eq!((g.workdir.as_str(), g.hostname.as_str()), ("/", "web1"));
+    assert_eq!(g.pids_max, Some(9));
+    g.validate().unwrap();
+    spec.workdir = Some("/srv".into());
+    spec.env.insert("PATH".into(), "/bin".into());
+    let g = guest_workload(&spec);
+    assert_eq!(g.workdir, "/srv");
+    assert!(g.env.contains(&"PATH=/bin".to_string()));
+    assert!(g.env.contains(&"HOME=/home/x".to_string()));
 }
