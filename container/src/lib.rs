@@ -14,6 +14,18 @@
 //!    execs the workload ([`child`]);
 //! 5. the parent waits on the pidfd (timeout, SIGINT/SIGTERM: [`signals`]),
 //!    reaps the init and removes the cgroups.
+//!
+//! For the CLI: call [`Runtime::run`] and exit with
+//! `exit.shell_code()`. Do not install SIGINT/SIGTERM handlers of your own:
+//! the run installs one that kills the container and makes `run` return
+//! `WorkloadExit::Signal(2 or 15)`, i.e. 130/143. A timeout kills the
+//! workload and returns `Signal(9)` (137) with `counters["timed_out"] = 1`
+//! and a one-line message on stderr; a command that cannot be executed
+//! returns `Code(127)` (not found) or `Code(126)`, also with a message.
+//! The run stamps `namespaces_created`, `cgroup_applied`, `rootfs_ready`,
+//! `pivot_done`, `ready` and `exited`; `start`, `spec_loaded` and
+//! `cleaned_up` are the caller's. With `options.explain` the cgroups and
+//! every setup step are printed to stderr before the clone.
 
 pub mod capabilities;
 pub mod cgroup;
@@ -240,12 +252,47 @@ struct SetupOutcome {
     stamps: Option<(u64, u64, u64)>,
     step_failed: Option<(u32, i32)>,
     exec_failed: Option<(i32, bool)>,
+    timed_out: bool,
 }
 
-fn read_child(chan: &Channel) -> SetupOutcome {
+/// Waits until `fd` is readable or `deadline` passes; false on timeout.
+fn readable_before(fd: i32, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: poll on one pollfd we own.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 || (r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+            return true; // readable, or an error the following recv reports
+        }
+    }
+}
+
+/// Reads the child's messages until its end closes (exec or exit). Past
+/// `deadline` the init is killed, which closes its end.
+fn read_child(chan: &Channel, init: &Init, mut deadline: Option<Instant>) -> SetupOutcome {
     let mut out = SetupOutcome::default();
-    // Errors reading count as end-of-file: the init's status tells the rest.
-    while let Ok(Some(msg)) = chan.recv_child() {
+    loop {
+        if let Some(d) = deadline {
+            if !readable_before(chan.raw_fd(), d) {
+                init.kill();
+                out.timed_out = true;
+                deadline = None;
+                continue;
+            }
+        }
+        // Errors reading count as end-of-file: the init's status tells the rest.
+        let Ok(Some(msg)) = chan.recv_child() else {
+            return out;
+        };
         match msg {
             ChildMsg::Stamps {
                 rootfs_ready,
@@ -259,7 +306,6 @@ fn read_child(chan: &Channel) -> SetupOutcome {
             } => out.exec_failed = Some((errno, interpreter_missing)),
         }
     }
-    out
 }
 
 /// The message and exit status for a failed execve, as a shell would give.
@@ -337,6 +383,7 @@ impl ContainerRuntime {
             }
         }
 
+        let deadline = launch.options.timeout.map(|t| Instant::now() + t);
         let (parent_end, child_end) = Channel::pair().map_err(ContainerError::Channel)?;
         let mut init = Init::spawn(&plan, &child_end).map_err(ContainerError::Clone)?;
         report.mark(Phase::NamespacesCreated);
@@ -356,7 +403,7 @@ impl ContainerRuntime {
         report.mark(Phase::CgroupApplied);
         // A child that already failed has closed its end: EPIPE, and its message waits for us.
         let _ = parent_end.send_raw(&ParentMsg::Go.encode());
-        let setup = read_child(&parent_end);
+        let setup = read_child(&parent_end, &init, deadline);
 
         let finish = |init: &mut Init,
                       guard: &mut signals::RunGuard|
@@ -369,6 +416,11 @@ impl ContainerRuntime {
             Ok(exit)
         };
 
+        if setup.timed_out && setup.exec_failed.is_none() {
+            let _ = finish(&mut init, &mut guard);
+            cgroup.destroy()?;
+            return Ok(timed_out(launch, report));
+        }
         if let Some((step, errno)) = setup.step_failed {
             let _ = finish(&mut init, &mut guard);
             cgroup.destroy()?;
@@ -409,41 +461,48 @@ impl ContainerRuntime {
         report.mark_at(Phase::Ready, ready);
 
         // The workload runs.
-        let deadline = launch.options.timeout.map(|t| Instant::now() + t);
         let waited = init
             .wait_exit(deadline)
             .and_then(|exited| {
                 if !exited {
                     init.kill();
-                    report.counters.insert("timed_out".into(), 1);
                     init.wait_exit(None)?;
                 }
-                Ok(())
+                Ok(!exited)
             })
             .map_err(|source| ContainerError::Wait {
                 pid: init.pid,
                 source,
             });
-        let exit = waited.and_then(|()| finish(&mut init, &mut guard));
+        let exit = waited.and_then(|killed| Ok((killed, finish(&mut init, &mut guard)?)));
         report.mark(Phase::Exited);
         let destroyed = cgroup.destroy();
-        let mut exit = exit?;
+        let (killed, mut exit) = exit?;
         destroyed?;
         if let Some(sig) = signals::received() {
             report
                 .counters
                 .insert("stopped_by_signal".into(), sig as u64);
             exit = WorkloadExit::Signal(sig);
-        } else if report.counters.contains_key("timed_out") {
-            eprintln!(
-                "duet: {}: killed after the {} timeout",
-                spec.name,
-                fmt_duration(launch.options.timeout.unwrap_or_default())
-            );
+        } else if killed {
+            exit = timed_out(launch, report);
         }
         report.exit = Some(exit);
         Ok(exit)
     }
+}
+
+/// Records and reports a run killed by `options.timeout`: SIGKILL, exit 137.
+fn timed_out(launch: &Launch<'_>, report: &mut RunReport) -> WorkloadExit {
+    report.counters.insert("timed_out".into(), 1);
+    eprintln!(
+        "duet: {}: killed after the {} timeout",
+        launch.spec.name,
+        fmt_duration(launch.options.timeout.unwrap_or_default())
+    );
+    let exit = WorkloadExit::Signal(libc::SIGKILL);
+    report.exit = Some(exit);
+    exit
 }
 
 fn fmt_duration(d: Duration) -> String {
