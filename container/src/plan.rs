@@ -163,6 +163,9 @@ impl Step {
     pub fn describe(&self) -> String {
         match self {
             Step::MakeRootSlave => "making / a recursive slave mount".into(),
+            Step::Mount { target, flags, .. } if flags & libc::MS_REMOUNT != 0 => {
+                format!("remounting {} read-only", show(target))
+            }
             Step::Mount {
                 source,
                 target,
@@ -358,7 +361,9 @@ pub fn build(
             source: c("overlay"),
             target: rootfs.clone(),
             fstype: c("overlay"),
-            flags: 0,
+            // nodev: CAP_MKNOD stays (OCI default), but a node made on the
+            // root cannot be opened. No devices cgroup is needed for that.
+            flags: libc::MS_NODEV,
             data: Some(cstr(
                 "overlay options",
                 overlay_options(r.layers, &r.upper, &r.work)?,
@@ -425,6 +430,14 @@ pub fn build(
             target: c("/proc/self/fd/2"),
             link: c("dev/stderr"),
         },
+        // /dev is the one writable place without nodev: freeze it.
+        mount(
+            "tmpfs",
+            "dev",
+            "tmpfs",
+            libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_STRICTATIME,
+            None,
+        ),
         Step::Mkdir(c("sys"), 0o555),
         mount(
             "sysfs",

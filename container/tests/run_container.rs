@@ -335,6 +335,21 @@ fn capabilities_masks_and_readonly_paths() {
     assert!(out.ends_with("end\n"), "{out}");
 }
 
+/// CAP_MKNOD is kept (OCI default), but no device node made inside can be opened.
+#[test]
+fn made_device_nodes_cannot_be_opened() {
+    require_root!();
+    let r = sh("mknod /tmp/nul c 1 3 && echo made >> /out; \
+         echo x 2>> /out > /tmp/nul || echo refused >> /out; \
+         mknod /dev/mem2 c 1 1 2>/dev/null || echo dev-read-only >> /out; \
+         echo x > /dev/null && head -c 3 /dev/zero | wc -c >> /out; \
+         echo x > /dev/shm/f && echo shm-ok >> /out");
+    let out = r.out("out");
+    assert!(out.contains("made\n"), "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(out.contains("refused\ndev-read-only\n3\nshm-ok\n"), "{out}");
+}
+
 #[test]
 fn writes_stay_in_the_instance() {
     require_root!();
