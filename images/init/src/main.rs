@@ -4,8 +4,8 @@
 //! 2. get access to duet's ready/exit I/O ports (see duet_shared::guest_abi);
 //! 3. mount /proc, /sys, /dev/pts, /dev/shm, /run; create /tmp if absent;
 //! 4. read /duet/workload.json, set the hostname, apply pids_max (cgroup v2);
-//! 5. fork: the child joins the cgroup, chdirs, resolves the command, writes
-//!    "ready" and execs it with stdio on the console;
+//! 5. fork: the child joins the cgroup, chdirs, writes "ready", resolves the
+//!    command and execs it with stdio on the console;
 //! 6. PID 1 reaps every process (orphans re-parent to it) until the
 //!    workload's own process exits, drains the console, writes the exit
 //!    status, and reboots (`reboot=k`: an i8042 reset the VMM treats as stop).
@@ -345,6 +345,9 @@ fn wait_for(child: Pid) -> Result<WaitStatus, InitError> {
 }
 
 /// The child: joins the cgroup, enters workdir, reports ready, execs.
+///
+/// Setup failures before "ready" are init failures; a command that cannot
+/// be run after it exits 127/126 with a message, as in a shell or container.
 fn exec_workload(
     w: &GuestWorkload,
     argv: &[CString],
@@ -378,6 +381,12 @@ fn exec_workload(
             e.desc()
         ));
     }
+    // "ready" marks the same point as in a container: setup done, the
+    // command's lookup and exec are next (a missing command still counts as
+    // started, and its message goes out after the VMM starts forwarding).
+    ports.ready();
+    // The workload must not be able to forge duet's ready/exit reports.
+    ports.release();
     let file = match command::resolve(&w.argv[0], path_var) {
         Ok(f) => f,
         Err(e) => {
@@ -387,18 +396,20 @@ fn exec_workload(
         }
     };
     let file = CString::new(file.into_os_string().into_encoded_bytes()).expect("path has no NUL");
-    ports.ready();
-    // The workload must not be able to forge duet's ready/exit reports.
-    ports.release();
     let err = nix::unistd::execve(&file, argv, env).unwrap_err();
-    eprintln!(
-        "duet-init: cannot execute {}: {}",
-        file.to_string_lossy(),
-        err.desc()
-    );
     let code = if err == Errno::ENOENT {
+        // The file exists (resolve checked): its ELF loader or #! interpreter does not.
+        eprintln!(
+            "duet-init: cannot run {}: its interpreter (ELF loader or #! line) is missing in the image",
+            w.argv[0]
+        );
         command::EXIT_NOT_FOUND
     } else {
+        eprintln!(
+            "duet-init: cannot execute {}: {}",
+            file.to_string_lossy(),
+            err.desc()
+        );
         command::EXIT_NOT_EXECUTABLE
     };
     // SAFETY: as above, _exit in the forked child.

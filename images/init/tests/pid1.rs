@@ -67,8 +67,17 @@ fn make_root(dir: &Path) -> PathBuf {
 }
 
 fn run_raw(config: &[u8]) -> Outcome {
+    run_raw_with(config, |_| {})
+}
+
+fn run_with(w: &GuestWorkload, prepare: impl FnOnce(&Path)) -> Outcome {
+    run_raw_with(&w.to_json(), prepare)
+}
+
+fn run_raw_with(config: &[u8], prepare: impl FnOnce(&Path)) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let root = make_root(dir.path());
+    prepare(&root);
     std::fs::write(root.join("duet/workload.json"), config).unwrap();
     let out = Command::new("unshare")
         .args(["--pid", "--fork", "--mount", "--uts", "--ipc"])
@@ -144,7 +153,7 @@ fn runs_the_workload_and_reports_ready_then_exit_status() {
 }
 
 #[test]
-fn missing_command_is_127_without_ready() {
+fn missing_command_is_127_after_ready() {
     skip_unless_possible!();
     let mut w = workload("");
     w.argv = vec!["no-such-command".into(), "arg".into()];
@@ -155,7 +164,23 @@ fn missing_command_is_127_without_ready() {
         "stderr: {}",
         o.stderr
     );
-    assert_eq!(o.ports, "exit 0x7f\n");
+    // Ready came first: as in a container, the lookup is part of the exec.
+    assert_eq!(o.ports, "ready\nexit 0x7f\n");
+}
+
+#[test]
+fn missing_interpreter_is_127_with_its_own_message() {
+    skip_unless_possible!();
+    let mut w = workload("");
+    w.argv = vec!["/work/script".into()];
+    let o = run_with(&w, |root| {
+        let p = root.join("work/script");
+        std::fs::write(&p, "#!/no/such/interpreter\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    assert!(o.stderr.contains("interpreter"), "stderr: {}", o.stderr);
+    assert_eq!(o.ports, "ready\nexit 0x7f\n");
 }
 
 #[test]

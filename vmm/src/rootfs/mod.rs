@@ -479,29 +479,26 @@ pub fn find_init_binary() -> Result<PathBuf, RootfsError> {
     }
 }
 
-/// The guest kernel command line the init expects, before any device
-/// options (e.g. `virtio_mmio.device=`) the VMM appends.
+/// The guest kernel command line for a duet-init guest: the VMM's
+/// [`crate::BASE_CMDLINE`] (serial console, `reboot=k`, `panic=-1`, no
+/// probing of absent hardware) plus what the init needs, before any device
+/// options (e.g. `virtio_mmio.device=`) the VMM appends:
 ///
-/// - `console=ttyS0`: kernel log and the init's stdio on the 8250 at 0x3f8;
-/// - `reboot=k`: reboot() resets through the i8042 (0xfe to port 0x64), which
-///   the VMM treats as "guest stopped" (there is no ACPI to power off);
-/// - `panic=-1`: a kernel panic resets at once instead of hanging;
 /// - `rdinit=/duet/init`: duet's init runs from the initramfs;
-/// - `8250.nr_uarts=1` and the `i8042.*` flags cut device probing (each port
-///   access is a VM exit); the kernel ignores them for drivers it lacks;
+/// - `8250.nr_uarts=1`: probe only the one UART there is (each port access
+///   is a VM exit);
 /// - unless `kernel_log`, `quiet loglevel=1`: only emergencies (a panic) reach
 ///   the console, so the kernel log stays off the workload's output.
 pub fn kernel_cmdline(kernel_log: bool) -> String {
-    let mut c = format!(
-        "console=ttyS0 reboot=k panic=-1 rdinit={INIT_PATH} 8250.nr_uarts=1 \
-         i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
-    );
-    c.push_str(if kernel_log {
-        " loglevel=7"
-    } else {
-        " quiet loglevel=1"
-    });
-    c
+    format!(
+        "{} 8250.nr_uarts=1 rdinit={INIT_PATH} {}",
+        crate::BASE_CMDLINE,
+        if kernel_log {
+            "loglevel=7"
+        } else {
+            "quiet loglevel=1"
+        }
+    )
 }
 
 #[cfg(test)]
