@@ -243,9 +243,11 @@ mod tests {
 
     #[test]
     fn bzimage_header_is_kept() {
-        let mut hdr = setup_header::default();
-        hdr.version = 0x20f;
-        hdr.init_size = 0x99;
+        let hdr = setup_header {
+            version: 0x20f,
+            init_size: 0x99,
+            ..Default::default()
+        };
         let p = build(
             64,
             &BootInfo {

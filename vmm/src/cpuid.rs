@@ -39,11 +39,9 @@ pub fn adjust_for_vcpu(
                     e.edx &= !EDX_HTT;
                 }
             }
-            4 => {
-                // Cores per package - 1, bits 31:26 (only where the leaf describes a cache).
-                if e.eax & 0x1f != 0 {
-                    e.eax = (e.eax & 0x03ff_ffff) | ((count - 1).min(63) << 26);
-                }
+            // Cores per package - 1, bits 31:26 (only where the leaf describes a cache).
+            4 if e.eax & 0x1f != 0 => {
+                e.eax = (e.eax & 0x03ff_ffff) | ((count - 1).min(63) << 26);
             }
             0xb | 0x1f => {
                 // One thread per core, `count` cores per package.

@@ -43,3 +43,16 @@ pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 pub const KERNEL_ALIGNMENT: u32 = 0x100_0000;
 /// Bytes in a page.
 pub const PAGE_SIZE: u64 = 0x1000;
+
+// The boot structures must not overlap (checked at compile time).
+const _: () = {
+    assert!(GDT_ADDR + 5 * 8 <= IDT_ADDR);
+    assert!(IDT_ADDR + 8 <= ZERO_PAGE_ADDR);
+    assert!(ZERO_PAGE_ADDR + PAGE_SIZE <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_ADDR);
+    assert!(PML4_ADDR + PAGE_SIZE <= PDPT_ADDR);
+    assert!(PDPT_ADDR + PAGE_SIZE <= PD_ADDR);
+    assert!(PD_ADDR + 4 * PAGE_SIZE <= CMDLINE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= MPTABLE_ADDR);
+    assert!(MPTABLE_ADDR < HIMEM_START);
+};

@@ -43,7 +43,7 @@ pub enum LoaderError {
         detail: String,
     },
     /// Guest memory too small for the kernel.
-    #[error("kernel {} needs guest memory up to {:.1} MiB but the VM has {memory_mib} MiB: raise memory_mib", path.display(), *needed_end as f64 / (1 << 20) as f64)]
+    #[error("kernel {} needs at least {} MiB of guest memory (it occupies up to {needed_end:#x}) but the VM has {memory_mib} MiB: raise memory_mib", path.display(), needed_end.div_ceil(1 << 20))]
     KernelDoesNotFit {
         /// Path given.
         path: PathBuf,

@@ -66,16 +66,16 @@ const ALLOWED: &[libc::c_long] = &[
 /// The ioctl request numbers a running vCPU thread may issue.
 pub fn allowed_ioctls() -> [u64; 3] {
     [
-        u64::from(KVM_RUN()),
-        u64::from(KVM_GET_REGS()),
-        u64::from(KVM_GET_SREGS()),
+        KVM_RUN() as u64,
+        KVM_GET_REGS() as u64,
+        KVM_GET_SREGS() as u64,
     ]
 }
 
 /// Compiles the VMM thread filter.
 pub fn vmm_thread_filter() -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr as i64, Vec::new())).collect();
+        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
     let ioctl_rules = allowed_ioctls()
         .iter()
         .map(|&req| {
@@ -89,7 +89,7 @@ pub fn vmm_thread_filter() -> Result<BpfProgram, SeccompError> {
             .map_err(SeccompError::Build)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_ioctl as i64, ioctl_rules);
+    rules.insert(libc::SYS_ioctl, ioctl_rules);
     // malloc grows its per-thread arenas with mprotect; never allow PROT_EXEC.
     let no_exec = SeccompRule::new(vec![SeccompCondition::new(
         2,
@@ -99,7 +99,17 @@ pub fn vmm_thread_filter() -> Result<BpfProgram, SeccompError> {
     )
     .map_err(SeccompError::Build)?])
     .map_err(SeccompError::Build)?;
-    rules.insert(libc::SYS_mprotect as i64, vec![no_exec]);
+    rules.insert(libc::SYS_mprotect, vec![no_exec]);
+    // Rust's debug builds check that a descriptor is open before closing it.
+    let getfd = SeccompRule::new(vec![SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::F_GETFD as u64,
+    )
+    .map_err(SeccompError::Build)?])
+    .map_err(SeccompError::Build)?;
+    rules.insert(libc::SYS_fcntl, vec![getfd]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,

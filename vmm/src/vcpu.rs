@@ -164,7 +164,6 @@ pub fn register_kick_handler() -> Result<(), VcpuError> {
     static REGISTERED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick))
-        .clone()
         .map_err(VcpuError::SignalHandler)
 }
 
