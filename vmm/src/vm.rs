@@ -453,6 +453,9 @@ impl Vm {
         };
         let mut handles: Vec<(u32, JoinHandle<()>)> = Vec::new();
         let started = Instant::now();
+        // Stamped before the first thread starts: vCPU 0 may reach the
+        // guest's ready write before this thread gets to run again.
+        let started_ns = duet_shared::clock::monotonic_ns();
         for vcpu in std::mem::take(&mut self.vcpus) {
             let id = vcpu.id();
             match vcpu::spawn(vcpu, ctx.clone()) {
@@ -463,7 +466,7 @@ impl Vm {
                 }
             }
         }
-        report.mark(Phase::VcpusStarted);
+        report.mark_at(Phase::VcpusStarted, started_ns);
 
         let end = self.wait_for_end(started, timeout, report);
         let stopped = stop_vcpus(&self.stop, handles);
