@@ -36,7 +36,7 @@ pub mod seccomp;
 pub mod signals;
 
 use crate::capabilities::CapabilityPlan;
-use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, Controller};
+use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupVersion, Controller, Hierarchy};
 use crate::channel::{Channel, ChildMsg, ParentMsg};
 use crate::plan::{ChildPlan, PlanError, RootfsSpec, Step};
 use crate::seccomp::SeccompError;
@@ -105,7 +105,7 @@ impl ContainerRuntime {
     }
 }
 
-/// clone3's argument block, the first 64 bytes (CLONE_ARGS_SIZE_VER0).
+/// clone3's argument block up to `cgroup` (CLONE_ARGS_SIZE_VER2).
 #[repr(C)]
 #[derive(Default)]
 struct CloneArgs {
@@ -117,7 +117,17 @@ struct CloneArgs {
     stack: u64,
     stack_size: u64,
     tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
+
+/// clone3 argument sizes: without and with the `cgroup` field (Linux 5.7).
+const CLONE_ARGS_SIZE_VER0: usize = 64;
+const CLONE_ARGS_SIZE_VER2: usize = 88;
+
+/// clone3 flag: start the child in the cgroup given by `CloneArgs::cgroup`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Namespaces the container init starts in (cgroup comes later, from inside).
 const NAMESPACES: u64 = (libc::CLONE_NEWNS
@@ -136,24 +146,31 @@ struct Init {
 
 impl Init {
     /// Clones the init; the child runs [`child::child_main`] and never returns here.
-    fn spawn(plan: &ChildPlan, child_end: &Channel) -> io::Result<Init> {
+    /// With `cgroup_dir` (a v2 cgroup directory fd) the init starts inside
+    /// that cgroup (CLONE_INTO_CGROUP), which spares the migration through
+    /// cgroup.procs and its RCU grace period.
+    fn spawn(
+        plan: &ChildPlan,
+        child_end: &Channel,
+        cgroup_dir: Option<&OwnedFd>,
+    ) -> io::Result<Init> {
         let mut pidfd: libc::c_int = -1;
-        let args = CloneArgs {
+        let mut args = CloneArgs {
             flags: NAMESPACES | libc::CLONE_PIDFD as u64,
             pidfd: &mut pidfd as *mut libc::c_int as u64,
             exit_signal: libc::SIGCHLD as u64,
             ..Default::default()
         };
+        let mut size = CLONE_ARGS_SIZE_VER0;
+        if let Some(fd) = cgroup_dir {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = fd.as_raw_fd() as u64;
+            size = CLONE_ARGS_SIZE_VER2;
+        }
         // SAFETY: fork-style clone3 (no new stack): the child continues on a
         // copy of this stack and only runs child_main, which never returns,
         // never allocates and ends in execve or _exit.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
+        let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -244,6 +261,16 @@ impl Drop for Init {
             let _ = self.reap();
         }
     }
+}
+
+/// Opens a directory as an O_PATH fd (for CLONE_INTO_CGROUP).
+fn open_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    Ok(f.into())
 }
 
 /// What the child said before exec (or before failing).
@@ -343,14 +370,39 @@ impl ContainerRuntime {
         launch: &Launch<'_>,
         report: &mut RunReport,
     ) -> Result<WorkloadExit, ContainerError> {
-        let mut guard = signals::RunGuard::enter();
+        let guard = signals::RunGuard::enter();
         if let Some(sig) = signals::received() {
             return Err(ContainerError::Interrupted(sig));
         }
+        let layout = CgroupLayout::detect()?;
+        let hierarchies = layout.plan(&Controller::needed(&launch.spec.resources))?;
+        self.run_in_hierarchies(launch, report, &hierarchies, guard)
+    }
+
+    /// Runs one container with its cgroups in `hierarchies` (normally
+    /// [`CgroupLayout::plan`] of the host's mounts; tests pass others).
+    pub fn run_with_hierarchies(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+        hierarchies: &[Hierarchy],
+    ) -> Result<WorkloadExit, ContainerError> {
+        let guard = signals::RunGuard::enter();
+        if let Some(sig) = signals::received() {
+            return Err(ContainerError::Interrupted(sig));
+        }
+        self.run_in_hierarchies(launch, report, hierarchies, guard)
+    }
+
+    fn run_in_hierarchies(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+        hierarchies: &[Hierarchy],
+        mut guard: signals::RunGuard,
+    ) -> Result<WorkloadExit, ContainerError> {
         let spec = launch.spec;
         let explain = launch.options.explain;
-        let layout = CgroupLayout::detect()?;
-        let hierarchies = layout.plan(&Controller::needed(&spec.resources))?;
         let workdir = spec.workdir.as_deref().unwrap_or("/");
         let plan = plan::build(
             &RootfsSpec {
@@ -367,7 +419,7 @@ impl ContainerRuntime {
             Arc::new(seccomp::compile()?),
         )?;
         if explain {
-            for h in &hierarchies {
+            for h in hierarchies {
                 let names: Vec<&str> = h.controllers.iter().map(|c| c.name()).collect();
                 eprintln!(
                     "duet: cgroup {:?} {}/{}/{} for {}",
@@ -385,21 +437,49 @@ impl ContainerRuntime {
 
         let deadline = launch.options.timeout.map(|t| Instant::now() + t);
         let (parent_end, child_end) = Channel::pair().map_err(ContainerError::Channel)?;
-        let mut init = Init::spawn(&plan, &child_end).map_err(ContainerError::Clone)?;
-        report.mark(Phase::NamespacesCreated);
-        drop(child_end);
-        guard.register(init.pidfd.as_raw_fd());
-
-        // The child mounts its root meanwhile; the parent makes its cgroups.
-        let cgroup = Cgroup::create(&hierarchies, launch.instance.id(), &spec.resources)
-            .and_then(|cg| cg.add_pid(init.pid).map(|()| cg));
-        let cgroup = match cgroup {
-            Ok(cg) => cg,
-            Err(e) => {
-                drop(init); // kill + reap before removing what is left of the cgroups
-                return Err(e.into());
+        let id = launch.instance.id();
+        let v2_only = hierarchies.len() == 1 && hierarchies[0].version == CgroupVersion::V2;
+        let (mut init, cgroup) = if v2_only {
+            // Pure v2: make the cgroup first and clone straight into it.
+            let cgroup = Cgroup::create(hierarchies, id, &spec.resources)?;
+            let dir = cgroup.dirs().next().expect("one hierarchy");
+            let dir_fd = open_dir(dir).map_err(|source| CgroupError::Io {
+                action: "open",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let spawned = Init::spawn(&plan, &child_end, Some(&dir_fd));
+            report.mark(Phase::NamespacesCreated);
+            match spawned {
+                Ok(init) => (init, cgroup),
+                // Kernels before 5.7 know no CLONE_INTO_CGROUP: migrate instead.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL)) => {
+                    let init =
+                        Init::spawn(&plan, &child_end, None).map_err(ContainerError::Clone)?;
+                    if let Err(e) = cgroup.add_pid(init.pid) {
+                        drop(init);
+                        return Err(e.into());
+                    }
+                    (init, cgroup)
+                }
+                Err(e) => return Err(ContainerError::Clone(e)),
+            }
+        } else {
+            let init = Init::spawn(&plan, &child_end, None).map_err(ContainerError::Clone)?;
+            report.mark(Phase::NamespacesCreated);
+            // The child mounts its root meanwhile; the parent makes its cgroups.
+            let cgroup = Cgroup::create(hierarchies, id, &spec.resources)
+                .and_then(|cg| cg.add_pid(init.pid).map(|()| cg));
+            match cgroup {
+                Ok(cg) => (init, cg),
+                Err(e) => {
+                    drop(init); // kill + reap before removing what is left of the cgroups
+                    return Err(e.into());
+                }
             }
         };
+        drop(child_end);
+        guard.register(init.pidfd.as_raw_fd());
         report.mark(Phase::CgroupApplied);
         // A child that already failed has closed its end: EPIPE, and its message waits for us.
         let _ = parent_end.send_raw(&ParentMsg::Go.encode());

@@ -4,7 +4,7 @@
 //! says why it skips otherwise. Output is captured through files the
 //! workload writes into its root, which land in the instance's upper layer.
 
-use duet_container::cgroup::{CgroupLayout, CgroupVersion, Controller, DUET_CGROUP_DIR};
+use duet_container::cgroup::{CgroupLayout, CgroupVersion, Controller, Hierarchy, DUET_CGROUP_DIR};
 use duet_container::{ContainerError, ContainerRuntime};
 use duet_shared::image::{Image, ImageConfig};
 use duet_shared::{
@@ -429,6 +429,70 @@ fn v2_teardown_uses_cgroup_kill() {
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGKILL)
     );
+}
+
+/// Pure-v2 path (clone3 with CLONE_INTO_CGROUP, cgroup.kill teardown) on the
+/// host's cgroup2 mount. The hybrid development hosts bind memory/pids/cpu to
+/// v1, so this runs without controllers: it proves placement and cleanup,
+/// while the v2 limit files are covered by the fixture tests.
+#[test]
+fn v2_clone_into_cgroup_places_the_init() {
+    require_root!();
+    let layout = CgroupLayout::detect().unwrap();
+    let Some(v2) = layout.v2.clone() else {
+        eprintln!("skipped: no cgroup2 mount on this host");
+        return;
+    };
+    let hier = vec![Hierarchy {
+        version: CgroupVersion::V2,
+        mount: v2.clone(),
+        controllers: Vec::new(),
+    }];
+    let root = tempfile::tempdir().unwrap();
+    let spec = WorkloadSpec::for_image("busybox", vec!["sleep".into(), "1".into()]);
+    let instance = InstanceDir::create(root.path(), "v2", "busybox", "container").unwrap();
+    let dir = v2.join(DUET_CGROUP_DIR).join(instance.id());
+    let watcher = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            for _ in 0..300 {
+                if let Ok(p) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    if let Some(pid) = p.lines().next() {
+                        return std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .unwrap_or_default();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            String::new()
+        })
+    };
+    let image = Image {
+        name: "busybox".into(),
+        layers: Vec::new(),
+        config: ImageConfig::default(),
+    };
+    let options = RunOptions::default();
+    let launch = Launch {
+        spec: &spec,
+        image: &image,
+        layers: vec![lower().to_path_buf()],
+        instance: &instance,
+        options: &options,
+    };
+    let mut report = RunReport::start("container", "v2", "busybox");
+    let exit = ContainerRuntime::new()
+        .run_with_hierarchies(&launch, &mut report, &hier)
+        .unwrap();
+    assert_eq!(exit, WorkloadExit::Code(0));
+    let seen = watcher.join().unwrap();
+    assert!(
+        !seen.is_empty(),
+        "nothing ever appeared in {}",
+        dir.display()
+    );
+    assert!(!dir.exists(), "v2 cgroup left behind");
+    assert_nothing_left(&instance);
 }
 
 /// Helper mode: run one long container and exit with its shell code, so the
