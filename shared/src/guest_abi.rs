@@ -17,6 +17,9 @@
 //! The VMM stamps `Phase::Ready` when the ready write exits to it and stops
 //! the VM as soon as the exit status is written; the guest need not reboot.
 //! Reads of either port return 0.
+//!
+//! The guest init reaches the ports with `ioperm(2)`, so the guest kernel
+//! needs `CONFIG_X86_IOPL_IOPERM=y` (tinyconfig leaves it off).
 
 use crate::runtime::WorkloadExit;
 

@@ -225,7 +225,7 @@ fn i8042_reset_stops_the_vm_as_reset() {
         return;
     }
     let code = [
-        0xe4, 0x64, // in al, 0x64  (status: must read 0, "input buffer empty")
+        0xe4, 0x64, // in al, 0x64  (status: bit 1 must be clear, "input buffer empty")
         0xa8, 0x02, // test al, 2
         0x75, 0xfa, // jnz back to the in (would spin if the status were 0xff)
         0xb0, 0xfe, // mov al, 0xfe
