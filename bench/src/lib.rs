@@ -1,0 +1,60 @@
+//! duet-bench: the measurements behind `duet bench`.
+//!
+//! Scenarios take a runner (a [`startup::Starter`] or an
+//! [`instances::IdleLauncher`]) so the CLI can plug in duet's own backends
+//! (as a `duet run` subprocess) and peers ([`oci`]: runc, crun). Results go
+//! into a [`report::Report`], rendered as JSON, Markdown or HTML with SVG
+//! charts. The isolation scenario compares [`duet_probe`] reports.
+//!
+//! Entry points: [`startup::run`], [`instances::measure_memory`],
+//! [`instances::run_density`], [`isolation::compare`], [`host::collect`],
+//! [`startup::measure_harness_overhead`], [`report::render_markdown`],
+//! [`report::render_html`], [`report::render_json`].
+
+pub mod charts;
+pub mod disk;
+pub mod host;
+pub mod instances;
+pub mod isolation;
+pub mod memory;
+pub mod oci;
+pub mod report;
+pub mod startup;
+pub mod stats;
+
+use serde::{Deserialize, Serialize};
+
+/// What a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Namespaces on the host kernel (duet container, runc, crun).
+    Container,
+    /// A guest kernel under KVM (duet vm, QEMU microvm).
+    Vm,
+    /// A bare host process (baseline).
+    Process,
+}
+
+impl Kind {
+    /// `vm` is [`Kind::Vm`]; anything else a duet isolation can be is a container.
+    pub fn of_isolation(isolation: &str) -> Kind {
+        if isolation == "vm" {
+            Kind::Vm
+        } else {
+            Kind::Container
+        }
+    }
+}
+
+/// An error and its `source()` chain on one line (`a: b: c`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,885 @@
+//! The benchmark report: JSON (versioned schema), Markdown, and an HTML page
+//! with SVG charts, plus "what the classic answer claims vs what we measured",
+//! built only from the numbers in the report.
+
+use crate::charts;
+use crate::disk::DiskResult;
+use crate::host::HostFacts;
+use crate::instances::{DensityResult, MemoryResult};
+use crate::isolation::{IsolationTable, Verdict};
+use crate::startup::{HarnessOverhead, RowStatus, StartupResult};
+use crate::Kind;
+use serde::{Deserialize, Serialize};
+
+/// Current [`Report::schema`]; bumped on incompatible change.
+pub const BENCH_SCHEMA: u32 = 1;
+
+/// Everything one `duet bench` run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Schema version ([`BENCH_SCHEMA`]).
+    pub schema: u32,
+    /// `duet-bench <version>`.
+    pub generator: String,
+    /// Seconds since the epoch when the report was made.
+    pub created_unix_s: u64,
+    /// The machine.
+    pub host: HostFacts,
+    /// Where VM rows ran when not natively (e.g. "nested-KVM testbed: ..."), shown in the header.
+    pub vm_environment: Option<String>,
+    /// The harness's own cost per run.
+    pub harness: Option<HarnessOverhead>,
+    /// `duet bench startup` rows.
+    pub startup: Vec<StartupResult>,
+    /// `duet bench memory` rows.
+    pub memory: Vec<MemoryResult>,
+    /// `duet bench density` curves.
+    pub density: Vec<DensityResult>,
+    /// Disk for N instances.
+    pub disk: Vec<DiskResult>,
+    /// `duet bench isolation` table.
+    pub isolation: Option<IsolationTable>,
+    /// Free-form notes (what was not measured and why).
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// An empty report for this host, stamped now.
+    pub fn new(host: HostFacts) -> Report {
+        Report {
+            schema: BENCH_SCHEMA,
+            generator: format!("duet-bench {}", env!("CARGO_PKG_VERSION")),
+            created_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            host,
+            vm_environment: None,
+            harness: None,
+            startup: Vec::new(),
+            memory: Vec::new(),
+            density: Vec::new(),
+            disk: Vec::new(),
+            isolation: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// One row of "what the classic answer claims vs what we measured".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRow {
+    /// Short topic.
+    pub topic: String,
+    /// What the classic answer claims.
+    pub claimed: String,
+    /// What this run measured (numbers from this report only).
+    pub measured: String,
+    /// One line: what it means.
+    pub reading: String,
+}
+
+const NOT_MEASURED: &str = "not measured in this run";
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1} MiB", kib / 1024.0)
+}
+
+fn medians(rows: &[StartupResult], kind: Kind) -> Vec<(String, f64)> {
+    rows.iter()
+        .filter(|r| r.kind == kind)
+        .filter_map(|r| Some((r.label.clone(), r.wall_ms?.median)))
+        .collect()
+}
+
+fn list(xs: &[(String, String)]) -> String {
+    xs.iter()
+        .map(|(l, v)| format!("{l}: {v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn start_claim(r: &Report) -> ClaimRow {
+    let c = medians(&r.startup, Kind::Container);
+    let v = medians(&r.startup, Kind::Vm);
+    let all: Vec<(String, String)> = c
+        .iter()
+        .chain(v.iter())
+        .map(|(l, m)| (l.clone(), format!("median {}", ms(*m))))
+        .collect();
+    let fastest = |xs: &[(String, f64)]| xs.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
+    let reading =
+        match (c.is_empty(), v.is_empty()) {
+            (false, false) => {
+                let (fc, fv) = (fastest(&c), fastest(&v));
+                format!(
+                    "the fastest VM started in {} ({}), {:.0}x the fastest container ({})",
+                    ms(fv),
+                    if fv < 60_000.0 {
+                        "not minutes"
+                    } else {
+                        "minutes, as claimed"
+                    },
+                    fv / fc,
+                    ms(fc)
+                )
+            }
+            (false, true) => {
+                format!(
+            "containers started in {} or less than a second as claimed: {}; no VM row measured",
+            if fastest(&c) < 1000.0 { "well under" } else { "over" },
+            ms(fastest(&c))
+        )
+            }
+            (true, false) => format!("VM start {}; no container row measured", ms(fastest(&v))),
+            (true, true) => NOT_MEASURED.to_string(),
+        };
+    ClaimRow {
+        topic: "start time".to_string(),
+        claimed: "a full virtualized system usually takes minutes to start; containers take seconds, often less than a second".to_string(),
+        measured: if all.is_empty() { NOT_MEASURED.to_string() } else { list(&all) },
+        reading,
+    }
+}
+
+fn last_point(r: &Report, kind: Kind) -> Vec<(String, usize, f64)> {
+    r.density
+        .iter()
+        .filter(|d| d.kind == kind)
+        .filter_map(|d| {
+            let p = d.points.last()?;
+            Some((d.label.clone(), p.k, p.pss_per_instance_kib))
+        })
+        .collect()
+}
+
+fn layers_claim(r: &Report) -> ClaimRow {
+    let mut measured = Vec::new();
+    for d in &r.disk {
+        measured.push((
+            d.label.clone(),
+            format!(
+                "disk: image {} once + {} for {} instances ({} each)",
+                mib(d.image_bytes as f64 / 1024.0),
+                mib(d.instances_bytes as f64 / 1024.0),
+                d.instances,
+                mib(d.instances_bytes as f64 / 1024.0 / d.instances.max(1) as f64)
+            ),
+        ));
+    }
+    let c = last_point(r, Kind::Container);
+    let v = last_point(r, Kind::Vm);
+    for (l, k, per) in c.iter().chain(v.iter()) {
+        measured.push((
+            l.clone(),
+            format!("memory: {} per instance at K={k}", mib(*per)),
+        ));
+    }
+    let reading = match (c.first(), v.first()) {
+        (Some(c), Some(v)) => format!(
+            "one more VM costs {} of memory against {} for one more container ({:.0}x)",
+            mib(v.2),
+            mib(c.2),
+            v.2 / c.2.max(1.0)
+        ),
+        _ if !r.disk.is_empty() => {
+            "disk per instance is the writable part only; the image is stored once".to_string()
+        }
+        _ => NOT_MEASURED.to_string(),
+    };
+    ClaimRow {
+        topic: "shared layers (disk and memory for N instances)".to_string(),
+        claimed: "1000 containers from a 1 GB image share the bulk of the 1 GB; VMs need 1 GB x number of VMs".to_string(),
+        measured: if measured.is_empty() { NOT_MEASURED.to_string() } else { list(&measured) },
+        reading,
+    }
+}
+
+fn kernel_claim(r: &Report) -> ClaimRow {
+    let Some(t) = &r.isolation else {
+        return ClaimRow {
+            topic: "shared kernel".to_string(),
+            claimed: "containers share the host kernel; a VM boots its own".to_string(),
+            measured: NOT_MEASURED.to_string(),
+            reading: NOT_MEASURED.to_string(),
+        };
+    };
+    let row = t.rows.iter().find(|r| r.fact == "kernel");
+    let mut measured = Vec::new();
+    let mut shared = Vec::new();
+    let mut own = Vec::new();
+    if let Some(row) = row {
+        for (col, cell) in t.columns.iter().zip(&row.cells) {
+            measured.push((col.clone(), cell.value.clone()));
+            match cell.verdict {
+                Some(Verdict::Shared) => shared.push(col.clone()),
+                Some(Verdict::Isolated) => own.push(col.clone()),
+                _ => {}
+            }
+        }
+    }
+    let reading = format!(
+        "same running kernel as the host (same boot_id): {}; own kernel: {}",
+        if shared.is_empty() {
+            "none".to_string()
+        } else {
+            shared.join(", ")
+        },
+        if own.is_empty() {
+            "none".to_string()
+        } else {
+            own.join(", ")
+        }
+    );
+    ClaimRow {
+        topic: "shared kernel".to_string(),
+        claimed: "containers share the host kernel; a VM boots its own".to_string(),
+        measured: list(&measured),
+        reading,
+    }
+}
+
+fn density_claim(r: &Report) -> ClaimRow {
+    let c: Vec<&DensityResult> = r
+        .density
+        .iter()
+        .filter(|d| d.kind == Kind::Container)
+        .collect();
+    let mut measured = Vec::new();
+    let mut reading = Vec::new();
+    for d in &c {
+        if let Some(p) = d.points.last() {
+            measured.push((
+                d.label.clone(),
+                format!(
+                    "{} instances started in {} ({} each), {} PSS each; curve ended: {}",
+                    p.k,
+                    ms(p.start_all_ms),
+                    ms(p.start_all_ms / p.k as f64),
+                    mib(p.pss_per_instance_kib),
+                    d.stopped_because
+                ),
+            ));
+            if p.pss_per_instance_kib > 0.0 {
+                reading.push(format!(
+                    "{}: memory alone would allow ~{:.0} such idle instances on this host's {} (extrapolated)",
+                    d.label,
+                    r.host.mem_total_kib as f64 / p.pss_per_instance_kib,
+                    mib(r.host.mem_total_kib as f64)
+                ));
+            }
+        }
+    }
+    ClaimRow {
+        topic: "density".to_string(),
+        claimed: "thousands of containers on a host, and it won't even blink".to_string(),
+        measured: if measured.is_empty() {
+            NOT_MEASURED.to_string()
+        } else {
+            list(&measured)
+        },
+        reading: if reading.is_empty() {
+            NOT_MEASURED.to_string()
+        } else {
+            reading.join("; ")
+        },
+    }
+}
+
+/// The claims section, from this report's numbers only.
+pub fn claims(r: &Report) -> Vec<ClaimRow> {
+    vec![
+        start_claim(r),
+        layers_claim(r),
+        kernel_claim(r),
+        density_claim(r),
+    ]
+}
+
+/// The report as pretty JSON.
+pub fn render_json(r: &Report) -> String {
+    serde_json::to_string_pretty(r).expect("Report serializes")
+}
+
+fn status_text(s: &RowStatus) -> String {
+    match s {
+        RowStatus::Measured => "measured".to_string(),
+        RowStatus::Unavailable(why) => format!("not run: {why}"),
+        RowStatus::Failed(why) => format!("failed: {why}"),
+    }
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn summary_cells(s: Option<crate::stats::Summary>, f: fn(f64) -> String) -> [String; 4] {
+    match s {
+        Some(s) => [f(s.min), f(s.median), f(s.p90), f(s.max)],
+        None => ["-".into(), "-".into(), "-".into(), "-".into()],
+    }
+}
+
+/// Plain tables: (title, header, rows). Shared by Markdown and HTML.
+fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
+    let mut out = Vec::new();
+    let claim_rows = claims(r)
+        .into_iter()
+        .map(|c| vec![c.topic, c.claimed, c.measured, c.reading])
+        .collect();
+    out.push((
+        "What the classic answer claims vs what we measured".to_string(),
+        vec![
+            "topic".into(),
+            "claimed".into(),
+            "measured here".into(),
+            "reading".into(),
+        ],
+        claim_rows,
+    ));
+    if !r.startup.is_empty() {
+        let rows = r
+            .startup
+            .iter()
+            .map(|s| {
+                let [a, b, c, d] = summary_cells(s.wall_ms, ms);
+                vec![
+                    s.label.clone(),
+                    s.runs.to_string(),
+                    a,
+                    b,
+                    c,
+                    d,
+                    status_text(&s.status),
+                ]
+            })
+            .collect();
+        out.push((
+            "Startup (wall time, spawn to exit)".to_string(),
+            ["runner", "runs", "min", "median", "p90", "max", "status"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        ));
+        let mut phase_rows = Vec::new();
+        for s in &r.startup {
+            for seg in &s.segments {
+                let [a, b, c, d] = summary_cells(Some(seg.ms), ms);
+                phase_rows.push(vec![s.label.clone(), seg.name.clone(), a, b, c, d]);
+            }
+        }
+        if !phase_rows.is_empty() {
+            out.push((
+                "Startup phases (time since the previous phase)".to_string(),
+                ["runner", "phase", "min", "median", "p90", "max"]
+                    .map(String::from)
+                    .to_vec(),
+                phase_rows,
+            ));
+        }
+    }
+    if !r.memory.is_empty() {
+        let rows = r
+            .memory
+            .iter()
+            .map(|m| {
+                let med =
+                    |s: Option<crate::stats::Summary>| s.map_or("-".to_string(), |s| mib(s.median));
+                vec![
+                    m.label.clone(),
+                    med(m.pss_kib),
+                    med(m.private_kib),
+                    med(m.shared_kib),
+                    m.processes.to_string(),
+                    status_text(&m.status),
+                ]
+            })
+            .collect();
+        out.push((
+            "Memory of one idle instance (median PSS)".to_string(),
+            [
+                "runner",
+                "PSS",
+                "private",
+                "shared share",
+                "processes",
+                "status",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        ));
+    }
+    if !r.density.is_empty() {
+        let mut rows = Vec::new();
+        for d in &r.density {
+            for p in &d.points {
+                rows.push(vec![
+                    d.label.clone(),
+                    p.k.to_string(),
+                    ms(p.start_all_ms),
+                    mib(p.pss_total_kib as f64),
+                    mib(p.pss_per_instance_kib),
+                    mib(p.mem_available_drop_kib as f64),
+                ]);
+            }
+            rows.push(vec![
+                d.label.clone(),
+                "-".into(),
+                format!("ended: {}", d.stopped_because),
+                status_text(&d.status),
+                if d.cleanup_errors.is_empty() {
+                    "cleanup ok".into()
+                } else {
+                    format!("cleanup errors: {}", d.cleanup_errors.join("; "))
+                },
+                String::new(),
+            ]);
+        }
+        out.push((
+            "Density".to_string(),
+            [
+                "runner",
+                "K",
+                "start all K",
+                "PSS total",
+                "PSS per instance",
+                "MemAvailable drop",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        ));
+    }
+    if !r.disk.is_empty() {
+        let rows = r
+            .disk
+            .iter()
+            .map(|d| {
+                vec![
+                    d.label.clone(),
+                    mib(d.image_bytes as f64 / 1024.0),
+                    d.instances.to_string(),
+                    mib(d.instances_bytes as f64 / 1024.0),
+                ]
+            })
+            .collect();
+        out.push((
+            "Disk for N instances".to_string(),
+            ["runner", "image (once)", "instances", "added by instances"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        ));
+    }
+    if let Some(t) = &r.isolation {
+        let mut header = vec!["fact".to_string()];
+        header.extend(t.columns.iter().cloned());
+        let rows = t
+            .rows
+            .iter()
+            .map(|row| {
+                let mut cells = vec![row.fact.clone()];
+                for c in &row.cells {
+                    cells.push(match c.verdict {
+                        None => c.value.clone(),
+                        Some(v) => format!(
+                            "{} — {}: {}",
+                            c.value,
+                            match v {
+                                Verdict::Shared => "SHARED",
+                                Verdict::Isolated => "isolated",
+                                Verdict::NotApplicable => "n/a",
+                            },
+                            c.why
+                        ),
+                    });
+                }
+                cells
+            })
+            .collect();
+        out.push((
+            "Isolation (probe run on each side)".to_string(),
+            header,
+            rows,
+        ));
+    }
+    out
+}
+
+fn header_lines(r: &Report) -> Vec<String> {
+    let mut h = vec![format!("Host: {}", r.host.summary())];
+    if let Some(vm) = &r.vm_environment {
+        h.push(format!("VM rows: {vm}"));
+    } else if !r.host.kvm.accelerated {
+        h.push(
+            "VM rows: this host's KVM does not accelerate; VM numbers here are not native"
+                .to_string(),
+        );
+    }
+    if let Some(o) = &r.harness {
+        h.push(format!(
+            "Harness overhead per run: {:.3} ms (raw spawn of /bin/true {}, through the harness {}, RunReport parse {}; {})",
+            o.overhead_ms,
+            ms(o.raw_spawn_ms.median),
+            ms(o.harness_spawn_ms.median),
+            ms(o.parse_ms.median),
+            o.method
+        ));
+    }
+    h.push(format!(
+        "{} , schema {}, created {} (unix s)",
+        r.generator, r.schema, r.created_unix_s
+    ));
+    h
+}
+
+/// The report as Markdown.
+pub fn render_markdown(r: &Report) -> String {
+    let mut s = String::from("# duet bench: container vs VM, measured here\n\n");
+    for l in header_lines(r) {
+        s.push_str(&format!("- {}\n", md_escape(&l)));
+    }
+    for (title, header, rows) in tables(r) {
+        s.push_str(&format!(
+            "\n## {title}\n\n| {} |\n|{}\n",
+            header.join(" | "),
+            "---|".repeat(header.len())
+        ));
+        for row in rows {
+            let cells: Vec<String> = row.iter().map(|c| md_escape(c)).collect();
+            s.push_str(&format!("| {} |\n", cells.join(" | ")));
+        }
+    }
+    if !r.notes.is_empty() {
+        s.push_str("\n## Notes\n\n");
+        for n in &r.notes {
+            s.push_str(&format!("- {}\n", md_escape(n)));
+        }
+    }
+    s
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The report as one self-contained HTML page with inline SVG charts.
+pub fn render_html(r: &Report) -> Result<String, charts::ChartError> {
+    let mut s = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>duet bench</title>\n<style>\
+body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\
+table{border-collapse:collapse;margin:1em 0;font-size:14px}\
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}\
+th{background:#f3f3f3}.chart{margin:1em 0}</style></head><body>\n\
+<h1>duet bench: container vs VM, measured here</h1>\n<ul>\n",
+    );
+    for l in header_lines(r) {
+        s.push_str(&format!("<li>{}</li>\n", html_escape(&l)));
+    }
+    s.push_str("</ul>\n");
+    let mut charts_html = String::new();
+    for svg in [
+        charts::startup_svg(&r.startup)?,
+        charts::density_memory_svg(&r.density)?,
+        charts::density_time_svg(&r.density)?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        charts_html.push_str(&format!("<div class=\"chart\">{svg}</div>\n"));
+    }
+    for (i, (title, header, rows)) in tables(r).into_iter().enumerate() {
+        s.push_str(&format!("<h2>{}</h2>\n<table><tr>", html_escape(&title)));
+        for h in header {
+            s.push_str(&format!("<th>{}</th>", html_escape(&h)));
+        }
+        s.push_str("</tr>\n");
+        for row in rows {
+            s.push_str("<tr>");
+            for c in row {
+                s.push_str(&format!("<td>{}</td>", html_escape(&c)));
+            }
+            s.push_str("</tr>\n");
+        }
+        s.push_str("</table>\n");
+        if i == 0 && !charts_html.is_empty() {
+            s.push_str("<h2>Charts</h2>\n");
+            s.push_str(&charts_html);
+        }
+    }
+    if !r.notes.is_empty() {
+        s.push_str("<h2>Notes</h2>\n<ul>\n");
+        for n in &r.notes {
+            s.push_str(&format!("<li>{}</li>\n", html_escape(n)));
+        }
+        s.push_str("</ul>\n");
+    }
+    s.push_str("</body></html>\n");
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{CgroupLayout, KvmFacts, KvmKind};
+    use crate::instances::DensityPoint;
+    use crate::isolation::{Cell, IsolationRow};
+    use crate::startup::SegmentStat;
+    use crate::stats::summarize;
+
+    /// A report with fixed numbers, the same on every machine.
+    pub(crate) fn fixture() -> Report {
+        let host = HostFacts {
+            cpu_model: "Test CPU".into(),
+            cpus: 2,
+            mem_total_kib: 24 * 1024 * 1024,
+            kernel_release: "6.18.0-test".into(),
+            kernel_version: "#1 SMP".into(),
+            cgroup_layout: CgroupLayout::Hybrid,
+            kvm: KvmFacts {
+                dev_kvm: true,
+                kind: KvmKind::Other(vec!["kvm_pvm".into()]),
+                cpu_flag: None,
+                accelerated: false,
+            },
+        };
+        let s = |v: &[f64]| summarize(v).unwrap();
+        let mut r = Report::new(host);
+        r.created_unix_s = 1_700_000_000;
+        r.generator = "duet-bench test".into();
+        r.vm_environment = Some("nested-KVM testbed (QEMU TCG, kvm-amd inside)".into());
+        r.harness = Some(HarnessOverhead {
+            samples: 3,
+            raw_spawn_ms: s(&[0.5, 0.6, 0.7]),
+            harness_spawn_ms: s(&[0.6, 0.7, 0.8]),
+            parse_ms: s(&[0.01, 0.01, 0.01]),
+            overhead_ms: 0.11,
+            method: "fixture".into(),
+        });
+        r.startup = vec![
+            StartupResult {
+                label: "duet container".into(),
+                kind: Kind::Container,
+                status: RowStatus::Measured,
+                runs: 3,
+                warmup: 1,
+                wall_ms: Some(s(&[10.0, 11.0, 12.0])),
+                segments: vec![
+                    SegmentStat {
+                        name: "exec".into(),
+                        ms: s(&[1.0, 1.0, 1.0]),
+                    },
+                    SegmentStat {
+                        name: "rootfs_ready".into(),
+                        ms: s(&[3.0, 4.0, 5.0]),
+                    },
+                    SegmentStat {
+                        name: "ready".into(),
+                        ms: s(&[5.0, 5.0, 5.0]),
+                    },
+                ],
+                samples_ms: vec![10.0, 11.0, 12.0],
+            },
+            StartupResult {
+                label: "duet vm".into(),
+                kind: Kind::Vm,
+                status: RowStatus::Measured,
+                runs: 3,
+                warmup: 1,
+                wall_ms: Some(s(&[900.0, 1000.0, 1100.0])),
+                segments: vec![
+                    SegmentStat {
+                        name: "exec".into(),
+                        ms: s(&[1.0, 1.0, 1.0]),
+                    },
+                    SegmentStat {
+                        name: "vm_created".into(),
+                        ms: s(&[5.0, 5.0, 5.0]),
+                    },
+                    SegmentStat {
+                        name: "ready".into(),
+                        ms: s(&[890.0, 990.0, 1090.0]),
+                    },
+                ],
+                samples_ms: vec![900.0, 1000.0, 1100.0],
+            },
+            StartupResult::unavailable(
+                "crun",
+                Kind::Container,
+                "crun refuses cgroup v1/v2 hybrid hosts",
+            ),
+        ];
+        r.memory = vec![MemoryResult {
+            label: "duet container".into(),
+            kind: Kind::Container,
+            status: RowStatus::Measured,
+            samples: 1,
+            pss_kib: Some(s(&[1024.0])),
+            private_kib: Some(s(&[512.0])),
+            shared_kib: Some(s(&[512.0])),
+            processes: 2,
+            last_rollup: None,
+            notes: vec![],
+        }];
+        let pt = |k: usize, per: f64| DensityPoint {
+            k,
+            start_all_ms: k as f64 * 10.0,
+            pss_total_kib: (per * k as f64) as u64,
+            pss_per_instance_kib: per,
+            mem_available_drop_kib: (per * k as f64 * 1.5) as i64,
+        };
+        r.density = vec![
+            DensityResult {
+                label: "duet container".into(),
+                kind: Kind::Container,
+                status: RowStatus::Measured,
+                points: vec![pt(10, 1100.0), pt(50, 1000.0)],
+                stopped_because: "reached 50 instances".into(),
+                cleanup_errors: vec![],
+            },
+            DensityResult {
+                label: "duet vm".into(),
+                kind: Kind::Vm,
+                status: RowStatus::Measured,
+                points: vec![pt(10, 40960.0)],
+                stopped_because: "reached 10 instances".into(),
+                cleanup_errors: vec![],
+            },
+        ];
+        r.disk = vec![DiskResult {
+            label: "duet container".into(),
+            image_bytes: 2 << 20,
+            instances: 10,
+            instances_bytes: 40960,
+        }];
+        r.isolation = Some(IsolationTable {
+            columns: vec!["host".into(), "duet container".into(), "duet vm".into()],
+            rows: vec![IsolationRow {
+                fact: "kernel".into(),
+                cells: vec![
+                    Cell {
+                        value: "6.18".into(),
+                        verdict: None,
+                        why: "reference".into(),
+                    },
+                    Cell {
+                        value: "6.18".into(),
+                        verdict: Some(Verdict::Shared),
+                        why: "same kernel".into(),
+                    },
+                    Cell {
+                        value: "6.1".into(),
+                        verdict: Some(Verdict::Isolated),
+                        why: "own kernel".into(),
+                    },
+                ],
+            }],
+            missing: vec![],
+        });
+        r.notes = vec!["VM peers (QEMU microvm) not run yet".into()];
+        r
+    }
+
+    fn golden_path() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/report.json")
+    }
+
+    /// The JSON layout is the schema: a change here without bumping
+    /// BENCH_SCHEMA breaks readers. Regenerate with DUET_UPDATE_GOLDEN=1.
+    #[test]
+    fn json_matches_golden_schema() {
+        let json = render_json(&fixture());
+        if std::env::var_os("DUET_UPDATE_GOLDEN").is_some() {
+            std::fs::write(golden_path(), &json).unwrap();
+        }
+        let golden = std::fs::read_to_string(golden_path())
+            .expect("golden file (run with DUET_UPDATE_GOLDEN=1 once)");
+        assert_eq!(
+            json.trim_end(),
+            golden.trim_end(),
+            "report JSON changed: bump BENCH_SCHEMA and regenerate"
+        );
+        let back: Report = serde_json::from_str(&golden).unwrap();
+        assert_eq!(back, fixture());
+        assert_eq!(back.schema, BENCH_SCHEMA);
+    }
+
+    #[test]
+    fn claims_come_from_numbers() {
+        let c = claims(&fixture());
+        assert_eq!(c.len(), 4);
+        assert!(
+            c[0].measured.contains("duet container: median 11.0 ms"),
+            "{:?}",
+            c[0]
+        );
+        assert!(c[0].reading.contains("not minutes"), "{:?}", c[0]);
+        assert!(c[0].reading.contains("91x"), "{:?}", c[0]);
+        assert!(c[1].reading.contains("40.0 MiB"), "{:?}", c[1]);
+        assert!(
+            c[2].reading.contains("duet container") && c[2].reading.contains("own kernel: duet vm"),
+            "{:?}",
+            c[2]
+        );
+        assert!(c[3].measured.contains("50 instances"), "{:?}", c[3]);
+        let empty = claims(&Report::new(fixture().host));
+        assert!(
+            empty.iter().all(|c| c.measured == NOT_MEASURED),
+            "{empty:?}"
+        );
+    }
+
+    #[test]
+    fn markdown_has_every_section() {
+        let md = render_markdown(&fixture());
+        for s in [
+            "## What the classic answer claims",
+            "## Startup (wall",
+            "## Startup phases",
+            "## Memory",
+            "## Density",
+            "## Disk",
+            "## Isolation",
+            "crun refuses cgroup v1/v2 hybrid hosts",
+            "nested-KVM testbed",
+            "Harness overhead per run: 0.110 ms",
+        ] {
+            assert!(md.contains(s), "missing {s}:\n{md}");
+        }
+    }
+
+    #[test]
+    fn html_contains_the_charts() {
+        let html = render_html(&fixture()).unwrap();
+        assert_eq!(
+            html.matches("<svg").count(),
+            3,
+            "startup + two density charts"
+        );
+        // Stacked bars: one rect per segment per measured row, labelled phases in the legend.
+        assert!(html.contains("rootfs_ready") && html.contains("vm_created"));
+        assert!(html.contains("Density: memory per instance"));
+        assert!(
+            html.contains("<polyline") || html.contains("<path"),
+            "density lines drawn"
+        );
+        assert!(html.contains("duet container"));
+        // No charts when nothing was measured, and the page still renders.
+        let empty = render_html(&Report::new(fixture().host)).unwrap();
+        assert!(!empty.contains("<svg"));
+    }
+}
