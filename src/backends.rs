@@ -1,17 +1,18 @@
 //! Picks the backend for an isolation: the one place the CLI meets both crates.
 
 use anyhow::{bail, Result};
+use duet_container::ContainerRuntime;
 use duet_shared::{Isolation, Runtime};
 
 /// The runtime implementing `isolation`.
 pub fn for_isolation(isolation: Isolation) -> Result<Box<dyn Runtime>> {
     match isolation {
-        Isolation::Container => bail!("the container backend is not wired in yet"),
+        Isolation::Container => Ok(Box::new(ContainerRuntime::new())),
         Isolation::Vm => bail!("the microVM backend (--isolation vm) is not available yet"),
     }
 }
 
-/// Every backend, for `duet gc`.
+/// Every backend, for `duet gc` and `duet rm`.
 pub fn all() -> Vec<Box<dyn Runtime>> {
-    Vec::new()
+    vec![Box::new(ContainerRuntime::new())]
 }
