@@ -27,6 +27,8 @@
 //! `cleaned_up` are the caller's. With `options.explain` the cgroups and
 //! every setup step are printed to stderr before the clone.
 
+#![warn(missing_docs)]
+
 pub mod capabilities;
 pub mod cgroup;
 pub mod channel;

@@ -40,15 +40,14 @@ macro_rules! require_root {
     };
 }
 
-/// A lower layer with busybox and its applet links, made once per test binary.
+/// A lower layer with busybox and its applet links, made once per test
+/// binary under cargo's per-target test scratch directory (no /tmp leftovers).
 fn lower() -> &'static Path {
     static LOWER: OnceLock<PathBuf> = OnceLock::new();
     LOWER.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("duet-lower-")
-            .tempdir()
-            .unwrap()
-            .keep();
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = scratch.join(format!("duet-container-lower-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         for d in ["bin", "tmp", "etc", "srv/data"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
@@ -64,6 +63,15 @@ fn lower() -> &'static Path {
         }
         std::fs::write(dir.join("junk.ko"), b"\x7fELF this is not a kernel module").unwrap();
         std::fs::write(dir.join("etc/pristine"), b"original\n").unwrap();
+        // Lowers of earlier test runs whose process is gone are stale: remove them.
+        for e in std::fs::read_dir(scratch).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("duet-container-lower-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         dir
     })
 }
