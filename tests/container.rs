@@ -21,8 +21,8 @@ fn echo_and_exit_codes() {
     assert_eq!(run_ok(&env, &["run", "--name", &name, "busybox", "--", "echo", "hi"]), "hi\n");
     let o = env.run(&["run", "--name", &name, "busybox", "--", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    let o = env.run(&["run", "--name", &name, "busybox", "--", "sh", "-c", "kill -9 $$"]);
-    assert_eq!(o.status.code(), Some(137), "signal 9 -> 128+9: {}", stderr(&o));
+    // The workload is PID 1 of its namespace and cannot signal itself to death;
+    // death by signal (128+N) is covered by the timeout, OOM and signal tests.
     let o = env.run(&["run", "--name", &name, "busybox", "--", "/no/such/program"]);
     assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
     assert!(stderr(&o).contains("/no/such/program"), "{}", stderr(&o));
@@ -65,14 +65,18 @@ fn dev_proc_sys_and_masked_paths() {
            test -d /dev/pts && echo ok-pts; test -d /dev/shm && echo ok-shm; \
            echo x > /sys/kernel/foo 2>/dev/null || echo ro-sys; \
            echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null || echo ro-procsys; \
-           wc -c < /proc/kcore; echo h > /proc/sysrq-trigger 2>/dev/null || echo ro-sysrq; \
+           for f in kcore keys timer_list sched_debug; do [ -e /proc/$f ] && echo masked-$f=$(wc -c < /proc/$f); done; echo h > /proc/sysrq-trigger 2>/dev/null || echo ro-sysrq; \
            grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; grep CapEff /proc/self/status"],
     );
     for want in ["ok-null", "ok-zero", "ok-full", "ok-random", "ok-urandom", "ok-tty", "ok-ptmx",
                  "ok-pts", "ok-shm", "ro-sys", "ro-procsys", "ro-sysrq"] {
         assert!(out.lines().any(|l| l == want), "missing {want}:\n{out}");
     }
-    assert!(out.lines().any(|l| l.trim() == "0"), "/proc/kcore must be masked (empty):\n{out}");
+    // The masked /proc files that exist on this kernel read as empty
+    // (/proc/timer_list is several KiB on the host).
+    let masked: Vec<&str> = out.lines().filter(|l| l.starts_with("masked-")).collect();
+    assert!(masked.iter().any(|l| l.starts_with("masked-timer_list")), "{out}");
+    assert!(masked.iter().all(|l| l.ends_with("=0")), "masked paths readable:\n{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     // OCI default set = 0x00000000a80425fb; CAP_SYS_ADMIN (bit 21) must be gone.

@@ -91,6 +91,9 @@ pub fn unpack_layer(tar: impl Read, dest: &Path, what: &Path) -> Result<Unpacked
                 .path()
                 .map_err(|e| bad(format!("bad path in tar: {e}")))?
                 .into_owned();
+            if is_layer_root(&path) {
+                continue; // "./": the layer's own root directory
+            }
             let rel = safe_relative(&path)
                 .ok_or_else(|| bad(format!("entry `{}` escapes the layer", path.display())))?;
             let name = rel.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -136,6 +139,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Whether a tar path names the archive root itself (`.`, `./`, `/`).
+fn is_layer_root(path: &Path) -> bool {
+    path.components()
+        .all(|c| matches!(c, Component::CurDir | Component::RootDir))
 }
 
 /// `path` without root, `.` or `..` components; None if it would escape.
