@@ -28,10 +28,30 @@ fn draw_err<E: std::fmt::Debug>(chart: &'static str) -> impl Fn(E) -> ChartError
 
 const WIDTH: u32 = 820;
 
+/// Stacked startup bars, one chart per kind (containers and processes, then
+/// VMs): the two differ by orders of magnitude, and one linear axis would
+/// flatten the container bars. Each chart has its own scale.
+pub fn startup_svgs(rows: &[StartupResult]) -> Result<Vec<String>, ChartError> {
+    let mut out = Vec::new();
+    let (vms, others): (Vec<StartupResult>, Vec<StartupResult>) = rows
+        .iter()
+        .cloned()
+        .partition(|r| r.kind == crate::Kind::Vm);
+    for (title, group) in [("containers", others), ("VMs", vms)] {
+        if let Some(svg) = startup_svg(
+            &group,
+            &format!("Startup, {title}: median time per phase (ms)"),
+        )? {
+            out.push(svg);
+        }
+    }
+    Ok(out)
+}
+
 /// Stacked bars: one bar per measured startup row, one segment per phase
 /// (median ms); rows without a timeline are one `total` segment. `None` if no
 /// row was measured.
-pub fn startup_svg(rows: &[StartupResult]) -> Result<Option<String>, ChartError> {
+pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>, ChartError> {
     let rows: Vec<&StartupResult> = rows.iter().filter(|r| r.wall_ms.is_some()).collect();
     if rows.is_empty() {
         return Ok(None);
@@ -66,19 +86,22 @@ pub fn startup_svg(rows: &[StartupResult]) -> Result<Option<String>, ChartError>
         .map(|s| s.iter().map(|(_, v)| v).sum::<f64>())
         .fold(0.0, f64::max)
         .max(0.001)
-        * 1.15;
+        * 1.4; // headroom for the legend
     let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     let err = draw_err("startup");
+    // Bars at most 160 px wide, with at least a tenth of their slot free.
+    let slot = (WIDTH - 100) as f64 / rows.len() as f64;
+    let gap = ((slot - (slot * 0.8).min(160.0)) / 2.0) as u32;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(&err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Startup: median time per phase (ms)", ("sans-serif", 18))
+            .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..rows.len()).into_segmented(), 0f64..top)
+            .build_cartesian_2d((0..rows.len() - 1).into_segmented(), 0f64..top)
             .map_err(&err)?;
         chart
             .configure_mesh()
@@ -98,14 +121,18 @@ pub fn startup_svg(rows: &[StartupResult]) -> Result<Option<String>, ChartError>
                 let mut base = 0.0;
                 for (n, v) in stack {
                     if n == name {
+                        // Integer segmented axes include their end value, so
+                        // the axis is 0..n-1 and the last bar ends at `Last`.
+                        let right = if ri + 1 == rows.len() {
+                            SegmentValue::Last
+                        } else {
+                            SegmentValue::Exact(ri + 1)
+                        };
                         let mut r = Rectangle::new(
-                            [
-                                (SegmentValue::Exact(ri), base),
-                                (SegmentValue::Exact(ri + 1), base + v),
-                            ],
+                            [(SegmentValue::Exact(ri), base), (right, base + v)],
                             color.filled(),
                         );
-                        r.set_margin(0, 0, 18, 18);
+                        r.set_margin(0, 0, gap, gap);
                         bars.push(r);
                     }
                     base += v;
@@ -220,4 +247,78 @@ pub fn density_time_svg(results: &[DensityResult]) -> Result<Option<String>, Cha
         "density time",
         |p| p.start_all_ms / 1000.0,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::startup::{RowStatus, SegmentStat};
+    use crate::stats::summarize;
+    use crate::Kind;
+
+    fn row(label: &str, kind: Kind, wall: f64, segments: &[(&str, f64)]) -> StartupResult {
+        StartupResult {
+            label: label.into(),
+            kind,
+            status: RowStatus::Measured,
+            runs: 1,
+            warmup: 0,
+            wall_ms: summarize(&[wall]),
+            segments: segments
+                .iter()
+                .map(|(n, v)| SegmentStat {
+                    name: n.to_string(),
+                    ms: summarize(&[*v]).unwrap(),
+                })
+                .collect(),
+            samples_ms: vec![wall],
+        }
+    }
+
+    #[test]
+    fn one_bar_per_row_and_one_rect_per_segment() {
+        // A single row (a one-segment axis) must draw too.
+        let one = startup_svg(&[row("runc", Kind::Container, 30.0, &[])], "t")
+            .unwrap()
+            .unwrap();
+        assert!(one.contains("runc") && one.contains("total"));
+        // The bar itself: the first palette colour, as legend swatch and as a
+        // bar with a positive width.
+        let bar = one
+            .split("<rect")
+            .filter(|r| r.contains("#E6194B"))
+            .filter(|r| !r.contains("width=\"-") && !r.contains("width=\"0\""))
+            .count();
+        assert_eq!(bar, 2, "{one}");
+        let two = startup_svg(
+            &[
+                row("a", Kind::Container, 10.0, &[("exec", 1.0), ("ready", 9.0)]),
+                row(
+                    "b",
+                    Kind::Container,
+                    20.0,
+                    &[("exec", 2.0), ("ready", 18.0)],
+                ),
+            ],
+            "t",
+        )
+        .unwrap()
+        .unwrap();
+        // 2 rows x 2 segments, plus 2 legend swatches.
+        let bars = two.matches("<rect").count();
+        assert!(bars >= 6, "{bars} rects");
+        assert!(startup_svg(&[], "t").unwrap().is_none());
+    }
+
+    #[test]
+    fn vms_get_their_own_chart() {
+        let rows = [
+            row("duet container", Kind::Container, 10.0, &[("ready", 10.0)]),
+            row("duet vm", Kind::Vm, 1000.0, &[("ready", 1000.0)]),
+        ];
+        let svgs = startup_svgs(&rows).unwrap();
+        assert_eq!(svgs.len(), 2);
+        assert!(svgs[0].contains("containers") && !svgs[0].contains("duet vm"));
+        assert!(svgs[1].contains("VMs") && svgs[1].contains("duet vm"));
+    }
 }

@@ -433,6 +433,64 @@ impl Drop for OciInstance {
     }
 }
 
+/// Startup rows for every OCI peer: runs the available ones on `rootfs`
+/// (bundle written under `workdir`) and returns an [`StartupResult::unavailable`]
+/// row with the reason for the others.
+pub fn peer_startup(
+    cfg: &crate::startup::StartupConfig,
+    layout: CgroupLayout,
+    rootfs: &Path,
+    workdir: &Path,
+    command: &[&str],
+    progress: &mut dyn crate::startup::Progress,
+) -> Result<Vec<crate::startup::StartupResult>, OciError> {
+    let bundle = workdir.join("peer-bundle");
+    write_bundle(&bundle, &BundleSpec::new(rootfs, command))?;
+    Ok(detect_peers(layout)
+        .into_iter()
+        .map(|peer| match &peer.unavailable {
+            Some(why) => {
+                crate::startup::StartupResult::unavailable(&peer.label(), Kind::Container, why)
+            }
+            None => crate::startup::run(
+                cfg,
+                &mut OciStarter {
+                    peer: peer.clone(),
+                    bundle: bundle.clone(),
+                },
+                progress,
+            ),
+        })
+        .collect())
+}
+
+/// Launchers for the peers that can run, and `(label, reason)` for the others.
+pub type PeerIdle = (Vec<OciIdle>, Vec<(String, String)>);
+
+/// Idle launchers for the OCI peers that can run here (bundle `sleep 1000000`
+/// on `rootfs`, written under `workdir`), and `(label, reason)` for the others.
+pub fn peer_idle(
+    layout: CgroupLayout,
+    rootfs: &Path,
+    workdir: &Path,
+) -> Result<PeerIdle, OciError> {
+    let bundle = workdir.join("peer-idle-bundle");
+    write_bundle(&bundle, &BundleSpec::new(rootfs, &["sleep", "1000000"]))?;
+    let mut ok = Vec::new();
+    let mut skipped = Vec::new();
+    for peer in detect_peers(layout) {
+        match &peer.unavailable {
+            Some(why) => skipped.push((peer.label(), why.clone())),
+            None => ok.push(OciIdle {
+                prefix: format!("duet-bench-{}", peer.name),
+                peer,
+                bundle: bundle.clone(),
+            }),
+        }
+    }
+    Ok((ok, skipped))
+}
+
 /// Ids of containers `<runtime> list` knows that start with `prefix`.
 pub fn list_ids(binary: &Path, prefix: &str) -> Vec<String> {
     let Ok(out) = Command::new(binary).args(["list", "-q"]).output() else {

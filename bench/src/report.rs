@@ -592,14 +592,10 @@ th{background:#f3f3f3}.chart{margin:1em 0}</style></head><body>\n\
     }
     s.push_str("</ul>\n");
     let mut charts_html = String::new();
-    for svg in [
-        charts::startup_svg(&r.startup)?,
-        charts::density_memory_svg(&r.density)?,
-        charts::density_time_svg(&r.density)?,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let mut svgs = charts::startup_svgs(&r.startup)?;
+    svgs.extend(charts::density_memory_svg(&r.density)?);
+    svgs.extend(charts::density_time_svg(&r.density)?);
+    for svg in svgs {
         charts_html.push_str(&format!("<div class=\"chart\">{svg}</div>\n"));
     }
     for (i, (title, header, rows)) in tables(r).into_iter().enumerate() {
@@ -865,10 +861,13 @@ mod tests {
     #[test]
     fn html_contains_the_charts() {
         let html = render_html(&fixture()).unwrap();
+        if let Some(path) = std::env::var_os("DUET_BENCH_DUMP_HTML") {
+            std::fs::write(path, &html).unwrap();
+        }
         assert_eq!(
             html.matches("<svg").count(),
-            3,
-            "startup + two density charts"
+            4,
+            "startup (containers, VMs) + two density charts"
         );
         // Stacked bars: one rect per segment per measured row, labelled phases in the legend.
         assert!(html.contains("rootfs_ready") && html.contains("vm_created"));

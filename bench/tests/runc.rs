@@ -82,6 +82,35 @@ fn runc_startup_bench_three_runs() {
 }
 
 #[test]
+fn peer_startup_rows_run_or_say_why() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !Path::new("/bin/busybox").exists() {
+        println!("skipping peer_startup_rows_run_or_say_why: /bin/busybox missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    oci::make_busybox_rootfs(&rootfs, Path::new("/bin/busybox")).unwrap();
+    let layout = host::collect().cgroup_layout;
+    let rows = oci::peer_startup(
+        &StartupConfig { runs: 2, warmup: 0 },
+        layout,
+        &rootfs,
+        dir.path(),
+        &["/bin/true"],
+        &mut NoProgress,
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2, "runc and crun");
+    for (row, peer) in rows.iter().zip(oci::detect_peers(layout)) {
+        match &peer.unavailable {
+            Some(why) => assert_eq!(row.status, RowStatus::Unavailable(why.clone())),
+            None => assert_eq!(row.status, RowStatus::Measured, "{row:?}"),
+        }
+    }
+}
+
+#[test]
 fn runc_memory_and_density_clean_up_also_on_ctrl_c() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(peer) = runc_or_skip("runc_memory_and_density_clean_up_also_on_ctrl_c") else {
