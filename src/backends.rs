@@ -1,18 +1,21 @@
 //! Picks the backend for an isolation: the one place the CLI meets both crates.
 
-use anyhow::{bail, Result};
 use duet_container::ContainerRuntime;
 use duet_shared::{Isolation, Runtime};
+use duet_vmm::runtime::VmRuntime;
 
 /// The runtime implementing `isolation`.
-pub fn for_isolation(isolation: Isolation) -> Result<Box<dyn Runtime>> {
+pub fn for_isolation(isolation: Isolation) -> Box<dyn Runtime> {
     match isolation {
-        Isolation::Container => Ok(Box::new(ContainerRuntime::new())),
-        Isolation::Vm => bail!("the microVM backend (--isolation vm) is not available yet"),
+        Isolation::Container => Box::new(ContainerRuntime::new()),
+        Isolation::Vm => Box::new(VmRuntime::new()),
     }
 }
 
 /// Every backend, for `duet gc` and `duet rm`.
 pub fn all() -> Vec<Box<dyn Runtime>> {
-    vec![Box::new(ContainerRuntime::new())]
+    vec![
+        Box::new(ContainerRuntime::new()),
+        Box::new(VmRuntime::new()),
+    ]
 }

@@ -36,6 +36,8 @@ enum Command {
     },
     /// Remove what crashed or killed duet runs left behind (cgroups, processes, instance directories).
     Gc,
+    /// Check whether this host can run microVMs at hardware speed, and what to do if not.
+    Doctor,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,11 @@ fn main() -> ExitCode {
         Command::Ps => cmd::instances::ps().map(|()| 0),
         Command::Rm { ids } => cmd::instances::rm(&ids).map(|()| 0),
         Command::Gc => cmd::instances::gc().map(|()| 0),
+        Command::Doctor => {
+            let report = duet_vmm::doctor::diagnose();
+            println!("{report}");
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -197,6 +197,13 @@ impl InstanceDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// The state root this instance lives under (`<root>/instances/<id>` -> `<root>`).
+    pub fn state_root(&self) -> &Path {
+        self.path
+            .parent()
+            .and_then(Path::parent)
+            .expect("instance paths are <root>/instances/<id>")
+    }
     /// Writable layer (overlay upperdir).
     pub fn upper(&self) -> PathBuf {
         self.path.join("upper")
@@ -248,6 +255,7 @@ mod tests {
         assert!(d.id().starts_with("web-"));
         assert!(d.upper().is_dir() && d.work().is_dir() && d.rootfs().is_dir());
         assert!(d.owner_alive());
+        assert_eq!(d.state_root(), t.path());
         let ids = InstanceDir::list_ids(t.path()).unwrap();
         assert_eq!(ids, vec![d.id().to_string()]);
         let mut o = InstanceDir::open(t.path(), d.id()).unwrap();

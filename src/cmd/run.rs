@@ -132,7 +132,7 @@ pub fn merge_image_defaults(spec: &mut WorkloadSpec, image: &duet_shared::image:
 pub fn run(args: RunArgs) -> Result<i32> {
     let (mut spec, origin) = effective_spec(&args)?;
     let isolation = spec.isolation.unwrap_or(Isolation::Container);
-    let backend = backends::for_isolation(isolation)?;
+    let backend = backends::for_isolation(isolation);
     let mut report = RunReport::start(backend.isolation(), &spec.name, &spec.image);
     let root = state_root();
     let store = ImageStore::open(&root)?;

@@ -22,7 +22,9 @@ pub mod mptable;
 pub mod paging;
 pub mod regs;
 pub mod rootfs;
+pub mod runtime;
 pub mod seccomp;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;
 
@@ -124,6 +126,8 @@ pub enum VmEnd {
     },
     /// The timeout passed first.
     Timeout(Duration),
+    /// duet received this stop signal (SIGINT/SIGTERM) and stopped the VM.
+    Interrupted(i32),
 }
 
 impl VmEnd {
@@ -167,6 +171,7 @@ impl VmEnd {
             }
             VmEnd::VcpuFailed { vcpu, what } => format!("vCPU {vcpu} failed: {what}"),
             VmEnd::Timeout(t) => format!("the VM was stopped after the {:?} timeout", t),
+            VmEnd::Interrupted(sig) => format!("the VM was stopped by signal {sig} to duet"),
         }
     }
 }

@@ -512,23 +512,27 @@ impl Vm {
         report: &mut RunReport,
     ) -> VmEnd {
         let mut halted = 0;
+        // Wake up this often to notice SIGINT/SIGTERM (see crate::signals).
+        const SIGNAL_POLL: Duration = Duration::from_millis(50);
         loop {
-            let event = match timeout {
+            if let Some(sig) = crate::signals::received() {
+                report.mark(Phase::Exited);
+                return VmEnd::Interrupted(sig);
+            }
+            let slice = match timeout {
                 Some(t) => match t.checked_sub(started.elapsed()) {
-                    Some(left) => match self.events_rx.recv_timeout(left) {
-                        Ok(ev) => ev,
-                        Err(RecvTimeoutError::Timeout) => {
-                            report.mark(Phase::Exited);
-                            return VmEnd::Timeout(t);
-                        }
-                        Err(RecvTimeoutError::Disconnected) => unreachable!("Vm holds a sender"),
-                    },
+                    Some(left) => left.min(SIGNAL_POLL),
                     None => {
                         report.mark(Phase::Exited);
                         return VmEnd::Timeout(t);
                     }
                 },
-                None => self.events_rx.recv().expect("Vm holds a sender"),
+                None => SIGNAL_POLL,
+            };
+            let event = match self.events_rx.recv_timeout(slice) {
+                Ok(ev) => ev,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => unreachable!("Vm holds a sender"),
             };
             let (end, at_ns) = match event {
                 VmEvent::Ready { at_ns } => {
