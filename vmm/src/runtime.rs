@@ -13,6 +13,9 @@ use std::path::PathBuf;
 
 /// Environment variable naming the guest kernel (ELF vmlinux or bzImage).
 pub const KERNEL_ENV: &str = "DUET_KERNEL";
+/// Environment variable whose words are appended to the guest kernel's
+/// command line (debugging, like Firecracker's `boot_args`).
+pub const KERNEL_APPEND_ENV: &str = "DUET_KERNEL_APPEND";
 /// Where `scripts/install.sh` puts the guest kernel.
 pub const SYSTEM_KERNEL_PATH: &str = "/usr/local/lib/duet/vmlinux";
 
@@ -69,8 +72,30 @@ impl VmRuntime {
         report: &mut RunReport,
     ) -> Result<WorkloadExit, VmRuntimeError> {
         let kernel = find_kernel()?;
-        let init = rootfs::find_init_binary()?;
         let opts = launch.options;
+        let mut cfg = VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: match std::env::var(KERNEL_APPEND_ENV) {
+                Ok(extra) if !extra.trim().is_empty() => {
+                    format!("{} {}", rootfs::kernel_cmdline(opts.console), extra.trim())
+                }
+                _ => rootfs::kernel_cmdline(opts.console),
+            },
+            memory_mib: launch.spec.resources.memory_mib,
+            vcpus: launch.spec.resources.vcpus,
+            timeout: opts.timeout,
+            console: if opts.console {
+                ConsoleMode::Forward
+            } else {
+                ConsoleMode::Workload
+            },
+            stdin: true,
+        };
+        // A missing or bad kernel, or too little memory for it, fails before any work.
+        crate::check_config(&cfg)?;
+        let kernel = &cfg.kernel;
+        let init = rootfs::find_init_binary()?;
         if opts.explain {
             eprintln!(
                 "duet: guest kernel {}, guest init {}",
@@ -92,20 +117,7 @@ impl VmRuntime {
                 launch.spec.resources.vcpus
             );
         }
-        let cfg = VmConfig {
-            kernel,
-            initrd: Some(initrd),
-            cmdline: rootfs::kernel_cmdline(opts.console),
-            memory_mib: launch.spec.resources.memory_mib,
-            vcpus: launch.spec.resources.vcpus,
-            timeout: opts.timeout,
-            console: if opts.console {
-                ConsoleMode::Forward
-            } else {
-                ConsoleMode::Workload
-            },
-            stdin: true,
-        };
+        cfg.initrd = Some(initrd);
         let _guard = crate::signals::RunGuard::enter();
         let outcome = run_vm(&cfg, report)?;
         match outcome.end {
