@@ -7,7 +7,12 @@ use std::time::{Duration, Instant};
 
 fn run_ok(env: &Env, args: &[&str]) -> String {
     let o = env.run(args);
-    assert!(o.status.success(), "duet {args:?} failed: {}\n{}", o.status, stderr(&o));
+    assert!(
+        o.status.success(),
+        "duet {args:?} failed: {}\n{}",
+        o.status,
+        stderr(&o)
+    );
     stdout(&o)
 }
 
@@ -18,8 +23,16 @@ fn echo_and_exit_codes() {
     }
     let env = Env::new();
     let name = unique("echo");
-    assert_eq!(run_ok(&env, &["run", "--name", &name, "busybox", "--", "echo", "hi"]), "hi\n");
-    let o = env.run(&["run", "--name", &name, "busybox", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(
+        run_ok(
+            &env,
+            &["run", "--name", &name, "busybox", "--", "echo", "hi"]
+        ),
+        "hi\n"
+    );
+    let o = env.run(&[
+        "run", "--name", &name, "busybox", "--", "sh", "-c", "exit 7",
+    ]);
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
     // The workload is PID 1 of its namespace and cannot signal itself to death;
     // death by signal (128+N) is covered by the timeout, OOM and signal tests.
@@ -45,7 +58,10 @@ fn namespaces_pid1_hostname_and_host_processes() {
     assert_eq!(lines[0], "pid=1", "{out}");
     assert_eq!(lines[1], name, "{out}");
     let procs: u32 = lines[2].trim().parse().unwrap();
-    assert!(procs <= 4, "sees {procs} processes: host processes leak in\n{out}");
+    assert!(
+        procs <= 4,
+        "sees {procs} processes: host processes leak in\n{out}"
+    );
     let links: u32 = lines[3].trim().parse().unwrap();
     assert_eq!(links, 1, "a new network namespace has only lo\n{out}");
     env.assert_clean(&name);
@@ -68,15 +84,33 @@ fn dev_proc_sys_and_masked_paths() {
            for f in kcore keys timer_list sched_debug; do [ -e /proc/$f ] && echo masked-$f=$(wc -c < /proc/$f); done; echo h > /proc/sysrq-trigger 2>/dev/null || echo ro-sysrq; \
            grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; grep CapEff /proc/self/status"],
     );
-    for want in ["ok-null", "ok-zero", "ok-full", "ok-random", "ok-urandom", "ok-tty", "ok-ptmx",
-                 "ok-pts", "ok-shm", "ro-sys", "ro-procsys", "ro-sysrq"] {
+    for want in [
+        "ok-null",
+        "ok-zero",
+        "ok-full",
+        "ok-random",
+        "ok-urandom",
+        "ok-tty",
+        "ok-ptmx",
+        "ok-pts",
+        "ok-shm",
+        "ro-sys",
+        "ro-procsys",
+        "ro-sysrq",
+    ] {
         assert!(out.lines().any(|l| l == want), "missing {want}:\n{out}");
     }
     // The masked /proc files that exist on this kernel read as empty
     // (/proc/timer_list is several KiB on the host).
     let masked: Vec<&str> = out.lines().filter(|l| l.starts_with("masked-")).collect();
-    assert!(masked.iter().any(|l| l.starts_with("masked-timer_list")), "{out}");
-    assert!(masked.iter().all(|l| l.ends_with("=0")), "masked paths readable:\n{out}");
+    assert!(
+        masked.iter().any(|l| l.starts_with("masked-timer_list")),
+        "{out}"
+    );
+    assert!(
+        masked.iter().all(|l| l.ends_with("=0")),
+        "masked paths readable:\n{out}"
+    );
     assert!(out.contains("Seccomp:\t2"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     // OCI default set = 0x00000000a80425fb; CAP_SYS_ADMIN (bit 21) must be gone.
@@ -94,8 +128,16 @@ fn seccomp_refuses_init_module() {
     }
     let env = Env::new();
     let name = unique("seccomp");
-    let o = env.run(&["run", "--name", &name, "busybox", "--", "sh", "-c",
-                      "echo junk > /tmp/m.ko; insmod /tmp/m.ko"]);
+    let o = env.run(&[
+        "run",
+        "--name",
+        &name,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo junk > /tmp/m.ko; insmod /tmp/m.ko",
+    ]);
     assert_ne!(o.status.code(), Some(0));
     let all = format!("{}{}", stdout(&o), stderr(&o));
     assert!(all.contains("Operation not permitted"), "{all}");
@@ -120,7 +162,13 @@ fn env_and_workdir_from_spec() {
     // A workdir that does not exist is an error naming it, and leaves nothing.
     let o = env.run(&["run", "--name", &name, "busybox", "--", "true"]);
     assert!(o.status.success());
-    std::fs::write(&spec, format!("name = \"{name}\"\nimage = \"busybox\"\ncommand = [\"true\"]\nworkdir = \"/nope\"\n")).unwrap();
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"{name}\"\nimage = \"busybox\"\ncommand = [\"true\"]\nworkdir = \"/nope\"\n"
+        ),
+    )
+    .unwrap();
     let o = env.run(&["run", "--spec", spec.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nope"), "{}", stderr(&o));
@@ -135,12 +183,36 @@ fn memory_limit_kills_with_137() {
     let env = Env::new();
     let name = unique("oom");
     // dd allocates a 200 MiB buffer and fills it: past a 32 MiB limit.
-    let o = env.run(&["run", "--name", &name, "--memory", "32", "busybox", "--",
-                      "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]);
+    let o = env.run(&[
+        "run",
+        "--name",
+        &name,
+        "--memory",
+        "32",
+        "busybox",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=200M",
+        "count=1",
+    ]);
     assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
     // The same with room to spare succeeds.
-    let o = env.run(&["run", "--name", &name, "--memory", "512", "busybox", "--",
-                      "dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]);
+    let o = env.run(&[
+        "run",
+        "--name",
+        &name,
+        "--memory",
+        "512",
+        "busybox",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=200M",
+        "count=1",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     env.assert_clean(&name);
 }
@@ -161,9 +233,15 @@ fn pids_limit_stops_a_fork_bomb() {
     let start = Instant::now();
     let o = env.run(&["run", "--spec", spec.to_str().unwrap()]);
     let all = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(!all.contains("spawned=100"), "100 processes under pids_max=16:\n{all}");
+    assert!(
+        !all.contains("spawned=100"),
+        "100 processes under pids_max=16:\n{all}"
+    );
     assert!(all.contains("fork"), "expected a fork failure:\n{all}");
-    assert!(start.elapsed() < Duration::from_secs(25), "sleepers outlived the container");
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "sleepers outlived the container"
+    );
     env.assert_clean(&name);
 }
 
@@ -177,19 +255,49 @@ fn instances_from_one_image_stay_pristine() {
     // A writes and deletes while B runs at the same time; neither sees the other,
     // and the image is unchanged afterwards.
     let a = env
-        .cmd(&["run", "--name", &name, "busybox", "--", "sh", "-c",
-               "echo A > /etc/db; rm /etc/passwd; sleep 1; cat /etc/db"])
+        .cmd(&[
+            "run",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "echo A > /etc/db; rm /etc/passwd; sleep 1; cat /etc/db",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let b = run_ok(&env, &["run", "--name", &name, "busybox", "--", "sh", "-c",
-                           "cat /etc/db 2>/dev/null || echo no-db; test -f /etc/passwd && echo has-passwd"]);
+    let b = run_ok(
+        &env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/db 2>/dev/null || echo no-db; test -f /etc/passwd && echo has-passwd",
+        ],
+    );
     assert_eq!(b, "no-db\nhas-passwd\n");
     let a = a.wait_with_output().unwrap();
     assert_eq!(stdout(&a), "A\n");
-    let c = run_ok(&env, &["run", "--name", &name, "busybox", "--", "sh", "-c",
-                           "cat /etc/db 2>/dev/null || echo no-db; test -f /etc/passwd && echo has-passwd"]);
+    let c = run_ok(
+        &env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/db 2>/dev/null || echo no-db; test -f /etc/passwd && echo has-passwd",
+        ],
+    );
     assert_eq!(c, "no-db\nhas-passwd\n");
     env.assert_clean(&name);
 }
@@ -205,11 +313,20 @@ fn fifty_in_parallel_leave_nothing() {
     run_ok(&env, &["run", "--name", &name, "busybox", "--", "true"]);
     let children: Vec<_> = (0..50)
         .map(|i| {
-            env.cmd(&["run", "--name", &name, "busybox", "--", "sh", "-c", &format!("echo {i} > /tmp/x; cat /tmp/x")])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+            env.cmd(&[
+                "run",
+                "--name",
+                &name,
+                "busybox",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo {i} > /tmp/x; cat /tmp/x"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for (i, c) in children.into_iter().enumerate() {
@@ -242,7 +359,11 @@ fn sigterm_and_sigint_clean_up() {
         unsafe { libc::kill(c.id() as i32, sig) };
         let t = Instant::now();
         let status = c.wait().unwrap();
-        assert!(t.elapsed() < Duration::from_secs(5), "duet took {:?} to stop", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "duet took {:?} to stop",
+            t.elapsed()
+        );
         assert_eq!(status.code(), Some(code));
         env.assert_clean(&name);
     }
@@ -256,7 +377,17 @@ fn timeout_stops_the_workload() {
     let env = Env::new();
     let name = unique("tmo");
     let t = Instant::now();
-    let o = env.run(&["run", "--name", &name, "--timeout", "0.5", "busybox", "--", "sleep", "100"]);
+    let o = env.run(&[
+        "run",
+        "--name",
+        &name,
+        "--timeout",
+        "0.5",
+        "busybox",
+        "--",
+        "sleep",
+        "100",
+    ]);
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
     env.assert_clean(&name);
@@ -280,7 +411,11 @@ fn gc_after_kill_9_removes_leftovers() {
     std::thread::sleep(Duration::from_millis(100));
     c.kill().unwrap(); // SIGKILL: duet gets no chance to clean up
     c.wait().unwrap();
-    assert_eq!(env.instances().len(), 1, "kill -9 should leave the instance dir for gc");
+    assert_eq!(
+        env.instances().len(),
+        1,
+        "kill -9 should leave the instance dir for gc"
+    );
     let o = env.run(&["gc"]);
     assert!(o.status.success(), "{}", stderr(&o));
     env.assert_clean(&name);
@@ -289,7 +424,11 @@ fn gc_after_kill_9_removes_leftovers() {
         .args(["-c", "ps -eo args | grep -c '^sleep 100$' || true"])
         .output()
         .unwrap();
-    assert_eq!(stdout(&ps).trim(), "0", "container process survived kill -9 of duet");
+    assert_eq!(
+        stdout(&ps).trim(),
+        "0",
+        "container process survived kill -9 of duet"
+    );
 }
 
 #[test]
@@ -299,11 +438,25 @@ fn keep_ps_rm() {
     }
     let env = Env::new();
     let name = unique("keep");
-    let o = env.run(&["run", "--keep", "--name", &name, "busybox", "--", "sh", "-c", "echo kept > /data"]);
+    let o = env.run(&[
+        "run",
+        "--keep",
+        "--name",
+        &name,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /data",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ids = env.instances();
     assert_eq!(ids.len(), 1);
-    let upper = env.root().join("instances").join(&ids[0]).join("upper/data");
+    let upper = env
+        .root()
+        .join("instances")
+        .join(&ids[0])
+        .join("upper/data");
     assert_eq!(std::fs::read_to_string(upper).unwrap(), "kept\n");
     let ps = stdout(&env.run(&["ps"]));
     assert!(ps.contains(&ids[0]) && ps.contains("kept"), "{ps}");
@@ -327,10 +480,14 @@ fn docker_save_with_whiteout_runs() {
     let bb = store.get("busybox").unwrap();
     let mut l1 = tar::Builder::new(Vec::new());
     l1.follow_symlinks(false);
-    l1.append_dir_all(".", store.layer_dir(&bb.layers[0])).unwrap();
+    l1.append_dir_all(".", store.layer_dir(&bb.layers[0]))
+        .unwrap();
     let l1 = l1.into_inner().unwrap();
     let mut l2 = tar::Builder::new(Vec::new());
-    for (p, d) in [("etc/.wh.passwd", &b""[..]), ("data/file", &b"from layer 2\n"[..])] {
+    for (p, d) in [
+        ("etc/.wh.passwd", &b""[..]),
+        ("data/file", &b"from layer 2\n"[..]),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_uid(0);
@@ -343,7 +500,12 @@ fn docker_save_with_whiteout_runs() {
     let cfg = br#"{"config":{"Cmd":["/bin/sh","-c","cat /data/file; test -e /etc/passwd && echo passwd-present || echo passwd-deleted"],"Env":["PATH=/bin:/usr/bin"]}}"#;
     let man = br#"[{"Config":"c.json","RepoTags":["t:1"],"Layers":["1/layer.tar","2/layer.tar"]}]"#;
     let mut outer = tar::Builder::new(Vec::new());
-    for (p, d) in [("manifest.json", &man[..]), ("c.json", &cfg[..]), ("1/layer.tar", &l1[..]), ("2/layer.tar", &l2[..])] {
+    for (p, d) in [
+        ("manifest.json", &man[..]),
+        ("c.json", &cfg[..]),
+        ("1/layer.tar", &l1[..]),
+        ("2/layer.tar", &l2[..]),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_mode(0o644);
         h.set_uid(0);
@@ -353,8 +515,20 @@ fn docker_save_with_whiteout_runs() {
         outer.append_data(&mut h, p, d).unwrap();
     }
     let tarball = env.root().join("saved.tar");
-    std::fs::File::create(&tarball).unwrap().write_all(&outer.into_inner().unwrap()).unwrap();
-    run_ok(&env, &["image", "import", tarball.to_str().unwrap(), "--name", "saved"]);
+    std::fs::File::create(&tarball)
+        .unwrap()
+        .write_all(&outer.into_inner().unwrap())
+        .unwrap();
+    run_ok(
+        &env,
+        &[
+            "image",
+            "import",
+            tarball.to_str().unwrap(),
+            "--name",
+            "saved",
+        ],
+    );
     let ls = run_ok(&env, &["image", "ls"]);
     assert!(ls.contains("saved") && ls.contains("busybox"), "{ls}");
     let out = run_ok(&env, &["run", "--name", &name, "saved"]);

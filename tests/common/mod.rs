@@ -30,7 +30,10 @@ pub fn skip(test: &str, why: &str) -> bool {
 /// Skips (see [`skip`]) unless root and a static busybox are available.
 pub fn skip_unless_root(test: &str) -> bool {
     if !is_root() {
-        return skip(test, "needs root (containers need namespaces, mounts and cgroups)");
+        return skip(
+            test,
+            "needs root (containers need namespaces, mounts and cgroups)",
+        );
     }
     if !Path::new("/bin/busybox").exists() {
         return skip(test, "needs /bin/busybox (apt-get install busybox-static)");
@@ -63,7 +66,9 @@ impl Env {
     /// `duet ARGS` with this env's DUET_ROOT.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(duet_bin());
-        c.args(args).env("DUET_ROOT", self.root()).stdin(Stdio::null());
+        c.args(args)
+            .env("DUET_ROOT", self.root())
+            .stdin(Stdio::null());
         c
     }
 
@@ -75,7 +80,10 @@ impl Env {
     /// Instance directories currently present.
     pub fn instances(&self) -> Vec<String> {
         match std::fs::read_dir(self.root().join("instances")) {
-            Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -83,7 +91,11 @@ impl Env {
     /// Asserts no instance directory, no mount under this root and no cgroup
     /// named after `name` is left.
     pub fn assert_clean(&self, name: &str) {
-        assert_eq!(self.instances(), Vec::<String>::new(), "instance directories left behind");
+        assert_eq!(
+            self.instances(),
+            Vec::<String>::new(),
+            "instance directories left behind"
+        );
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let root = self.root().to_string_lossy().into_owned();
         assert!(!mounts.contains(&root), "mounts left under {root}");
