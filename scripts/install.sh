@@ -23,6 +23,7 @@ packages=(
     qemu-system-x86           # the nested-KVM testbed, and the VM peer for `duet bench`
     linux-source-6.1          # guest kernel source
     build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod   # kernel build
+    lz4                       # the guest kernel is LZ4-compressed
     erofs-utils e2fsprogs     # layer images for VMs
     iproute2 procps curl ca-certificates
 )
