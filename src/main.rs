@@ -34,6 +34,13 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Turn a kept instance's writable layer into a new image on top of its image.
+    Commit {
+        /// Instance id (see `duet ps`).
+        instance: String,
+        /// Name of the new image.
+        image: String,
+    },
     /// Remove what crashed or killed duet runs left behind (cgroups, processes, instance directories).
     Gc,
     /// Check whether this host can run microVMs at hardware speed, and what to do if not.
@@ -48,6 +55,9 @@ fn main() -> ExitCode {
         Command::Ps => cmd::instances::ps().map(|()| 0),
         Command::Rm { ids } => cmd::instances::rm(&ids).map(|()| 0),
         Command::Gc => cmd::instances::gc().map(|()| 0),
+        Command::Commit { instance, image } => {
+            cmd::instances::commit(&instance, &image).map(|()| 0)
+        }
         Command::Doctor => {
             let report = duet_vmm::doctor::diagnose();
             println!("{report}");

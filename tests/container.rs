@@ -553,3 +553,61 @@ fn bad_input_is_named_and_leaves_nothing() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
     assert!(!e.contains("panicked"), "{e}");
 }
+
+#[test]
+fn commit_makes_an_image_of_only_the_changes() {
+    if skip_unless_root("commit_makes_an_image_of_only_the_changes") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("commit");
+    let o = env.run(&[
+        "run",
+        "--keep",
+        "--name",
+        &name,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "head -c 300000 /dev/urandom > /data.bin; echo v2 > /etc/version; rm /etc/passwd",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = env.instances().pop().unwrap();
+    let out = run_ok(&env, &["commit", &id, "derived"]);
+    assert!(out.contains("derived"), "{out}");
+    // The new image runs and sees the change, the deletion included.
+    let out = run_ok(&env, &["run", "--name", &name, "derived", "--", "sh", "-c",
+        "wc -c < /data.bin; cat /etc/version; test -e /etc/passwd && echo passwd || echo no-passwd"]);
+    assert_eq!(out, "300000\nv2\nno-passwd\n");
+    // The committed layer holds only the change: ~300 kB, not the image.
+    let store = duet_shared::image::ImageStore::open(env.root()).unwrap();
+    let img = store.get("derived").unwrap();
+    assert_eq!(img.layers.len(), 2);
+    let size: u64 = std::fs::read_to_string(store.layer_path(&img.layers[1]).join("size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (300_000..340_000).contains(&size),
+        "committed layer is {size} bytes"
+    );
+    // The base image is untouched.
+    let out = run_ok(
+        &env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "test -e /etc/passwd && echo passwd",
+        ],
+    );
+    assert_eq!(out, "passwd\n");
+    assert!(env.run(&["rm", &id]).status.success());
+    env.assert_clean(&name);
+}

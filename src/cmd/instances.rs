@@ -1,7 +1,8 @@
 //! `duet ps`, `duet rm`, `duet gc`: instances after their run.
 
 use crate::backends;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use duet_shared::image::{commit_upper, ImageStore};
 use duet_shared::instance::{process_start_time, remove_instance_path, InstanceDir};
 use duet_shared::paths::state_root;
 use std::time::{Duration, SystemTime};
@@ -51,6 +52,38 @@ pub fn rm(ids: &[String]) -> Result<()> {
         inst.remove()?;
         println!("removed {id}");
     }
+    Ok(())
+}
+
+/// `duet commit`: the instance's writable layer, and only it, becomes a new
+/// layer on top of the instance's image.
+pub fn commit(id: &str, name: &str) -> Result<()> {
+    let root = state_root();
+    let inst = InstanceDir::open(&root, id)?;
+    if !inst.meta().kept {
+        bail!("instance `{id}` is still running; commit it after it exits (run it with --keep)");
+    }
+    let store = ImageStore::open(&root)?;
+    let base = store.get(&inst.meta().image).with_context(|| {
+        format!(
+            "instance `{id}` was made from image `{}`",
+            inst.meta().image
+        )
+    })?;
+    let upper = match inst.meta().isolation.as_str() {
+        "container" => inst.upper(),
+        other => bail!("instance `{id}` ({other}) has no writable layer on the host to commit"),
+    };
+    let img = commit_upper(&store, &base, &upper, name)
+        .with_context(|| format!("committing instance `{id}` as image `{name}`"))?;
+    let top = img.layers.last().expect("commit adds a layer");
+    let size = std::fs::read_to_string(store.layer_path(top).join("size")).unwrap_or_default();
+    println!(
+        "{name}: {} layers, new layer sha256:{} ({} bytes)",
+        img.layers.len(),
+        &top[..12],
+        size.trim()
+    );
     Ok(())
 }
 

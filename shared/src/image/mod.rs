@@ -10,12 +10,14 @@
 //! `diff_id`), so the same layer imported twice is unpacked once.
 
 mod busybox;
+mod commit;
 mod import;
 mod store;
 #[cfg(test)]
 mod tests;
 pub mod whiteout;
 
+pub use commit::{commit_upper, write_layer_tar};
 pub use import::{add_layer, import_tarball};
 pub use store::{ImageError, ImageStore};
 pub use whiteout::{is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};

@@ -234,3 +234,49 @@ fn busybox_image_is_built_from_the_host() {
     // Built once: the second lookup reads the manifest.
     assert_eq!(store.get(BUSYBOX_IMAGE).unwrap(), img);
 }
+
+#[test]
+fn commit_round_trips_whiteouts_and_holds_only_the_change() {
+    if !is_root() {
+        eprintln!("skipped: whiteouts are 0:0 device nodes, which need root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&t.path().join("root")).unwrap();
+    let base_tar = layer(&[
+        ("etc/", None),
+        ("etc/motd", Some(b"old")),
+        ("opt/", None),
+        ("opt/x", Some(b"x")),
+    ]);
+    let f = write(t.path(), "base.tar", &base_tar);
+    let base = import_tarball(&store, &f, "base").unwrap();
+    // An upper dir as overlayfs leaves it: a new file, a whiteout, an opaque dir.
+    let upper = t.path().join("upper");
+    std::fs::create_dir_all(upper.join("data")).unwrap();
+    std::fs::write(upper.join("data/big"), vec![7u8; 100_000]).unwrap();
+    std::fs::create_dir_all(upper.join("etc")).unwrap();
+    whiteout::make_whiteout(&upper.join("etc/motd")).unwrap();
+    std::fs::create_dir_all(upper.join("opt")).unwrap();
+    whiteout::set_opaque(&upper.join("opt")).unwrap();
+    let img = commit_upper(&store, &base, &upper, "derived").unwrap();
+    assert_eq!(img.layers.len(), 2);
+    assert_eq!(img.layers[0], base.layers[0]);
+    let top = store.layer_dir(&img.layers[1]);
+    assert_eq!(std::fs::read(top.join("data/big")).unwrap().len(), 100_000);
+    assert!(is_whiteout(
+        &std::fs::symlink_metadata(top.join("etc/motd")).unwrap()
+    ));
+    assert!(is_opaque(&top.join("opt")));
+    // Only the change: the layer tar is the 100 kB written plus headers.
+    let size: u64 = std::fs::read_to_string(store.layer_path(&img.layers[1]).join("size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (100_000..100_000 + 16 * 1024).contains(&size),
+        "layer tar is {size} bytes"
+    );
+    assert_eq!(store.get("derived").unwrap(), img);
+}
