@@ -25,6 +25,7 @@ fn main() {
         timeout: Some(Duration::from_secs(120)),
         console: ConsoleMode::Workload,
         stdin: false,
+        disks: Vec::new(),
     };
     let next = |what: &str, args: &mut dyn Iterator<Item = String>| {
         args.next().unwrap_or_else(|| {

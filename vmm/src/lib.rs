@@ -67,6 +67,9 @@ pub struct VmConfig {
     pub console: ConsoleMode,
     /// Forward duet's stdin to the guest's serial console.
     pub stdin: bool,
+    /// virtio-blk disks, announced on the command line in this order
+    /// (the guest finds them by serial, not by order).
+    pub disks: Vec<devices::virtio::BlockConfig>,
 }
 
 /// How a VM ended.
@@ -253,7 +256,13 @@ pub fn run_vm_with_sink(
             ConsoleInput::None
         },
     })?;
-    let kernel = vm.load_linux(&cfg.kernel, cfg.initrd.as_deref(), &cfg.cmdline)?;
+    let disk_options = vm.attach_disks(&cfg.disks)?;
+    let cmdline = if disk_options.is_empty() {
+        cfg.cmdline.clone()
+    } else {
+        format!("{} {disk_options}", cfg.cmdline)
+    };
+    let kernel = vm.load_linux(&cfg.kernel, cfg.initrd.as_deref(), &cmdline)?;
     report.mark(Phase::KernelLoaded);
     let cr3 = vm.setup_long_mode()?;
     vm.write_mptable()?;

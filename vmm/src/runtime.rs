@@ -91,6 +91,7 @@ impl VmRuntime {
                 ConsoleMode::Workload
             },
             stdin: true,
+            disks: Vec::new(),
         };
         // A missing or bad kernel, or too little memory for it, fails before any work.
         crate::check_config(&cfg)?;

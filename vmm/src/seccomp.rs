@@ -2,7 +2,8 @@
 //! installed by each thread on itself after its setup, with no_new_privs.
 //!
 //! Allow-list: KVM_RUN (plus KVM_GET_REGS/SREGS for error reports) as the
-//! only ioctls; read/write/poll for the console and eventfds; futex and
+//! only ioctls; read/write/poll for the console and eventfds; preadv/pwritev/fdatasync
+//! for virtio-blk disks; futex and
 //! memory management for Rust's runtime (mprotect without PROT_EXEC); signal return for the kick signal;
 //! thread exit. Anything else kills the process (SIGSYS).
 
@@ -40,6 +41,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_writev,
+    // virtio-blk requests are served on the vCPU thread that notified.
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_futex,

@@ -7,6 +7,7 @@
 use crate::boot_params::{self, BootInfo, BootParamsError};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::console::{Console, ConsoleMode};
+use crate::devices::virtio::{self, Block, BlockConfig, MmioTransport};
 use crate::devices::{serial, ExitPort, SerialDevice, I8042};
 use crate::event::{VcpuStop, VmEvent};
 use crate::gdt::{self, GdtError};
@@ -136,6 +137,23 @@ pub enum VmmError {
     /// The console input thread could not start.
     #[error("spawning the console input thread")]
     InputThread(#[source] std::io::Error),
+    /// A virtio-blk disk could not be opened.
+    #[error("attaching a virtio-blk disk")]
+    Block(#[from] virtio::block::BlockError),
+    /// More virtio devices than interrupt lines for them.
+    #[error(
+        "{wanted} virtio devices requested; duet's VMM places at most {} (one IRQ each, {}-{})",
+        virtio::MAX_DEVICES,
+        virtio::FIRST_IRQ,
+        virtio::LAST_IRQ
+    )]
+    TooManyDevices {
+        /// Devices asked for, in total.
+        wanted: usize,
+    },
+    /// virtio devices need the in-kernel irqchip for their irqfd.
+    #[error("virtio devices need the in-kernel irqchip (VmOptions::irqchip)")]
+    NoIrqchip,
     /// A vCPU thread did not leave KVM_RUN after being kicked.
     #[error("vCPU {vcpu} did not stop within {} s of being kicked", STOP_GRACE.as_secs())]
     StopTimeout {
@@ -207,6 +225,7 @@ pub struct Vm {
     console: Option<Arc<Console>>,
     serial: Option<Arc<Mutex<SerialDevice>>>,
     input: ConsoleInput,
+    disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
 }
 
 impl Vm {
@@ -244,6 +263,7 @@ impl Vm {
             console: None,
             serial: None,
             input: ConsoleInput::None,
+            disks: Vec::new(),
         })
     }
 
@@ -316,6 +336,49 @@ impl Vm {
         self.serial = Some(serial);
         self.input = console.input;
         Ok(())
+    }
+
+    /// Step 4b: virtio-blk disks on virtio-mmio, in order after any already
+    /// attached (device n at [`virtio::slot`]`(n)`, its interrupt an irqfd).
+    /// Returns the kernel command line options announcing them.
+    pub fn attach_disks(&mut self, disks: &[BlockConfig]) -> Result<String, VmmError> {
+        if disks.is_empty() {
+            return Ok(String::new());
+        }
+        if !self.options.irqchip {
+            return Err(VmmError::NoIrqchip);
+        }
+        let wanted = self.disks.len() + disks.len();
+        if wanted > virtio::MAX_DEVICES {
+            return Err(VmmError::TooManyDevices { wanted });
+        }
+        let mut options = Vec::new();
+        for cfg in disks {
+            let (base, irq) = virtio::slot(self.disks.len()).expect("count checked above");
+            let block = Block::open(cfg)?;
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
+                device: "virtio-blk",
+                source,
+            })?;
+            self.fd
+                .register_irqfd(&evt, irq)
+                .map_err(|source| VmmError::Irqfd {
+                    device: "virtio-blk",
+                    gsi: irq,
+                    source,
+                })?;
+            let name = virtio::VirtioDevice::name(&block).to_string();
+            let transport = Arc::new(Mutex::new(MmioTransport::new(
+                block,
+                self.memory.clone(),
+                evt,
+            )));
+            self.mmio_bus
+                .insert(&name, base, virtio::MMIO_SIZE, transport.clone())?;
+            self.disks.push(transport);
+            options.push(virtio::cmdline_option(base, irq));
+        }
+        Ok(options.join(" "))
     }
 
     /// Adds a port I/O device at `base..base+len`.
@@ -478,6 +541,9 @@ impl Vm {
         let mut counters: BTreeMap<String, u64> = BTreeMap::new();
         counters.extend(io_bus.counters());
         counters.extend(mmio_bus.counters());
+        for disk in &self.disks {
+            counters.extend(disk.lock().unwrap_or_else(|p| p.into_inner()).counters());
+        }
         counters.insert(
             "vm_exits.total".into(),
             ctx.exits.total.load(Ordering::Relaxed),

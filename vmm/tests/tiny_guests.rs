@@ -428,6 +428,7 @@ fn run_vm_boots_an_elf_kernel_the_linux_way() {
         timeout: Some(TIMEOUT),
         console: ConsoleMode::Workload,
         stdin: false,
+        disks: Vec::new(),
     };
     let out = SharedBuffer::default();
     let mut report = RunReport::start("vm", "elf", "none");
@@ -462,6 +463,7 @@ fn bad_inputs_give_clear_errors() {
         timeout: Some(TIMEOUT),
         console: ConsoleMode::Workload,
         stdin: false,
+        disks: Vec::new(),
     };
     let chain = |e: &dyn std::error::Error| {
         let mut s = e.to_string();

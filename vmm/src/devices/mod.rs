@@ -8,3 +8,4 @@ pub mod serial;
 pub use exit_port::ExitPort;
 pub use i8042::I8042;
 pub use serial::SerialDevice;
+pub mod virtio;

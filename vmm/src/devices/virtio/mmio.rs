@@ -1,0 +1,338 @@
+//! The virtio-mmio transport, register layout version 2 (virtio 1.x
+//! "modern"): what a driver probes (magic, version, device id), feature
+//! negotiation in two 32-bit halves, queue setup by 64-bit ring addresses,
+//! QueueNotify, the interrupt status/acknowledge pair, and device config
+//! space from offset 0x100.
+//!
+//! A guest that misprograms the transport never stops the VMM: accesses of
+//! the wrong width or to unknown registers are counted and ignored, and a
+//! queue the device cannot use sets DEVICE_NEEDS_RESET (with a config-change
+//! interrupt, as the virtio spec asks) until the driver resets the device.
+
+use super::{VirtioDevice, F_EVENT_IDX, F_VERSION_1};
+use crate::bus::BusDevice;
+use crate::memory::GuestMemory;
+use std::collections::BTreeMap;
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::*;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+/// "virt" in little endian, the first register of every virtio-mmio device.
+pub const MAGIC: u32 = 0x7472_6976;
+/// Register layout version of the modern (virtio 1.x) transport.
+pub const VERSION: u32 = 2;
+/// Vendor id the devices report ("duet" in little endian).
+pub const VENDOR_ID: u32 = 0x7465_7564;
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport<D: VirtioDevice> {
+    device: D,
+    mem: GuestMemory,
+    irq: EventFd,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    status: u32,
+    interrupt_status: u32,
+    config_generation: u32,
+    notifies: u64,
+    interrupts: u64,
+    ignored_accesses: u64,
+    queue_failures: u64,
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// Wraps `device`; it reaches guest memory through `mem` and interrupts
+    /// the guest by writing to `irq` (an irqfd on its GSI).
+    pub fn new(device: D, mem: GuestMemory, irq: EventFd) -> MmioTransport<D> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
+            .collect();
+        MmioTransport {
+            device,
+            mem,
+            irq,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            status: 0,
+            interrupt_status: 0,
+            config_generation: 0,
+            notifies: 0,
+            interrupts: 0,
+            ignored_accesses: 0,
+            queue_failures: 0,
+        }
+    }
+
+    /// The device behind the transport.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// The device status register (ACKNOWLEDGE, DRIVER, FEATURES_OK, ...).
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Features the driver acknowledged.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Transport and device counters: `virtio.<name>.notifies`, `.interrupts`, ...
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let name = self.device.name();
+        let mut c = self.device.counters();
+        for (k, v) in [
+            ("notifies", self.notifies),
+            ("interrupts", self.interrupts),
+            ("ignored_accesses", self.ignored_accesses),
+            ("queue_failures", self.queue_failures),
+        ] {
+            c.insert(format!("virtio.{name}.{k}"), v);
+        }
+        c
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn raise(&mut self, why: u32) {
+        self.interrupt_status |= why;
+        self.interrupts += 1;
+        // A full eventfd counter still means "interrupt pending": nothing is lost.
+        let _ = self.irq.write(1);
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.acked_features = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+    }
+
+    /// The device cannot go on until the driver resets it.
+    fn needs_reset(&mut self) {
+        self.queue_failures += 1;
+        if self.status & VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
+            self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
+            self.config_generation = self.config_generation.wrapping_add(1);
+            self.raise(VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only ever adds bits (clearing them takes a reset).
+        if value & self.status != self.status {
+            self.ignored_accesses += 1;
+            return;
+        }
+        let added = value & !self.status;
+        let mut new = value;
+        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            let ok = self.status & VIRTIO_CONFIG_S_DRIVER != 0
+                && self.acked_features & !offered == 0
+                && self.acked_features & F_VERSION_1 != 0;
+            if !ok {
+                // The driver reads the status back and gives up on the device.
+                new &= !VIRTIO_CONFIG_S_FEATURES_OK;
+            }
+        }
+        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            if new & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+                self.ignored_accesses += 1;
+                return;
+            }
+            let event_idx = self.acked_features & F_EVENT_IDX != 0;
+            let mut valid = true;
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
+                if q.ready() && !q.is_valid(&self.mem) {
+                    valid = false;
+                }
+            }
+            self.status = new;
+            if valid {
+                self.device.activate(self.acked_features);
+            } else {
+                self.needs_reset();
+            }
+            return;
+        }
+        self.status = new;
+    }
+
+    fn features_ok(&self) -> bool {
+        self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+    }
+
+    fn live(&self) -> bool {
+        self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0
+            && self.status & (VIRTIO_CONFIG_S_NEEDS_RESET | VIRTIO_CONFIG_S_FAILED) == 0
+    }
+
+    fn notify(&mut self, index: u32) {
+        self.notifies += 1;
+        let i = index as usize;
+        if !self.live() || self.queues.get(i).is_none_or(|q| !q.ready()) {
+            self.ignored_accesses += 1;
+            return;
+        }
+        match self.device.process_queue(i, &mut self.queues[i], &self.mem) {
+            Ok(out) => {
+                if out.interrupt {
+                    self.raise(VIRTIO_MMIO_INT_VRING);
+                }
+            }
+            Err(_) => self.needs_reset(),
+        }
+    }
+
+    fn read_register(&mut self, offset: u32) -> u32 {
+        match offset {
+            VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
+            VIRTIO_MMIO_VERSION => VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
+            VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
+            VIRTIO_MMIO_STATUS => self.status,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            // No shared memory regions: a length of all ones says so.
+            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            VIRTIO_MMIO_SHM_BASE_LOW | VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
+            _ => {
+                self.ignored_accesses += 1;
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u32, v: u32) {
+        // Queue registers may change only while the queue is not ready.
+        let queue_setup = self.features_ok() && !self.live();
+        match offset {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            VIRTIO_MMIO_DRIVER_FEATURES
+                if self.status & VIRTIO_CONFIG_S_DRIVER != 0 && !self.features_ok() =>
+            {
+                match self.driver_features_sel {
+                    0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
+                    1 => {
+                        self.acked_features =
+                            (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => self.ignored_accesses += 1,
+                }
+            }
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
+            VIRTIO_MMIO_QUEUE_NUM if queue_setup => match self.selected_queue() {
+                Some(q) if !q.ready() && v <= u32::from(u16::MAX) => q.set_size(v as u16),
+                _ => self.ignored_accesses += 1,
+            },
+            VIRTIO_MMIO_QUEUE_READY if queue_setup => match self.selected_queue() {
+                Some(q) => q.set_ready(v == 1),
+                None => self.ignored_accesses += 1,
+            },
+            VIRTIO_MMIO_QUEUE_DESC_LOW
+            | VIRTIO_MMIO_QUEUE_DESC_HIGH
+            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
+            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
+            | VIRTIO_MMIO_QUEUE_USED_LOW
+            | VIRTIO_MMIO_QUEUE_USED_HIGH
+                if queue_setup =>
+            {
+                let Some(q) = self.selected_queue().filter(|q| !q.ready()) else {
+                    self.ignored_accesses += 1;
+                    return;
+                };
+                let (lo, hi) = if offset.is_multiple_of(8) {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
+                match offset & !4 {
+                    VIRTIO_MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(lo, hi),
+                    VIRTIO_MMIO_QUEUE_AVAIL_LOW => q.set_avail_ring_address(lo, hi),
+                    _ => q.set_used_ring_address(lo, hi),
+                }
+            }
+            VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !v,
+            VIRTIO_MMIO_STATUS => self.set_status(v),
+            _ => self.ignored_accesses += 1,
+        }
+    }
+}
+
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, _addr: u64, offset: u64, data: &mut [u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.device
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            self.ignored_accesses += 1;
+            data.fill(0);
+            return;
+        }
+        let v = self.read_register(offset as u32);
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn write(&mut self, _addr: u64, offset: u64, data: &[u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            // virtio-blk's config space is read-only for duet's disks.
+            self.ignored_accesses += 1;
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            self.ignored_accesses += 1;
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            self.ignored_accesses += 1;
+            return;
+        }
+        self.write_register(offset as u32, u32::from_le_bytes(bytes));
+    }
+}
+
+/// The bits a driver sets, in order, to bring a device up (for tests and docs).
+pub const DRIVER_INIT_SEQUENCE: [u32; 4] = [
+    VIRTIO_CONFIG_S_ACKNOWLEDGE,
+    VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_FEATURES_OK,
+    VIRTIO_CONFIG_S_DRIVER_OK,
+];
