@@ -112,7 +112,7 @@ fi
 # --- build tools -------------------------------------------------------------
 missing=()
 for tool in make:build-essential gcc:build-essential bc:bc bison:bison flex:flex \
-            perl:perl xz:xz-utils tar:tar; do
+            perl:perl xz:xz-utils tar:tar lz4:lz4; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
 done
 if command -v gcc >/dev/null 2>&1; then
@@ -168,6 +168,7 @@ log "building vmlinux and bzImage with -j$jobs in $tree"
 nice -n 10 make -j"$jobs" vmlinux bzImage >&2 || die "kernel build failed in $tree (see the output above)"
 
 tmp="$(mktemp -d "$cache/.tmp-$key.XXXXXX")"
+chmod 755 "$tmp"
 cp vmlinux "$tmp/vmlinux"
 cp arch/x86/boot/bzImage "$tmp/bzImage"
 cp .config "$tmp/config"
@@ -175,5 +176,5 @@ printf 'source: %s\nrecipe: %s\nfragment: %s\nbuilt: %s\n' \
     "$src_version" "$RECIPE" "$fragment" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp/info"
 rm -rf "$out"
 mv "$tmp" "$out"
-log "built in $(( $(date +%s) - start )) s: vmlinux $(du -h "$out/vmlinux" | cut -f1), bzImage $(du -h "$out/bzImage" | cut -f1)"
+log "built in $(( $(date +%s) - start )) s: vmlinux $(stat -c %s "$out/vmlinux") bytes, bzImage $(stat -c %s "$out/bzImage") bytes"
 publish

@@ -4,21 +4,30 @@
 # point for duet's own VMM (same kernel, same initramfs, same machine).
 #
 #   tests/testbed/run --qemu --file tests/testbed/inner-qemu-boot.sh -- \
-#       inner-qemu-boot.sh [-n RUNS] [-t TIMEOUT] [KERNEL]
+#       inner-qemu-boot.sh [-n RUNS] [-t TIMEOUT] [-a APPEND] [-q QEMU_ARGS] [-v] [KERNEL]
 #
 # KERNEL defaults to $DUET_KERNEL (the vmlinux, booted through PVH). The
 # initramfs holds only busybox and an /init that prints
 #   INNER-INIT uptime=<guest seconds> ...
 # and resets the guest (reboot=k, the i8042 path duet uses too).
-# Prints one line per run and exits 1 if any run did not reach init.
+# -v prints each run's guest console. Prints one line per run and exits 1 if any run did not reach init.
 set -eu
 
 runs=1
 timeout_s=60
+append="console=ttyS0 reboot=k panic=-1 rdinit=/init"
+# microvm has no i8042 of its own; without one the guest's reboot=k path
+# polls the missing controller's status port ~650,000 times (each an exit
+# to QEMU) before it falls back to a triple fault: 30+ s in the testbed.
+qemu_extra="-device i8042"
+verbose=0
 while [ $# -gt 0 ]; do
     case "$1" in
         -n) runs="$2"; shift 2 ;;
         -t) timeout_s="$2"; shift 2 ;;
+        -a) append="$append $2"; shift 2 ;;
+        -q) qemu_extra="$2"; shift 2 ;;
+        -v) verbose=1; shift ;;
         *) break ;;
     esac
 done
@@ -50,10 +59,10 @@ while [ "$i" -le "$runs" ]; do
     rc=0
     timeout "$timeout_s" qemu-system-x86_64 -M microvm -enable-kvm -cpu host -smp 1 -m 256 \
         -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
-        -kernel "$kernel" -initrd "$work/initrd.gz" \
-        -append "console=ttyS0 reboot=k panic=-1 rdinit=/init" \
+        $qemu_extra -kernel "$kernel" -initrd "$work/initrd.gz" -append "$append" \
         </dev/null >"$work/console.$i" 2>&1 || rc=$?
     t1=$(uptime_now)
+    if [ "$verbose" = 1 ]; then tr -d '\r' <"$work/console.$i" | sed 's/^/  | /'; fi
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     line=$(grep -a 'INNER-INIT' "$work/console.$i" | tail -n 1 | tr -d '\r')
     if [ -n "$line" ]; then
