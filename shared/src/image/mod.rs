@@ -12,6 +12,7 @@
 mod busybox;
 mod commit;
 mod import;
+pub mod layer_image;
 mod store;
 #[cfg(test)]
 mod tests;
