@@ -236,6 +236,22 @@ fn vm_guest_panic_is_an_error_with_console_lines() {
 }
 
 #[test]
+fn vm_kernel_log_only_with_console() {
+    let Some(quiet) = case("vm_kernel_log_only_with_console", "quiet") else {
+        return;
+    };
+    assert_eq!((quiet.rc, quiet.output.as_str()), (0, "only-this\n"));
+    let c = &cases().as_ref().unwrap()["console"];
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(
+        c.output.contains("Linux version"),
+        "--console shows the kernel log:\n{}",
+        c.output
+    );
+    assert!(c.output.contains("after-boot"), "{}", c.output);
+}
+
+#[test]
 fn vm_runs_leave_no_instances() {
     let Some(c) = case("vm_runs_leave_no_instances", "leftovers") else {
         return;

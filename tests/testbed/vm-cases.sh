@@ -36,4 +36,6 @@ case_ missing_cmd vm busybox -- /no/such/program
 case_ timings vm --timings busybox -- true
 case_ timeout vm --timeout 4 busybox -- sleep 100
 case_ panic env DUET_KERNEL_APPEND=rdinit=/no/such/init duet run --isolation vm busybox -- true
+case_ quiet vm busybox -- echo only-this
+case_ console vm --console busybox -- echo after-boot
 case_ leftovers sh -c 'ls /tmp/duet/instances | wc -l'
