@@ -45,6 +45,13 @@ enum Command {
     Gc,
     /// Check whether this host can run microVMs at hardware speed, and what to do if not.
     Doctor,
+    /// Measure containers against microVMs (and runc/crun): startup, memory, density, isolation.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// Print, as JSON, what isolation looks like from here (kernel, namespaces, attempts).
+    Probe(cmd::probe::ProbeArgs),
+    /// Run one small workload both ways and show the difference side by side.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,9 @@ fn main() -> ExitCode {
             println!("{report}");
             Ok(0)
         }
+        Command::Bench(c) => cmd::bench::bench(c).map(|()| 0),
+        Command::Probe(a) => cmd::probe::probe(a).map(|()| 0),
+        Command::Demo(a) => cmd::demo::demo(a).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

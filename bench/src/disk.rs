@@ -31,18 +31,48 @@ pub fn usage_bytes(paths: &[&Path]) -> Result<u64, DiskError> {
     Ok(total)
 }
 
+/// Like [`usage_bytes`], but never descends into another file system than
+/// the one each path is on: an instance directory's mounted root (overlay)
+/// shows the image, which is not the instance's own disk use.
+pub fn usage_bytes_one_fs(paths: &[&Path]) -> Result<u64, DiskError> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for p in paths {
+        let dev = std::fs::symlink_metadata(p)
+            .map_err(|source| DiskError::Read {
+                path: p.display().to_string(),
+                source,
+            })?
+            .dev();
+        walk_dev(p, Some(dev), &mut seen, &mut total)?;
+    }
+    Ok(total)
+}
+
 fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>, total: &mut u64) -> Result<(), DiskError> {
+    walk_dev(p, None, seen, total)
+}
+
+fn walk_dev(
+    p: &Path,
+    only_dev: Option<u64>,
+    seen: &mut HashSet<(u64, u64)>,
+    total: &mut u64,
+) -> Result<(), DiskError> {
     let err = |source| DiskError::Read {
         path: p.display().to_string(),
         source,
     };
     let md = std::fs::symlink_metadata(p).map_err(err)?;
+    if only_dev.is_some_and(|d| d != md.dev()) {
+        return Ok(());
+    }
     if seen.insert((md.dev(), md.ino())) {
         *total += md.blocks() * 512;
     }
     if md.is_dir() {
         for e in std::fs::read_dir(p).map_err(err)? {
-            walk(&e.map_err(err)?.path(), seen, total)?;
+            walk_dev(&e.map_err(err)?.path(), only_dev, seen, total)?;
         }
     }
     Ok(())
@@ -78,5 +108,32 @@ mod tests {
         std::fs::write(d.path().join("c"), vec![1u8; 64 * 1024]).unwrap();
         assert!(usage_bytes(&[d.path()]).unwrap() >= one + 64 * 1024);
         assert!(usage_bytes(&[Path::new("/nonexistent/x")]).is_err());
+        // On one file system both walks agree.
+        assert_eq!(
+            usage_bytes_one_fs(&[d.path()]).unwrap(),
+            usage_bytes(&[d.path()]).unwrap()
+        );
+    }
+
+    #[test]
+    fn one_fs_walk_skips_other_file_systems() {
+        // /proc is its own file system: / counted with it would include it.
+        let Ok(root) = std::fs::symlink_metadata("/") else {
+            return;
+        };
+        let proc_dev = std::fs::symlink_metadata("/proc").unwrap().dev();
+        assert_ne!(root.dev(), proc_dev, "/proc is a separate mount");
+        // Walking /proc/self from / 's device counts nothing of /proc.
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        walk_dev(
+            Path::new("/proc/self"),
+            Some(root.dev()),
+            &mut seen,
+            &mut total,
+        )
+        .unwrap();
+        assert_eq!(total, 0);
+        assert!(seen.is_empty());
     }
 }

@@ -432,6 +432,20 @@ pub fn run_density(
     launcher: &mut dyn IdleLauncher,
     progress: &mut dyn Progress,
 ) -> DensityResult {
+    run_density_observed(cfg, launcher, progress, &mut |_, _| {})
+}
+
+/// Called at each density point with the instances running then.
+pub type DensityObserver<'a> = dyn FnMut(&DensityPoint, &[Box<dyn IdleInstance>]) + 'a;
+
+/// [`run_density`], calling `observe` at each measured point with the
+/// instances running then (e.g. to measure their disk use before they stop).
+pub fn run_density_observed(
+    cfg: &DensityConfig,
+    launcher: &mut dyn IdleLauncher,
+    progress: &mut dyn Progress,
+    observe: &mut DensityObserver<'_>,
+) -> DensityResult {
     let label = launcher.label();
     let baseline = mem_available_kib().unwrap_or(0) as i64;
     let mut instances: Vec<Box<dyn IdleInstance>> = Vec::new();
@@ -480,13 +494,15 @@ pub fn run_density(
         std::thread::sleep(cfg.settle);
         let roots: Vec<u32> = instances.iter().flat_map(|i| i.root_pids()).collect();
         let mem = tree_memory(&roots);
-        points.push(DensityPoint {
+        let point = DensityPoint {
             k,
             start_all_ms: start_ns_total as f64 / 1e6,
             pss_total_kib: mem.total.pss_kib,
             pss_per_instance_kib: mem.total.pss_kib as f64 / k as f64,
             mem_available_drop_kib: baseline - mem_available_kib().unwrap_or(0) as i64,
-        });
+        };
+        observe(&point, &instances);
+        points.push(point);
     }
     let cleanup_errors = stop_all(&mut instances);
     DensityResult {
@@ -630,6 +646,26 @@ mod tests {
         for pid in pids.borrow().iter() {
             assert!(!alive(*pid), "pid {pid} survived");
         }
+    }
+
+    #[test]
+    fn observer_sees_every_point_with_its_instances() {
+        let _g = FLAG_LOCK.lock().unwrap();
+        interrupt::clear();
+        let cfg = DensityConfig {
+            steps: vec![1, 3],
+            max: 3,
+            budget_kib: 0,
+            settle: Duration::from_millis(10),
+        };
+        let mut seen = Vec::new();
+        let r = run_density_observed(&cfg, &mut sleeper(), &mut NoProgress, &mut |p, insts| {
+            let pids: Vec<u32> = insts.iter().flat_map(|i| i.root_pids()).collect();
+            assert!(pids.iter().all(|&p| alive(p)), "observed while running");
+            seen.push((p.k, pids.len()));
+        });
+        assert_eq!(r.status, RowStatus::Measured, "{r:?}");
+        assert_eq!(seen, vec![(1, 1), (3, 3)]);
     }
 
     #[test]

@@ -309,7 +309,15 @@ fn value_row(
     let mut cells = vec![host_cell(value(host))];
     for (_, me) in cols {
         let v = value(me);
-        cells.push(if v == value(host) {
+        cells.push(if !(Rel { host, me }).same_kernel() {
+            // A guest's capabilities, filters and sizes belong to its own kernel:
+            // equal to the host's or not, they say nothing shared.
+            cell(
+                v,
+                Verdict::Isolated,
+                &format!("own kernel: this is the guest's, not the host's ({differ_why})"),
+            )
+        } else if v == value(host) {
             cell(v, Verdict::Shared, same_why)
         } else {
             cell(v, Verdict::Isolated, differ_why)
@@ -456,7 +464,7 @@ pub fn compare(host: &ProbeReport, cols: &[(String, ProbeReport)]) -> IsolationT
         cols,
         host,
         "same effective capabilities as the host side",
-        "a different (usually smaller) capability set",
+        "a different capability set",
     ));
     rows.push(value_row(
         "seccomp / no_new_privs",
@@ -671,6 +679,11 @@ mod tests {
             row(&t, "memory (MemTotal)").cells[2].verdict,
             Some(Verdict::Isolated)
         );
+        // The fake VM keeps the host's seccomp mode: on its own kernel that is still not shared.
+        let sc = row(&t, "seccomp / no_new_privs");
+        assert_eq!(sc.cells[2].value, sc.cells[0].value);
+        assert_eq!(sc.cells[2].verdict, Some(Verdict::Isolated));
+        assert!(sc.cells[2].why.starts_with("own kernel"));
         assert_eq!(
             row(&t, "host canary file").cells[1].verdict,
             Some(Verdict::Isolated)

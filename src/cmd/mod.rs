@@ -1,7 +1,10 @@
 //! Subcommands of the `duet` binary.
 
+pub mod bench;
+pub mod demo;
 pub mod image;
 pub mod instances;
+pub mod probe;
 pub mod run;
 
 /// `error: cause: cause` on one line, the whole `source()` chain.

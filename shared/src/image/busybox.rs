@@ -3,6 +3,16 @@
 //!
 //! The layer tar is generated deterministically (fixed mtimes, sorted
 //! applets), so its digest depends only on the busybox binary.
+//!
+//! When a static `duet-probe` binary is at hand ([`find_probe`]), the image
+//! gets a second, one-file layer holding it as `/bin/duet-probe`, so `duet
+//! bench isolation` and `duet demo` can run the same probe on the host, in a
+//! container and in a VM. A separate small binary rather than a copy of
+//! `duet` itself (which is static too and has `duet probe`): duet carries both
+//! backends and is 5-30x larger, and every byte of the image is copied into
+//! each VM's initramfs, which would slow every VM start the benchmarks time.
+//! Its own layer keeps the busybox layer's digest independent of the probe,
+//! and [`ensure_probe_layer`] swaps just that layer when the probe changes.
 
 use super::import::{add_layer, DEFAULT_PATH};
 use super::{Image, ImageConfig, ImageError, ImageStore, BUSYBOX_IMAGE};
@@ -108,6 +118,96 @@ pub(crate) fn layer_tar(busybox: &[u8], applets: &[String]) -> std::io::Result<V
     b.into_inner()
 }
 
+/// Environment variable naming the `duet-probe` binary to put into the image.
+pub const PROBE_ENV: &str = "DUET_PROBE";
+/// Where `scripts/install.sh` puts the probe on a host.
+pub const SYSTEM_PROBE_PATH: &str = "/usr/local/lib/duet/duet-probe";
+/// Path of the probe inside the image (no leading `/`).
+pub const PROBE_IN_IMAGE: &str = "bin/duet-probe";
+
+/// Finds a `duet-probe` binary: `$DUET_PROBE`, then next to the running
+/// executable (cargo puts it beside `duet`), then [`SYSTEM_PROBE_PATH`].
+pub fn find_probe() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(PROBE_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("duet-probe")));
+    beside
+        .into_iter()
+        .chain([PathBuf::from(SYSTEM_PROBE_PATH)])
+        .find(|p| p.is_file())
+}
+
+/// The probe layer's tar: `bin/` and `bin/duet-probe`, fixed metadata.
+pub(crate) fn probe_layer_tar(probe: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    b.append_data(&mut h, "bin", &[][..])?;
+    let mut h = header(tar::EntryType::Regular, 0o755, probe.len() as u64);
+    b.append_data(&mut h, PROBE_IN_IMAGE, probe)?;
+    b.into_inner()
+}
+
+/// Reads a probe binary, refusing one that would not run in a bare image.
+fn read_probe(probe: &Path) -> Result<Vec<u8>, ImageError> {
+    let data = std::fs::read(probe)
+        .map_err(|e| ImageError::Busybox(format!("cannot read probe {}: {e}", probe.display())))?;
+    if !is_static_elf(&data) {
+        return Err(ImageError::Busybox(format!(
+            "probe {} is not a statically linked ELF (build it with cargo, which links statically here)",
+            probe.display()
+        )));
+    }
+    Ok(data)
+}
+
+/// Whether a layer's tree is exactly a probe layer (`bin/duet-probe` and nothing else).
+fn is_probe_layer(fs: &Path) -> bool {
+    let names = |d: &Path| -> Option<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        Some(v)
+    };
+    names(fs).as_deref() == Some(&["bin".to_string()][..])
+        && names(&fs.join("bin")).as_deref() == Some(&["duet-probe".to_string()][..])
+}
+
+/// Makes the `busybox` image carry `probe` as `/bin/duet-probe`: builds the
+/// image if needed, then adds (or replaces) its one-file probe layer when the
+/// image has none or an older probe. Returns the image as stored.
+///
+/// A replaced probe layer stays in the store (a running instance may still
+/// use it as a lower directory).
+pub fn ensure_probe_layer(store: &ImageStore, probe: &Path) -> Result<Image, ImageError> {
+    let image = store.get(BUSYBOX_IMAGE)?;
+    let data = read_probe(probe)?;
+    let top = image.layers.last().map(|d| store.layer_dir(d));
+    let top_is_probe = top.as_deref().is_some_and(is_probe_layer);
+    if top_is_probe {
+        let current = top.expect("checked").join(PROBE_IN_IMAGE);
+        if std::fs::read(&current).is_ok_and(|c| c == data) {
+            return Ok(image);
+        }
+    }
+    let tar = probe_layer_tar(&data)
+        .map_err(|e| ImageError::Busybox(format!("cannot build probe layer: {e}")))?;
+    let digest = add_layer(store, std::io::Cursor::new(tar), probe)?;
+    let mut layers = image.layers.clone();
+    if top_is_probe {
+        layers.pop();
+    }
+    layers.push(digest);
+    let updated = Image { layers, ..image };
+    store.put(&updated)?;
+    Ok(updated)
+}
+
 /// Builds and stores the `busybox` image.
 pub(crate) fn create(store: &ImageStore) -> Result<Image, ImageError> {
     let path = find_busybox()?;
@@ -140,9 +240,16 @@ pub(crate) fn create(store: &ImageStore) -> Result<Image, ImageError> {
     let tar = layer_tar(&data, &applets)
         .map_err(|e| ImageError::Busybox(format!("cannot build layer: {e}")))?;
     let digest = add_layer(store, std::io::Cursor::new(tar), &path)?;
+    let mut layers = vec![digest];
+    if let Some(probe) = find_probe() {
+        let data = read_probe(&probe)?;
+        let tar = probe_layer_tar(&data)
+            .map_err(|e| ImageError::Busybox(format!("cannot build probe layer: {e}")))?;
+        layers.push(add_layer(store, std::io::Cursor::new(tar), &probe)?);
+    }
     let image = Image {
         name: BUSYBOX_IMAGE.to_string(),
-        layers: vec![digest],
+        layers,
         config: ImageConfig {
             env: vec![DEFAULT_PATH.to_string()],
             cmd: vec!["/bin/sh".to_string()],
@@ -169,6 +276,43 @@ mod tests {
                 "/bin/ls is dynamically linked on Debian"
             );
         }
+    }
+
+    #[test]
+    fn probe_layer_is_added_once_and_replaced_when_the_probe_changes() {
+        if !Path::new("/bin/busybox").exists() {
+            eprintln!("skipped: /bin/busybox missing (apt-get install busybox-static)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(&t.path().join("root")).unwrap();
+        // Any static ELF stands in for the probe: this test binary is one.
+        let me = std::env::current_exe().unwrap();
+        let probe = t.path().join("duet-probe");
+        std::fs::copy(&me, &probe).unwrap();
+        let base = store.get(BUSYBOX_IMAGE).unwrap();
+        let img = ensure_probe_layer(&store, &probe).unwrap();
+        let top = store.layer_dir(img.layers.last().unwrap());
+        assert!(is_probe_layer(&top));
+        assert_eq!(
+            std::fs::read(top.join(PROBE_IN_IMAGE)).unwrap(),
+            std::fs::read(&probe).unwrap()
+        );
+        // The busybox layer is untouched, and a second call changes nothing.
+        assert_eq!(img.layers[0], base.layers[0]);
+        assert_eq!(ensure_probe_layer(&store, &probe).unwrap(), img);
+        assert_eq!(store.get(BUSYBOX_IMAGE).unwrap(), img);
+        // A different probe replaces the probe layer instead of stacking another.
+        let mut data = std::fs::read(&probe).unwrap();
+        data.extend_from_slice(b"another build");
+        std::fs::write(&probe, &data).unwrap();
+        let again = ensure_probe_layer(&store, &probe).unwrap();
+        assert_eq!(again.layers.len(), img.layers.len());
+        assert_ne!(again.layers.last(), img.layers.last());
+        // Not static: refused, naming the file.
+        std::fs::write(&probe, b"#!/bin/sh\n").unwrap();
+        let e = ensure_probe_layer(&store, &probe).unwrap_err().to_string();
+        assert!(e.contains(&probe.display().to_string()), "{e}");
     }
 
     #[test]

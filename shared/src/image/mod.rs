@@ -18,6 +18,7 @@ mod store;
 mod tests;
 pub mod whiteout;
 
+pub use busybox::{ensure_probe_layer, find_probe, PROBE_ENV, PROBE_IN_IMAGE, SYSTEM_PROBE_PATH};
 pub use commit::{commit_upper, write_layer_tar};
 pub use import::{add_layer, import_tarball};
 pub use store::{ImageError, ImageStore};

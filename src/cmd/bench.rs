@@ -1,0 +1,1447 @@
+//! `duet bench startup|memory|density|isolation|all`: the duet-bench
+//! scenarios wired to duet's own backends (as `duet run` subprocesses, the
+//! cost a user pays) and to the peers found on this host (runc, crun).
+//!
+//! VM rows run natively only where KVM accelerates (`duet doctor`). Elsewhere
+//! they run inside the nested-KVM testbed (`tests/testbed/run`) when it is
+//! available: one testbed boot runs `duet bench <scenario> --isolation vm
+//! --vm-via native --report-json -` (and the probe, for `isolation`), and the
+//! VM rows of that report are merged into this one, with the report header
+//! saying where they were measured. Without a testbed the VM rows say why
+//! they are missing.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use duet_bench::disk::{usage_bytes_one_fs, DiskResult};
+use duet_bench::host::HostFacts;
+use duet_bench::instances::{
+    interrupt, measure_memory, run_density, run_density_observed, CommandIdle, DensityConfig,
+    DensityResult, IdleLauncher, MemoryResult,
+};
+use duet_bench::isolation::{self, Canary};
+use duet_bench::report::{render_html, render_json, render_markdown, Report};
+use duet_bench::startup::{self, DuetStarter, RowStatus, StartupConfig, StartupResult};
+use duet_bench::{oci, Kind};
+use duet_probe::ProbeReport;
+use duet_shared::image::{Image, ImageStore};
+use duet_shared::paths::state_root;
+use duet_shared::{InstanceDir, Isolation};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Where VM rows are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VmVia {
+    /// Natively if this host's KVM accelerates (`duet doctor`), else in the testbed if available.
+    Auto,
+    /// On this host's /dev/kvm, whatever the doctor says.
+    Native,
+    /// Inside the nested-KVM testbed (tests/testbed/run).
+    Testbed,
+    /// Not at all.
+    Skip,
+}
+
+/// Options every scenario takes.
+#[derive(Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Isolations to measure, comma-separated (default: container,vm).
+    #[arg(long, value_delimiter = ',')]
+    pub isolation: Vec<Isolation>,
+    /// Write report.json, report.md and report.html into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write the report as JSON to this file (`-`: stdout, and no Markdown there).
+    #[arg(long)]
+    pub report_json: Option<PathBuf>,
+    /// Leave out the peer runtimes (runc, crun) and the bare-process baseline.
+    #[arg(long)]
+    pub no_peers: bool,
+    /// Where VM rows run.
+    #[arg(long, value_enum, default_value_t = VmVia::Auto)]
+    pub vm_via: VmVia,
+    /// Timed VM starts when VMs run in the testbed (each takes seconds there).
+    #[arg(long, default_value_t = 3)]
+    pub testbed_runs: usize,
+}
+
+/// Options of the startup scenario.
+#[derive(Args, Clone, Debug)]
+pub struct StartupArgs {
+    /// Timed runs per runner.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+}
+
+/// Options of the memory scenario.
+#[derive(Args, Clone, Debug)]
+pub struct MemoryArgs {
+    /// Idle instances measured one after another, per runner.
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+}
+
+/// Options of the density scenario.
+#[derive(Args, Clone, Debug)]
+pub struct DensityArgs {
+    /// Most idle instances to run at once (steps 10, 50, 100, 200, 500, ... up to this).
+    #[arg(long, default_value_t = 50)]
+    pub max: usize,
+}
+
+/// `duet bench` scenarios.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Start-to-exit time of `true` in busybox: N runs per isolation and peer, with phases.
+    Startup {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        startup: StartupArgs,
+    },
+    /// Host memory (PSS, private/shared) of one idle instance of each kind.
+    Memory {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
+    },
+    /// K idle instances at once: memory per instance and time to start them all.
+    Density {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        density: DensityArgs,
+    },
+    /// The isolation probe on the host, in a container and in a VM, side by side.
+    Isolation {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Every scenario.
+    All {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        startup: StartupArgs,
+        #[command(flatten)]
+        memory: MemoryArgs,
+        #[command(flatten)]
+        density: DensityArgs,
+    },
+}
+
+/// Which scenarios one invocation runs, with their options.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    startup: Option<StartupArgs>,
+    memory: Option<MemoryArgs>,
+    density: Option<DensityArgs>,
+    isolation: bool,
+}
+
+/// Settle time before an idle instance's memory is read.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Most VMs a density run starts inside the testbed (2 GiB outer machine, seconds per boot).
+const TESTBED_DENSITY_MAX: usize = 3;
+
+/// An indicatif bar per row; hidden when stderr is not a terminal.
+pub struct Bars {
+    bar: Option<ProgressBar>,
+    label: String,
+}
+
+impl Bars {
+    /// No bar yet.
+    pub fn new() -> Bars {
+        Bars {
+            bar: None,
+            label: String::new(),
+        }
+    }
+}
+
+impl startup::Progress for Bars {
+    fn tick(&mut self, label: &str, done: usize, total: usize) {
+        if self.bar.is_none() || self.label != label {
+            if let Some(b) = self.bar.take() {
+                b.finish_and_clear();
+            }
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{prefix:>26} [{bar:30}] {pos}/{len} {elapsed}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(label.to_string());
+            self.bar = Some(b);
+            self.label = label.to_string();
+        }
+        let b = self.bar.as_ref().expect("set above");
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+        if done >= total {
+            b.finish_and_clear();
+            self.bar = None;
+        }
+    }
+}
+
+/// A spinner with a message, for long steps without a count (the testbed).
+pub fn spinner(msg: String) -> ProgressBar {
+    let s = ProgressBar::new_spinner();
+    s.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+    s.set_message(msg);
+    s.enable_steady_tick(Duration::from_millis(200));
+    s
+}
+
+/// A scratch directory under `<state root>/tmp` (`duet gc` removes it if we die), removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Creates `<store>/tmp/<what>-<pid>-<ns>`.
+    pub fn new(store: &ImageStore, what: &str) -> Result<Scratch> {
+        let p = store.root().join("tmp").join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            duet_shared::clock::monotonic_ns()
+        ));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Scratch(p))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The busybox image the scenarios run, with `/bin/duet-probe` when a probe binary exists.
+pub struct BenchImage {
+    /// The store.
+    pub store: ImageStore,
+    /// The image as stored.
+    pub image: Image,
+    /// The probe binary on the host, if found.
+    pub probe: Option<PathBuf>,
+}
+
+impl BenchImage {
+    /// Opens the store and makes sure busybox carries the current probe.
+    pub fn prepare() -> Result<BenchImage> {
+        let store = ImageStore::open(&state_root())?;
+        let probe = duet_shared::image::find_probe();
+        let image = match &probe {
+            Some(p) => duet_shared::image::ensure_probe_layer(&store, p)
+                .with_context(|| format!("adding probe {} to the busybox image", p.display()))?,
+            None => store.get(duet_shared::image::BUSYBOX_IMAGE)?,
+        };
+        Ok(BenchImage {
+            store,
+            image,
+            probe,
+        })
+    }
+
+    /// The busybox layer's tree (the peers' root file system).
+    pub fn busybox_rootfs(&self) -> PathBuf {
+        self.store.layer_dir(&self.image.layers[0])
+    }
+
+    /// Whether `/bin/duet-probe` is in the image, or why not.
+    pub fn probe_missing(&self) -> Option<String> {
+        let has = self
+            .store
+            .layer_dirs(&self.image)
+            .iter()
+            .any(|d| d.join(duet_shared::image::PROBE_IN_IMAGE).is_file());
+        (!has).then(|| {
+            format!(
+                "the busybox image has no /bin/duet-probe: no duet-probe binary next to {} or at {} \
+                 (build it with `cargo build -p duet-probe`, or set {})",
+                current_exe_dir().display(),
+                duet_shared::image::SYSTEM_PROBE_PATH,
+                duet_shared::image::PROBE_ENV
+            )
+        })
+    }
+}
+
+fn current_exe_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
+/// The nested-KVM testbed script and the guest init to pack with it.
+#[derive(Debug, Clone)]
+pub struct Testbed {
+    /// `tests/testbed/run`.
+    pub run: PathBuf,
+    /// duet-init built with this duet (same profile), if found beside it.
+    pub init: Option<PathBuf>,
+}
+
+/// Where VM rows can run on this host.
+#[derive(Debug, Clone)]
+pub enum VmPlace {
+    /// On this host's /dev/kvm; the string says where that is if not plain hardware.
+    Native(Option<String>),
+    /// In the testbed; the string is the doctor's one-line reason.
+    Testbed(Testbed, String),
+    /// Nowhere; the reason and how to get VM rows.
+    Missing(String),
+}
+
+/// The doctor's verdict and the first sentence of its advice, on one line.
+pub fn doctor_line(d: &duet_vmm::doctor::DoctorReport) -> String {
+    let first = d
+        .advice
+        .split_inclusive(". ")
+        .next()
+        .unwrap_or(&d.advice)
+        .trim();
+    format!("KVM {}: {first}", d.verdict.name())
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+/// Finds tests/testbed/run: `$DUET_TESTBED_RUN`, above the running binary
+/// (target/<triple>/<profile>/duet in a checkout), then this source tree.
+fn find_testbed_script() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DUET_TESTBED_RUN").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .map(|d| d.join("tests/testbed/run"))
+        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/run")])
+        .find(|p| p.is_file())
+}
+
+/// The testbed, or why it cannot run here.
+pub fn find_testbed() -> Result<Testbed, String> {
+    let run = find_testbed_script().ok_or(
+        "tests/testbed/run not found (run duet from its source checkout, or set DUET_TESTBED_RUN)",
+    )?;
+    if !run.is_file() {
+        return Err(format!("{} does not exist", run.display()));
+    }
+    if which("qemu-system-x86_64").is_none() {
+        return Err(
+            "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".to_string(),
+        );
+    }
+    let kernel_dir = std::env::var_os("DUET_GUEST_KERNEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| duet_shared::paths::cache_dir().join("kernel/current"));
+    if !kernel_dir.join("vmlinux").is_file() {
+        return Err(format!(
+            "no guest kernel at {} (build it with images/kernel/build.sh)",
+            kernel_dir.join("vmlinux").display()
+        ));
+    }
+    let init = std::env::var_os("DUET_INIT")
+        .map(PathBuf::from)
+        .or_else(|| Some(current_exe_dir().join("duet-init")))
+        .filter(|p| p.is_file());
+    if init.is_none() {
+        return Err(format!(
+            "no duet-init beside {} (cargo build --workspace)",
+            current_exe_dir().display()
+        ));
+    }
+    Ok(Testbed { run, init })
+}
+
+/// Decides where VM rows run. Inside the testbed (`DUET_TESTBED=1`) VMs are native by definition.
+pub fn place_vm(via: VmVia) -> VmPlace {
+    let inside = std::env::var_os("DUET_TESTBED").is_some_and(|v| v == "1");
+    match via {
+        VmVia::Skip => return VmPlace::Missing("not run (--vm-via skip)".to_string()),
+        VmVia::Native => {
+            return VmPlace::Native(inside.then(|| "inside the nested-KVM testbed".to_string()))
+        }
+        VmVia::Auto if inside => {
+            return VmPlace::Native(Some("inside the nested-KVM testbed".to_string()))
+        }
+        _ => {}
+    }
+    let doctor = duet_vmm::doctor::diagnose();
+    let line = doctor_line(&doctor);
+    if via == VmVia::Auto && doctor.verdict == duet_vmm::doctor::Verdict::Accelerated {
+        return VmPlace::Native(None);
+    }
+    match find_testbed() {
+        Ok(tb) => VmPlace::Testbed(tb, line),
+        Err(why) => VmPlace::Missing(format!(
+            "{line} The nested-KVM testbed cannot run either: {why}. For VM rows use a host \
+             with hardware KVM (bare metal, or a cloud VM with nested virtualization), or \
+             install qemu-system-x86 and build the guest kernel (images/kernel/build.sh) for \
+             the testbed."
+        )),
+    }
+}
+
+/// POSIX single-quoting of one word.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// One `sec NAME CMD...` of a testbed script, output bracketed by markers.
+pub fn testbed_section(name: &str, argv: &[String]) -> String {
+    let words: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
+    format!("sec {} {}\n", sh_quote(name), words.join(" "))
+}
+
+/// Prelude of a testbed script: `sec NAME CMD...` prints `=== BEGIN NAME`,
+/// CMD's stdout, `=== END NAME rc=N`, then CMD's stderr as section `NAME.stderr`.
+pub const TESTBED_PRELUDE: &str = r#"sec() {
+    n="$1"; shift
+    echo "=== BEGIN $n"
+    "$@" 2>/tmp/duet-section.err
+    rc=$?
+    echo "=== END $n rc=$rc"
+    echo "=== BEGIN $n.stderr"
+    cat /tmp/duet-section.err
+    echo "=== END $n.stderr rc=0"
+}
+echo "=== BEGIN outer_kernel"; uname -r -v; echo "=== END outer_kernel rc=0"
+"#;
+
+/// A section's output and exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// Everything between the markers.
+    pub output: String,
+    /// The command's exit status.
+    pub rc: i32,
+}
+
+/// Splits testbed output into sections. An END marker may follow output
+/// that did not end its last line (`printf x`): that text belongs to the section.
+pub fn parse_sections(text: &str) -> BTreeMap<String, Section> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let mut line = line.trim_end_matches('\r');
+        if let (Some((_, o)), Some(i)) = (current.as_mut(), line.find("=== END ")) {
+            o.push_str(&line[..i]);
+            line = &line[i..];
+        }
+        if let Some(name) = line.strip_prefix("=== BEGIN ") {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("=== END ") {
+            if let (Some((name, output)), Some((_, rc))) = (current.take(), rest.split_once(" rc="))
+            {
+                out.insert(
+                    name,
+                    Section {
+                        output,
+                        rc: rc.trim().parse().unwrap_or(-1),
+                    },
+                );
+            }
+        } else if let Some((_, o)) = current.as_mut() {
+            o.push_str(line);
+            o.push('\n');
+        }
+    }
+    out
+}
+
+/// Runs `script` (after [`TESTBED_PRELUDE`]) in one testbed boot with this
+/// duet, its duet-init and the probe packed in; returns its sections.
+pub fn run_testbed(
+    tb: &Testbed,
+    probe: Option<&Path>,
+    script: &str,
+    timeout_s: u64,
+    what: &str,
+) -> Result<BTreeMap<String, Section>> {
+    let exe = std::env::current_exe().context("locating the duet binary")?;
+    let mut cmd = Command::new(&tb.run);
+    cmd.arg("--timeout").arg(timeout_s.to_string());
+    if let Some(p) = probe {
+        cmd.arg("--file")
+            .arg(format!("{}:/usr/local/bin/duet-probe", p.display()));
+    }
+    cmd.args(["--", "sh", "-c"])
+        .arg(format!("{TESTBED_PRELUDE}{script}"))
+        .env("DUET_BIN", &exe)
+        .stdin(std::process::Stdio::null());
+    if let Some(i) = &tb.init {
+        cmd.env("DUET_INIT", i);
+    }
+    let sp = spinner(format!("{what} (nested-KVM testbed, up to {timeout_s} s)"));
+    let out = cmd.output();
+    sp.finish_and_clear();
+    let out = out.with_context(|| format!("running {}", tb.run.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.code() == Some(125) {
+        bail!(
+            "the testbed itself failed ({}): {}",
+            tb.run.display(),
+            startup::tail(&out.stderr)
+        );
+    }
+    let sections = parse_sections(&text);
+    if sections.is_empty() {
+        bail!(
+            "{} printed no sections (exit {}): {}",
+            tb.run.display(),
+            out.status,
+            startup::tail(&out.stdout)
+        );
+    }
+    Ok(sections)
+}
+
+/// A section's output, or an error naming it with its stderr.
+pub fn section_ok<'a>(s: &'a BTreeMap<String, Section>, name: &str) -> Result<&'a str> {
+    let sec = s
+        .get(name)
+        .with_context(|| format!("testbed section `{name}` missing"))?;
+    if sec.rc != 0 {
+        let err = s
+            .get(&format!("{name}.stderr"))
+            .map(|e| startup::tail(e.output.as_bytes()))
+            .unwrap_or_default();
+        bail!("`{name}` in the testbed exited with {}: {err}", sec.rc);
+    }
+    Ok(&sec.output)
+}
+
+/// Runs `/bin/duet-probe ARGS` in a `duet run --isolation I busybox` and parses its report.
+pub fn probe_in(isolation: Isolation, args: &[String]) -> Result<ProbeReport> {
+    let exe = std::env::current_exe().context("locating the duet binary")?;
+    let label = format!("duet {isolation}");
+    let out = Command::new(&exe)
+        .args(probe_run_args(isolation, args))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{label}: duet run ... /bin/duet-probe exited with {}: {}",
+            out.status,
+            startup::tail(&out.stderr)
+        );
+    }
+    Ok(isolation::parse_probe(&out.stdout, &label)?)
+}
+
+/// `duet run` arguments that run the probe in busybox under `isolation`.
+pub fn probe_run_args(isolation: Isolation, args: &[String]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--isolation",
+        &isolation.to_string(),
+        "--name",
+        "duet-probe",
+        "busybox",
+        "--",
+        "/bin/duet-probe",
+        "--compact",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(args.iter().cloned());
+    a
+}
+
+/// The probe on the host: the duet-probe binary if found, else `duet probe` (same code).
+pub fn probe_on_host(probe: Option<&Path>, args: &[String]) -> Result<ProbeReport> {
+    let (bin, args) = match probe {
+        Some(p) => (p.to_path_buf(), args.to_vec()),
+        None => {
+            let mut a = vec!["probe".to_string()];
+            a.extend(args.iter().cloned());
+            (
+                std::env::current_exe().context("locating the duet binary")?,
+                a,
+            )
+        }
+    };
+    Ok(isolation::probe_on_host(&bin, &args)?)
+}
+
+fn memory_unavailable(label: &str, kind: Kind, why: &str) -> MemoryResult {
+    MemoryResult {
+        label: label.to_string(),
+        kind,
+        status: RowStatus::Unavailable(why.to_string()),
+        samples: 0,
+        pss_kib: None,
+        private_kib: None,
+        shared_kib: None,
+        processes: 0,
+        last_rollup: None,
+        notes: Vec::new(),
+    }
+}
+
+fn density_unavailable(label: &str, kind: Kind, why: &str) -> DensityResult {
+    DensityResult {
+        label: label.to_string(),
+        kind,
+        status: RowStatus::Unavailable(why.to_string()),
+        points: Vec::new(),
+        stopped_because: why.to_string(),
+        cleanup_errors: Vec::new(),
+    }
+}
+
+fn row_summary(status: &RowStatus, measured: impl FnOnce() -> String) -> String {
+    match status {
+        RowStatus::Measured => measured(),
+        RowStatus::Unavailable(w) => format!("not run: {w}"),
+        RowStatus::Failed(w) => format!("FAILED: {w}"),
+    }
+}
+
+/// The whole run's state.
+struct Bench {
+    exe: PathBuf,
+    host: HostFacts,
+    image: BenchImage,
+    scratch: Scratch,
+    bars: Bars,
+    report: Report,
+}
+
+impl Bench {
+    fn duet_starter(&self, iso: Isolation) -> DuetStarter {
+        DuetStarter {
+            duet: self.exe.clone(),
+            isolation: iso.to_string(),
+            image: "busybox".into(),
+            command: vec!["true".into()],
+            extra_args: vec![],
+        }
+    }
+
+    fn startup(&mut self, a: &StartupArgs, isolations: &[Isolation], peers: bool) -> Result<()> {
+        let cfg = StartupConfig {
+            runs: a.runs,
+            warmup: a.warmup,
+        };
+        for &iso in isolations {
+            let r = startup::run(&cfg, &mut self.duet_starter(iso), &mut self.bars);
+            say_startup(&r);
+            self.report.startup.push(r);
+            if interrupt::requested() {
+                return Ok(());
+            }
+        }
+        if peers {
+            let rows = oci::peer_startup(
+                &cfg,
+                self.host.cgroup_layout,
+                &self.image.busybox_rootfs(),
+                self.scratch.path(),
+                &["/bin/true"],
+                &mut self.bars,
+            )?;
+            for r in rows {
+                say_startup(&r);
+                self.report.startup.push(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn memory(&mut self, a: &MemoryArgs, isolations: &[Isolation], peers: bool) -> Result<()> {
+        for &iso in isolations {
+            let mut l = CommandIdle::duet(&self.exe, &iso.to_string(), "busybox", &[]);
+            let r = measure_memory(&mut l, a.samples, SETTLE);
+            say_memory(&r);
+            self.report.memory.push(r);
+            if interrupt::requested() {
+                return Ok(());
+            }
+        }
+        if peers {
+            let bb = self.image.busybox_rootfs().join("bin/busybox");
+            let mut base = CommandIdle {
+                label: "bare process (busybox sh, sleep)".into(),
+                kind: Kind::Process,
+                argv: vec![
+                    bb.display().to_string(),
+                    "sh".into(),
+                    "-c".into(),
+                    format!("echo duet-ready; exec {} sleep 1000000", bb.display()),
+                ],
+                ready_line: Some("duet-ready".into()),
+                ready_timeout: Duration::from_secs(10),
+            };
+            let r = measure_memory(&mut base, a.samples, SETTLE);
+            say_memory(&r);
+            self.report.memory.push(r);
+            let (ok, skipped) = oci::peer_idle(
+                self.host.cgroup_layout,
+                &self.image.busybox_rootfs(),
+                self.scratch.path(),
+            )?;
+            for mut l in ok {
+                let r = measure_memory(&mut l, a.samples, SETTLE);
+                say_memory(&r);
+                self.report.memory.push(r);
+            }
+            for (label, why) in skipped {
+                let r = memory_unavailable(&label, Kind::Container, &why);
+                say_memory(&r);
+                self.report.memory.push(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn density(&mut self, a: &DensityArgs, isolations: &[Isolation], peers: bool) -> Result<()> {
+        let cfg = DensityConfig::up_to(a.max);
+        // duet's own instances: the curve, plus their disk use at each point.
+        for &iso in isolations {
+            if interrupt::requested() {
+                return Ok(());
+            }
+            let mut l = CommandIdle::duet(&self.exe, &iso.to_string(), "busybox", &[]);
+            let label = l.label.clone();
+            let layers = self.image.store.layer_dirs(&self.image.image);
+            let root = self.image.store.root().to_path_buf();
+            let mut disk = None;
+            let r = run_density_observed(&cfg, &mut l, &mut self.bars, &mut |p, insts| {
+                let pids: Vec<u32> = insts.iter().flat_map(|i| i.root_pids()).collect();
+                disk = Some(disk_of(&label, &root, &layers, p.k, &pids));
+            });
+            say_density(&r);
+            self.report.density.push(r);
+            match disk {
+                Some(Ok(d)) => {
+                    eprintln!(
+                        "  disk    {:<28} image {:.1} MiB once, {} instances added {:.1} MiB",
+                        d.label,
+                        d.image_bytes as f64 / 1048576.0,
+                        d.instances,
+                        d.instances_bytes as f64 / 1048576.0
+                    );
+                    self.report.disk.push(d);
+                }
+                Some(Err(e)) => self.report.notes.push(format!(
+                    "disk use of {label} instances not measured: {}",
+                    crate::cmd::error_chain(&e)
+                )),
+                None => {}
+            }
+        }
+        let mut launchers: Vec<Box<dyn IdleLauncher>> = Vec::new();
+        if peers {
+            let (ok, skipped) = oci::peer_idle(
+                self.host.cgroup_layout,
+                &self.image.busybox_rootfs(),
+                self.scratch.path(),
+            )?;
+            launchers.extend(ok.into_iter().map(|l| Box::new(l) as Box<dyn IdleLauncher>));
+            for (label, why) in skipped {
+                let r = density_unavailable(&label, Kind::Container, &why);
+                say_density(&r);
+                self.report.density.push(r);
+            }
+        }
+        for mut l in launchers {
+            if interrupt::requested() {
+                break;
+            }
+            let r = run_density(&cfg, l.as_mut(), &mut self.bars);
+            say_density(&r);
+            self.report.density.push(r);
+        }
+        Ok(())
+    }
+
+    /// Host probe + native columns; `extra` columns (from the testbed) are appended.
+    fn isolation(
+        &mut self,
+        isolations: &[Isolation],
+        canary: &Canary,
+        extra: Vec<(String, Result<ProbeReport>)>,
+    ) -> Result<()> {
+        let args = isolation::probe_args(canary);
+        let host =
+            probe_on_host(self.image.probe.as_deref(), &args).context("probe on the host")?;
+        let mut cols = Vec::new();
+        let mut missing = Vec::new();
+        for &iso in isolations {
+            let label = format!("duet {iso}");
+            if let Some(why) = self.image.probe_missing() {
+                missing.push((label, why));
+                continue;
+            }
+            eprintln!("  probing inside {label}");
+            match probe_in(iso, &args) {
+                Ok(r) => cols.push((label, r)),
+                Err(e) => missing.push((label, crate::cmd::error_chain(&e))),
+            }
+        }
+        for (label, r) in extra {
+            match r {
+                Ok(r) => cols.push((label, r)),
+                Err(e) => missing.push((label, crate::cmd::error_chain(&e))),
+            }
+        }
+        let mut t = isolation::compare(&host, &cols);
+        t.missing = missing;
+        for (l, why) in &t.missing {
+            eprintln!("  {l}: not probed: {why}");
+            self.report
+                .notes
+                .push(format!("isolation column {l} missing: {why}"));
+        }
+        self.report.isolation = Some(t);
+        Ok(())
+    }
+}
+
+/// Disk of `k` running duet instances (their instance directories, found by
+/// the `duet run` PIDs that own them, without the mounted root) against the
+/// image's layers, counted once.
+fn disk_of(
+    label: &str,
+    root: &Path,
+    layers: &[PathBuf],
+    k: usize,
+    owner_pids: &[u32],
+) -> Result<DiskResult> {
+    let layer_refs: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+    let image_bytes = usage_bytes_one_fs(&layer_refs)?;
+    let mut dirs = Vec::new();
+    for id in InstanceDir::list_ids(root)? {
+        let Ok(inst) = InstanceDir::open(root, &id) else {
+            continue;
+        };
+        let owner = inst.meta().owner_pid;
+        if owner > 0 && owner_pids.contains(&(owner as u32)) {
+            dirs.push(inst.path().to_path_buf());
+        }
+    }
+    if dirs.len() != owner_pids.len() {
+        bail!(
+            "found {} instance directories under {} for {} running instances",
+            dirs.len(),
+            root.display(),
+            owner_pids.len()
+        );
+    }
+    let dir_refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    Ok(DiskResult {
+        label: label.to_string(),
+        image_bytes,
+        instances: k as u64,
+        instances_bytes: usage_bytes_one_fs(&dir_refs)?,
+    })
+}
+
+fn say_startup(r: &StartupResult) {
+    eprintln!(
+        "  startup {:<28} {}",
+        r.label,
+        row_summary(&r.status, || {
+            let w = r.wall_ms.expect("measured rows have samples");
+            format!(
+                "median {:.2} ms (min {:.2}, p90 {:.2}, {} runs)",
+                w.median, w.min, w.p90, w.n
+            )
+        })
+    );
+}
+
+fn say_memory(r: &MemoryResult) {
+    eprintln!(
+        "  memory  {:<28} {}",
+        r.label,
+        row_summary(&r.status, || {
+            let p = r.pss_kib.map(|s| s.median).unwrap_or(0.0);
+            format!(
+                "PSS {:.1} MiB, {} processes ({} samples)",
+                p / 1024.0,
+                r.processes,
+                r.samples
+            )
+        })
+    );
+}
+
+fn say_density(r: &DensityResult) {
+    let last = r.points.last();
+    eprintln!(
+        "  density {:<28} {}{}",
+        r.label,
+        match last {
+            Some(p) => format!(
+                "{} instances in {:.0} ms, {:.1} MiB PSS each; ",
+                p.k,
+                p.start_all_ms,
+                p.pss_per_instance_kib / 1024.0
+            ),
+            None => String::new(),
+        },
+        row_summary(&r.status, || format!("ended: {}", r.stopped_because))
+    );
+    for e in &r.cleanup_errors {
+        eprintln!("    cleanup error: {e}");
+    }
+}
+
+/// Entry point of `duet bench`.
+pub fn bench(c: BenchCommand) -> Result<()> {
+    let (common, plan) = match c {
+        BenchCommand::Startup { common, startup } => (
+            common,
+            Plan {
+                startup: Some(startup),
+                ..Plan::default()
+            },
+        ),
+        BenchCommand::Memory { common, memory } => (
+            common,
+            Plan {
+                memory: Some(memory),
+                ..Plan::default()
+            },
+        ),
+        BenchCommand::Density { common, density } => (
+            common,
+            Plan {
+                density: Some(density),
+                ..Plan::default()
+            },
+        ),
+        BenchCommand::Isolation { common } => (
+            common,
+            Plan {
+                isolation: true,
+                ..Plan::default()
+            },
+        ),
+        BenchCommand::All {
+            common,
+            startup,
+            memory,
+            density,
+        } => (
+            common,
+            Plan {
+                startup: Some(startup),
+                memory: Some(memory),
+                density: Some(density),
+                isolation: true,
+            },
+        ),
+    };
+    run_plan(&common, &plan)
+}
+
+fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
+    let isolations = if common.isolation.is_empty() {
+        vec![Isolation::Container, Isolation::Vm]
+    } else {
+        let mut v = common.isolation.clone();
+        v.dedup();
+        v
+    };
+    interrupt::install();
+    let host = duet_bench::host::collect();
+    let mut report = Report::new(host.clone());
+    if plan.startup.is_some() {
+        report.harness = Some(startup::measure_harness_overhead(50)?);
+    }
+    let image = BenchImage::prepare()?;
+    let scratch = Scratch::new(&image.store, "bench")?;
+    let mut b = Bench {
+        exe: std::env::current_exe().context("locating the duet binary")?,
+        host,
+        image,
+        scratch,
+        bars: Bars::new(),
+        report,
+    };
+    eprintln!("duet bench: host {}", b.host.summary());
+    if cfg!(debug_assertions) {
+        b.report.notes.push(format!(
+            "duet is a debug build ({}): its own start-up and memory are larger than a release build's",
+            b.exe.display()
+        ));
+    }
+    let peers = !common.no_peers;
+    let want_vm = isolations.contains(&Isolation::Vm);
+    let vm_place = if want_vm {
+        place_vm(common.vm_via)
+    } else {
+        VmPlace::Missing("not asked for".into())
+    };
+    let mut native: Vec<Isolation> = isolations
+        .iter()
+        .copied()
+        .filter(|i| *i == Isolation::Container)
+        .collect();
+    if want_vm {
+        match &vm_place {
+            VmPlace::Native(env) => {
+                native.push(Isolation::Vm);
+                if let Some(e) = env {
+                    b.report.vm_environment = Some(e.clone());
+                }
+            }
+            VmPlace::Testbed(_, line) => {
+                eprintln!("duet bench: VM rows run in the nested-KVM testbed ({line})")
+            }
+            VmPlace::Missing(why) => eprintln!("duet bench: no VM rows: {why}"),
+        }
+    }
+    let canary = if plan.isolation {
+        Some(Canary::create(b.scratch.path())?)
+    } else {
+        None
+    };
+    // Peers are containers (and a bare process): they come with the container rows.
+    let peer_rows = peers && isolations.contains(&Isolation::Container);
+    if let Some(a) = &plan.startup {
+        eprintln!(
+            "duet bench startup: {} runs after {} warm-up",
+            a.runs, a.warmup
+        );
+        b.startup(a, &native, peer_rows)?;
+    }
+    if let Some(a) = plan.memory.as_ref().filter(|_| !interrupt::requested()) {
+        eprintln!(
+            "duet bench memory: {} idle instance(s) per runner",
+            a.samples
+        );
+        b.memory(a, &native, peer_rows)?;
+    }
+    if let Some(a) = plan.density.as_ref().filter(|_| !interrupt::requested()) {
+        eprintln!("duet bench density: up to {} idle instances", a.max);
+        b.density(a, &native, peer_rows)?;
+    }
+    let mut extra_cols = Vec::new();
+    if want_vm && !interrupt::requested() {
+        match &vm_place {
+            VmPlace::Native(_) => {}
+            VmPlace::Testbed(tb, line) => {
+                let vm = vm_in_testbed(&mut b, tb, line, common, plan, canary.as_ref());
+                match vm {
+                    Ok(col) => extra_cols.extend(col),
+                    Err(e) => {
+                        let why =
+                            format!("the testbed run failed: {}", crate::cmd::error_chain(&e));
+                        eprintln!("duet bench: {why}");
+                        add_vm_missing(&mut b.report, plan, &why, &mut extra_cols);
+                    }
+                }
+            }
+            VmPlace::Missing(why) => add_vm_missing(&mut b.report, plan, why, &mut extra_cols),
+        }
+    }
+    if let Some(canary) = canary.as_ref().filter(|_| !interrupt::requested()) {
+        eprintln!("duet bench isolation: probe on the host and inside each isolation");
+        b.isolation(&native, canary, extra_cols)?;
+    }
+    if interrupt::requested() {
+        b.report
+            .notes
+            .push("interrupted (Ctrl-C): the report holds what was measured before".into());
+    }
+    write_outputs(&b.report, common)?;
+    if interrupt::requested() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Rows (or isolation columns) saying why VM numbers are missing.
+fn add_vm_missing(
+    r: &mut Report,
+    plan: &Plan,
+    why: &str,
+    cols: &mut Vec<(String, Result<ProbeReport>)>,
+) {
+    let label = "duet vm";
+    if plan.startup.is_some() {
+        r.startup
+            .push(StartupResult::unavailable(label, Kind::Vm, why));
+    }
+    if plan.memory.is_some() {
+        r.memory.push(memory_unavailable(label, Kind::Vm, why));
+    }
+    if plan.density.is_some() {
+        r.density.push(density_unavailable(label, Kind::Vm, why));
+    }
+    if plan.isolation {
+        cols.push((label.to_string(), Err(anyhow::anyhow!("{why}"))));
+    }
+}
+
+/// Inner `duet bench` arguments for one scenario run inside the testbed.
+fn inner_bench_args(scenario: &str, isolation: &str, extra: &[String]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "duet",
+        "bench",
+        scenario,
+        "--isolation",
+        isolation,
+        "--vm-via",
+        "native",
+        "--no-peers",
+        "--report-json",
+        "-",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().cloned());
+    a
+}
+
+/// Runs the VM part of `plan` in one testbed boot and merges its rows into
+/// `b.report`; returns the VM's probe column for the isolation table.
+fn vm_in_testbed(
+    b: &mut Bench,
+    tb: &Testbed,
+    doctor: &str,
+    common: &CommonArgs,
+    plan: &Plan,
+    canary: Option<&Canary>,
+) -> Result<Vec<(String, Result<ProbeReport>)>> {
+    let runs = common
+        .testbed_runs
+        .min(plan.startup.as_ref().map_or(usize::MAX, |a| a.runs))
+        .max(1);
+    let mut script = String::new();
+    let mut boots = 0usize;
+    // (section, scenario, isolation) of the inner `duet bench` runs.
+    let mut benches: Vec<(String, &str, &str)> = Vec::new();
+    let mut add = |scenario: &'static str, iso: &'static str, extra: Vec<String>| {
+        let name = format!("{scenario}-{iso}");
+        script += &testbed_section(&name, &inner_bench_args(scenario, iso, &extra));
+        benches.push((name, scenario, iso));
+    };
+    if plan.startup.is_some() {
+        let extra = vec![
+            "--runs".to_string(),
+            runs.to_string(),
+            "--warmup".into(),
+            "1".into(),
+        ];
+        add("startup", "vm", extra.clone());
+        // The same container start inside the same emulated machine: the only
+        // fair ratio against a VM measured there.
+        add("startup", "container", extra);
+        boots += runs + 1;
+    }
+    if let Some(m) = &plan.memory {
+        let samples = m.samples.min(2);
+        add(
+            "memory",
+            "vm",
+            vec!["--samples".into(), samples.to_string()],
+        );
+        boots += samples;
+    }
+    if let Some(d) = &plan.density {
+        let k = d.max.min(TESTBED_DENSITY_MAX);
+        add("density", "vm", vec!["--max".into(), k.to_string()]);
+        boots += k;
+    }
+    let probe_ok = plan.isolation && b.image.probe_missing().is_none();
+    if let (true, Some(c)) = (probe_ok, canary) {
+        let mut argv = vec!["duet".to_string()];
+        argv.extend(probe_run_args(Isolation::Vm, &isolation::probe_args(c)));
+        script += &testbed_section("probe-vm", &argv);
+        boots += 1;
+    }
+    let timeout = 120 + 40 * boots as u64;
+    eprintln!(
+        "duet bench: starting the nested-KVM testbed for the VM rows ({boots} VM boots, \
+         {runs} timed starts; a boot takes seconds there)"
+    );
+    let sections = run_testbed(tb, b.image.probe.as_deref(), &script, timeout, "VM rows")?;
+    let outer = sections
+        .get("outer_kernel")
+        .map(|s| s.output.trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    b.report.vm_environment = Some(format!(
+        "nested-KVM testbed (tests/testbed/run): an outer Linux {outer} under QEMU TCG with \
+         emulated AMD SVM runs kvm-amd, and duet's VMM runs there; everything is 50-100x \
+         slower than on hardware KVM, so compare VM rows with the `(testbed)` container row, \
+         not with native ones. {runs} timed VM starts instead of the usual count. This host: \
+         {doctor}"
+    ));
+    let merge = |name: &str, b: &mut Bench| -> Result<()> {
+        let text = section_ok(&sections, name)?;
+        let inner: Report = serde_json::from_str(text.trim())
+            .with_context(|| format!("testbed section `{name}`: not a bench report"))?;
+        for mut s in inner.startup {
+            if let (true, RowStatus::Failed(why)) = (name == "startup-container", &s.status) {
+                bail!("{why}");
+            }
+            s.label = format!("{} (testbed)", s.label);
+            say_startup(&s);
+            b.report.startup.push(s);
+        }
+        for mut m in inner.memory {
+            m.label = format!("{} (testbed)", m.label);
+            say_memory(&m);
+            b.report.memory.push(m);
+        }
+        for mut d in inner.density {
+            d.label = format!("{} (testbed)", d.label);
+            say_density(&d);
+            b.report.density.push(d);
+        }
+        for mut d in inner.disk {
+            d.label = format!("{} (testbed)", d.label);
+            b.report.disk.push(d);
+        }
+        for n in inner.notes {
+            let n = format!("testbed: {n}");
+            if !b.report.notes.contains(&n) {
+                b.report.notes.push(n);
+            }
+        }
+        Ok(())
+    };
+    for (name, scenario, iso) in &benches {
+        if let Err(e) = merge(name, b) {
+            let why = crate::cmd::error_chain(&e);
+            eprintln!("  {name}: {why}");
+            if *iso == "container" {
+                // Only a reference for the VM row: a note, not a failed row of its own.
+                b.report.notes.push(format!(
+                    "no container row from inside the testbed (the same-machine reference for \
+                     the VM row): {why}"
+                ));
+            } else {
+                add_failed_row(
+                    &mut b.report,
+                    scenario,
+                    &format!("duet {iso} (testbed)"),
+                    iso,
+                    why,
+                );
+            }
+        }
+    }
+    if let Some(med) = testbed_ratio(&b.report) {
+        b.report.notes.push(med);
+    }
+    let mut cols = Vec::new();
+    if plan.isolation {
+        let label = "duet vm (testbed)".to_string();
+        let r = if !probe_ok {
+            Err(anyhow::anyhow!(
+                "{}",
+                b.image.probe_missing().unwrap_or_default()
+            ))
+        } else {
+            section_ok(&sections, "probe-vm").and_then(|t| {
+                isolation::parse_probe(t.as_bytes(), &label).map_err(anyhow::Error::from)
+            })
+        };
+        cols.push((label, r));
+    }
+    Ok(cols)
+}
+
+/// A row saying a scenario failed for `label`.
+fn add_failed_row(r: &mut Report, scenario: &str, label: &str, iso: &str, why: String) {
+    let k = Kind::of_isolation(iso);
+    match scenario {
+        "startup" => r.startup.push(StartupResult {
+            status: RowStatus::Failed(why),
+            ..StartupResult::unavailable(label, k, "")
+        }),
+        "memory" => r.memory.push(MemoryResult {
+            status: RowStatus::Failed(why),
+            ..memory_unavailable(label, k, "")
+        }),
+        _ => r.density.push(DensityResult {
+            status: RowStatus::Failed(why.clone()),
+            stopped_because: why,
+            ..density_unavailable(label, k, "")
+        }),
+    }
+}
+
+/// "inside the testbed a VM start took Nx a container start", from the two testbed rows.
+fn testbed_ratio(r: &Report) -> Option<String> {
+    let med = |label: &str| {
+        r.startup
+            .iter()
+            .find(|s| s.label == label)
+            .and_then(|s| s.wall_ms)
+            .map(|w| w.median)
+    };
+    let (vm, c) = (med("duet vm (testbed)")?, med("duet container (testbed)")?);
+    Some(format!(
+        "inside the same nested testbed, a VM start (median {vm:.0} ms) took {:.0}x a container \
+         start (median {c:.1} ms)",
+        vm / c
+    ))
+}
+
+fn write_outputs(r: &Report, common: &CommonArgs) -> Result<()> {
+    let json = render_json(r);
+    let md = render_markdown(r);
+    if let Some(dir) = &common.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let html = render_html(r).context("drawing the report's charts")?;
+        for (name, text) in [
+            ("report.json", &json),
+            ("report.md", &md),
+            ("report.html", &html),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        }
+        eprintln!(
+            "duet bench: wrote {0}/report.json, {0}/report.md, {0}/report.html",
+            dir.display()
+        );
+    }
+    let json_to_stdout = common.report_json.as_deref() == Some(Path::new("-"));
+    match &common.report_json {
+        Some(_) if json_to_stdout => println!("{json}"),
+        Some(p) => std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?,
+        None => {}
+    }
+    if !json_to_stdout {
+        print!("{md}");
+    }
+    Ok(())
+}
+
+/// Memory of one idle instance, for `duet demo` (one sample, shorter settle).
+pub fn demo_memory(isolation: Isolation) -> Result<MemoryResult> {
+    let exe = std::env::current_exe().context("locating the duet binary")?;
+    let mut l = CommandIdle::duet(&exe, &isolation.to_string(), "busybox", &[]);
+    Ok(measure_memory(&mut l, 1, Duration::from_millis(300)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_parse_with_rc_and_stderr() {
+        let text = "noise\n=== BEGIN a\nline 1\r\nline 2\n=== END a rc=3\n\
+                    === BEGIN a.stderr\noops\n=== END a.stderr rc=0\n=== BEGIN cut\npartial\n";
+        let s = parse_sections(text);
+        assert_eq!(s["a"].output, "line 1\nline 2\n");
+        assert_eq!(s["a"].rc, 3);
+        assert_eq!(s["a.stderr"].output, "oops\n");
+        assert!(
+            !s.contains_key("cut"),
+            "an unterminated section is not a result"
+        );
+        let e = section_ok(&s, "a").unwrap_err().to_string();
+        assert!(e.contains("exited with 3") && e.contains("oops"), "{e}");
+        assert!(section_ok(&s, "nope").is_err());
+    }
+
+    #[test]
+    fn quoting_survives_sh() {
+        let words = vec![
+            "printf".to_string(),
+            "%s|".into(),
+            "it's a \"test\" $HOME".into(),
+        ];
+        let line = testbed_section("q", &words);
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{TESTBED_PRELUDE}{line}"))
+            .output()
+            .unwrap();
+        let s = parse_sections(&String::from_utf8_lossy(&out.stdout));
+        // printf printed no newline: the END marker shares its line.
+        assert_eq!(s["q"].output, "it's a \"test\" $HOME|");
+        assert_eq!(s["q"].rc, 0);
+        assert!(s.contains_key("outer_kernel"));
+    }
+
+    #[test]
+    fn inner_bench_args_parse_as_a_bench_command() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: BenchCommand,
+        }
+        let a = inner_bench_args("startup", "vm", &["--runs".into(), "3".into()]);
+        // Drop "duet bench": clap sees the program name then the subcommand.
+        let t =
+            T::try_parse_from(std::iter::once("bench".to_string()).chain(a[2..].iter().cloned()))
+                .unwrap();
+        match t.c {
+            BenchCommand::Startup { common, startup } => {
+                assert_eq!(common.isolation, vec![Isolation::Vm]);
+                assert_eq!(common.vm_via, VmVia::Native);
+                assert!(common.no_peers);
+                assert_eq!(common.report_json.as_deref(), Some(Path::new("-")));
+                assert_eq!(startup.runs, 3);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn testbed_ratio_needs_both_rows() {
+        let mut r = Report::new(duet_bench::host::collect());
+        assert!(testbed_ratio(&r).is_none());
+        let row = |label: &str, kind, v: f64| StartupResult {
+            wall_ms: duet_bench::stats::summarize(&[v]),
+            status: RowStatus::Measured,
+            ..StartupResult::unavailable(label, kind, "")
+        };
+        r.startup.push(row("duet vm (testbed)", Kind::Vm, 5000.0));
+        assert!(testbed_ratio(&r).is_none());
+        r.startup
+            .push(row("duet container (testbed)", Kind::Container, 50.0));
+        assert!(testbed_ratio(&r).unwrap().contains("100x"));
+    }
+
+    #[test]
+    fn doctor_line_is_one_sentence() {
+        let d = duet_vmm::doctor::DoctorReport {
+            verdict: duet_vmm::doctor::Verdict::Emulated,
+            instructions_per_sec: Some(1.5e6),
+            iterations: 1,
+            loop_time: None,
+            cpu_virt_flag: None,
+            kvm_modules: vec![],
+            error: None,
+            advice: "First sentence here. Second one.".into(),
+        };
+        assert_eq!(doctor_line(&d), "KVM emulated: First sentence here.");
+    }
+}

@@ -1,0 +1,271 @@
+//! `duet probe`, `duet bench` and `duet demo` through the real binary:
+//! the probe's JSON, a short real startup bench with its report files, the
+//! isolation probe inside a container, Ctrl-C during a density run, and the
+//! demo's container half. Containers need root; each test says why it skips.
+
+mod common;
+use common::*;
+use duet_bench::report::Report;
+use duet_bench::startup::RowStatus;
+use duet_probe::ProbeReport;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The probe binary cargo builds beside duet (the busybox image takes it from there).
+fn probe_bin() -> PathBuf {
+    duet_bin().with_file_name("duet-probe")
+}
+
+/// Skips unless root, busybox and the duet-probe binary are there.
+fn skip_unless_root_and_probe(test: &str) -> bool {
+    if skip_unless_root(test) {
+        return true;
+    }
+    if !probe_bin().is_file() {
+        return skip(
+            test,
+            &format!(
+                "needs {} (cargo build -p duet-probe)",
+                probe_bin().display()
+            ),
+        );
+    }
+    false
+}
+
+#[test]
+fn probe_prints_json_with_schema() {
+    let env = Env::new();
+    let out = env.run(&["probe"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: ProbeReport = serde_json::from_str(&stdout(&out)).expect("probe JSON");
+    assert_eq!(r.schema, duet_probe::PROBE_SCHEMA);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(r.kernel.release, release.trim());
+    assert!(r.namespaces.contains_key("pid"), "{:?}", r.namespaces);
+    // --compact is one line; a bad argument is an error naming it.
+    let out = env.run(&["probe", "--compact"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim_end().lines().count(), 1);
+    let out = env.run(&["probe", "--bogus"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--bogus"), "{}", stderr(&out));
+}
+
+#[test]
+fn bench_startup_writes_json_markdown_and_html() {
+    if skip_unless_root("bench_startup_writes_json_markdown_and_html") {
+        return;
+    }
+    let env = Env::new();
+    let out_dir = env.root().join("report");
+    let out = env.run(&[
+        "bench",
+        "startup",
+        "--runs",
+        "3",
+        "--isolation",
+        "container",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = std::fs::read_to_string(out_dir.join("report.json")).unwrap();
+    let r: Report = serde_json::from_str(&json).expect("report.json parses as a Report");
+    assert_eq!(r.schema, duet_bench::report::BENCH_SCHEMA);
+    let c = r
+        .startup
+        .iter()
+        .find(|s| s.label == "duet container")
+        .unwrap_or_else(|| panic!("no duet container row: {json}"));
+    assert_eq!(c.status, RowStatus::Measured, "{c:?}");
+    assert_eq!(c.samples_ms.len(), 3);
+    assert!(c.samples_ms.iter().all(|&ms| ms > 0.0 && ms < 10_000.0));
+    for phase in ["exec", "namespaces_created", "pivot_done", "ready", "exit"] {
+        assert!(
+            c.segments.iter().any(|s| s.name == phase),
+            "no {phase} segment: {:?}",
+            c.segments
+        );
+    }
+    // runc: measured where installed and allowed, otherwise a row that says why.
+    let runc = r
+        .startup
+        .iter()
+        .find(|s| s.label.starts_with("runc"))
+        .unwrap_or_else(|| panic!("no runc row: {json}"));
+    match &runc.status {
+        RowStatus::Measured => assert_eq!(runc.samples_ms.len(), 3),
+        RowStatus::Unavailable(why) | RowStatus::Failed(why) => {
+            assert!(!why.is_empty(), "{runc:?}")
+        }
+    }
+    // Only containers were asked for: no VM row, no testbed.
+    assert!(r.startup.iter().all(|s| s.kind != duet_bench::Kind::Vm));
+    let h = r.harness.expect("harness overhead measured");
+    assert!(h.overhead_ms >= 0.0 && h.samples >= 3, "{h:?}");
+    let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg"), "no chart in report.html");
+    assert!(html.contains("duet container"));
+    let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(md.contains("## Startup"), "{md}");
+    assert_eq!(stdout(&out), md, "the Markdown is also printed");
+    assert_eq!(env.instances(), Vec::<String>::new(), "instances left");
+    let scratch: Vec<_> = std::fs::read_dir(env.root().join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(scratch.is_empty(), "scratch left in tmp/: {scratch:?}");
+}
+
+/// Facts from `duet probe` on the host and `/bin/duet-probe` in a container.
+#[test]
+fn probe_inside_container_has_own_hostname_and_pid_namespace() {
+    let test = "probe_inside_container_has_own_hostname_and_pid_namespace";
+    if skip_unless_root_and_probe(test) {
+        return;
+    }
+    let env = Env::new();
+    let host = env.run(&["probe", "--compact"]);
+    assert!(host.status.success(), "{}", stderr(&host));
+    let host: ProbeReport = serde_json::from_str(&stdout(&host)).unwrap();
+    let name = unique("probe");
+    let out = env.run(&[
+        "run",
+        "--name",
+        &name,
+        "busybox",
+        "--",
+        "/bin/duet-probe",
+        "--compact",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inside: ProbeReport = serde_json::from_str(&stdout(&out)).expect("probe JSON");
+    assert_eq!(inside.hostname, name);
+    assert_ne!(inside.hostname, host.hostname);
+    assert_ne!(inside.namespaces["pid"], host.namespaces["pid"]);
+    assert_ne!(inside.namespaces["uts"], host.namespaces["uts"]);
+    assert_eq!(inside.kernel.boot_id, host.kernel.boot_id, "same kernel");
+    assert!(inside.visible_processes < host.visible_processes);
+    env.assert_clean(&name);
+}
+
+#[test]
+fn bench_isolation_table_for_a_container() {
+    let test = "bench_isolation_table_for_a_container";
+    if skip_unless_root_and_probe(test) {
+        return;
+    }
+    let env = Env::new();
+    let out = env.run(&[
+        "bench",
+        "isolation",
+        "--isolation",
+        "container",
+        "--report-json",
+        "-",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: Report = serde_json::from_str(&stdout(&out)).expect("only JSON on stdout");
+    let t = r.isolation.expect("isolation table");
+    assert_eq!(t.columns, ["host", "duet container"]);
+    assert!(t.missing.is_empty(), "{:?}", t.missing);
+    let verdict = |fact: &str| {
+        t.rows
+            .iter()
+            .find(|row| row.fact == fact)
+            .and_then(|row| row.cells[1].verdict)
+            .unwrap_or_else(|| panic!("no {fact} row"))
+    };
+    use duet_bench::isolation::Verdict;
+    assert_eq!(verdict("kernel"), Verdict::Shared);
+    assert_eq!(verdict("hostname (UTS)"), Verdict::Isolated);
+    assert_eq!(verdict("processes"), Verdict::Isolated);
+    assert_eq!(verdict("host canary file"), Verdict::Isolated);
+    assert_eq!(env.instances(), Vec::<String>::new());
+}
+
+/// SIGINT to `duet bench density` mid-run: it stops every instance it started.
+#[test]
+fn ctrl_c_during_density_leaves_no_instances() {
+    if skip_unless_root("ctrl_c_during_density_leaves_no_instances") {
+        return;
+    }
+    let env = Env::new();
+    let mut child = env
+        .cmd(&[
+            "bench",
+            "density",
+            "--isolation",
+            "container",
+            "--no-peers",
+            "--max",
+            "200",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a few instances run, then interrupt the harness only.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.instances().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "no instances appeared within 60 s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "bench ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an interrupted bench fails: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    // The instances' duet processes are gone, and so are their directories.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.instances().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(env.instances(), Vec::<String>::new(), "{err}");
+    let root = env.root().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root), "mounts left under {root}");
+}
+
+#[test]
+fn demo_shows_the_container_half_and_why_the_vm_half_is_missing() {
+    let test = "demo_shows_the_container_half_and_why_the_vm_half_is_missing";
+    if skip_unless_root_and_probe(test) {
+        return;
+    }
+    let env = Env::new();
+    // A testbed that does not exist: the VM half must say why it is missing.
+    let out = env
+        .cmd(&["demo", "--vm-via", "testbed"])
+        .env("DUET_TESTBED_RUN", "/nonexistent/tests/testbed/run")
+        .env("COLUMNS", "120")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{}", text, stderr(&out));
+    // Long lines are wrapped to the terminal: compare with single spaces.
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    for want in [
+        "hello from duet-demo",
+        &format!("kernel {}", release.trim()),
+        "PID 1 is sh",
+        "Startup timeline",
+        "namespaces_created",
+        "PSS",
+        "testbed cannot run either",
+        "/nonexistent/tests/testbed/run does not exist",
+    ] {
+        assert!(flat.contains(want), "no `{want}` in:\n{text}");
+    }
+    // Only the container was probed: the rows it shares with the host are listed.
+    assert!(text.contains("SHARED with the host"), "{text}");
+    assert_eq!(env.instances(), Vec::<String>::new());
+}
