@@ -18,6 +18,7 @@ pub mod gdt;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod memory_usage;
 pub mod mptable;
 pub mod paging;
 pub mod regs;
@@ -267,7 +268,12 @@ pub fn run_vm_with_sink(
     let cr3 = vm.setup_long_mode()?;
     vm.write_mptable()?;
     vm.create_vcpus(vm::linux_entry(&kernel, cr3))?;
-    vm.run(cfg.timeout, report)
+    // `run` consumes the VM; this handle keeps the guest memory mapped
+    // past it so its resident size can be measured (memory_usage).
+    let memory = vm.memory().clone();
+    let outcome = vm.run(cfg.timeout, report)?;
+    memory_usage::record(&memory, report);
+    Ok(outcome)
 }
 
 /// Checks what can be checked before touching KVM: the kernel file (its
