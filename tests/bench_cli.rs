@@ -269,3 +269,76 @@ fn demo_shows_the_container_half_and_why_the_vm_half_is_missing() {
     assert!(text.contains("SHARED with the host"), "{text}");
     assert_eq!(env.instances(), Vec::<String>::new());
 }
+
+/// Why the nested-KVM testbed cannot run here, if it cannot (as tests/vm_testbed.rs checks).
+fn testbed_missing() -> Option<String> {
+    if !is_root() {
+        return Some("needs root".into());
+    }
+    let on_path = |p: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+    };
+    if !on_path("qemu-system-x86_64") {
+        return Some("needs qemu-system-x86_64 (apt-get install qemu-system-x86)".into());
+    }
+    let kernel = duet_shared::paths::cache_dir().join("kernel/current/vmlinux");
+    if !kernel.is_file() {
+        return Some(format!(
+            "needs the guest kernel {} (images/kernel/build.sh)",
+            kernel.display()
+        ));
+    }
+    let init = duet_bin().with_file_name("duet-init");
+    if !init.is_file() {
+        return Some(format!(
+            "needs {} (cargo build --workspace)",
+            init.display()
+        ));
+    }
+    None
+}
+
+/// VM rows measured in the testbed and merged, labelled, with the header saying where.
+#[test]
+fn bench_vm_rows_come_from_the_testbed() {
+    let test = "bench_vm_rows_come_from_the_testbed";
+    if let Some(why) = testbed_missing() {
+        skip(test, &format!("the nested-KVM testbed {why}"));
+        return;
+    }
+    let env = Env::new();
+    let out = env.run(&[
+        "bench",
+        "startup",
+        "--isolation",
+        "vm",
+        "--vm-via",
+        "testbed",
+        "--runs",
+        "1",
+        "--report-json",
+        "-",
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let r: Report = serde_json::from_str(&stdout(&out)).expect("only JSON on stdout");
+    let env_line = r.vm_environment.as_deref().unwrap_or_default();
+    assert!(env_line.contains("nested-KVM testbed"), "{env_line}");
+    let vm = r
+        .startup
+        .iter()
+        .find(|s| s.label == "duet vm (testbed)")
+        .unwrap_or_else(|| panic!("no VM row: {:?}\n{err}", r.startup));
+    assert_eq!(vm.status, RowStatus::Measured, "{vm:?}\n{err}");
+    assert_eq!(vm.samples_ms.len(), 1);
+    for phase in ["vm_created", "kernel_loaded", "vcpus_started", "ready"] {
+        assert!(
+            vm.segments.iter().any(|s| s.name == phase),
+            "no {phase}: {:?}",
+            vm.segments
+        );
+    }
+    // No container was asked for: no native container row.
+    assert!(!r.startup.iter().any(|s| s.label == "duet container"));
+}

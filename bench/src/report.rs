@@ -95,6 +95,15 @@ fn mib(kib: f64) -> String {
     format!("{:.1} MiB", kib / 1024.0)
 }
 
+/// Like [`mib`], but small amounts in KiB (a container's writable layer is a few KiB).
+fn size(kib: f64) -> String {
+    if kib < 1024.0 {
+        format!("{kib:.0} KiB")
+    } else {
+        mib(kib)
+    }
+}
+
 fn medians(rows: &[StartupResult], kind: Kind) -> Vec<(String, f64)> {
     rows.iter()
         .filter(|r| r.kind == kind)
@@ -180,7 +189,7 @@ fn layers_claim(r: &Report) -> ClaimRow {
                 mib(d.image_bytes as f64 / 1024.0),
                 mib(d.instances_bytes as f64 / 1024.0),
                 d.instances,
-                mib(d.instances_bytes as f64 / 1024.0 / d.instances.max(1) as f64)
+                size(d.instances_bytes as f64 / 1024.0 / d.instances.max(1) as f64)
             ),
         ));
     }
@@ -840,6 +849,11 @@ mod tests {
         assert!(c[0].reading.contains("not minutes"), "{:?}", c[0]);
         assert!(c[0].reading.contains("91x"), "{:?}", c[0]);
         assert!(c[1].reading.contains("40.0 MiB"), "{:?}", c[1]);
+        assert!(
+            c[1].measured.contains("10 instances (4 KiB each)"),
+            "{:?}",
+            c[1]
+        );
         assert!(
             c[2].reading.contains("duet container") && c[2].reading.contains("own kernel: duet vm"),
             "{:?}",
