@@ -6,8 +6,14 @@
 //! into a [`report::Report`], rendered as JSON, Markdown or HTML with SVG
 //! charts. The isolation scenario compares [`duet_probe`] reports.
 //!
+//! The `duet bench` and `duet demo` commands (src/cmd/bench.rs, demo.rs in
+//! the duet binary) wire these to `duet run` subprocesses and, where this
+//! host's KVM does not accelerate, to the nested-KVM testbed for VM rows.
+//!
 //! Entry points: [`startup::run`], [`instances::measure_memory`],
-//! [`instances::run_density`], [`isolation::compare`], [`host::collect`],
+//! [`instances::run_density`] (or [`instances::run_density_observed`] to
+//! look at the instances at each point, e.g. their disk use with
+//! [`disk::usage_bytes_one_fs`]), [`isolation::compare`], [`host::collect`],
 //! [`startup::measure_harness_overhead`], [`report::render_markdown`],
 //! [`report::render_html`], [`report::render_json`].
 

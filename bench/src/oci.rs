@@ -434,7 +434,7 @@ impl Drop for OciInstance {
 }
 
 /// Startup rows for every OCI peer: runs the available ones on `rootfs`
-/// (bundle written under `workdir`) and returns an [`StartupResult::unavailable`]
+/// (bundle written under `workdir`) and returns a [`crate::startup::StartupResult::unavailable`]
 /// row with the reason for the others.
 pub fn peer_startup(
     cfg: &crate::startup::StartupConfig,
