@@ -167,6 +167,15 @@ impl Bars {
     }
 }
 
+impl Bars {
+    /// Removes a bar left unfinished (a row that failed or was interrupted).
+    pub fn clear(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
 impl startup::Progress for Bars {
     fn tick(&mut self, label: &str, done: usize, total: usize) {
         if self.bar.is_none() || self.label != label {
@@ -650,6 +659,7 @@ impl Bench {
         };
         for &iso in isolations {
             let r = startup::run(&cfg, &mut self.duet_starter(iso), &mut self.bars);
+            self.bars.clear();
             say_startup(&r);
             self.report.startup.push(r);
             if interrupt::requested() {
@@ -665,6 +675,7 @@ impl Bench {
                 &["/bin/true"],
                 &mut self.bars,
             )?;
+            self.bars.clear();
             for r in rows {
                 say_startup(&r);
                 self.report.startup.push(r);
@@ -735,6 +746,7 @@ impl Bench {
                 let pids: Vec<u32> = insts.iter().flat_map(|i| i.root_pids()).collect();
                 disk = Some(disk_of(&label, &root, &layers, p.k, &pids));
             });
+            self.bars.clear();
             say_density(&r);
             self.report.density.push(r);
             match disk {
@@ -774,6 +786,7 @@ impl Bench {
                 break;
             }
             let r = run_density(&cfg, l.as_mut(), &mut self.bars);
+            self.bars.clear();
             say_density(&r);
             self.report.density.push(r);
         }
