@@ -6,7 +6,11 @@
 use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+    MmapRegion,
+};
 
 /// Guest physical memory as duet maps it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
@@ -33,6 +37,15 @@ pub enum MemoryError {
         /// Cause.
         #[source]
         source: vm_memory::mmap::FromRangesError,
+    },
+    /// Building the guest RAM mapping failed.
+    #[error("cannot map {memory_mib} MiB of guest memory")]
+    Mmap {
+        /// Requested size.
+        memory_mib: u64,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
     },
     /// KVM_SET_USER_MEMORY_REGION failed.
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} at {guest_addr:#x} ({size:#x} bytes)")]
@@ -75,8 +88,103 @@ pub fn create_guest_memory(memory_mib: u64) -> Result<GuestMemory, MemoryError> 
     if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
         return Err(MemoryError::Size { memory_mib });
     }
-    GuestMemory::from_ranges(&ram_ranges(memory_mib))
-        .map_err(|source| MemoryError::Map { memory_mib, source })
+    let mut regions = Vec::new();
+    for (guest_addr, size) in ram_ranges(memory_mib) {
+        let mapping = map_huge_aligned(size).map_err(|e| MemoryError::Mmap {
+            memory_mib,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        regions.push(GuestRegionMmap::new(mapping, guest_addr).ok_or_else(|| {
+            MemoryError::Mmap {
+                memory_mib,
+                source: std::io::Error::other("guest region wraps the address space"),
+            }
+        })?);
+    }
+    let memory = GuestMemory::from_regions(regions).map_err(|e| MemoryError::Mmap {
+        memory_mib,
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    advise_huge_pages(&memory);
+    Ok(memory)
+}
+
+/// Huge page size the guest RAM mapping is aligned to.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Maps `size` bytes of anonymous RAM, owned (and unmapped) by vm-memory,
+/// 2 MiB-aligned whenever the kernel allows it.
+///
+/// Guest-physical 2 MiB pages can only be backed by host huge pages when
+/// the host address is 2 MiB-aligned too. Kernels from 6.7 align large
+/// anonymous mappings by themselves; for older ones (and the testbed's 6.1)
+/// we do what QEMU's `qemu_ram_mmap` achieves with an over-sized reservation:
+/// reserve `size + 2 MiB` without access, leave an exactly `size`-byte hole at
+/// a 2 MiB boundary inside it, let vm-memory map into that hole (the kernel's
+/// top-down search takes the highest gap that fits, which this hole is made
+/// to be), then drop the guards. vm-memory refuses MAP_FIXED and does not
+/// unmap raw pointers, so this keeps the mapping its own. If the hole is not
+/// taken (another gap fit first, or a thread mapped into it) the region is
+/// still correct, only not aligned. Measured effect in the testbed: see
+/// bench/vmm/RESULTS.md.
+fn map_huge_aligned(size: usize) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let build = || {
+        MmapRegionBuilder::new(size)
+            .with_mmap_prot(prot)
+            .with_mmap_flags(flags)
+            .build()
+    };
+    // SAFETY: a fresh PROT_NONE reservation nobody else references.
+    let reserve = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size + HUGE_PAGE,
+            libc::PROT_NONE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if reserve == libc::MAP_FAILED {
+        return build();
+    }
+    let start = reserve as usize;
+    let hole = (start + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+    // SAFETY: [hole, hole + size) lies inside our own reservation.
+    unsafe { libc::munmap(hole as *mut libc::c_void, size) };
+    let region = build();
+    // SAFETY: the guards are the parts of our reservation around the hole; the
+    // region vm-memory mapped never overlaps them (it was not MAP_FIXED).
+    unsafe {
+        if hole > start {
+            libc::munmap(reserve, hole - start);
+        }
+        let tail = start + size + HUGE_PAGE - (hole + size);
+        if tail > 0 {
+            libc::munmap((hole + size) as *mut libc::c_void, tail);
+        }
+    }
+    region
+}
+
+/// Asks for transparent huge pages on guest RAM, as QEMU does: the guest
+/// then faults its memory in 2 MiB at a time instead of 4 KiB, and KVM can
+/// map it with large pages where host and guest alignment agree (kernels
+/// from 6.7 align large anonymous mappings to 2 MiB by themselves).
+/// Measured in the nested testbed (bench/vmm/RESULTS.md): without it the
+/// memory-heavy boot steps (per-CPU setup, unpacking the initramfs) ran
+/// several times slower than under QEMU. Advice only: failure is ignored.
+fn advise_huge_pages(memory: &GuestMemory) {
+    for region in memory.iter() {
+        let len = region.len() as usize;
+        if let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) {
+            // SAFETY: the range is exactly this region's live mapping; MADV_HUGEPAGE
+            // changes only how the kernel backs it, never its contents.
+            unsafe { libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE) };
+        }
+    }
 }
 
 /// Registers every region of `memory` with the VM as a KVM memory slot.
@@ -136,5 +244,37 @@ mod tests {
         ));
         let m = create_guest_memory(2).unwrap();
         assert_eq!(m.num_regions(), 1);
+    }
+}
+
+#[cfg(test)]
+mod alignment_tests {
+    use super::*;
+
+    #[test]
+    fn guest_ram_is_huge_page_aligned_and_usable() {
+        let mem = create_guest_memory(64).unwrap();
+        let region = mem.iter().next().unwrap();
+        // The hole placement can lose a race with another mapping in a threaded
+        // test process; it must succeed in most attempts.
+        let aligned = (0..8)
+            .map(|_| create_guest_memory(64).unwrap())
+            .filter(|m| {
+                let r = m.iter().next().unwrap();
+                (r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize).is_multiple_of(HUGE_PAGE)
+            })
+            .count();
+        assert!(
+            aligned >= 6,
+            "only {aligned}/8 guest RAM mappings were 2 MiB-aligned"
+        );
+        assert_eq!(region.len(), 64 << 20);
+        use vm_memory::Bytes;
+        mem.write_obj(0xdead_beefu32, GuestAddress((64 << 20) - 4))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress((64 << 20) - 4)).unwrap(),
+            0xdead_beef
+        );
     }
 }

@@ -167,11 +167,18 @@ pub fn register_kick_handler() -> Result<(), VcpuError> {
         .map_err(VcpuError::SignalHandler)
 }
 
+/// Stack size of the VMM's own threads (vCPUs, console input). Rust's
+/// default is 2 MiB, which on hosts with transparent huge pages set to
+/// `always` can be backed by one huge page: 2 MiB of RSS per thread for a
+/// loop that needs a few KiB. Below 2 MiB a stack can never get a huge page.
+pub const VMM_THREAD_STACK: usize = 512 << 10;
+
 /// Starts the thread running `vcpu`.
 pub fn spawn(vcpu: Vcpu, ctx: Arc<VcpuContext>) -> Result<JoinHandle<()>, VcpuError> {
     let id = vcpu.id;
     std::thread::Builder::new()
         .name(format!("duet-vcpu{id}"))
+        .stack_size(VMM_THREAD_STACK)
         .spawn(move || run_vcpu(vcpu, &ctx))
         .map_err(|source| VcpuError::Spawn { vcpu: id, source })
 }
