@@ -706,6 +706,7 @@ impl InputThread {
         let stop_rx = stop.try_clone().map_err(VmmError::InputThread)?;
         let handle = std::thread::Builder::new()
             .name("duet-console-in".into())
+            .stack_size(vcpu::VMM_THREAD_STACK)
             .spawn(move || {
                 if let Some(f) = filter {
                     if seccomp::install(&f, "console input").is_err() {
