@@ -50,9 +50,10 @@ images/kernel/build.sh >&2
 
 install -D -m 0755 "$bin/duet" /usr/local/bin/duet
 install -D -m 0755 "$bin/duet-init" /usr/local/lib/duet/duet-init
+install -D -m 0755 "$bin/duet-probe" /usr/local/lib/duet/duet-probe
 kernel="${XDG_CACHE_HOME:-$HOME/.cache}/duet/kernel/current/vmlinux"
 install -D -m 0644 "$kernel" /usr/local/lib/duet/vmlinux
-echo "== installed /usr/local/bin/duet and /usr/local/lib/duet/{duet-init,vmlinux}" >&2
+echo "== installed /usr/local/bin/duet and /usr/local/lib/duet/{duet-init,duet-probe,vmlinux}" >&2
 
 if [ "$demo" = 1 ]; then
     exec /usr/local/bin/duet demo
