@@ -2,7 +2,8 @@
 //!
 //! Scenarios take a runner (a [`startup::Starter`] or an
 //! [`instances::IdleLauncher`]) so the CLI can plug in duet's own backends
-//! (as a `duet run` subprocess) and peers ([`oci`]: runc, crun). Results go
+//! (as a `duet run` subprocess) and peers ([`oci`]: runc, crun; [`qemu`]:
+//! QEMU microvm on duet's guest kernel and initramfs). Results go
 //! into a [`report::Report`], rendered as JSON, Markdown or HTML with SVG
 //! charts. The isolation scenario compares [`duet_probe`] reports.
 //!
@@ -24,6 +25,7 @@ pub mod instances;
 pub mod isolation;
 pub mod memory;
 pub mod oci;
+pub mod qemu;
 pub mod report;
 pub mod startup;
 pub mod stats;
