@@ -2,6 +2,9 @@
 //! scenarios wired to duet's own backends (as `duet run` subprocesses, the
 //! cost a user pays) and to the peers found on this host (runc, crun).
 //!
+//! The VM peer (QEMU microvm on duet's kernel, initramfs and command line,
+//! duet-bench's `qemu` module) comes with the VM rows, measured where they are.
+//!
 //! VM rows run natively only where KVM accelerates (`duet doctor`). Elsewhere
 //! they run inside the nested-KVM testbed (`tests/testbed/run`) when it is
 //! available: one testbed boot runs `duet bench <scenario> --isolation vm
@@ -21,7 +24,7 @@ use duet_bench::instances::{
 use duet_bench::isolation::{self, Canary};
 use duet_bench::report::{render_html, render_json, render_markdown, Report};
 use duet_bench::startup::{self, DuetStarter, RowStatus, StartupConfig, StartupResult};
-use duet_bench::{oci, Kind};
+use duet_bench::{oci, qemu, Kind};
 use duet_probe::ProbeReport;
 use duet_shared::image::{Image, ImageStore};
 use duet_shared::paths::state_root;
@@ -303,6 +306,8 @@ pub struct Testbed {
     pub run: PathBuf,
     /// duet-init built with this duet (same profile), if found beside it.
     pub init: Option<PathBuf>,
+    /// Pack QEMU inside too (`--qemu`), for the QEMU microvm peer row.
+    pub qemu: bool,
 }
 
 /// Where VM rows can run on this host.
@@ -381,7 +386,11 @@ pub fn find_testbed() -> Result<Testbed, String> {
             current_exe_dir().display()
         ));
     }
-    Ok(Testbed { run, init })
+    Ok(Testbed {
+        run,
+        init,
+        qemu: false,
+    })
 }
 
 /// Decides where VM rows run. Inside the testbed (`DUET_TESTBED=1`) VMs are native by definition.
@@ -492,6 +501,9 @@ pub fn run_testbed(
     let exe = std::env::current_exe().context("locating the duet binary")?;
     let mut cmd = Command::new(&tb.run);
     cmd.arg("--timeout").arg(timeout_s.to_string());
+    if tb.qemu {
+        cmd.arg("--qemu");
+    }
     if let Some(p) = probe {
         cmd.arg("--file")
             .arg(format!("{}:/usr/local/bin/duet-probe", p.display()));
@@ -652,7 +664,15 @@ impl Bench {
         }
     }
 
-    fn startup(&mut self, a: &StartupArgs, isolations: &[Isolation], peers: bool) -> Result<()> {
+    /// duet's rows, then the container peers (`peers`) and, with a VM row
+    /// here, the QEMU microvm peer (`vm_peers`).
+    fn startup(
+        &mut self,
+        a: &StartupArgs,
+        isolations: &[Isolation],
+        peers: bool,
+        vm_peers: bool,
+    ) -> Result<()> {
         let cfg = StartupConfig {
             runs: a.runs,
             warmup: a.warmup,
@@ -681,7 +701,40 @@ impl Bench {
                 self.report.startup.push(r);
             }
         }
+        if vm_peers && isolations.contains(&Isolation::Vm) && !interrupt::requested() {
+            let (r, note) = qemu::peer_startup(
+                &cfg,
+                &self.guest_source(),
+                self.scratch.path(),
+                &mut self.bars,
+            );
+            self.bars.clear();
+            say_startup(&r);
+            self.report.startup.push(r);
+            self.report.notes.extend(note);
+        }
         Ok(())
+    }
+
+    /// The guest `duet run --isolation vm busybox -- true` boots, for QEMU.
+    fn guest_source(&self) -> qemu::GuestSource {
+        let mut cmdline = duet_vmm::rootfs::kernel_cmdline(false);
+        if let Ok(extra) = std::env::var(duet_vmm::runtime::KERNEL_APPEND_ENV) {
+            if !extra.trim().is_empty() {
+                cmdline = format!("{cmdline} {}", extra.trim());
+            }
+        }
+        let resources = duet_shared::Resources::default();
+        qemu::GuestSource {
+            duet: self.exe.clone(),
+            state_root: state_root(),
+            kernel: duet_vmm::runtime::find_kernel().map_err(|e| duet_bench::error_chain(&e)),
+            cmdline,
+            memory_mib: resources.memory_mib,
+            vcpus: resources.vcpus,
+            image: "busybox".into(),
+            command: vec!["true".into()],
+        }
     }
 
     fn memory(&mut self, a: &MemoryArgs, isolations: &[Isolation], peers: bool) -> Result<()> {
@@ -1044,7 +1097,7 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
             "duet bench startup: {} runs after {} warm-up",
             a.runs, a.warmup
         );
-        b.startup(a, &native, peer_rows)?;
+        b.startup(a, &native, peer_rows, peers)?;
     }
     if let Some(a) = plan.memory.as_ref().filter(|_| !interrupt::requested()) {
         eprintln!(
@@ -1069,11 +1122,13 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
                         let why =
                             format!("the testbed run failed: {}", crate::cmd::error_chain(&e));
                         eprintln!("duet bench: {why}");
-                        add_vm_missing(&mut b.report, plan, &why, &mut extra_cols);
+                        add_vm_missing(&mut b.report, plan, &why, peers, &mut extra_cols);
                     }
                 }
             }
-            VmPlace::Missing(why) => add_vm_missing(&mut b.report, plan, why, &mut extra_cols),
+            VmPlace::Missing(why) => {
+                add_vm_missing(&mut b.report, plan, why, peers, &mut extra_cols)
+            }
         }
     }
     if let Some(canary) = canary.as_ref().filter(|_| !interrupt::requested()) {
@@ -1085,6 +1140,10 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
             .notes
             .push("interrupted (Ctrl-C): the report holds what was measured before".into());
     }
+    if let Some(q) = qemu_ratio(&b.report) {
+        eprintln!("duet bench: {q}");
+        b.report.notes.push(q);
+    }
     write_outputs(&b.report, common)?;
     if interrupt::requested() {
         bail!("interrupted");
@@ -1092,17 +1151,24 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Rows (or isolation columns) saying why VM numbers are missing.
+/// Rows (or isolation columns) saying why VM numbers are missing; with
+/// `peers`, the QEMU microvm row too.
 fn add_vm_missing(
     r: &mut Report,
     plan: &Plan,
     why: &str,
+    peers: bool,
     cols: &mut Vec<(String, Result<ProbeReport>)>,
 ) {
     let label = "duet vm";
     if plan.startup.is_some() {
         r.startup
             .push(StartupResult::unavailable(label, Kind::Vm, why));
+        if peers {
+            let q = StartupResult::unavailable(&qemu::detect().label(), Kind::Vm, why);
+            say_startup(&q);
+            r.startup.push(q);
+        }
     }
     if plan.memory.is_some() {
         r.memory.push(memory_unavailable(label, Kind::Vm, why));
@@ -1115,8 +1181,10 @@ fn add_vm_missing(
     }
 }
 
-/// Inner `duet bench` arguments for one scenario run inside the testbed.
-fn inner_bench_args(scenario: &str, isolation: &str, extra: &[String]) -> Vec<String> {
+/// Inner `duet bench` arguments for one scenario run inside the testbed;
+/// `peers` lets the inner run add its peer rows (the QEMU microvm row of a
+/// VM startup run).
+fn inner_bench_args(scenario: &str, isolation: &str, peers: bool, extra: &[String]) -> Vec<String> {
     let mut a: Vec<String> = [
         "duet",
         "bench",
@@ -1125,13 +1193,15 @@ fn inner_bench_args(scenario: &str, isolation: &str, extra: &[String]) -> Vec<St
         isolation,
         "--vm-via",
         "native",
-        "--no-peers",
         "--report-json",
         "-",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if !peers {
+        a.push("--no-peers".into());
+    }
     a.extend(extra.iter().cloned());
     a
 }
@@ -1154,9 +1224,12 @@ fn vm_in_testbed(
     let mut boots = 0usize;
     // (section, scenario, isolation) of the inner `duet bench` runs.
     let mut benches: Vec<(String, &str, &str)> = Vec::new();
+    // The QEMU microvm peer runs with the VM startup rows, inside.
+    let qemu_row = plan.startup.is_some() && !common.no_peers;
     let mut add = |scenario: &'static str, iso: &'static str, extra: Vec<String>| {
         let name = format!("{scenario}-{iso}");
-        script += &testbed_section(&name, &inner_bench_args(scenario, iso, &extra));
+        let peers = qemu_row && scenario == "startup" && iso == "vm";
+        script += &testbed_section(&name, &inner_bench_args(scenario, iso, peers, &extra));
         benches.push((name, scenario, iso));
     };
     if plan.startup.is_some() {
@@ -1171,6 +1244,10 @@ fn vm_in_testbed(
         // fair ratio against a VM measured there.
         add("startup", "container", extra);
         boots += runs + 1;
+        if qemu_row {
+            // duet run --keep for the initramfs, QEMU's warm-up and runs.
+            boots += runs + 2;
+        }
     }
     if let Some(m) = &plan.memory {
         let samples = m.samples.min(2);
@@ -1198,7 +1275,11 @@ fn vm_in_testbed(
         "duet bench: starting the nested-KVM testbed for the VM rows ({boots} VM boots, \
          {runs} timed starts; a boot takes seconds there)"
     );
-    let sections = run_testbed(tb, b.image.probe.as_deref(), &script, timeout, "VM rows")?;
+    let tb = Testbed {
+        qemu: qemu_row,
+        ..tb.clone()
+    };
+    let sections = run_testbed(&tb, b.image.probe.as_deref(), &script, timeout, "VM rows")?;
     let outer = sections
         .get("outer_kernel")
         .map(|s| s.output.trim().to_string())
@@ -1255,6 +1336,10 @@ fn vm_in_testbed(
                      the VM row): {why}"
                 ));
             } else {
+                if qemu_row && name == "startup-vm" {
+                    let label = format!("{} (testbed)", qemu::detect().label());
+                    add_failed_row(&mut b.report, scenario, &label, iso, why.clone());
+                }
                 add_failed_row(
                     &mut b.report,
                     scenario,
@@ -1321,6 +1406,30 @@ fn testbed_ratio(r: &Report) -> Option<String> {
          start (median {c:.1} ms)",
         vm / c
     ))
+}
+
+/// "duet vm vs QEMU microvm" medians, from two measured rows of one place
+/// (both native, or both in the same testbed run).
+fn qemu_ratio(r: &Report) -> Option<String> {
+    let median = |pred: &dyn Fn(&str) -> bool| {
+        r.startup
+            .iter()
+            .find(|s| pred(&s.label) && s.status == RowStatus::Measured)
+            .and_then(|s| Some((s.label.clone(), s.wall_ms?.median)))
+    };
+    ["", " (testbed)"].iter().find_map(|place| {
+        let (dl, d) = median(&|l| l == format!("duet vm{place}"))?;
+        let (ql, q) = median(&|l| {
+            l.starts_with(qemu::LABEL)
+                && l.ends_with(place)
+                && !(place.is_empty() && l.ends_with(")"))
+        })?;
+        Some(format!(
+            "VM start on the same guest kernel, initramfs and command line: {dl} median {d:.0} ms \
+             vs {ql} median {q:.0} ms (duet/QEMU {:.2}x)",
+            d / q
+        ))
+    })
 }
 
 fn write_outputs(r: &Report, common: &CommonArgs) -> Result<()> {
@@ -1410,7 +1519,7 @@ mod tests {
             #[command(subcommand)]
             c: BenchCommand,
         }
-        let a = inner_bench_args("startup", "vm", &["--runs".into(), "3".into()]);
+        let a = inner_bench_args("startup", "vm", false, &["--runs".into(), "3".into()]);
         // Drop "duet bench": clap sees the program name then the subcommand.
         let t =
             T::try_parse_from(std::iter::once("bench".to_string()).chain(a[2..].iter().cloned()))
@@ -1425,6 +1534,31 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn inner_vm_startup_keeps_its_peers_when_asked() {
+        let a = inner_bench_args("startup", "vm", true, &[]);
+        assert!(!a.iter().any(|w| w == "--no-peers"), "{a:?}");
+        assert!(inner_bench_args("memory", "vm", false, &[])
+            .iter()
+            .any(|w| w == "--no-peers"));
+    }
+
+    #[test]
+    fn qemu_ratio_compares_rows_of_one_place() {
+        let mut r = Report::new(duet_bench::host::collect());
+        let row = |label: &str, v: f64| StartupResult {
+            wall_ms: duet_bench::stats::summarize(&[v]),
+            status: RowStatus::Measured,
+            ..StartupResult::unavailable(label, Kind::Vm, "")
+        };
+        r.startup.push(row("duet vm (testbed)", 3000.0));
+        r.startup.push(row("qemu microvm 7.2.22", 100.0));
+        assert!(qemu_ratio(&r).is_none(), "native QEMU vs testbed duet");
+        r.startup.push(row("qemu microvm 7.2.22 (testbed)", 2000.0));
+        let n = qemu_ratio(&r).unwrap();
+        assert!(n.contains("1.50x") && n.contains("(testbed)"), "{n}");
     }
 
     #[test]
