@@ -1140,7 +1140,8 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
             .notes
             .push("interrupted (Ctrl-C): the report holds what was measured before".into());
     }
-    if let Some(q) = qemu_ratio(&b.report) {
+    // Rows measured here; from the testbed, the inner run's note says it.
+    if let (VmPlace::Native(_), Some(q)) = (&vm_place, qemu_ratio(&b.report)) {
         eprintln!("duet bench: {q}");
         b.report.notes.push(q);
     }
