@@ -485,13 +485,11 @@ pub fn find_init_binary() -> Result<PathBuf, RootfsError> {
 /// options (e.g. `virtio_mmio.device=`) the VMM appends:
 ///
 /// - `rdinit=/duet/init`: duet's init runs from the initramfs;
-/// - `8250.nr_uarts=1`: probe only the one UART there is (each port access
-///   is a VM exit);
 /// - unless `kernel_log`, `quiet loglevel=1`: only emergencies (a panic) reach
 ///   the console, so the kernel log stays off the workload's output.
 pub fn kernel_cmdline(kernel_log: bool) -> String {
     format!(
-        "{} 8250.nr_uarts=1 rdinit={INIT_PATH} {}",
+        "{} rdinit={INIT_PATH} {}",
         crate::BASE_CMDLINE,
         if kernel_log {
             "loglevel=7"
