@@ -24,6 +24,21 @@ fail() {
     halt_now
 }
 
+# pivot_root(2) refuses to move the initramfs (rootfs) itself, and container
+# runtimes (duet's, runc) pivot_root into their container's root: move the
+# whole initramfs onto a tmpfs first, as a distribution's initramfs does.
+if [ ! -e /.testbed-tmpfs-root ]; then
+    mkdir -p /newroot
+    mount -t tmpfs -o mode=0755 tmpfs /newroot || fail "mount tmpfs for the root"
+    for e in /* /.[!.]*; do
+        case "$e" in /newroot|/proc|/sys|/dev|'/.[!.]*') continue ;; esac
+        cp -a "$e" /newroot/ || fail "copy $e to the tmpfs root"
+    done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    touch /newroot/.testbed-tmpfs-root
+    exec switch_root /newroot /init
+fi
+
 mount -t proc proc /proc || fail "mount /proc"
 mount -t sysfs sysfs /sys || fail "mount /sys"
 mount -t devtmpfs devtmpfs /dev || fail "mount devtmpfs on /dev"
@@ -36,7 +51,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up 2>/dev/null
 hostname testbed
 
-for m in irqbypass kvm kvm-amd; do
+for m in irqbypass kvm kvm-amd overlay; do
     out=$(insmod "/lib/modules/testbed/$m.ko" 2>&1) || fail "insmod $m.ko: $out"
 done
 if [ ! -c /dev/kvm ]; then

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Containers on a pure cgroup v2 machine, for tests/cgroup2_testbed.rs: the
+# testbed's outer Linux mounts only cgroup2 (memory, pids, cpu controllers),
+# as most distributions do, while this project's own hosts are v1/v2 hybrids.
+# Output format: see vm-cases.sh.
+
+case_() {
+    name=$1
+    shift
+    echo "=== BEGIN $name"
+    "$@" 2>&1
+    rc=$?
+    echo "=== END $name rc=$rc"
+}
+
+case_ layout sh -c 'grep cgroup /proc/self/mountinfo | awk "{print \$9, \$5}"'
+case_ echo duet run --name v2echo busybox -- echo hi
+case_ memory duet run --name v2mem --memory 32 busybox -- dd if=/dev/zero of=/dev/null bs=200M count=1
+case_ memory_ok duet run --name v2memok --memory 512 busybox -- dd if=/dev/zero of=/dev/null bs=200M count=1
+cat > /tmp/p.toml <<'SPEC'
+name = "v2pids"
+image = "busybox"
+command = ["sh", "-c", "n=0; while [ $n -lt 100 ]; do sleep 30 & n=$((n+1)); done; echo spawned=$n"]
+[resources]
+pids_max = 16
+SPEC
+case_ pids duet run --spec /tmp/p.toml
+case_ leftovers sh -c 'find /sys/fs/cgroup/duet -mindepth 1 -maxdepth 1 -type d | wc -l; ls /tmp/duet/instances | wc -l'
