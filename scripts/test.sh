@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs every test: unit tests, containers for real (root), tiny guests on
-# /dev/kvm, and real Linux guests inside the nested-KVM testbed.
-# Run scripts/install.sh first (packages, guest kernel).
+# /dev/kvm, and real Linux guests (and pure cgroup v2 containers) inside the
+# nested-KVM testbed. Run scripts/install.sh first (packages, guest kernel).
 #
 #   sudo scripts/test.sh
 set -euo pipefail
@@ -12,5 +12,14 @@ cd "$(dirname "$0")/.."
 # skipping: a skipped test must never count as a pass here.
 export DUET_TEST_STRICT=1
 
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
 cargo build --workspace
-cargo test --workspace -- --test-threads=2
+tests/testbed/selftest.sh
+status=0
+cargo test --workspace -- --test-threads=2 2>&1 | tee "$log" || status=$?
+
+# One closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
