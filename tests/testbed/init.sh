@@ -51,7 +51,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up 2>/dev/null
 hostname testbed
 
-for m in irqbypass kvm kvm-amd overlay; do
+for m in irqbypass kvm kvm-amd overlay loop; do
     out=$(insmod "/lib/modules/testbed/$m.ko" 2>&1) || fail "insmod $m.ko: $out"
 done
 if [ ! -c /dev/kvm ]; then

@@ -74,7 +74,11 @@ fn child_main(
         .arg(&dir)
         .output();
     let result = match out {
-        Ok(o) if o.status.success() => f(&dir.join("upper")),
+        Ok(o) if o.status.success() => {
+            let r = f(&dir.join("upper"));
+            let _ = Command::new("umount").arg(&dir).status();
+            r
+        }
         Ok(o) => Err(format!(
             "mount -o loop,ro {}: {}",
             scratch.display(),
@@ -82,7 +86,6 @@ fn child_main(
         )),
         Err(e) => Err(format!("cannot run mount (util-linux): {e}")),
     };
-    let _ = Command::new("umount").arg(&dir).status();
     let _ = std::fs::remove_dir(&dir);
     result
 }
