@@ -258,3 +258,168 @@ fn vm_runs_leave_no_instances() {
     };
     assert_eq!(c.output.trim(), "0");
 }
+
+// --- issue 4: the guest's root on virtio-blk disks --------------------------
+
+/// The value of counter `name` in a `--timings` table.
+fn counter(output: &str, name: &str) -> Option<u64> {
+    output.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(name)?
+            .strip_prefix(": ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn vm_disk_root_is_an_overlay_of_layer_disks() {
+    let Some(c) = case("vm_disk_root_is_an_overlay_of_layer_disks", "disk_first") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(c.output.contains("disk-root-ok"), "{}", c.output);
+    let root = c
+        .output
+        .lines()
+        .find(|l| l.starts_with("overlay / overlay"))
+        .unwrap_or_else(|| panic!("no overlay root in /proc/mounts:\n{}", c.output));
+    assert!(
+        root.contains("/duet/layers/0,upperdir=/duet/scratch/upper,workdir=/duet/scratch/work"),
+        "{root}"
+    );
+    // One disk per layer plus the scratch disk.
+    let built = counter(&c.output, "layer_images_built").expect("layer_images_built");
+    assert_eq!(
+        counter(&c.output, "rootfs_disks"),
+        Some(built + 1),
+        "{}",
+        c.output
+    );
+}
+
+#[test]
+fn vm_layer_image_is_built_once_and_reused() {
+    let Some(first) = case("vm_layer_image_is_built_once_and_reused", "disk_first") else {
+        return;
+    };
+    let second = &cases().as_ref().unwrap()["disk_second"];
+    assert_eq!(second.rc, 0, "{}", second.output);
+    let built = counter(&first.output, "layer_images_built");
+    assert!(built.is_some_and(|n| n >= 1), "{}", first.output);
+    assert_eq!(
+        counter(&second.output, "layer_images_built"),
+        Some(0),
+        "{}",
+        second.output
+    );
+}
+
+#[test]
+fn vm_writes_land_on_the_scratch_disk_not_the_layer() {
+    let Some(c) = case(
+        "vm_writes_land_on_the_scratch_disk_not_the_layer",
+        "disk_keep",
+    ) else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    for want in ["landed-marker-42", "layer-unchanged", "scratch-has-it"] {
+        assert!(c.output.contains(want), "no {want}:\n{}", c.output);
+    }
+    assert!(!c.output.contains("layer-has-it"), "{}", c.output);
+    // The 1 GiB scratch disk costs its ext4 metadata plus what was written.
+    let kib: u64 = c
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("scratch allocated "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no allocation line:\n{}", c.output));
+    assert!(kib < 8 * 1024, "scratch disk allocates {kib} KiB");
+}
+
+#[test]
+fn vm_two_vms_share_one_layer_file_and_see_pristine_data() {
+    let Some(c) = case(
+        "vm_two_vms_share_one_layer_file_and_see_pristine_data",
+        "disk_two_vms",
+    ) else {
+        return;
+    };
+    // Per layer file: the inode each VM's duet holds open.
+    let mut by_path: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    for l in c.output.lines() {
+        if let Some(rest) = l.strip_prefix("layer-inode ") {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            assert_eq!(w.len(), 3, "{l}");
+            by_path.entry(w[1]).or_default().push((w[0], w[2]));
+        }
+    }
+    assert!(!by_path.is_empty(), "no layer disks open:\n{}", c.output);
+    for (path, holders) in &by_path {
+        assert_eq!(
+            holders.len(),
+            2,
+            "{path} should be open in both VMs:\n{}",
+            c.output
+        );
+        assert_ne!(holders[0].0, holders[1].0, "two different duet processes");
+        assert_eq!(holders[0].1, holders[1].1, "{path}: different inodes");
+    }
+    assert!(
+        c.output.contains("a rc=0") && c.output.contains("a: 1"),
+        "{}",
+        c.output
+    );
+    // B sees no trace of A's write, and the image's own /etc/hosts.
+    assert!(c.output.contains("b rc=0"), "{}", c.output);
+    let b: Vec<&str> = c
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("b: "))
+        .collect();
+    assert_eq!(b.len(), 2, "{}", c.output);
+    assert_eq!(b[0], "0", "B saw A's write:\n{}", c.output);
+    assert_ne!(
+        b[1], "0",
+        "B's /etc/hosts lost its localhost lines:\n{}",
+        c.output
+    );
+}
+
+#[test]
+fn vm_disk_boot_is_within_10_percent_of_initramfs_boot() {
+    let Some(c) = case(
+        "vm_disk_boot_is_within_10_percent_of_initramfs_boot",
+        "boot_compare",
+    ) else {
+        return;
+    };
+    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for l in c.output.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() >= 3 && w[0] == "boot" {
+            if let Ok(ms) = w[2].parse::<f64>() {
+                times.entry(w[1]).or_default().push(ms);
+            }
+        }
+    }
+    let median = |mode: &str| {
+        let mut v = times.get(mode).cloned().unwrap_or_default();
+        assert!(v.len() >= 3, "too few {mode} boots:\n{}", c.output);
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (disks, initramfs) = (median("disks"), median("initramfs"));
+    eprintln!(
+        "boot to ready: disks {disks:.1} ms, initramfs {initramfs:.1} ms, ratio {:.3}",
+        disks / initramfs
+    );
+    assert!(
+        disks <= initramfs * 1.1,
+        "disks {disks:.1} ms vs initramfs {initramfs:.1} ms:\n{}",
+        c.output
+    );
+}

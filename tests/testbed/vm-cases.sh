@@ -39,3 +39,75 @@ case_ panic env DUET_KERNEL_APPEND=rdinit=/no/such/init duet run --isolation vm 
 case_ quiet vm busybox -- echo only-this
 case_ console vm --console busybox -- echo after-boot
 case_ leftovers sh -c 'ls /tmp/duet/instances | wc -l'
+
+# --- issue 4: the guest's root on virtio-blk disks (layers + scratch) ----------
+# A state root of their own, so the first run there builds the layer image.
+D=/tmp/duet-disks
+vmd() { env DUET_ROOT=$D DUET_VM_ROOTFS=disks duet run --isolation vm "$@"; }
+
+# The write lands on the instance's scratch disk, not in the layer image. The
+# marker is assembled in the guest so that it is not in the workload config.
+disk_keep() {
+    sha_before=$(sha256sum $D/layers/sha256/*/layer.erofs | cut -c1-64)
+    vmd --keep busybox -- sh -c 'printf "%s%s\n" landed- marker-42 > /root/written; cat /root/written' || return 1
+    sha_after=$(sha256sum $D/layers/sha256/*/layer.erofs | cut -c1-64)
+    [ "$sha_before" = "$sha_after" ] && echo layer-unchanged
+    for s in $D/instances/*/scratch.ext4; do
+        grep -q landed-marker-42 "$s" && echo scratch-has-it
+        echo "scratch allocated $(du -k "$s" | cut -f1) KiB of $(($(stat -c %s "$s") / 1024)) KiB"
+    done
+    grep -q landed-marker-42 $D/layers/sha256/*/layer.erofs && echo layer-has-it
+    true
+}
+
+# Two VMs from one image at the same time: one layer file (one inode) for both;
+# A changes /etc/hosts, B still sees the image's /etc/hosts.
+disk_two_vms() {
+    vmd busybox -- sh -c 'echo changed-by-a >> /etc/hosts; sleep 8; grep -c changed-by-a /etc/hosts' > /tmp/a.out 2>&1 &
+    a=$!
+    vmd busybox -- sh -c 'sleep 8; grep -c changed-by-a /etc/hosts; grep -c localhost /etc/hosts' > /tmp/b.out 2>&1 &
+    b=$!
+    # Until both VMs hold every layer disk open.
+    layers=$(ls $D/layers/sha256 | wc -l)
+    i=0
+    while [ $i -lt 600 ]; do
+        n=0
+        for p in $(pidof duet); do
+            n=$((n + $(ls -l /proc/$p/fd 2>/dev/null | grep -c layer.erofs)))
+        done
+        [ $n -ge $((2 * layers)) ] && break
+        i=$((i + 1))
+        sleep 0.1
+    done
+    for p in $(pidof duet); do
+        for f in /proc/$p/fd/*; do
+            case "$(readlink $f)" in
+                *layer.erofs) echo "layer-inode $p $(readlink $f) $(stat -L -c %i $f)" ;;
+            esac
+        done
+    done
+    wait $a
+    echo "a rc=$?"
+    sed 's/^/a: /' /tmp/a.out
+    wait $b
+    echo "b rc=$?"
+    sed 's/^/b: /' /tmp/b.out
+}
+
+# Boot to ready (duet start to the guest's ready write), disks against the
+# initramfs, alternating, every cache warm.
+boot_compare() {
+    env DUET_ROOT=$D DUET_VM_ROOTFS=initramfs duet run --isolation vm busybox -- true
+    for i in 1 2 3 4 5; do
+        for mode in disks initramfs; do
+            out=$(env DUET_ROOT=$D DUET_VM_ROOTFS=$mode duet run --isolation vm --timings busybox -- true 2>&1)
+            echo "boot $mode $(echo "$out" | awk '$1 == "ready" { print $2 }') exits $(echo "$out" | awk '$1 == "vm_exits.total:" { print $2 }')"
+        done
+    done
+}
+
+case_ disk_first vmd --timings busybox -- sh -c 'cat /proc/mounts; echo disk-root-ok'
+case_ disk_second vmd --timings busybox -- true
+case_ disk_keep disk_keep
+case_ disk_two_vms disk_two_vms
+case_ boot_compare boot_compare

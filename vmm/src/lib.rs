@@ -2,8 +2,9 @@
 //!
 //! [`run_vm`] boots a Linux kernel (ELF vmlinux or bzImage) with an initrd
 //! in a microVM: guest memory, 64-bit entry, in-kernel irqchip and PIT,
-//! COM1, i8042, and duet's ready/exit ports (`duet_shared::guest_abi`),
-//! with one thread per vCPU under a seccomp filter. [`Vm`] exposes the
+//! COM1, i8042, duet's ready/exit ports (`duet_shared::guest_abi`) and
+//! virtio-blk disks on virtio-mmio ([`devices::virtio`]), with one thread
+//! per vCPU under a seccomp filter. [`Vm`] exposes the
 //! same boot steps one by one for tiny hand-written guests, and
 //! [`doctor`] tells whether this host's KVM really accelerates.
 
@@ -12,6 +13,7 @@ pub mod bus;
 pub mod console;
 pub mod cpuid;
 pub mod devices;
+pub mod disks;
 pub mod doctor;
 pub mod event;
 pub mod gdt;
@@ -24,6 +26,7 @@ pub mod paging;
 pub mod regs;
 pub mod rootfs;
 pub mod runtime;
+pub mod scratch_mount;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;

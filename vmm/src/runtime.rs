@@ -1,12 +1,22 @@
 //! `duet run --isolation vm`: the [`Runtime`] that boots a microVM per run.
 //!
-//! Recipe: find the guest kernel and init, build the initramfs from the
-//! image's layers (cached per image) plus this run's workload config, boot
-//! it with [`crate::run_vm`], and turn how the VM ended into the workload's
-//! exit status (or an error with the last console lines).
+//! Recipe: find the guest kernel and init, prepare the guest's root file
+//! system, boot it with [`crate::run_vm`], and turn how the VM ended into
+//! the workload's exit status (or an error with the last console lines).
+//!
+//! Two ways to give the guest its root ([`RootfsMode`], `DUET_VM_ROOTFS`):
+//! - `disks` (default): the image's layers as read-only erofs disks (built
+//!   once per layer and shared by every VM), a sparse per-instance ext4
+//!   scratch disk as overlayfs upper layer, and an initramfs holding only the
+//!   init and the workload config ([`crate::disks`]);
+//! - `initramfs`: the layers merged into the initramfs (cached per image;
+//!   [`crate::rootfs`]), everything in guest RAM, writes lost at exit.
 
+use crate::disks::{self, DiskError};
 use crate::rootfs::{self, RootfsError};
 use crate::{run_vm, ConsoleMode, GuestFailure, VmConfig, VmEnd, VmmError};
+use duet_shared::image::layer_image::{self, LayerImageError};
+use duet_shared::image::{ImageError, ImageStore};
 use duet_shared::runtime::BackendError;
 use duet_shared::{Launch, Phase, RunReport, Runtime, WorkloadExit};
 use std::path::PathBuf;
@@ -16,6 +26,8 @@ pub const KERNEL_ENV: &str = "DUET_KERNEL";
 /// Environment variable whose words are appended to the guest kernel's
 /// command line (debugging, like Firecracker's `boot_args`).
 pub const KERNEL_APPEND_ENV: &str = "DUET_KERNEL_APPEND";
+/// Environment variable choosing the guest root: `disks` (default) or `initramfs`.
+pub const ROOTFS_ENV: &str = "DUET_VM_ROOTFS";
 /// Where `scripts/install.sh` puts the guest kernel.
 pub const SYSTEM_KERNEL_PATH: &str = "/usr/local/lib/duet/vmlinux";
 
@@ -31,6 +43,18 @@ pub enum VmRuntimeError {
     /// Building the guest's root file system failed.
     #[error("preparing the guest's initramfs")]
     Rootfs(#[from] RootfsError),
+    /// `DUET_VM_ROOTFS` has a value duet does not know.
+    #[error("{ROOTFS_ENV}={0:?}: use `disks` or `initramfs`")]
+    RootfsMode(String),
+    /// The image store could not be opened.
+    #[error("opening the image store")]
+    Store(#[from] ImageError),
+    /// A layer's disk image could not be built.
+    #[error("preparing the layer disks")]
+    LayerImage(#[from] LayerImageError),
+    /// The scratch disk or the init-only initramfs could not be made.
+    #[error("preparing the guest's disks")]
+    Disk(#[from] DiskError),
     /// The VMM failed.
     #[error("microVM")]
     Vmm(#[from] VmmError),
@@ -53,6 +77,29 @@ pub fn find_kernel() -> Result<PathBuf, VmRuntimeError> {
     match tried.iter().find(|p| p.is_file()) {
         Some(p) => Ok(p.clone()),
         None => Err(VmRuntimeError::KernelNotFound { tried }),
+    }
+}
+
+/// How the guest gets its root file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootfsMode {
+    /// Layer disks + scratch disk + overlayfs in the guest.
+    Disks,
+    /// Layers merged into the initramfs.
+    Initramfs,
+}
+
+impl RootfsMode {
+    /// The mode `DUET_VM_ROOTFS` asks for (unset or empty: [`RootfsMode::Disks`]).
+    pub fn from_env() -> Result<RootfsMode, VmRuntimeError> {
+        match std::env::var(ROOTFS_ENV) {
+            Err(_) => Ok(RootfsMode::Disks),
+            Ok(v) => match v.as_str() {
+                "" | "disks" => Ok(RootfsMode::Disks),
+                "initramfs" => Ok(RootfsMode::Initramfs),
+                _ => Err(VmRuntimeError::RootfsMode(v)),
+            },
+        }
     }
 }
 
@@ -104,21 +151,29 @@ impl VmRuntime {
                 init.display()
             );
         }
-        let (info, initrd) = rootfs::build_for_launch(launch.instance.state_root(), launch, &init)?;
-        report.mark(Phase::RootfsReady);
-        report
-            .counters
-            .insert("initramfs_bytes".into(), info.total_bytes());
-        if opts.explain {
-            eprintln!(
-                "duet: initramfs {} ({} bytes), booting {} MiB / {} vCPU(s)",
-                initrd.display(),
-                info.total_bytes(),
-                launch.spec.resources.memory_mib,
-                launch.spec.resources.vcpus
-            );
+        match RootfsMode::from_env()? {
+            RootfsMode::Initramfs => {
+                let (info, initrd) =
+                    rootfs::build_for_launch(launch.instance.state_root(), launch, &init)?;
+                report.mark(Phase::RootfsReady);
+                report
+                    .counters
+                    .insert("initramfs_bytes".into(), info.total_bytes());
+                if opts.explain {
+                    eprintln!(
+                        "duet: initramfs {} ({} bytes), booting {} MiB / {} vCPU(s)",
+                        initrd.display(),
+                        info.total_bytes(),
+                        launch.spec.resources.memory_mib,
+                        launch.spec.resources.vcpus
+                    );
+                }
+                cfg.initrd = Some(initrd);
+            }
+            RootfsMode::Disks => {
+                prepare_disks(launch, &init, &mut cfg, report)?;
+            }
         }
-        cfg.initrd = Some(initrd);
         let _guard = crate::signals::RunGuard::enter();
         let outcome = run_vm(&cfg, report)?;
         match outcome.end {
@@ -134,6 +189,65 @@ impl VmRuntime {
             _ => Ok(outcome.workload_exit()?),
         }
     }
+}
+
+/// Layer images (built on first use), the instance's scratch disk and the
+/// init-only initramfs; fills `cfg.disks` and `cfg.initrd`. Counters:
+/// `layer_images_built` (0 once every layer has its image), `rootfs_disks`,
+/// `initramfs_bytes`, `scratch_template_built`.
+fn prepare_disks(
+    launch: &Launch<'_>,
+    init: &std::path::Path,
+    cfg: &mut VmConfig,
+    report: &mut RunReport,
+) -> Result<(), VmRuntimeError> {
+    let root = launch.instance.state_root();
+    let layers = &launch.image.layers;
+    let wanted = layers.len() + 1;
+    if wanted > crate::devices::virtio::MAX_DEVICES {
+        return Err(VmmError::TooManyDevices { wanted }.into());
+    }
+    let store = ImageStore::open(root)?;
+    let images = layer_image::ensure_layer_images(&store, layers)?;
+    let built = images.iter().filter(|i| i.built).count() as u64;
+    let scratch = disks::create_scratch(root, launch.instance.path())?;
+    let workload = rootfs::guest_workload(launch.spec);
+    let disk_root = disks::DiskRoot {
+        layers: layers.len() as u32,
+    };
+    let initrd = disks::build_initramfs(root, launch.instance.path(), init, &workload, &disk_root)?;
+    let paths: Vec<_> = images.iter().map(|i| i.path.clone()).collect();
+    cfg.disks = disks::disk_configs(&paths, &scratch.path);
+    cfg.initrd = Some(initrd.initrd.clone());
+    report.mark(Phase::RootfsReady);
+    for (k, v) in [
+        ("layer_images_built", built),
+        ("rootfs_disks", cfg.disks.len() as u64),
+        ("initramfs_bytes", initrd.bytes),
+        ("scratch_template_built", u64::from(scratch.template_built)),
+    ] {
+        report.counters.insert(k.into(), v);
+    }
+    if launch.options.explain {
+        for i in &images {
+            eprintln!(
+                "duet: layer disk {} ({}, {:.1} ms)",
+                i.path.display(),
+                if i.built { "built now" } else { "reused" },
+                i.elapsed.as_secs_f64() * 1e3
+            );
+        }
+        eprintln!(
+            "duet: scratch disk {} ({:.1} ms), initramfs {} ({} bytes), booting {} MiB / {} vCPU(s)",
+            scratch.path.display(),
+            scratch.elapsed.as_secs_f64() * 1e3,
+            initrd.initrd.display(),
+            initrd.bytes,
+            launch.spec.resources.memory_mib,
+            launch.spec.resources.vcpus
+        );
+    }
+    Ok(())
 }
 
 impl Runtime for VmRuntime {
@@ -160,6 +274,19 @@ impl Runtime for VmRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rootfs_mode_comes_from_the_environment() {
+        // One test touches the variable, so parallel tests do not race on it.
+        std::env::remove_var(ROOTFS_ENV);
+        assert_eq!(RootfsMode::from_env().unwrap(), RootfsMode::Disks);
+        std::env::set_var(ROOTFS_ENV, "initramfs");
+        assert_eq!(RootfsMode::from_env().unwrap(), RootfsMode::Initramfs);
+        std::env::set_var(ROOTFS_ENV, "floppy");
+        let e = RootfsMode::from_env().unwrap_err().to_string();
+        assert!(e.contains("floppy") && e.contains("initramfs"), "{e}");
+        std::env::remove_var(ROOTFS_ENV);
+    }
 
     #[test]
     fn kernel_not_found_says_how_to_build() {

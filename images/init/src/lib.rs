@@ -3,11 +3,13 @@
 //! The binary (`src/main.rs`) is PID 1 in duet's microVM guests. This library
 //! holds the parts that are not tied to being PID 1, so they are unit-tested
 //! on the host and so duet-vmm writes the very config struct the init reads:
-//! the workload config ([`config`]), command lookup ([`command`]), the
+//! the workload config ([`config`]), the disk root's names and mounts
+//! ([`disk_root`]), command lookup ([`command`]), the
 //! exit-port encoding ([`status`]) and port access ([`ports`]).
 
 pub mod command;
 pub mod config;
+pub mod disk_root;
 pub mod ports;
 pub mod status;
 

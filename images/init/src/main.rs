@@ -2,19 +2,23 @@
 //!
 //! 1. mount /dev (devtmpfs) and make sure stdio is the console;
 //! 2. get access to duet's ready/exit I/O ports (see duet_shared::guest_abi);
-//! 3. mount /proc, /sys, /dev/pts, /dev/shm, /run; create /tmp if absent;
-//! 4. read /duet/workload.json, set the hostname, apply pids_max (cgroup v2);
+//! 3. read /duet/workload.json; if /duet/disk-root.json exists, mount the
+//!    layer disks, the scratch disk and overlayfs and switch root into it
+//!    (duet_init::disk_root);
+//! 4. mount /proc, /sys, /dev/pts, /dev/shm, /run; create /tmp if absent;
+//!    set the hostname, apply pids_max (cgroup v2);
 //! 5. fork: the child joins the cgroup, chdirs, writes "ready", resolves the
 //!    command and execs it with stdio on the console;
 //! 6. PID 1 reaps every process (orphans re-parent to it) until the
-//!    workload's own process exits, drains the console, writes the exit
-//!    status, and reboots (`reboot=k`: an i8042 reset the VMM treats as stop).
+//!    workload's own process exits, drains the console, syncs (the scratch
+//!    disk must hold the workload's writes), writes the exit status, and reboots (`reboot=k`: an i8042 reset the VMM treats as stop).
 //!
 //! Every failure before the workload runs is printed on the console and
 //! reported as "init failed", so the host never waits on a guest that gave up.
 
 use duet_init::command;
 use duet_init::config::{ConfigError, GuestWorkload, WORKLOAD_PATH};
+use duet_init::disk_root::{self, DiskRoot, DiskRootError, DISK_ROOT_PATH};
 use duet_init::ports::{GuestPorts, PortError};
 use duet_init::status;
 use duet_shared::guest_abi::InitFailure;
@@ -55,6 +59,8 @@ enum InitError {
     Ports(#[from] PortError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("cannot set up the root on disks")]
+    DiskRoot(#[from] DiskRootError),
     #[error("cannot set the hostname to {0:?}")]
     Hostname(String, #[source] Errno),
     #[error("cannot apply pids_max = {limit}: {}", path.display())]
@@ -80,9 +86,10 @@ impl InitError {
     /// The stage the host is told about (duet_shared::guest_abi::InitFailure).
     fn stage(&self) -> InitFailure {
         match self {
-            InitError::MkDir { .. } | InitError::Mount { .. } | InitError::Console(_) => {
-                InitFailure::Mount
-            }
+            InitError::MkDir { .. }
+            | InitError::Mount { .. }
+            | InitError::Console(_)
+            | InitError::DiskRoot(_) => InitFailure::Mount,
             InitError::Config(_) => InitFailure::Config,
             InitError::Hostname(..)
             | InitError::Cgroup { .. }
@@ -124,14 +131,20 @@ fn main() {
         Err(e) => fail(&ports, &e),
     };
     drain_console();
+    // The VMM stops the guest at the exit status: flush the scratch disk first.
+    nix::unistd::sync();
     ports.exit_status(code);
     power_off();
 }
 
 /// Everything after the console and ports exist; returns the encoded exit status.
 fn boot(ports: &GuestPorts) -> Result<u32, InitError> {
-    mount_rest()?;
+    // Both files are in the initramfs: read them before the root changes.
     let w = GuestWorkload::load(Path::new(WORKLOAD_PATH))?;
+    if let Some(root) = DiskRoot::load(Path::new(DISK_ROOT_PATH))? {
+        disk_root::enter(&root)?;
+    }
+    mount_rest()?;
     nix::unistd::sethostname(&w.hostname)
         .map_err(|e| InitError::Hostname(w.hostname.clone(), e))?;
     if let Some(limit) = w.pids_max {

@@ -1,6 +1,8 @@
 //! The guest's root file system for a VM run: an initramfs built from the
 //! image's layers plus duet's guest init, and the kernel command line that
-//! starts that init.
+//! starts that init. This is the `DUET_VM_ROOTFS=initramfs` path; by
+//! default the layers are virtio-blk disks and the initramfs holds only the
+//! init and the run's config ([`crate::disks`]).
 //!
 //! The initrd is two newc cpio archives loaded back to back (the kernel
 //! unpacks concatenated archives in order):
