@@ -317,6 +317,21 @@ fn run_workload(w: &GuestWorkload, ports: &GuestPorts) -> Result<u32, InitError>
     // The child writes one byte here if its setup fails; exec closes it.
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(InitError::Pipe)?;
 
+    // The console's session belongs to init, not to the workload: when a
+    // session leader with a controlling terminal exits, the kernel hangs the
+    // terminal up and drops output the UART has not sent yet (slow in a VM:
+    // every byte is an exit). So init leads the session and owns the
+    // console, the workload runs as its foreground process group (^C still
+    // reaches it), and its exit hangs nothing up: init drains the console
+    // before reporting the exit status. SIGTTOU is ignored so init may take
+    // the foreground back and drain from a background group.
+    let _ = nix::unistd::setsid();
+    // SAFETY: TIOCSCTTY takes an int argument; SIG_IGN runs no code of ours.
+    unsafe {
+        libc::ioctl(0, libc::TIOCSCTTY, 0);
+        libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+    }
+
     // SAFETY: PID 1 is single-threaded, so the child may allocate and use
     // std freely; it only returns into `exec_workload`, which never returns.
     match unsafe { fork() }.map_err(InitError::Fork)? {
@@ -329,6 +344,8 @@ fn run_workload(w: &GuestWorkload, ports: &GuestPorts) -> Result<u32, InitError>
             let mut setup_failed = [0u8; 1];
             let n = std::fs::File::from(rd).read(&mut setup_failed).unwrap_or(0);
             let status = wait_for(child)?;
+            // SAFETY: plain ioctl on the console; SIGTTOU is ignored (above).
+            unsafe { libc::tcsetpgrp(0, libc::getpgrp()) };
             if n > 0 {
                 return Err(InitError::ChildSetup);
             }
@@ -376,10 +393,10 @@ fn exec_workload(
         // atexit handlers or flushing buffers it shares with the parent.
         unsafe { libc::_exit(1) }
     };
-    // Own session with the console as controlling terminal, so ^C reaches it.
-    let _ = nix::unistd::setsid();
-    // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours.
-    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    // Foreground process group of init's console session (see run_workload).
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    // SAFETY: plain ioctl on the console; SIGTTOU is still ignored here.
+    unsafe { libc::tcsetpgrp(0, libc::getpid()) };
     reset_signals();
     if w.pids_max.is_some() {
         let procs = format!("{WORKLOAD_CGROUP}/cgroup.procs");
@@ -435,6 +452,8 @@ fn reset_signals() {
     use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
     // SAFETY: installing SIG_DFL runs no handler code of ours.
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    // SAFETY: as above; init ignores SIGTTOU, the workload must not.
+    let _ = unsafe { signal(Signal::SIGTTOU, SigHandler::SigDfl) };
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
