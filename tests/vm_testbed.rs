@@ -4,130 +4,21 @@
 //! tests/testbed/vm-cases.sh; each test below checks one case.
 
 mod common;
-use common::*;
+use common::testbed::{self, Case};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-struct Case {
-    output: String,
-    rc: i32,
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn guest_kernel() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("duet/kernel/current/vmlinux")
-}
-
-fn duet_init() -> PathBuf {
-    duet_bin().with_file_name("duet-init")
-}
-
-/// Why the testbed cannot run here, if it cannot.
-fn missing() -> Option<String> {
-    if !is_root() {
-        return Some("needs root".into());
-    }
-    if which("qemu-system-x86_64").is_none() {
-        return Some("needs qemu-system-x86_64 (apt-get install qemu-system-x86)".into());
-    }
-    if !guest_kernel().is_file() {
-        return Some(format!(
-            "needs the guest kernel {} (images/kernel/build.sh)",
-            guest_kernel().display()
-        ));
-    }
-    if !duet_init().is_file() {
-        return Some(format!(
-            "needs {} (cargo build --workspace)",
-            duet_init().display()
-        ));
-    }
-    None
-}
-
-fn which(prog: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(prog))
-        .find(|p| p.is_file())
-}
-
-/// Runs all cases in one testbed boot (once per test binary).
-fn cases() -> &'static Result<BTreeMap<String, Case>, String> {
-    static CASES: OnceLock<Result<BTreeMap<String, Case>, String>> = OnceLock::new();
-    CASES.get_or_init(|| {
-        let out = std::process::Command::new(repo().join("tests/testbed/run"))
-            .args(["--timeout", "900", "--file"])
-            .arg(repo().join("tests/testbed/vm-cases.sh"))
-            .args(["--", "sh", "/testbed/files/vm-cases.sh"])
-            .env("DUET_BIN", duet_bin())
-            .env("DUET_INIT", duet_init())
-            .output()
-            .map_err(|e| format!("cannot start tests/testbed/run: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!(
-            "testbed output:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.code() == Some(125) {
-            return Err(format!(
-                "the testbed itself failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(parse(&text))
-    })
-}
-
-fn parse(text: &str) -> BTreeMap<String, Case> {
-    let mut cases = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in text.lines() {
-        let line = line.trim_end_matches('\r');
-        if let Some(name) = line.strip_prefix("=== BEGIN ") {
-            current = Some((name.to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix("=== END ") {
-            if let (Some((name, output)), Some((_, rc))) = (current.take(), rest.split_once(" rc="))
-            {
-                cases.insert(
-                    name,
-                    Case {
-                        output,
-                        rc: rc.trim().parse().unwrap_or(-1),
-                    },
-                );
-            }
-        } else if let Some((_, out)) = current.as_mut() {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    cases
-}
+static CASES: OnceLock<Result<BTreeMap<String, Case>, String>> = OnceLock::new();
+const SCRIPT: &str = "vm-cases.sh";
 
 /// The case `name`, or None when the test must skip.
 fn case(test: &str, name: &str) -> Option<&'static Case> {
-    if let Some(why) = missing() {
-        skip(test, &format!("the nested-KVM testbed {why}"));
-        return None;
-    }
-    match cases() {
-        Ok(c) => Some(
-            c.get(name)
-                .unwrap_or_else(|| panic!("case {name} did not run; cases: {:?}", c.keys())),
-        ),
-        Err(e) => panic!("{e}"),
-    }
+    testbed::case(test, &CASES, SCRIPT, name)
+}
+
+/// Every case, once the testbed ran (call after [`case`] returned Some).
+fn cases() -> &'static Result<BTreeMap<String, Case>, String> {
+    CASES.get().expect("case() ran the testbed first")
 }
 
 #[test]
@@ -385,41 +276,6 @@ fn vm_two_vms_share_one_layer_file_and_see_pristine_data() {
     assert_ne!(
         b[1], "0",
         "B's /etc/hosts lost its localhost lines:\n{}",
-        c.output
-    );
-}
-
-#[test]
-fn vm_disk_boot_is_within_10_percent_of_initramfs_boot() {
-    let Some(c) = case(
-        "vm_disk_boot_is_within_10_percent_of_initramfs_boot",
-        "boot_compare",
-    ) else {
-        return;
-    };
-    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for l in c.output.lines() {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        if w.len() >= 3 && w[0] == "boot" {
-            if let Ok(ms) = w[2].parse::<f64>() {
-                times.entry(w[1]).or_default().push(ms);
-            }
-        }
-    }
-    let median = |mode: &str| {
-        let mut v = times.get(mode).cloned().unwrap_or_default();
-        assert!(v.len() >= 3, "too few {mode} boots:\n{}", c.output);
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let (disks, initramfs) = (median("disks"), median("initramfs"));
-    eprintln!(
-        "boot to ready: disks {disks:.1} ms, initramfs {initramfs:.1} ms, ratio {:.3}",
-        disks / initramfs
-    );
-    assert!(
-        disks <= initramfs * 1.1,
-        "disks {disks:.1} ms vs initramfs {initramfs:.1} ms:\n{}",
         c.output
     );
 }

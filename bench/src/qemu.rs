@@ -345,7 +345,10 @@ pub fn keep_initrd(
     command: &[&str],
     dest: &Path,
 ) -> Result<KeptInitrd, String> {
+    // QEMU gets duet's initramfs but none of duet's disks: keep an instance
+    // whose whole root is in its initramfs.
     let out = Command::new(duet)
+        .env("DUET_VM_ROOTFS", "initramfs")
         .args(["run", "--isolation", "vm", "--keep", "--memory"])
         .arg(memory_mib.to_string())
         .arg(image)

@@ -70,12 +70,23 @@ pub fn commit(id: &str, name: &str) -> Result<()> {
             inst.meta().image
         )
     })?;
-    let upper = match inst.meta().isolation.as_str() {
-        "container" => inst.upper(),
-        other => bail!("instance `{id}` ({other}) has no writable layer on the host to commit"),
+    let img = match inst.meta().isolation.as_str() {
+        "container" => commit_upper(&store, &base, &inst.upper(), name)
+            .with_context(|| format!("committing instance `{id}` as image `{name}`"))?,
+        "vm" => {
+            // The writable layer is on the VM's scratch disk: commit it from a
+            // child that mounts the disk read-only in a private mount namespace.
+            let scratch = inst.path().join(duet_vmm::disks::SCRATCH_FILE);
+            duet_vmm::scratch_mount::with_upper(&scratch, &mut |upper| {
+                commit_upper(&store, &base, upper, name)
+                    .map(|_| ())
+                    .map_err(|e| super::error_chain(&anyhow::Error::from(e)))
+            })
+            .with_context(|| format!("committing VM instance `{id}` as image `{name}`"))?;
+            store.get(name)?
+        }
+        other => bail!("instance `{id}` has an unknown isolation `{other}`"),
     };
-    let img = commit_upper(&store, &base, &upper, name)
-        .with_context(|| format!("committing instance `{id}` as image `{name}`"))?;
     let top = img.layers.last().expect("commit adds a layer");
     let size = std::fs::read_to_string(store.layer_path(top).join("size")).unwrap_or_default();
     println!(

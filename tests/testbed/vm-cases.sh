@@ -94,20 +94,7 @@ disk_two_vms() {
     sed 's/^/b: /' /tmp/b.out
 }
 
-# Boot to ready (duet start to the guest's ready write), disks against the
-# initramfs, alternating, every cache warm.
-boot_compare() {
-    env DUET_ROOT=$D DUET_VM_ROOTFS=initramfs duet run --isolation vm busybox -- true
-    for i in 1 2 3 4 5; do
-        for mode in disks initramfs; do
-            out=$(env DUET_ROOT=$D DUET_VM_ROOTFS=$mode duet run --isolation vm --timings busybox -- true 2>&1)
-            echo "boot $mode $(echo "$out" | awk '$1 == "ready" { print $2 }') exits $(echo "$out" | awk '$1 == "vm_exits.total:" { print $2 }')"
-        done
-    done
-}
-
 case_ disk_first vmd --timings busybox -- sh -c 'cat /proc/mounts; echo disk-root-ok'
 case_ disk_second vmd --timings busybox -- true
 case_ disk_keep disk_keep
 case_ disk_two_vms disk_two_vms
-case_ boot_compare boot_compare

@@ -261,7 +261,8 @@ mod alignment_tests {
             .map(|_| create_guest_memory(64).unwrap())
             .filter(|m| {
                 let r = m.iter().next().unwrap();
-                (r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize).is_multiple_of(HUGE_PAGE)
+                (r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize)
+                    .is_multiple_of(HUGE_PAGE)
             })
             .count();
         assert!(
