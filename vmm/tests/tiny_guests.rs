@@ -4,6 +4,8 @@
 //! Machine code is assembled by hand, one instruction per line.
 //! Every test skips (and says why) when /dev/kvm cannot be opened.
 
+mod common;
+use common::kvm_usable;
 use duet_shared::report::{Phase, RunReport};
 use duet_shared::runtime::WorkloadExit;
 use duet_vmm::bus::BusDevice;
@@ -19,20 +21,6 @@ use std::time::{Duration, Instant};
 const CODE: u64 = 0x1000;
 const LONG_CODE: u64 = 0x10_0000;
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping: /dev/kvm cannot be opened ({e}); these tests need KVM");
-            false
-        }
-    }
-}
 
 struct Guest {
     vm: Vm,

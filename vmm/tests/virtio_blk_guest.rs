@@ -6,6 +6,8 @@
 //! request's status byte plus the first data byte.
 //! Skips (and says why) when /dev/kvm cannot be opened.
 
+mod common;
+use common::kvm_usable;
 use duet_shared::report::RunReport;
 use duet_shared::runtime::WorkloadExit;
 use duet_vmm::devices::virtio::{self, BlockConfig};
@@ -28,20 +30,6 @@ const HEADER: u64 = 0x12_0000;
 const DATA: u64 = 0x12_1000;
 const STATUS: u64 = 0x12_2000;
 const TABLE: u64 = 0x13_0000;
-
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("skipping: /dev/kvm cannot be opened ({e}); these tests need KVM");
-            false
-        }
-    }
-}
 
 /// The guest: performs every (address, value) write of the table at TABLE
 /// (ended by address 0), then exits with [STATUS] + [DATA].
