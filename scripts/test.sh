@@ -18,7 +18,7 @@ trap 'rm -f "$log"' EXIT
 cargo build --workspace
 tests/testbed/selftest.sh
 status=0
-cargo test --workspace -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

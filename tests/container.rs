@@ -583,8 +583,15 @@ fn commit_makes_an_image_of_only_the_changes() {
     // The committed layer holds only the change: ~300 kB, not the image.
     let store = duet_shared::image::ImageStore::open(env.root()).unwrap();
     let img = store.get("derived").unwrap();
-    assert_eq!(img.layers.len(), 2);
-    let size: u64 = std::fs::read_to_string(store.layer_path(&img.layers[1]).join("size"))
+    let base = store.get("busybox").unwrap();
+    assert_eq!(
+        img.layers.len(),
+        base.layers.len() + 1,
+        "one new layer on top"
+    );
+    assert_eq!(img.layers[..base.layers.len()], base.layers[..]);
+    let top = img.layers.last().unwrap();
+    let size: u64 = std::fs::read_to_string(store.layer_path(top).join("size"))
         .unwrap()
         .trim()
         .parse()
