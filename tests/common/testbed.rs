@@ -63,6 +63,8 @@ pub fn missing() -> Option<String> {
 pub fn run_cases(script: &str) -> Result<BTreeMap<String, Case>, String> {
     let out = std::process::Command::new(repo().join("tests/testbed/run"))
         .args(["--timeout", "900", "--file"])
+        .arg(repo().join("tests/testbed/cases-lib.sh"))
+        .arg("--file")
         .arg(repo().join("tests/testbed").join(script))
         .args(["--", "sh", &format!("/testbed/files/{script}")])
         .env("DUET_BIN", duet_bin())

@@ -2,20 +2,9 @@
 # Containers on a pure cgroup v2 machine, for tests/cgroup2_testbed.rs: the
 # testbed's outer Linux mounts only cgroup2 (memory, pids, cpu controllers),
 # as most distributions do, while this project's own hosts are v1/v2 hybrids.
-# Output format: see vm-cases.sh.
+# Output format: see cases-lib.sh.
 
-case_() {
-    name=$1
-    shift
-    echo "=== BEGIN $name"
-    "$@" 2>&1
-    rc=$?
-    echo "=== END $name rc=$rc"
-}
-
-# A silent guest fails its case in minutes instead of stalling the whole run.
-DUET_EXE=$(command -v duet)
-duet() { timeout 180 "$DUET_EXE" "$@"; }
+. "$(dirname "$0")/cases-lib.sh"
 
 case_ layout sh -c 'grep cgroup /proc/self/mountinfo | awk "{print \$9, \$5}"'
 case_ echo duet run --name v2echo busybox -- echo hi

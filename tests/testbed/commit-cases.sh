@@ -2,22 +2,9 @@
 # One image, both isolations (issue 4), for tests/commit_testbed.rs: a change
 # made under one isolation and committed is seen under the other; deletions
 # stay deleted; the committed layer holds only the change.
-# Output format: see vm-cases.sh.
+# Output format: see cases-lib.sh.
 
-case_() {
-    name=$1
-    shift
-    echo "=== BEGIN $name"
-    "$@" 2>&1
-    rc=$?
-    echo "=== END $name rc=$rc"
-}
-
-# A silent guest fails its case in minutes instead of stalling the whole run.
-DUET_EXE=$(command -v duet)
-duet() { timeout 180 "$DUET_EXE" "$@"; }
-
-kept() { ls /tmp/duet/instances | grep "^$1-"; }
+. "$(dirname "$0")/cases-lib.sh"
 
 # VM -> container
 case_ vm_write duet run --isolation vm --keep --name fromvm busybox -- \

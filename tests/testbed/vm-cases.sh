@@ -1,23 +1,9 @@
 #!/bin/sh
 # Real Linux microVM cases for tests/vm_testbed.rs, run inside the testbed
-# (tests/testbed/run) where /dev/kvm is a real nested KVM. Each case prints
-#   === BEGIN <name>
-#   <combined output>
-#   === END <name> rc=<exit status>
-# and the Rust test checks them. Keep cases independent.
+# (tests/testbed/run) where /dev/kvm is a real nested KVM. Output format:
+# see cases-lib.sh. Keep cases independent.
 
-case_() {
-    name=$1
-    shift
-    echo "=== BEGIN $name"
-    "$@" 2>&1
-    rc=$?
-    echo "=== END $name rc=$rc"
-}
-
-# A silent guest fails its case in minutes instead of stalling the whole run.
-DUET_EXE=$(command -v duet)
-duet() { timeout 180 "$DUET_EXE" "$@"; }
+. "$(dirname "$0")/cases-lib.sh"
 
 vm() { duet run --isolation vm "$@"; }
 
