@@ -38,6 +38,9 @@ pub enum ChildMsg {
         /// The file exists but its ELF interpreter or `#!` interpreter does not.
         interpreter_missing: bool,
     },
+    /// The workload's terminal is ready; the pty master travels with this
+    /// message as SCM_RIGHTS ([`Channel::send_with_fd`]).
+    Console,
 }
 
 /// What the parent tells the child.
@@ -51,6 +54,7 @@ const TAG_STAMPS: u32 = 1;
 const TAG_STEP_FAILED: u32 = 2;
 const TAG_EXEC_FAILED: u32 = 3;
 const TAG_GO: u32 = 4;
+const TAG_CONSOLE: u32 = 5;
 
 fn put_u32(b: &mut [u8; MSG_LEN], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -93,6 +97,7 @@ impl ChildMsg {
                 put_u32(&mut b, 4, errno as u32);
                 put_u32(&mut b, 8, u32::from(interpreter_missing));
             }
+            ChildMsg::Console => put_u32(&mut b, 0, TAG_CONSOLE),
         }
         b
     }
@@ -116,6 +121,7 @@ impl ChildMsg {
                 errno: get_u32(b, 4) as i32,
                 interpreter_missing: get_u32(b, 8) != 0,
             }),
+            TAG_CONSOLE => Some(ChildMsg::Console),
             _ => None,
         }
     }
@@ -206,20 +212,106 @@ impl Channel {
         }
     }
 
+    /// Sends one message with `fd` attached (SCM_RIGHTS). No allocation.
+    pub fn send_with_fd(&self, b: &[u8; MSG_LEN], fd: i32) -> Result<(), i32> {
+        // A cmsg buffer for one fd, aligned for cmsghdr.
+        #[repr(C)]
+        struct CmsgBuf {
+            _align: [libc::cmsghdr; 0],
+            bytes: [u8; 64],
+        }
+        let mut cbuf = CmsgBuf {
+            _align: [],
+            bytes: [0; 64],
+        };
+        let mut iov = libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: MSG_LEN,
+        };
+        // SAFETY: msghdr is plain data; every pointer in it points at locals
+        // that outlive the sendmsg call, and CMSG_* stay inside `cbuf`.
+        unsafe {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+            loop {
+                let n = libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
+                if n == MSG_LEN as isize {
+                    return Ok(());
+                }
+                let e = crate::capabilities::errno();
+                if n < 0 && e == libc::EINTR {
+                    continue;
+                }
+                return Err(if n < 0 { e } else { libc::EPROTO });
+            }
+        }
+    }
+
     /// Parent side: next message from the child, `None` at end-of-file.
     pub fn recv_child(&self) -> io::Result<Option<ChildMsg>> {
+        Ok(self.recv_child_with_fd()?.map(|(m, _)| m))
+    }
+
+    /// Parent side: next message and the fd sent with it, if any (received
+    /// close-on-exec). `None` at end-of-file.
+    pub fn recv_child_with_fd(&self) -> io::Result<Option<(ChildMsg, Option<OwnedFd>)>> {
         let mut b = [0u8; MSG_LEN];
-        match self
-            .recv_raw(&mut b)
-            .map_err(io::Error::from_raw_os_error)?
-        {
-            None => Ok(None),
-            Some(n) => ChildMsg::decode(&b[..n]).map(Some).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "malformed message from container init",
-                )
-            }),
+        let mut cbuf = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: MSG_LEN,
+        };
+        // SAFETY: msghdr is plain data pointing at locals that outlive the
+        // call; the kernel writes at most msg_controllen bytes of cmsgs.
+        let (n, fd) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&cbuf);
+            let n = loop {
+                let n = libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+                if n >= 0 {
+                    break n as usize;
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            };
+            let mut fd = None;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+                    // Only the first fd is ours to keep; a second is closed by its OwnedFd.
+                    let owned = OwnedFd::from_raw_fd(raw);
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            (n, fd)
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        match ChildMsg::decode(&b[..n]) {
+            Some(m) => Ok(Some((m, fd))),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed message from container init",
+            )),
         }
     }
 
@@ -249,6 +341,7 @@ mod tests {
                 errno: libc::EACCES,
                 interpreter_missing: true,
             },
+            ChildMsg::Console,
         ] {
             assert_eq!(ChildMsg::decode(&m.encode()), Some(m));
         }
@@ -270,5 +363,21 @@ mod tests {
         assert_eq!(p.recv_child().unwrap(), None);
         // The peer is gone: send reports EPIPE rather than raising SIGPIPE.
         assert_eq!(p.send_raw(&ParentMsg::Go.encode()), Err(libc::EPIPE));
+    }
+
+    #[test]
+    fn an_fd_travels_with_a_message() {
+        let (p, c) = Channel::pair().unwrap();
+        let f = tempfile::tempfile().unwrap();
+        c.send_with_fd(&ChildMsg::Console.encode(), f.as_raw_fd())
+            .unwrap();
+        let (m, fd) = p.recv_child_with_fd().unwrap().unwrap();
+        assert_eq!(m, ChildMsg::Console);
+        let fd = fd.expect("an fd came along");
+        assert_ne!(fd.as_raw_fd(), f.as_raw_fd());
+        // The received fd is close-on-exec.
+        // SAFETY: fcntl F_GETFD on an fd we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 }

@@ -202,7 +202,51 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
         // SAFETY: prctl with integer arguments.
         Step::NoNewPrivs => check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
         Step::Seccomp => crate::seccomp::install_all(&plan.seccomp),
+        // SAFETY: setsid has no arguments.
+        Step::NewSession => match unsafe { libc::setsid() } {
+            -1 => Err(errno()),
+            _ => Ok(()),
+        },
+        Step::Console(spec) => {
+            let master = crate::console::open_in_child(spec)?;
+            let sent = chan.send_with_fd(&ChildMsg::Console.encode(), master);
+            // SAFETY: closing the master we opened; duet holds its own copy now.
+            unsafe { libc::close(master) };
+            sent
+        }
+        Step::CloseInheritedFds => close_inherited_fds(),
     }
+}
+
+/// Marks every fd above 2 close-on-exec: the setup channel still works until
+/// execve, and nothing else the caller of duet left open survives it.
+fn close_inherited_fds() -> Result<(), i32> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11 lack CLOSE_RANGE_CLOEXEC: set FD_CLOEXEC one by one
+    // up to the fd limit (no allocation, so no /proc/self/fd listing here).
+    // SAFETY: getrlimit writes into a local.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 20) as i32
+    } else {
+        1 << 16
+    };
+    for fd in 3..max {
+        // SAFETY: fcntl on a possibly closed fd only returns EBADF.
+        unsafe {
+            let f = libc::fcntl(fd, libc::F_GETFD);
+            if f >= 0 && f & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, f | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resets what the parent's process state would otherwise leak into the workload.

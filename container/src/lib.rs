@@ -33,6 +33,7 @@ pub mod capabilities;
 pub mod cgroup;
 pub mod channel;
 pub mod child;
+pub mod console;
 pub mod plan;
 pub mod seccomp;
 pub mod signals;
@@ -281,6 +282,7 @@ struct SetupOutcome {
     stamps: Option<(u64, u64, u64)>,
     step_failed: Option<(u32, i32)>,
     exec_failed: Option<(i32, bool)>,
+    console: Option<OwnedFd>,
     timed_out: bool,
 }
 
@@ -319,10 +321,11 @@ fn read_child(chan: &Channel, init: &Init, mut deadline: Option<Instant>) -> Set
             }
         }
         // Errors reading count as end-of-file: the init's status tells the rest.
-        let Ok(Some(msg)) = chan.recv_child() else {
+        let Ok(Some((msg, fd))) = chan.recv_child_with_fd() else {
             return out;
         };
         match msg {
+            ChildMsg::Console => out.console = fd,
             ChildMsg::Stamps {
                 rootfs_ready,
                 pivot_done,
@@ -416,6 +419,7 @@ impl ContainerRuntime {
                 workdir,
                 command: &spec.command,
                 env: &spec.env,
+                console: console::ConsoleSpec::detect(),
             },
             CapabilityPlan::for_this_process(),
             Arc::new(seccomp::compile()?),
@@ -437,6 +441,10 @@ impl ContainerRuntime {
             }
         }
 
+        let plan_console = plan.steps.iter().find_map(|s| match s {
+            Step::Console(c) => Some(*c),
+            _ => None,
+        });
         let deadline = launch.options.timeout.map(|t| Instant::now() + t);
         let (parent_end, child_end) = Channel::pair().map_err(ContainerError::Channel)?;
         let id = launch.instance.id();
@@ -541,6 +549,16 @@ impl ContainerRuntime {
             return Err(ContainerError::InitDied(status?));
         };
         report.mark_at(Phase::Ready, ready);
+        let relay = match (setup.console, plan_console) {
+            (Some(master), Some(spec)) => match console::Relay::start(master, spec) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("duet: cannot relay the workload's terminal: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
 
         // The workload runs.
         let waited = init
@@ -558,6 +576,10 @@ impl ContainerRuntime {
             });
         let exit = waited.and_then(|killed| Ok((killed, finish(&mut init, &mut guard)?)));
         report.mark(Phase::Exited);
+        if let Some(relay) = relay {
+            // The pty's last output is copied before duet prints anything more.
+            relay.finish(Duration::from_millis(500));
+        }
         let destroyed = cgroup.destroy();
         let (killed, mut exit) = exit?;
         destroyed?;

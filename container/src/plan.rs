@@ -152,6 +152,15 @@ pub enum Step {
     NoNewPrivs,
     /// Install [`ChildPlan::seccomp`].
     Seccomp,
+    /// setsid(2): the workload leads a new session, so it has no
+    /// controlling terminal but the one [`Step::Console`] gives it.
+    NewSession,
+    /// Open the workload's own pty and send its master to duet
+    /// ([`crate::console`]).
+    Console(crate::console::ConsoleSpec),
+    /// Mark every fd above 2 close-on-exec (close_range), so nothing duet's
+    /// caller left open reaches the workload.
+    CloseInheritedFds,
 }
 
 fn show(c: &CString) -> String {
@@ -205,6 +214,9 @@ impl Step {
             Step::DropCapabilities => "dropping capabilities".into(),
             Step::NoNewPrivs => "setting no_new_privs".into(),
             Step::Seccomp => "installing the seccomp filter".into(),
+            Step::NewSession => "starting a new session (setsid)".into(),
+            Step::Console(_) => "opening the workload's terminal (/dev/ptmx)".into(),
+            Step::CloseInheritedFds => "closing inherited file descriptors".into(),
         }
     }
 }
@@ -269,6 +281,8 @@ pub struct RootfsSpec<'a> {
     pub command: &'a [String],
     /// Environment.
     pub env: &'a BTreeMap<String, String>,
+    /// Which of fds 0-2 get a new pty (when duet's are terminals).
+    pub console: Option<crate::console::ConsoleSpec>,
 }
 
 fn cstr(what: &'static str, s: impl AsRef<[u8]>) -> Result<CString, PlanError> {
@@ -456,6 +470,12 @@ pub fn build(
         Step::LoopbackUp,
         Step::WaitForParent,
         Step::UnshareCgroupNamespace,
+        Step::NewSession,
+    ]);
+    if let Some(console) = r.console {
+        s.push(Step::Console(console));
+    }
+    s.extend([
         Step::Workdir(cstr(
             "workdir",
             if r.workdir.is_empty() { "/" } else { r.workdir },
@@ -463,6 +483,7 @@ pub fn build(
         Step::Umask(0o022),
         Step::DropCapabilities,
         Step::NoNewPrivs,
+        Step::CloseInheritedFds,
         Step::Seccomp,
     ]);
 
@@ -518,6 +539,7 @@ mod tests {
             workdir: "/srv",
             command,
             env,
+            console: None,
         };
         build(
             &r,
@@ -694,6 +716,7 @@ mod tests {
             workdir: "/",
             command: &cmd,
             env: &env,
+            console: None,
         };
         let caps = CapabilityPlan {
             keep: 0,

@@ -1,0 +1,268 @@
+//! What a container workload can reach of the process that started duet:
+//! inherited file descriptors, the caller's terminal and session (needs root).
+
+mod common;
+use common::*;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The static probe beside the duet binary; busybox carries it as /bin/duet-probe.
+fn probe_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    let p = duet_bin().with_file_name("duet-probe");
+    if p.is_file() {
+        Some(p)
+    } else {
+        skip(
+            test,
+            "needs duet-probe beside duet (cargo build --workspace)",
+        );
+        None
+    }
+}
+
+#[test]
+fn inherited_fds_do_not_reach_the_workload() {
+    if skip_unless_root("inherited_fds_do_not_reach_the_workload") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("fds");
+    let root = std::fs::File::open("/").unwrap();
+    let raw = root.as_raw_fd();
+    let mut cmd = env.cmd(&[
+        "run",
+        "--name",
+        &name,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "ls /proc/self/fd/7/ >/dev/null 2>&1 && echo fd7-open; ls /proc/$$/fd; true",
+    ]);
+    // SAFETY: dup2 in the forked child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Like `exec 7</ 251</` in a shell: inherited without close-on-exec.
+            for fd in [7, 10, 251] {
+                if libc::dup2(raw, fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        !out.contains("fd7-open"),
+        "the caller's fd 7 reached the workload:\n{out}"
+    );
+    let mut fds: Vec<u32> = out
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    fds.sort();
+    // The shell's own 0, 1, 2 (and busybox may hold one more of its own, e.g. 255 for
+    // a script: none here since `sh -c`). None of 7, 10, 251.
+    assert_eq!(
+        fds,
+        vec![0, 1, 2],
+        "the workload holds fds it did not open:\n{out}"
+    );
+    env.assert_clean(&name);
+}
+
+#[test]
+fn workload_leads_its_own_session() {
+    if skip_unless_root("workload_leads_its_own_session") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("sid");
+    // Fields 5 and 6 of /proc/1/stat: process group and session. Inherited from
+    // duet they lie outside the pid namespace and read as 0; after setsid both are 1.
+    let o = env.run(&[
+        "run",
+        "--name",
+        &name,
+        "busybox",
+        "--",
+        "cat",
+        "/proc/1/stat",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let after_comm = out.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // after ")": state ppid pgrp session
+    assert_eq!(
+        (f[2], f[3]),
+        ("1", "1"),
+        "not in a session of its own: {out}"
+    );
+    env.assert_clean(&name);
+}
+
+/// A pty pair: (master, slave path).
+fn open_pty() -> (OwnedFd, String) {
+    // SAFETY: standard pty allocation; ptsname_r writes into our buffer.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut buf = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        (OwnedFd::from_raw_fd(m), name)
+    }
+}
+
+/// Runs `duet ARGS` with a new pty as its controlling terminal and stdio,
+/// as a shell in a terminal would. Returns (exit code, everything the
+/// terminal showed, what was left unread in the terminal's input queue).
+fn run_on_a_terminal(env: &Env, args: &[&str]) -> (Option<i32>, String, String) {
+    let (master, slave_path) = open_pty();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .unwrap();
+    let mut cmd = env.cmd(args);
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: setsid and TIOCSCTTY in the forked child; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Collect the terminal's output while duet runs.
+    let mut m = std::fs::File::from(master.try_clone().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match m.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&all).contains("END-OF-TEST") {
+                break;
+            }
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "duet did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Whatever sits in the terminal's input queue now would be read by the
+    // caller's shell as typed by the user. Read it raw and without blocking.
+    let fd = slave.as_raw_fd();
+    // SAFETY: termios calls on the slave we opened; fcntl flags on it.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(fd, &mut t);
+        libc::cfmakeraw(&mut t);
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+        libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+    }
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: read into a local buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n as usize]);
+    }
+    // Unblock the reader thread.
+    // SAFETY: write to the slave we hold.
+    unsafe { libc::write(fd, b"END-OF-TEST\r\n".as_ptr().cast(), 13) };
+    let shown = reader.join().unwrap();
+    (
+        status.code(),
+        String::from_utf8_lossy(&shown).into_owned(),
+        String::from_utf8_lossy(&pending).into_owned(),
+    )
+}
+
+#[test]
+fn tiocsti_cannot_type_into_the_callers_terminal() {
+    let test = "tiocsti_cannot_type_into_the_callers_terminal";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(_) = probe_or_skip(test) else { return };
+    let env = Env::new();
+    let name = unique("tiocsti");
+    let (code, shown, pending) = run_on_a_terminal(
+        &env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "/bin/duet-probe",
+            "--tiocsti",
+            "echo PWNED\n",
+        ],
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "the probe could not even use its own terminal:\n{shown}"
+    );
+    assert!(shown.contains("tiocsti: ok"), "{shown}");
+    assert!(
+        !pending.contains("PWNED"),
+        "the workload typed into the caller's terminal: {pending:?}\n{shown}"
+    );
+    env.assert_clean(&name);
+}
+
+#[test]
+fn a_terminal_gets_a_pty_of_its_own_and_is_restored() {
+    let test = "a_terminal_gets_a_pty_of_its_own_and_is_restored";
+    if skip_unless_root(test) {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("pty");
+    let (code, shown, _) = run_on_a_terminal(
+        &env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && tty; stty size; exit 3",
+        ],
+    );
+    assert_eq!(code, Some(3), "{shown}");
+    // The container's own devpts: its first pty, not the caller's /dev/pts/N.
+    assert!(shown.contains("/dev/pts/0"), "{shown}");
+    env.assert_clean(&name);
+}
