@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn run_ok(env: &Env, args: &[&str]) -> String {
@@ -616,5 +617,135 @@ fn commit_makes_an_image_of_only_the_changes() {
     );
     assert_eq!(out, "passwd\n");
     assert!(env.run(&["rm", &id]).status.success());
+    env.assert_clean(&name);
+}
+
+/// The memory hierarchy's mount and this process's cgroup in it (v1 or v2).
+fn own_memory_cgroup() -> Option<(PathBuf, PathBuf)> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let v1 = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let r: Vec<&str> = right.split(' ').collect();
+        (r[0] == "cgroup" && r[2].split(',').any(|o| o == "memory"))
+            .then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+    });
+    let (mount, own) = match v1 {
+        Some(m) => {
+            let own = cg.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+                list.split(',')
+                    .any(|c| c == "memory")
+                    .then(|| path.to_string())
+            })?;
+            (m, own)
+        }
+        None => {
+            let m = mounts.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                right
+                    .starts_with("cgroup2 ")
+                    .then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+            })?;
+            let own = cg
+                .lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))?;
+            (m, own)
+        }
+    };
+    Some((mount.clone(), mount.join(own.trim_start_matches('/'))))
+}
+
+#[test]
+fn the_callers_memory_limit_still_covers_the_container() {
+    let test = "the_callers_memory_limit_still_covers_the_container";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some((mount, own)) = own_memory_cgroup() else {
+        skip(test, "no memory cgroup hierarchy mounted");
+        return;
+    };
+    let v2 =
+        !mount.join("memory.limit_in_bytes").exists() && mount.join("cgroup.controllers").exists();
+    // A cgroup for "the caller" (what a user's slice or a CI job's limit would be):
+    // 48 MiB. duet runs inside it; the container asks for 512 MiB and uses 200.
+    let caller = own.join(format!("duet-test-caller-{}", std::process::id()));
+    std::fs::create_dir(&caller).unwrap();
+    let limit = if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    std::fs::write(caller.join(limit), (48u64 << 20).to_string()).unwrap();
+    // On v2 the caller's cgroup holds duet, so duet nests under its parent (runc's
+    // rule): put duet one level deeper, in a leaf below the limited cgroup.
+    let leaf = if v2 {
+        std::fs::write(caller.join("cgroup.subtree_control"), "+memory").unwrap();
+        let l = caller.join("duet-leaf");
+        std::fs::create_dir(&l).unwrap();
+        l
+    } else {
+        caller.clone()
+    };
+    let procs = leaf.join("cgroup.procs");
+    let env = Env::new();
+    let name = unique("callerlimit");
+    let mut cmd = env.cmd(&[
+        "run",
+        "--name",
+        &name,
+        "--memory",
+        "512",
+        "busybox",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=200M",
+        "count=1",
+    ]);
+    let procs_c = std::ffi::CString::new(procs.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: open/write/close in the forked child before exec: async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs_c.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    // duet leaves nothing in its caller's cgroup, not even an empty `duet/`.
+    let left: Vec<_> = std::fs::read_dir(&leaf)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    let rm = |d: &Path| {
+        for _ in 0..100 {
+            if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    if v2 {
+        rm(&leaf);
+    }
+    rm(&caller);
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "200 MiB inside a caller limited to 48 MiB must be OOM-killed: {}",
+        stderr(&o)
+    );
+    assert!(left.is_empty(), "left in the caller's cgroup: {left:?}");
+    assert!(!caller.exists(), "the caller's cgroup could not be removed");
     env.assert_clean(&name);
 }

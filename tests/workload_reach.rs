@@ -266,3 +266,75 @@ fn a_terminal_gets_a_pty_of_its_own_and_is_restored() {
     assert!(shown.contains("/dev/pts/0"), "{shown}");
     env.assert_clean(&name);
 }
+
+#[test]
+fn setuid_files_a_container_plants_give_host_users_nothing() {
+    let test = "setuid_files_a_container_plants_give_host_users_nothing";
+    if skip_unless_root(test) {
+        return;
+    }
+    let Some(_) = probe_or_skip(test) else { return };
+    let env = Env::new();
+    // A state root duet makes itself, below a directory every user can traverse.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = env.root().join("state");
+    let name = unique("suid");
+    let o = env
+        .cmd(&[
+            "run",
+            "--keep",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "cp /bin/duet-probe /planted && chmod 4755 /planted",
+        ])
+        .env("DUET_ROOT", &state)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let instances: Vec<_> = std::fs::read_dir(state.join("instances"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(instances.len(), 1);
+    let planted = instances[0].path().join("upper/planted");
+    assert!(
+        planted.is_file(),
+        "the kept upper layer holds the planted file"
+    );
+    // User nobody tries to run it.
+    let mut cmd = std::process::Command::new(&planted);
+    cmd.arg("--compact");
+    // SAFETY: setgroups/setgid/setuid in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match cmd.output() {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+        Ok(o) => {
+            let out = stdout(&o);
+            panic!("user nobody ran a file planted by a container (setuid root): {out}");
+        }
+    }
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state root is private");
+    let id = instances[0].file_name().to_string_lossy().into_owned();
+    let rm = env
+        .cmd(&["rm", &id])
+        .env("DUET_ROOT", &state)
+        .output()
+        .unwrap();
+    assert!(rm.status.success(), "{}", stderr(&rm));
+}

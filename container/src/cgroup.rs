@@ -1,4 +1,12 @@
-//! Cgroups for one container: `duet/<instance id>` under each hierarchy used.
+//! Cgroups for one container: `<parent>/duet/<instance id>` under each hierarchy used.
+//!
+//! `<parent>` is, as runc does it, the cgroup of the process that runs duet
+//! (so whatever limits its caller lives under still cover the container),
+//! or `DUET_CGROUP_PARENT` / `duet run --cgroup-parent` ([`CgroupParent`]).
+//! On cgroup v2 a cgroup that holds processes cannot also have children
+//! with controllers enabled (the "no internal processes" rule), and duet's
+//! own cgroup holds duet: there the parent of duet's cgroup is used, unless
+//! duet's cgroup is a systemd `.slice` (runc's rule, for the same reason).
 //!
 //! Two layouts exist in the wild and duet supports both:
 //! - pure cgroup v2: one `cgroup2` mount (usually `/sys/fs/cgroup`) carrying
@@ -234,8 +242,17 @@ impl CgroupLayout {
     }
 
     /// The hierarchies that carry `needed`: a v1 mount where the controller
-    /// is bound to v1, the v2 mount otherwise.
+    /// is bound to v1, the v2 mount otherwise; `duet/` right under each root.
     pub fn plan(&self, needed: &[Controller]) -> Result<Vec<Hierarchy>, CgroupError> {
+        self.plan_under(needed, &CgroupParent::Fixed(PathBuf::new()))
+    }
+
+    /// Like [`CgroupLayout::plan`], with `duet/` below `parent` in each hierarchy.
+    pub fn plan_under(
+        &self,
+        needed: &[Controller],
+        parent: &CgroupParent,
+    ) -> Result<Vec<Hierarchy>, CgroupError> {
         let v2_has = self.v2_controllers();
         let mut out: Vec<Hierarchy> = Vec::new();
         for &c in needed {
@@ -260,6 +277,7 @@ impl CgroupLayout {
                 Some(h) => h.controllers.push(c),
                 None => out.push(Hierarchy {
                     version,
+                    parent: parent.path_in(version, c, &mount),
                     mount,
                     controllers: vec![c],
                 }),
@@ -298,8 +316,83 @@ pub struct Hierarchy {
     pub version: CgroupVersion,
     /// Mount point (the hierarchy's root as this process sees it).
     pub mount: PathBuf,
+    /// The cgroup (relative to `mount`) that holds duet's `duet/` directory.
+    pub parent: PathBuf,
     /// Controllers whose limits go into this hierarchy.
     pub controllers: Vec<Controller>,
+}
+
+/// Environment variable naming the cgroup (a path inside each hierarchy)
+/// under which duet makes its `duet/` directory instead of the caller's.
+pub const CGROUP_PARENT_ENV: &str = "DUET_CGROUP_PARENT";
+
+/// Where below each hierarchy's root duet's `duet/` directory goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupParent {
+    /// The same path in every hierarchy (`--cgroup-parent`, [`CGROUP_PARENT_ENV`], tests).
+    Fixed(PathBuf),
+    /// The invoking process's own cgroups, as `/proc/self/cgroup` lists them.
+    Caller(String),
+}
+
+impl CgroupParent {
+    /// `explicit` if given, else [`CGROUP_PARENT_ENV`], else the caller's own cgroups.
+    pub fn detect(explicit: Option<&Path>) -> CgroupParent {
+        if let Some(p) = explicit {
+            return CgroupParent::Fixed(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os(CGROUP_PARENT_ENV).filter(|p| !p.is_empty()) {
+            return CgroupParent::Fixed(PathBuf::from(p));
+        }
+        CgroupParent::Caller(std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default())
+    }
+
+    /// The parent (relative to the hierarchy root) for `controller` in a
+    /// hierarchy of `version` mounted at `mount`. A caller's cgroup that is
+    /// not visible under `mount` (a mount of a sub-tree) falls back to the root.
+    pub fn path_in(&self, version: CgroupVersion, controller: Controller, mount: &Path) -> PathBuf {
+        let rel = |p: &str| -> PathBuf {
+            Path::new(p)
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .collect()
+        };
+        match self {
+            CgroupParent::Fixed(p) => rel(&p.to_string_lossy()),
+            CgroupParent::Caller(text) => {
+                let own = text.lines().find_map(|l| {
+                    let mut f = l.splitn(3, ':');
+                    let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+                    let hit = match version {
+                        CgroupVersion::V2 => list.is_empty(),
+                        CgroupVersion::V1 => list.split(',').any(|c| c == controller.name()),
+                    };
+                    hit.then(|| rel(path))
+                });
+                let Some(mut own) = own else {
+                    return PathBuf::new();
+                };
+                if version == CgroupVersion::V2
+                    && !own.as_os_str().is_empty()
+                    && !own.to_string_lossy().ends_with(".slice")
+                {
+                    own.pop();
+                }
+                if mount.join(&own).is_dir() {
+                    own
+                } else {
+                    PathBuf::new()
+                }
+            }
+        }
+    }
+}
+
+impl Hierarchy {
+    /// `<mount>/<parent>/duet`: where this hierarchy keeps duet's cgroups.
+    pub fn duet_dir(&self) -> PathBuf {
+        self.mount.join(&self.parent).join(DUET_CGROUP_DIR)
+    }
 }
 
 /// Checks that an instance id is one path component.
@@ -402,16 +495,35 @@ impl Cgroup {
         check_id(id)?;
         let mut cg = Cgroup { dirs: Vec::new() };
         for h in hierarchies {
-            let parent = h.mount.join(DUET_CGROUP_DIR);
+            let parent = h.duet_dir();
             if h.version == CgroupVersion::V2 {
-                enable_subtree(&h.mount, &h.controllers)?;
-            }
-            mkdir_ok_if_exists(&parent)?;
-            if h.version == CgroupVersion::V2 {
-                enable_subtree(&parent, &h.controllers)?;
+                // Every level from the root down must pass the controllers on.
+                let mut level = h.mount.clone();
+                enable_subtree(&level, &h.controllers)?;
+                for c in h.parent.components() {
+                    level.push(c);
+                    enable_subtree(&level, &h.controllers)?;
+                }
             }
             let dir = parent.join(id);
-            mkdir_ok_if_exists(&dir)?;
+            // A run that just removed its own instance may remove the then
+            // empty `duet/` meanwhile (see `destroy`): make it again and retry.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let made = mkdir_ok_if_exists(&parent)
+                    .and_then(|()| match h.version {
+                        CgroupVersion::V2 => enable_subtree(&parent, &h.controllers),
+                        CgroupVersion::V1 => Ok(()),
+                    })
+                    .and_then(|()| mkdir_ok_if_exists(&dir));
+                match made {
+                    Ok(()) => break,
+                    Err(CgroupError::Io { ref source, .. })
+                        if source.kind() == io::ErrorKind::NotFound && tries < 5 => {}
+                    Err(e) => return Err(e),
+                }
+            }
             cg.dirs.push((h.version, dir.clone()));
             for (file, value, optional) in limit_writes(h, r) {
                 let p = dir.join(file);
@@ -447,8 +559,21 @@ impl Cgroup {
             if let Err(e) = remove_cgroup_dir(v, &d) {
                 first_err.get_or_insert(e);
             }
+            remove_empty_duet_dir(&d);
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Removes `duet/` above an instance's cgroup once no instance is left in
+/// it, so duet leaves nothing in its caller's cgroup (whose owner, e.g.
+/// systemd for a session scope, wants to remove it later). Fails quietly
+/// while other instances are there.
+fn remove_empty_duet_dir(instance_dir: &Path) {
+    if let Some(parent) = instance_dir.parent() {
+        if parent.file_name().is_some_and(|n| n == DUET_CGROUP_DIR) {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
@@ -456,6 +581,7 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         for (v, d) in std::mem::take(&mut self.dirs) {
             let _ = remove_cgroup_dir(v, &d);
+            remove_empty_duet_dir(&d);
         }
     }
 }
@@ -516,12 +642,43 @@ pub fn gc_instance(layout: &CgroupLayout, id: &str) -> Result<(), CgroupError> {
     check_id(id)?;
     let mut first_err = None;
     for (v, root) in layout.all_roots() {
-        let dir = root.join(DUET_CGROUP_DIR).join(id);
-        if let Err(e) = remove_cgroup_dir(v, &dir) {
-            first_err.get_or_insert(e);
+        for dir in find_instance_dirs(&root, id) {
+            if let Err(e) = remove_cgroup_dir(v, &dir) {
+                first_err.get_or_insert(e);
+            }
+            remove_empty_duet_dir(&dir);
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Levels of cgroups below a root that `gc` searches for `duet/<id>`.
+const GC_SEARCH_DEPTH: usize = 12;
+
+/// Every `.../duet/<id>` directory below `root`, whatever parent the run
+/// that made it used (the caller's cgroup then may differ from gc's).
+pub fn find_instance_dirs(root: &Path, id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = todo.pop() {
+        let candidate = dir.join(DUET_CGROUP_DIR).join(id);
+        if candidate.is_dir() {
+            found.push(candidate);
+        }
+        if depth >= GC_SEARCH_DEPTH {
+            continue;
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            // cgroupfs has no symlinks; file_type() does not follow one anyway.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -798,5 +955,85 @@ mod tests {
     fn removing_a_missing_cgroup_is_fine() {
         let t = tempfile::tempdir().unwrap();
         remove_cgroup_dir(CgroupVersion::V2, &t.path().join("nope")).unwrap();
+    }
+
+    #[test]
+    fn parent_is_the_callers_cgroup_v1_and_its_parent_on_v2() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path();
+        std::fs::create_dir_all(m.join("process_api/abc")).unwrap();
+        std::fs::create_dir_all(m.join("user.slice/user-0.slice/session-1.scope")).unwrap();
+        let caller = CgroupParent::Caller(
+            "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu,cpuacct:/\n\
+             0::/user.slice/user-0.slice/session-1.scope\n"
+                .into(),
+        );
+        assert_eq!(
+            caller.path_in(CgroupVersion::V1, Controller::Memory, m),
+            PathBuf::from("process_api/abc")
+        );
+        assert_eq!(
+            caller.path_in(CgroupVersion::V1, Controller::Cpu, m),
+            PathBuf::new()
+        );
+        // v2: a scope holds duet itself, so its parent slice is used (runc's rule).
+        assert_eq!(
+            caller.path_in(CgroupVersion::V2, Controller::Memory, m),
+            PathBuf::from("user.slice/user-0.slice")
+        );
+        let slice = CgroupParent::Caller("0::/user.slice/user-0.slice\n".into());
+        assert_eq!(
+            slice.path_in(CgroupVersion::V2, Controller::Pids, m),
+            PathBuf::from("user.slice/user-0.slice")
+        );
+        // Not visible under this mount (a sub-tree mount, another namespace): the root.
+        let gone = CgroupParent::Caller("4:memory:/elsewhere\n".into());
+        assert_eq!(
+            gone.path_in(CgroupVersion::V1, Controller::Memory, m),
+            PathBuf::new()
+        );
+        let fixed = CgroupParent::Fixed(PathBuf::from("/../a/./b"));
+        assert_eq!(
+            fixed.path_in(CgroupVersion::V2, Controller::Memory, m),
+            PathBuf::from("a/b"),
+            "`..` never climbs out of the hierarchy"
+        );
+    }
+
+    #[test]
+    fn v2_parent_levels_pass_the_controllers_on() {
+        let (t, l) = v2_fixture("memory pids cpu");
+        let deep = t.path().join("a.slice/b.slice");
+        touch(&t.path().join("a.slice"), &["cgroup.subtree_control"]);
+        touch(&deep, &["cgroup.subtree_control"]);
+        touch(&deep.join("duet"), &["cgroup.subtree_control"]);
+        touch(&deep.join("duet/x-1"), &["memory.max", "cpu.max"]);
+        let plan = l
+            .plan_under(
+                &[Controller::Memory, Controller::Cpu],
+                &CgroupParent::Fixed("a.slice/b.slice".into()),
+            )
+            .unwrap();
+        assert_eq!(plan[0].duet_dir(), deep.join("duet"));
+        let r = Resources::default();
+        let cg = Cgroup::create(&plan, "x-1", &r).unwrap();
+        for level in [
+            t.path().to_path_buf(),
+            t.path().join("a.slice"),
+            deep.clone(),
+            deep.join("duet"),
+        ] {
+            assert_eq!(
+                read(&level.join("cgroup.subtree_control")),
+                "+memory +cpu",
+                "{}",
+                level.display()
+            );
+        }
+        assert_eq!(
+            find_instance_dirs(t.path(), "x-1"),
+            vec![deep.join("duet/x-1")]
+        );
+        std::mem::forget(cg);
     }
 }

@@ -380,7 +380,9 @@ impl ContainerRuntime {
             return Err(ContainerError::Interrupted(sig));
         }
         let layout = CgroupLayout::detect()?;
-        let hierarchies = layout.plan(&Controller::needed(&launch.spec.resources))?;
+        let parent = cgroup::CgroupParent::detect(launch.options.cgroup_parent.as_deref());
+        let hierarchies =
+            layout.plan_under(&Controller::needed(&launch.spec.resources), &parent)?;
         self.run_in_hierarchies(launch, report, &hierarchies, guard)
     }
 
@@ -428,10 +430,9 @@ impl ContainerRuntime {
             for h in hierarchies {
                 let names: Vec<&str> = h.controllers.iter().map(|c| c.name()).collect();
                 eprintln!(
-                    "duet: cgroup {:?} {}/{}/{} for {}",
+                    "duet: cgroup {:?} {}/{} for {}",
                     h.version,
-                    h.mount.display(),
-                    cgroup::DUET_CGROUP_DIR,
+                    h.duet_dir().display(),
                     launch.instance.id(),
                     names.join(",")
                 );

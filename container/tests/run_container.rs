@@ -454,6 +454,7 @@ fn v2_clone_into_cgroup_places_the_init() {
     let hier = vec![Hierarchy {
         version: CgroupVersion::V2,
         mount: v2.clone(),
+        parent: Default::default(),
         controllers: Vec::new(),
     }];
     let root = tempfile::tempdir().unwrap();

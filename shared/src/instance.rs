@@ -101,6 +101,7 @@ impl InstanceDir {
         isolation: &str,
     ) -> Result<InstanceDir, InstanceError> {
         let base = Self::base(root);
+        crate::paths::make_private(root).map_err(io_err(root))?;
         std::fs::create_dir_all(&base).map_err(io_err(&base))?;
         let pid = std::process::id() as i32;
         loop {

@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub console: bool,
     /// Narrate each step on stderr (`--explain`).
     pub explain: bool,
+    /// Container: the cgroup (a path inside each hierarchy) to nest duet's
+    /// cgroups under instead of the caller's own (`--cgroup-parent`).
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 /// Everything a backend needs to start one instance: the resolved spec

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Narrate each step on stderr.
     #[arg(long)]
     pub explain: bool,
+    /// Container: put duet's cgroups under this cgroup (a path inside each
+    /// hierarchy) instead of under the cgroup duet runs in.
+    #[arg(long, value_name = "CGROUP")]
+    pub cgroup_parent: Option<PathBuf>,
     /// Command and arguments, after `--`; default: the spec's or the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -151,6 +155,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         timeout: args.timeout.map(Duration::from_secs_f64),
         console: args.console,
         explain: args.explain,
+        cgroup_parent: args.cgroup_parent.clone(),
     };
     let mut instance = InstanceDir::create(&root, &spec.name, &image.name, backend.isolation())?;
     let launch = Launch {

@@ -106,20 +106,25 @@ impl Env {
     }
 }
 
-/// cgroup directories `duet/<name>-*` under any hierarchy in /sys/fs/cgroup.
+/// cgroup directories `duet/<name>-*` anywhere under any hierarchy in
+/// /sys/fs/cgroup (duet nests them below its caller's cgroup).
 pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let prefix = format!("{name}-");
-    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-        roots.extend(rd.flatten().map(|e| e.path()));
-    }
-    for r in roots {
-        if let Ok(rd) = std::fs::read_dir(r.join("duet")) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    found.push(e.path());
-                }
+    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let n = e.file_name().to_string_lossy().into_owned();
+            if dir.file_name().is_some_and(|d| d == "duet") && n.starts_with(&prefix) {
+                found.push(e.path());
+            } else if depth < 12 {
+                todo.push((e.path(), depth + 1));
             }
         }
     }

@@ -69,7 +69,7 @@ fn child_main(
     let dir = std::env::temp_dir().join(format!("duet-scratch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let out = Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop,ro"])
+        .args(["-t", "ext4", "-o", "loop,ro,nosuid,nodev,noexec"])
         .arg(scratch)
         .arg(&dir)
         .output();

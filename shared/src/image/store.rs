@@ -63,6 +63,7 @@ pub struct ImageStore {
 impl ImageStore {
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
+        crate::paths::make_private(root).map_err(io_err("cannot create the state root", root))?;
         for sub in ["layers/sha256", "images", "tmp"] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err("cannot create store directory", &p))?;
