@@ -54,8 +54,22 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
 }
 
+/// Exit status for usage errors and for failures of duet itself (not of
+/// the workload), as the README promises; the same as docker's and runc's.
+const DUET_FAILED: u8 = 125;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(DUET_FAILED),
+            };
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),
@@ -78,7 +92,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("duet: {}", cmd::error_chain(&e));
-            ExitCode::from(125)
+            ExitCode::from(DUET_FAILED)
         }
     }
 }

@@ -339,13 +339,18 @@ fn fifty_in_parallel_leave_nothing() {
 }
 
 #[test]
-fn sigterm_and_sigint_clean_up() {
-    if skip_unless_root("sigterm_and_sigint_clean_up") {
+fn stop_signals_clean_up() {
+    if skip_unless_root("stop_signals_clean_up") {
         return;
     }
     let env = Env::new();
     let name = unique("sig");
-    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+    for (sig, code) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+        (libc::SIGHUP, 129),
+        (libc::SIGQUIT, 131),
+    ] {
         let mut c = env
             .cmd(&["run", "--name", &name, "busybox", "--", "sleep", "100"])
             .spawn()
@@ -365,7 +370,7 @@ fn sigterm_and_sigint_clean_up() {
             "duet took {:?} to stop",
             t.elapsed()
         );
-        assert_eq!(status.code(), Some(code));
+        assert_eq!(status.code(), Some(code), "after signal {sig}");
         env.assert_clean(&name);
     }
 }

@@ -1,4 +1,4 @@
-//! SIGINT/SIGTERM while containers run: kill them, let duet clean up and exit.
+//! SIGINT/SIGTERM/SIGHUP/SIGQUIT while containers run: kill them, let duet clean up and exit.
 //!
 //! The init of a pid namespace ignores signals it has no handler for, so
 //! forwarding Ctrl-C would do nothing; duet SIGKILLs its containers instead.
@@ -26,7 +26,7 @@ static RECEIVED: AtomicI32 = AtomicI32::new(0);
 static INSTALL: Once = Once::new();
 
 /// Signals that stop duet's containers.
-pub const STOP_SIGNALS: [i32; 2] = [libc::SIGINT, libc::SIGTERM];
+pub const STOP_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 extern "C" fn on_stop_signal(sig: libc::c_int) {
     if ACTIVE_RUNS.load(Ordering::SeqCst) == 0 {

@@ -4,7 +4,9 @@
 //! says why it skips otherwise. Output is captured through files the
 //! workload writes into its root, which land in the instance's upper layer.
 
-use duet_container::cgroup::{CgroupLayout, CgroupVersion, Controller, Hierarchy, DUET_CGROUP_DIR};
+use duet_container::cgroup::{
+    find_instance_dirs, CgroupLayout, CgroupVersion, Controller, Hierarchy, DUET_CGROUP_DIR,
+};
 use duet_container::{ContainerError, ContainerRuntime};
 use duet_shared::image::{Image, ImageConfig};
 use duet_shared::{
@@ -550,14 +552,15 @@ fn start_helper(root: &Path) -> (std::process::Child, String) {
         .spawn()
         .unwrap();
     let layout = CgroupLayout::detect().unwrap();
-    let mem = layout.plan(&[Controller::Memory]).unwrap()[0]
-        .mount
-        .join(DUET_CGROUP_DIR);
+    let mem = layout.plan(&[Controller::Memory]).unwrap()[0].mount.clone();
     for _ in 0..500 {
         if let Ok(id) = std::fs::read_to_string(root.join("id")) {
-            // Running: the cgroup holds the workload (sleep) as its init.
-            let procs =
-                std::fs::read_to_string(mem.join(&id).join("cgroup.procs")).unwrap_or_default();
+            // Running: the cgroup (nested below this process's) holds the workload
+            // (sleep) as its init.
+            let procs = find_instance_dirs(&mem, &id)
+                .first()
+                .and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+                .unwrap_or_default();
             if let Some(pid) = procs.lines().next() {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 if comm.trim() == "sleep" {
@@ -577,8 +580,7 @@ fn cgroups_of(id: &str) -> Vec<PathBuf> {
     layout
         .all_roots()
         .into_iter()
-        .map(|(_, r)| r.join(DUET_CGROUP_DIR).join(id))
-        .filter(|d| d.exists())
+        .flat_map(|(_, r)| find_instance_dirs(&r, id))
         .collect()
 }
 
@@ -606,10 +608,9 @@ fn kill_9_leaves_only_what_gc_removes() {
     let root = tempfile::tempdir().unwrap();
     let (mut child, id) = start_helper(root.path());
     let layout = CgroupLayout::detect().unwrap();
-    let mem = layout.plan(&[Controller::Memory]).unwrap()[0]
-        .mount
-        .join(DUET_CGROUP_DIR)
-        .join(&id);
+    let mem = find_instance_dirs(&layout.plan(&[Controller::Memory]).unwrap()[0].mount, &id)
+        .pop()
+        .expect("the helper's memory cgroup");
     let init: i32 = std::fs::read_to_string(mem.join("cgroup.procs"))
         .unwrap()
         .lines()

@@ -201,7 +201,7 @@ impl WorkloadSpec {
             return Err(bad(
                 "name",
                 format!(
-                    "`{}` is not a valid instance name (1-63 of a-z, A-Z, 0-9, '-', '_', '.'; it becomes the hostname)",
+                    "`{}` is not a valid instance name (1-63 of a-z, A-Z, 0-9, '-', '_', '.', not starting with '.' or '-'; it becomes the hostname)",
                     self.name
                 ),
             ));
@@ -262,6 +262,8 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !name.starts_with('.')
+        // A leading `-` would read as an option wherever the name is passed on.
+        && !name.starts_with('-')
 }
 
 /// 1-based line and column of a byte offset.

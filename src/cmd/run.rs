@@ -51,9 +51,9 @@ pub struct RunArgs {
     /// Keep the instance's writable layer after exit (see `duet ps`, `duet commit`).
     #[arg(long)]
     pub keep: bool,
-    /// Stop the workload after this many seconds.
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    /// Stop the workload after this many seconds (e.g. 2.5; at most a year).
+    #[arg(long, value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// VM: show the guest kernel's console log.
     #[arg(long)]
     pub console: bool,
@@ -67,6 +67,29 @@ pub struct RunArgs {
     /// Command and arguments, after `--`; default: the spec's or the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Longest `--timeout` accepted: a year (longer is surely a typo).
+const MAX_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--timeout SECONDS`: a finite, positive number of seconds up to a year.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !secs.is_finite() {
+        return Err(format!("`{s}` is not a finite number of seconds"));
+    }
+    if secs <= 0.0 {
+        return Err(format!("`{s}`: the timeout must be more than 0 seconds"));
+    }
+    if secs > MAX_TIMEOUT_SECS {
+        return Err(format!(
+            "`{s}`: the timeout may be at most {MAX_TIMEOUT_SECS} seconds (a year)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Builds the effective spec from the file or IMAGE plus command-line overrides.
@@ -152,7 +175,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     report.mark(Phase::SpecLoaded);
     let options = RunOptions {
-        timeout: args.timeout.map(Duration::from_secs_f64),
+        timeout: args.timeout,
         console: args.console,
         explain: args.explain,
         cgroup_parent: args.cgroup_parent.clone(),

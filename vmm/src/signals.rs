@@ -1,4 +1,4 @@
-//! SIGINT/SIGTERM while a VM runs: stop the VM, let duet clean up and exit.
+//! SIGINT/SIGTERM/SIGHUP/SIGQUIT while a VM runs: stop the VM, let duet clean up and exit.
 //!
 //! The handler only records the signal (async-signal-safe); the thread that
 //! waits for the VM's end polls [`received`] between events and stops the
@@ -32,14 +32,14 @@ pub fn received() -> Option<i32> {
     }
 }
 
-/// Marks a VM run in progress; SIGINT/SIGTERM stop it while the guard lives.
+/// Marks a VM run in progress; SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it while the guard lives.
 pub struct RunGuard(());
 
 impl RunGuard {
     /// Installs the handler (once) and counts this run.
     pub fn enter() -> RunGuard {
         INSTALL.call_once(|| {
-            for sig in [libc::SIGINT, libc::SIGTERM] {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
                 // SAFETY: a zeroed sigaction with a valid handler and empty mask is well-formed;
                 // the handler does only async-signal-safe work.
                 unsafe {
