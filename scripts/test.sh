@@ -15,10 +15,16 @@ export DUET_TEST_STRICT=1
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 
-cargo build --workspace
-tests/testbed/selftest.sh
+stage() { echo "== test.sh: $1 took $((SECONDS - $2)) s" >&2; }
+t=$SECONDS; cargo build --workspace; stage "cargo build --workspace" "$t"
+t=$SECONDS; tests/testbed/selftest.sh; stage "testbed self-test" "$t"
 status=0
+t=$SECONDS
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
+stage "cargo test --workspace" "$t"
+# The slowest test binaries (the testbed groups), so a creeping CI time has a name.
+awk '/Running / { bin = $2 } /^test result:/ { sub(/s$/, "", $NF); print $NF, bin }' "$log" \
+    | sort -rn | head -8 | sed 's/^/   /' >&2
 
 # One closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
