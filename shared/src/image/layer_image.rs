@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 /// File name of a layer's image inside its layer directory.
 pub const LAYER_IMAGE_FILE: &str = "layer.erofs";
+/// Chunk size of chunk-based erofs files (holes are kept per chunk; erofs
+/// reads them since Linux 5.15, duet's guest kernel is 6.1).
+pub const EROFS_CHUNK: u32 = 4096;
 /// The tool that builds layer images.
 pub const MKFS_EROFS: &str = "mkfs.erofs";
 
@@ -165,6 +168,9 @@ fn build(tree: &Path, dest: &Path, digest: &str) -> Result<(), LayerImageError> 
         let out = Command::new(MKFS_EROFS)
             .arg("--quiet")
             .arg("--preserve-mtime")
+            // Chunk-based files keep holes: without it mkfs.erofs writes every
+            // hole of a sparse file as zeros (a 1 GiB hole became a 1 GiB image).
+            .arg(format!("--chunksize={EROFS_CHUNK}"))
             .arg(&tmp)
             .arg(tree)
             .output()
