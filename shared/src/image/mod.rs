@@ -12,9 +12,13 @@
 mod beneath;
 mod busybox;
 mod commit;
+#[cfg(test)]
+mod confinement_tests;
 pub mod escape;
 mod import;
 pub mod layer_image;
+#[cfg(test)]
+mod outer_tests;
 mod store;
 #[cfg(test)]
 mod tests;
