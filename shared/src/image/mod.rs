@@ -19,6 +19,8 @@ mod import;
 pub mod layer_image;
 #[cfg(test)]
 mod outer_tests;
+#[cfg(test)]
+mod proptests;
 mod store;
 #[cfg(test)]
 mod tests;
