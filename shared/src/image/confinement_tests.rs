@@ -213,10 +213,19 @@ fn whiteout_under_relative_symlink_parent_stays_inside() {
         E::File(s("x/.wh.victim"), vec![]),
         E::File(s("x/sub/.wh.deep"), vec![]),
     ]);
-    let (_sb, _) = confined(&[
-        E::Sym(s("x"), s("../../../../../../../../..")),
-        E::File(s("x/.wh.tmp"), vec![]),
-    ]);
+    // Climbing far above the layer and back down to the canary: IN_ROOT
+    // clamps the climb at the layer root. (Every target in these tests leads
+    // into the sandbox, so even a regression cannot touch the real host.)
+    let sb = Sandbox::new();
+    let before = sb.outside();
+    let climb = format!("{}{}", "../".repeat(12), abs(&sb).trim_start_matches('/'));
+    let entries = [
+        E::Sym(s("x"), climb),
+        E::File(s("x/.wh.victim"), vec![]),
+        E::File(s("x/sub/deep/file"), b"pwned".to_vec()),
+    ];
+    let r = unpack_layer(&tarball(&entries)[..], &sb.layer(), Path::new("h.tar"));
+    assert_eq!(sb.outside(), before, "{r:?}");
 }
 
 /// Runs `rest` after `x -> <canary, absolute>` in a fresh sandbox.
@@ -252,7 +261,7 @@ fn regular_file_and_dir_under_symlink_parent_stay_inside() {
         E::File(s("x/victim"), b"pwned".to_vec()),
         E::File(s("x/new"), b"planted".to_vec()),
         E::Dir(s("x/newdir/"), 0o755),
-        E::Sym(s("x/evil"), s("/etc")),
+        E::Sym(s("x/evil"), s("/etc")), // only a symlink: never followed here
     ]);
     // A directory entry over the symlink itself: chmod/chown/mtime must not
     // reach the canary through it.
@@ -323,21 +332,27 @@ fn in_layer_symlink_parents_resolve_inside_the_layer() {
     if skip_unless_root("in_layer_symlink_parents_resolve_inside_the_layer") {
         return;
     }
-    // `lib -> /usr/lib` is the layer's own /usr/lib, as in the container.
-    let (sb, r) = confined(&[
-        E::Dir(s("usr/"), 0o755),
-        E::Dir(s("usr/lib/"), 0o755),
-        E::Sym(s("lib"), s("/usr/lib")),
+    // An absolute target is the layer's own path, as in the container: with
+    // `lib -> <sandbox>/usr/lib`, `lib/libc.so` lands in the layer's
+    // `<sandbox>/usr/lib`. (The target points into the sandbox, not the
+    // host's /usr/lib, so a regression cannot write to the real host.)
+    let sb = Sandbox::new();
+    let before = sb.outside();
+    let t = sb.t.path().display().to_string();
+    let t_rel = t.trim_start_matches('/');
+    let entries = [
+        E::Dir(format!("{t_rel}/usr/lib/"), 0o755),
+        E::Sym(s("lib"), format!("{t}/usr/lib")),
         E::File(s("lib/libc.so"), b"elf".to_vec()),
         E::File(s("lib/.wh.old"), vec![]),
-    ]);
+    ];
+    let r = unpack_layer(&tarball(&entries)[..], &sb.layer(), Path::new("h.tar"));
+    assert_eq!(sb.outside(), before, "{r:?}");
     r.unwrap();
-    assert_eq!(
-        std::fs::read(sb.layer().join("usr/lib/libc.so")).unwrap(),
-        b"elf"
-    );
+    let lib = sb.layer().join(t_rel).join("usr/lib");
+    assert_eq!(std::fs::read(lib.join("libc.so")).unwrap(), b"elf");
     assert!(whiteout::is_whiteout(
-        &std::fs::symlink_metadata(sb.layer().join("usr/lib/old")).unwrap()
+        &std::fs::symlink_metadata(lib.join("old")).unwrap()
     ));
 }
 
