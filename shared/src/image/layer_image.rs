@@ -268,6 +268,27 @@ mod tests {
         assert_eq!(leftovers, 0);
     }
 
+    /// A sparse file in a layer stays sparse in its image (mkfs.erofs
+    /// without `--chunksize` writes every hole out as zeros).
+    #[test]
+    fn sparse_files_do_not_expand_in_the_layer_image() {
+        if !have_mkfs() {
+            return;
+        }
+        let (_d, store) = store_with_layer("dd");
+        let f = File::create(store.layer_dir("dd").join("sparse")).unwrap();
+        f.set_len(256 << 20).unwrap();
+        drop(f);
+        let img = ensure_layer_image(&store, "dd").unwrap();
+        let m = std::fs::metadata(&img.path).unwrap();
+        assert!(
+            m.len() < 8 << 20 && m.blocks() * 512 < 8 << 20,
+            "a 256 MiB hole made a {} byte image ({} blocks)",
+            m.len(),
+            m.blocks()
+        );
+    }
+
     /// Whiteouts, opaque directories and ownership survive into the image
     /// (mounting it needs root and loop devices).
     #[test]

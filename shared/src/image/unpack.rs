@@ -387,7 +387,7 @@ impl Unpacker {
     }
 
     /// Owner, mode and xattrs through an open fd of the entry.
-    fn fd_meta(&self, fd: &impl AsFd, meta: &Meta, shown: &str) -> Result<(), ImageError> {
+    fn fd_meta(&mut self, fd: &impl AsFd, meta: &Meta, shown: &str) -> Result<(), ImageError> {
         if self.flavor == Flavor::Outer {
             return Ok(());
         }
@@ -403,8 +403,15 @@ impl Unpacker {
         rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(meta.mode))
             .map_err(|e| self.fail("set the mode of", shown)(e.into()))?;
         for (k, v) in &meta.xattrs {
-            rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())
-                .map_err(|e| self.fail("set an xattr of", shown)(e.into()))?;
+            match rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty()) {
+                Ok(()) => {}
+                // The store's file system does not keep this xattr namespace: say so.
+                Err(rustix::io::Errno::NOTSUP) => self.warnings.push(format!(
+                    "xattr `{}` of `{shown}` not kept (the store's file system does not support it)",
+                    escaped(k.as_bytes())
+                )),
+                Err(e) => return Err(self.fail("set an xattr of", shown)(e.into())),
+            }
         }
         Ok(())
     }
