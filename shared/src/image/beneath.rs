@@ -99,7 +99,16 @@ impl Beneath {
             Err(e) => return Err(e.into()),
         }
         // A dangling symlink in the way stays ENOENT here: an error, not a loop.
-        self.resolve(rel, flags)
+        self.resolve(rel, flags).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "a symlink on the way leads to no directory inside the root",
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// The parent directory of `rel` (created if missing) and its last component.
