@@ -1,5 +1,6 @@
 //! Store-level tests: imports of every supported format, busybox, removal.
 
+use super::confinement_tests::skip_unless_root;
 use super::*;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -8,11 +9,6 @@ use std::path::Path;
 /// Imports with default options (auto format, no --force) and returns the image.
 pub(super) fn imp(store: &ImageStore, f: &Path, name: &str) -> Result<Image, ImageError> {
     import_tarball(store, f, name, &ImportOptions::default()).map(|i| i.image)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 pub(super) fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
@@ -79,8 +75,7 @@ fn plain_rootfs_tarball_is_one_layer() {
 
 #[test]
 fn docker_save_with_whiteout_imports() {
-    if !is_root() {
-        eprintln!("skipped: whiteouts are 0:0 device nodes, which need root");
+    if skip_unless_root("docker_save_with_whiteout_imports") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -242,8 +237,7 @@ fn busybox_image_is_built_from_the_host() {
 
 #[test]
 fn commit_round_trips_whiteouts_and_holds_only_the_change() {
-    if !is_root() {
-        eprintln!("skipped: whiteouts are 0:0 device nodes, which need root");
+    if skip_unless_root("commit_round_trips_whiteouts_and_holds_only_the_change") {
         return;
     }
     let t = tempfile::tempdir().unwrap();

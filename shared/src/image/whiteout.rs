@@ -134,8 +134,7 @@ mod tests {
 
     #[test]
     fn whiteouts_become_overlay_form() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: creating 0:0 char devices and trusted.* xattrs needs root");
+        if super::super::confinement_tests::skip_unless_root("whiteouts_become_overlay_form") {
             return;
         }
         let t = tempfile::tempdir().unwrap();
