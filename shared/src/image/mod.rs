@@ -17,6 +17,7 @@ mod confinement_tests;
 pub mod escape;
 mod import;
 pub mod layer_image;
+mod layout;
 #[cfg(test)]
 mod outer_tests;
 #[cfg(test)]
