@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use duet_shared::image::{import_tarball, ImageStore};
+use duet_shared::image::{import_tarball, ImageStore, ImportFormat, ImportOptions};
 use duet_shared::paths::state_root;
 use std::path::PathBuf;
 
@@ -16,6 +16,13 @@ pub enum ImageCommand {
         /// Name for the image.
         #[arg(long)]
         name: String,
+        /// Replace an existing image of that name.
+        #[arg(long)]
+        force: bool,
+        /// How to read the tarball: auto (an OCI layout or `docker save`
+        /// archive only if its `oci-layout`/`manifest.json` parse), rootfs, docker, oci.
+        #[arg(long, default_value = "auto")]
+        format: ImportFormat,
     },
     /// List images.
     Ls,
@@ -31,10 +38,24 @@ pub enum ImageCommand {
 pub fn image(c: ImageCommand) -> Result<()> {
     let store = ImageStore::open(&state_root())?;
     match c {
-        ImageCommand::Import { file, name } => {
-            let img = import_tarball(&store, &file, &name)
+        ImageCommand::Import {
+            file,
+            name,
+            force,
+            format,
+        } => {
+            let got = import_tarball(&store, &file, &name, &ImportOptions { format, force })
                 .with_context(|| format!("importing {} as `{name}`", file.display()))?;
-            println!("{} ({} layers)", img.name, img.layers.len());
+            for w in &got.warnings {
+                eprintln!("duet: warning: {w}");
+            }
+            let img = got.image;
+            println!(
+                "{} ({} layers, read as {})",
+                img.name,
+                img.layers.len(),
+                got.format
+            );
         }
         ImageCommand::Ls => {
             println!("{:<24} {:>6} {:>10}  TOP LAYER", "NAME", "LAYERS", "SIZE");

@@ -71,16 +71,25 @@ pub fn commit(id: &str, name: &str) -> Result<()> {
         )
     })?;
     let img = match inst.meta().isolation.as_str() {
-        "container" => commit_upper(&store, &base, &inst.upper(), name)
-            .with_context(|| format!("committing instance `{id}` as image `{name}`"))?,
+        "container" => {
+            let c = commit_upper(&store, &base, &inst.upper(), name)
+                .with_context(|| format!("committing instance `{id}` as image `{name}`"))?;
+            for w in &c.warnings {
+                eprintln!("duet: warning: {w}");
+            }
+            c.image
+        }
         "vm" => {
             // The writable layer is on the VM's scratch disk: commit it from a
             // child that mounts the disk read-only in a private mount namespace.
             let scratch = inst.path().join(duet_vmm::disks::SCRATCH_FILE);
             duet_vmm::scratch_mount::with_upper(&scratch, &mut |upper| {
-                commit_upper(&store, &base, upper, name)
-                    .map(|_| ())
-                    .map_err(|e| super::error_chain(&anyhow::Error::from(e)))
+                let c = commit_upper(&store, &base, upper, name)
+                    .map_err(|e| super::error_chain(&anyhow::Error::from(e)))?;
+                for w in &c.warnings {
+                    eprintln!("duet: warning: {w}");
+                }
+                Ok(())
             })
             .with_context(|| format!("committing VM instance `{id}` as image `{name}`"))?;
             store.get(name)?

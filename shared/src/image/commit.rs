@@ -3,23 +3,66 @@
 //! differences from the base"). overlayfs whiteouts (0:0 character devices)
 //! and opaque directories are written back as OCI `.wh.` entries, so the
 //! layer means the same thing when it is unpacked again (see `whiteout`).
+//!
+//! Fifos and device nodes are archived as what they are (type, mode, owner,
+//! major:minor); sockets cannot be archived and are skipped with a warning,
+//! as Docker does. (duet's own import does not create the device nodes
+//! again; other tools reading the layer may.)
 
-use super::import::add_layer;
+use super::escape::shown;
+use super::import::add_layer_reporting;
 use super::store::{io_err, remove_tree};
 use super::whiteout::{is_opaque, is_whiteout};
 use super::{Image, ImageError, ImageStore, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-/// Writes the tree under `upper` as a layer tar (OCI whiteouts) to `out`.
-pub fn write_layer_tar(upper: &Path, out: &mut File) -> Result<(), ImageError> {
+/// A committed image and what the commit left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The new image.
+    pub image: Image,
+    /// What was skipped (sockets) or will not be recreated (device nodes).
+    pub warnings: Vec<String>,
+}
+
+/// Writes the tree under `upper` as a layer tar (OCI whiteouts) to `out`;
+/// returns warnings about what could not be archived (sockets).
+pub fn write_layer_tar(upper: &Path, out: &mut File) -> Result<Vec<String>, ImageError> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
-    append_dir(&mut b, upper, Path::new(""))?;
+    let mut warnings = Vec::new();
+    append_dir(&mut b, upper, Path::new(""), &mut warnings)?;
     b.into_inner()
         .map_err(io_err("cannot write layer tar for", upper))?;
-    Ok(())
+    Ok(warnings)
+}
+
+/// A header for a fifo or device node, from its metadata.
+fn special_header(meta: &std::fs::Metadata) -> tar::Header {
+    let ft = meta.file_type();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(if ft.is_fifo() {
+        tar::EntryType::Fifo
+    } else if ft.is_char_device() {
+        tar::EntryType::Char
+    } else {
+        tar::EntryType::Block
+    });
+    h.set_size(0);
+    h.set_mode(meta.mode() & 0o7777);
+    h.set_uid(meta.uid() as u64);
+    h.set_gid(meta.gid() as u64);
+    h.set_mtime(meta.mtime().max(0) as u64);
+    if !ft.is_fifo() {
+        let dev = meta.rdev();
+        // Both fit in the header's octal fields for every real device number.
+        let _ = h.set_device_major(libc::major(dev));
+        let _ = h.set_device_minor(libc::minor(dev));
+    }
+    h
 }
 
 fn empty_file_header() -> tar::Header {
@@ -33,7 +76,12 @@ fn empty_file_header() -> tar::Header {
     h
 }
 
-fn append_dir(b: &mut tar::Builder<&mut File>, root: &Path, rel: &Path) -> Result<(), ImageError> {
+fn append_dir(
+    b: &mut tar::Builder<&mut File>,
+    root: &Path,
+    rel: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(), ImageError> {
     let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map_err(io_err("cannot read", &dir))?
@@ -53,15 +101,29 @@ fn append_dir(b: &mut tar::Builder<&mut File>, root: &Path, rel: &Path) -> Resul
                 .map_err(io_err("cannot add whiteout for", &full))?;
             continue;
         }
+        let ft = meta.file_type();
+        if ft.is_socket() {
+            warnings.push(format!(
+                "skipped socket {} (a socket cannot be archived)",
+                shown(&full)
+            ));
+            continue;
+        }
+        if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+            let mut h = special_header(&meta);
+            b.append_data(&mut h, &rel_path, std::io::empty())
+                .map_err(io_err("cannot add fifo or device node to layer:", &full))?;
+            continue;
+        }
         b.append_path_with_name(&full, &rel_path)
-            .map_err(io_err("cannot add to layer", &full))?;
+            .map_err(io_err("cannot add to layer:", &full))?;
         if meta.is_dir() {
             if is_opaque(&full) {
                 let mut h = empty_file_header();
                 b.append_data(&mut h, rel_path.join(OPAQUE_MARKER), std::io::empty())
                     .map_err(io_err("cannot add opaque marker for", &full))?;
             }
-            append_dir(b, root, &rel_path)?;
+            append_dir(b, root, &rel_path, warnings)?;
         }
     }
     Ok(())
@@ -73,7 +135,7 @@ pub fn commit_upper(
     base: &Image,
     upper: &Path,
     name: &str,
-) -> Result<Image, ImageError> {
+) -> Result<Committed, ImageError> {
     if !crate::spec::valid_name(name) {
         return Err(ImageError::BadName(name.to_string()));
     }
@@ -86,10 +148,11 @@ pub fn commit_upper(
             .create_new(true)
             .open(&tar_path)
             .map_err(io_err("cannot create", &tar_path))?;
-        write_layer_tar(upper, &mut f)?;
+        let mut warnings = write_layer_tar(upper, &mut f)?;
         f.seek(SeekFrom::Start(0))
             .map_err(io_err("cannot rewind", &tar_path))?;
-        let digest = add_layer(store, f, upper)?;
+        let (digest, more) = add_layer_reporting(store, f, upper)?;
+        warnings.extend(more);
         let mut layers = base.layers.clone();
         layers.push(digest);
         let image = Image {
@@ -98,7 +161,7 @@ pub fn commit_upper(
             config: base.config.clone(),
         };
         store.put(&image)?;
-        Ok(image)
+        Ok(Committed { image, warnings })
     })();
     remove_tree(&scratch)?;
     result

@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 /// File name of a layer's image inside its layer directory.
 pub const LAYER_IMAGE_FILE: &str = "layer.erofs";
+/// Chunk size of chunk-based erofs files (holes are kept per chunk; erofs
+/// reads them since Linux 5.15, duet's guest kernel is 6.1).
+pub const EROFS_CHUNK: u32 = 4096;
 /// The tool that builds layer images.
 pub const MKFS_EROFS: &str = "mkfs.erofs";
 
@@ -165,6 +168,9 @@ fn build(tree: &Path, dest: &Path, digest: &str) -> Result<(), LayerImageError> 
         let out = Command::new(MKFS_EROFS)
             .arg("--quiet")
             .arg("--preserve-mtime")
+            // Chunk-based files keep holes: without it mkfs.erofs writes every
+            // hole of a sparse file as zeros (a 1 GiB hole became a 1 GiB image).
+            .arg(format!("--chunksize={EROFS_CHUNK}"))
             .arg(&tmp)
             .arg(tree)
             .output()
@@ -260,6 +266,27 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name() != ".layer-image.lock")
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    /// A sparse file in a layer stays sparse in its image (mkfs.erofs
+    /// without `--chunksize` writes every hole out as zeros).
+    #[test]
+    fn sparse_files_do_not_expand_in_the_layer_image() {
+        if !have_mkfs() {
+            return;
+        }
+        let (_d, store) = store_with_layer("dd");
+        let f = File::create(store.layer_dir("dd").join("sparse")).unwrap();
+        f.set_len(256 << 20).unwrap();
+        drop(f);
+        let img = ensure_layer_image(&store, "dd").unwrap();
+        let m = std::fs::metadata(&img.path).unwrap();
+        assert!(
+            m.len() < 8 << 20 && m.blocks() * 512 < 8 << 20,
+            "a 256 MiB hole made a {} byte image ({} blocks)",
+            m.len(),
+            m.blocks()
+        );
     }
 
     /// Whiteouts, opaque directories and ownership survive into the image

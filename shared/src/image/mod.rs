@@ -9,18 +9,31 @@
 //! A layer's digest is the sha256 of its uncompressed tar stream (the OCI
 //! `diff_id`), so the same layer imported twice is unpacked once.
 
+mod beneath;
 mod busybox;
 mod commit;
+#[cfg(test)]
+mod confinement_tests;
+pub mod escape;
 mod import;
 pub mod layer_image;
+mod layout;
+#[cfg(test)]
+mod outer_tests;
+#[cfg(test)]
+mod proptests;
 mod store;
 #[cfg(test)]
 mod tests;
+mod unpack;
 pub mod whiteout;
 
 pub use busybox::{ensure_probe_layer, find_probe, PROBE_ENV, PROBE_IN_IMAGE, SYSTEM_PROBE_PATH};
-pub use commit::{commit_upper, write_layer_tar};
-pub use import::{add_layer, import_tarball};
+pub use commit::{commit_upper, write_layer_tar, Committed};
+pub use import::{
+    add_layer, import_tarball, ImportFormat, ImportOptions, Imported, DEFAULT_PATH,
+    MAX_INDEX_DEPTH, MAX_JSON,
+};
 pub use store::{ImageError, ImageStore};
 pub use whiteout::{is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};
 

@@ -1,5 +1,6 @@
 //! The on-disk image store.
 
+use super::escape::shown;
 use super::{busybox, Image, BUSYBOX_IMAGE};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ pub enum ImageError {
     #[error("image `{image}` needs layer sha256:{digest}, which is missing from the store")]
     MissingLayer { image: String, digest: String },
     /// File system error on a store path.
-    #[error("{what} {}", path.display())]
+    #[error("{what} {}", shown(path))]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -29,15 +30,27 @@ pub enum ImageError {
         source: io::Error,
     },
     /// A manifest that is not valid JSON.
-    #[error("image manifest {} is corrupt", path.display())]
+    #[error("image manifest {} is corrupt", shown(path))]
     Manifest {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
     /// The tarball being imported is not in a format duet reads.
-    #[error("cannot import {}: {message}", path.display())]
+    #[error("cannot import {}: {message}", shown(path))]
     Format { path: PathBuf, message: String },
+    /// A file operation on one archive entry failed (`entry` is escaped for printing).
+    #[error("cannot import {}: cannot {what} `{entry}`", shown(archive))]
+    Entry {
+        archive: PathBuf,
+        entry: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// `image import --name` names an image that exists, and `--force` was not given.
+    #[error("image `{0}` exists; pass --force to replace it")]
+    Exists(String),
     /// The embedded busybox image cannot be built.
     #[error("cannot build the `busybox` image: {0}")]
     Busybox(String),
@@ -108,6 +121,11 @@ impl ImageStore {
 
     fn manifest_path(&self, name: &str) -> PathBuf {
         self.root.join("images").join(format!("{name}.json"))
+    }
+
+    /// Whether an image of that name is stored (the built-in busybox counts once built).
+    pub fn contains(&self, name: &str) -> bool {
+        self.manifest_path(name).exists()
     }
 
     /// Names of all images, sorted.

@@ -1,16 +1,17 @@
 //! Store-level tests: imports of every supported format, busybox, removal.
 
+use super::confinement_tests::skip_unless_root;
 use super::*;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// Imports with default options (auto format, no --force) and returns the image.
+pub(super) fn imp(store: &ImageStore, f: &Path, name: &str) -> Result<Image, ImageError> {
+    import_tarball(store, f, name, &ImportOptions::default()).map(|i| i.image)
 }
 
-fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+pub(super) fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in entries {
         let mut h = tar::Header::new_gnu();
@@ -30,7 +31,7 @@ fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn outer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+pub(super) fn outer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (p, d) in files {
         let mut h = tar::Header::new_gnu();
@@ -44,13 +45,13 @@ fn outer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn gzip(d: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(d: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(d).unwrap();
     gz.finish().unwrap()
 }
 
-fn write(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
+pub(super) fn write(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, data).unwrap();
     p
@@ -62,7 +63,7 @@ fn plain_rootfs_tarball_is_one_layer() {
     let store = ImageStore::open(&t.path().join("root")).unwrap();
     let data = layer(&[("etc/", None), ("etc/hello", Some(b"hi"))]);
     let f = write(t.path(), "rootfs.tar.gz", &gzip(&data));
-    let img = import_tarball(&store, &f, "plain").unwrap();
+    let img = imp(&store, &f, "plain").unwrap();
     assert_eq!(img.layers, vec![hex::encode(Sha256::digest(&data))]);
     assert_eq!(
         std::fs::read(store.layer_dir(&img.layers[0]).join("etc/hello")).unwrap(),
@@ -74,8 +75,7 @@ fn plain_rootfs_tarball_is_one_layer() {
 
 #[test]
 fn docker_save_with_whiteout_imports() {
-    if !is_root() {
-        eprintln!("skipped: whiteouts are 0:0 device nodes, which need root");
+    if skip_unless_root("docker_save_with_whiteout_imports") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -100,7 +100,7 @@ fn docker_save_with_whiteout_imports() {
         ("l2/layer.tar", top.clone()),
     ]);
     let f = write(t.path(), "saved.tar", &archive);
-    let img = import_tarball(&store, &f, "saved").unwrap();
+    let img = imp(&store, &f, "saved").unwrap();
     assert_eq!(img.layers.len(), 2);
     assert_eq!(img.layers[1], hex::encode(Sha256::digest(&top)));
     assert_eq!(img.config.cmd, vec!["/bin/sh", "-c", "echo"]);
@@ -148,7 +148,7 @@ fn oci_layout_imports_gzip_layers() {
         (&format!("blobs/sha256/{}", h(&g2)), g2.clone()),
     ]);
     let f = write(t.path(), "oci.tar", &archive);
-    let img = import_tarball(&store, &f, "oci").unwrap();
+    let img = imp(&store, &f, "oci").unwrap();
     // Layer digests are the uncompressed diff_ids.
     assert_eq!(img.layers, vec![h(&l1), h(&l2)]);
     assert_eq!(img.config.cmd, vec!["/bin/true"]);
@@ -161,8 +161,8 @@ fn same_layer_is_stored_once_and_rm_keeps_shared_layers() {
     let store = ImageStore::open(&t.path().join("root")).unwrap();
     let data = layer(&[("f", Some(b"x"))]);
     let f = write(t.path(), "r.tar", &data);
-    let a = import_tarball(&store, &f, "a").unwrap();
-    let b = import_tarball(&store, &f, "b").unwrap();
+    let a = imp(&store, &f, "a").unwrap();
+    let b = imp(&store, &f, "b").unwrap();
     assert_eq!(a.layers, b.layers);
     assert_eq!(store.names().unwrap(), vec!["a", "b"]);
     assert!(
@@ -179,7 +179,7 @@ fn unknown_image_lists_what_exists() {
     let t = tempfile::tempdir().unwrap();
     let store = ImageStore::open(t.path()).unwrap();
     let f = write(t.path(), "r.tar", &layer(&[("f", Some(b"x"))]));
-    import_tarball(&store, &f, "alpine").unwrap();
+    imp(&store, &f, "alpine").unwrap();
     let m = store.get("ubuntu").unwrap_err().to_string();
     assert!(
         m.contains("`ubuntu`") && m.contains("alpine") && m.contains("busybox"),
@@ -197,9 +197,9 @@ fn bad_archives_are_named() {
         "junk.tar",
         b"this is not a tarball at all, not even close........",
     );
-    let m = import_tarball(&store, &f, "j").unwrap_err().to_string();
+    let m = imp(&store, &f, "j").unwrap_err().to_string();
     assert!(m.contains("junk.tar"), "{m}");
-    let m = import_tarball(&store, &t.path().join("missing.tar"), "j")
+    let m = imp(&store, &t.path().join("missing.tar"), "j")
         .unwrap_err()
         .to_string();
     assert!(m.contains("missing.tar"), "{m}");
@@ -211,7 +211,7 @@ fn bad_archives_are_named() {
         ("c.json", b"{}".to_vec()),
     ]);
     let f = write(t.path(), "broken.tar", &broken);
-    let m = import_tarball(&store, &f, "j").unwrap_err().to_string();
+    let m = imp(&store, &f, "j").unwrap_err().to_string();
     assert!(m.contains("broken.tar") && m.contains("nope.tar"), "{m}");
     assert!(store.names().unwrap().is_empty());
 }
@@ -237,8 +237,7 @@ fn busybox_image_is_built_from_the_host() {
 
 #[test]
 fn commit_round_trips_whiteouts_and_holds_only_the_change() {
-    if !is_root() {
-        eprintln!("skipped: whiteouts are 0:0 device nodes, which need root");
+    if skip_unless_root("commit_round_trips_whiteouts_and_holds_only_the_change") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -250,7 +249,7 @@ fn commit_round_trips_whiteouts_and_holds_only_the_change() {
         ("opt/x", Some(b"x")),
     ]);
     let f = write(t.path(), "base.tar", &base_tar);
-    let base = import_tarball(&store, &f, "base").unwrap();
+    let base = imp(&store, &f, "base").unwrap();
     // An upper dir as overlayfs leaves it: a new file, a whiteout, an opaque dir.
     let upper = t.path().join("upper");
     std::fs::create_dir_all(upper.join("data")).unwrap();
@@ -259,7 +258,9 @@ fn commit_round_trips_whiteouts_and_holds_only_the_change() {
     whiteout::make_whiteout(&upper.join("etc/motd")).unwrap();
     std::fs::create_dir_all(upper.join("opt")).unwrap();
     whiteout::set_opaque(&upper.join("opt")).unwrap();
-    let img = commit_upper(&store, &base, &upper, "derived").unwrap();
+    let img = commit_upper(&store, &base, &upper, "derived")
+        .unwrap()
+        .image;
     assert_eq!(img.layers.len(), 2);
     assert_eq!(img.layers[0], base.layers[0]);
     let top = store.layer_dir(&img.layers[1]);

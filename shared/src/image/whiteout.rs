@@ -8,41 +8,17 @@
 
 use super::store::io_err;
 use super::ImageError;
-use sha2::{Digest, Sha256};
 use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
+
+pub use super::unpack::{unpack_layer, Unpacked};
 
 /// File-name prefix that marks a whiteout in a layer tarball.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// File name that marks its directory as opaque.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
-
-/// A reader that hashes everything read through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
-
-/// Result of unpacking one layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unpacked {
-    /// sha256 (hex) of the uncompressed tar stream.
-    pub digest: String,
-    /// Bytes of the uncompressed tar stream.
-    pub tar_bytes: u64,
-}
 
 /// Opens a possibly gzip-compressed tar stream (detected by magic bytes).
 pub fn decompressed(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
@@ -60,111 +36,6 @@ pub fn decompressed(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
         Ok(Box::new(flate2::read::GzDecoder::new(chained)))
     } else {
         Ok(Box::new(chained))
-    }
-}
-
-/// Unpacks an (uncompressed) layer tar stream into `dest`, converting
-/// whiteouts, and returns its digest. `what` names the source in errors.
-pub fn unpack_layer(tar: impl Read, dest: &Path, what: &Path) -> Result<Unpacked, ImageError> {
-    let bad = |message: String| ImageError::Format {
-        path: what.to_path_buf(),
-        message,
-    };
-    let mut hr = HashingReader {
-        inner: tar,
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    {
-        let mut archive = tar::Archive::new(&mut hr);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_ownerships(true);
-        archive.set_preserve_mtime(true);
-        archive.set_unpack_xattrs(true);
-        archive.set_overwrite(true);
-        let entries = archive
-            .entries()
-            .map_err(|e| bad(format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| bad(format!("corrupt tar entry: {e}")))?;
-            let path = entry
-                .path()
-                .map_err(|e| bad(format!("bad path in tar: {e}")))?
-                .into_owned();
-            if is_layer_root(&path) {
-                continue; // "./": the layer's own root directory
-            }
-            let rel = safe_relative(&path)
-                .ok_or_else(|| bad(format!("entry `{}` escapes the layer", path.display())))?;
-            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned());
-            match name.as_deref() {
-                Some(OPAQUE_MARKER) => {
-                    let dir = dest.join(rel.parent().unwrap_or(Path::new("")));
-                    std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-                    set_opaque(&dir)?;
-                }
-                Some(n) if n.starts_with(WHITEOUT_PREFIX) => {
-                    let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
-                    std::fs::create_dir_all(&parent).map_err(io_err("cannot create", &parent))?;
-                    let target = parent.join(&n[WHITEOUT_PREFIX.len()..]);
-                    remove_any(&target)?;
-                    make_whiteout(&target)?;
-                }
-                _ => {
-                    entry.unpack_in(dest).map_err(|e| {
-                        bad(format!(
-                            "cannot unpack `{}`: {}",
-                            path.display(),
-                            error_chain(&e)
-                        ))
-                    })?;
-                }
-            }
-        }
-    }
-    // Hash the trailing blocks too, so the digest is that of the whole stream.
-    io::copy(&mut hr, &mut io::sink()).map_err(|e| bad(format!("read error: {e}")))?;
-    Ok(Unpacked {
-        digest: hex::encode(hr.hasher.finalize()),
-        tar_bytes: hr.bytes,
-    })
-}
-
-/// An error and its sources, `: `-joined (tar hides the useful part in `source()`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
-}
-
-/// Whether a tar path names the archive root itself (`.`, `./`, `/`).
-fn is_layer_root(path: &Path) -> bool {
-    path.components()
-        .all(|c| matches!(c, Component::CurDir | Component::RootDir))
-}
-
-/// `path` without root, `.` or `..` components; None if it would escape.
-fn safe_relative(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
-}
-
-fn remove_any(p: &Path) -> Result<(), ImageError> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).map_err(io_err("cannot remove", p)),
-        Ok(_) => std::fs::remove_file(p).map_err(io_err("cannot remove", p)),
-        Err(_) => Ok(()),
     }
 }
 
@@ -221,7 +92,10 @@ pub fn is_opaque(dir: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::unpack::safe_relative;
     use super::*;
+    use sha2::{Digest, Sha256};
+    use std::path::PathBuf;
 
     pub(crate) fn tar_with(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -260,8 +134,7 @@ mod tests {
 
     #[test]
     fn whiteouts_become_overlay_form() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: creating 0:0 char devices and trusted.* xattrs needs root");
+        if super::super::confinement_tests::skip_unless_root("whiteouts_become_overlay_form") {
             return;
         }
         let t = tempfile::tempdir().unwrap();
