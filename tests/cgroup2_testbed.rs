@@ -55,6 +55,17 @@ fn v2_pids_limit_stops_a_fork_bomb() {
 }
 
 #[test]
+fn v2_the_callers_limit_covers_the_container() {
+    let Some(c) = get("v2_the_callers_limit_covers_the_container", "caller_limit") else {
+        return;
+    };
+    assert!(c.output.contains("exit=137"), "{}", c.output);
+    // Only the caller's own scope is left below its slice: no duet/, no instance.
+    let dirs: Vec<&str> = c.output.lines().filter(|l| l.starts_with('/')).collect();
+    assert_eq!(dirs, ["/sys/fs/cgroup/caller.slice/job.scope"], "{}", c.output);
+}
+
+#[test]
 fn v2_no_cgroups_or_instances_left() {
     let Some(c) = get("v2_no_cgroups_or_instances_left", "leftovers") else {
         return;

@@ -18,4 +18,14 @@ command = ["sh", "-c", "n=0; while [ $n -lt 100 ]; do sleep 30 & n=$((n+1)); don
 pids_max = 16
 SPEC
 case_ pids duet run --spec /tmp/p.toml
-case_ leftovers sh -c 'find /sys/fs/cgroup/duet -mindepth 1 -maxdepth 1 -type d | wc -l; ls /tmp/duet/instances | wc -l'
+# A caller limited to 48 MiB (a slice) runs duet from a scope below it, as a
+# systemd session would: the container (asking for 512 MiB) nests under the
+# slice and its 200 MiB are OOM-killed (137); nothing stays in the slice.
+mkdir -p /sys/fs/cgroup/caller.slice/job.scope
+echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+echo +memory > /sys/fs/cgroup/caller.slice/cgroup.subtree_control
+echo 50331648 > /sys/fs/cgroup/caller.slice/memory.max
+case_ caller_limit sh -c 'echo $$ > /sys/fs/cgroup/caller.slice/job.scope/cgroup.procs; duet run --name v2caller --memory 512 busybox -- dd if=/dev/zero of=/dev/null bs=200M count=1; echo exit=$?; echo $$ > /sys/fs/cgroup/cgroup.procs; find /sys/fs/cgroup/caller.slice -mindepth 1 -type d'
+rmdir /sys/fs/cgroup/caller.slice/job.scope /sys/fs/cgroup/caller.slice 2>/dev/null
+# No duet/ directory anywhere (an empty one is removed with its last instance).
+case_ leftovers sh -c 'find /sys/fs/cgroup -type d -name duet | wc -l; ls /tmp/duet/instances | wc -l'
