@@ -646,7 +646,8 @@ fn show(c: &Half, v: &Half, host: Option<&ProbeReport>, width: usize) {
     }
     match host {
         Some(host) if !cols.is_empty() => {
-            let t = isolation::compare(host, &cols);
+            let mut t = isolation::compare(host, &cols);
+            isolation::add_vmm_row(&mut t, host, &cols, &crate::cmd::vmm_jail());
             let both = cols.len() == 2;
             let rows: Vec<&IsolationRow> = t
                 .rows

@@ -219,6 +219,22 @@ pub fn fresh_id(id: &str) -> u32 {
     UID_BASE + u32::from_le_bytes([d[0], d[1], d[2], d[3]]) % UID_COUNT
 }
 
+/// One line saying what the VMM process holds on the host under `mode`
+/// (the isolation table's "VMM process" row, `duet run --explain`).
+pub fn describe(mode: JailMode) -> String {
+    match mode {
+        JailMode::On => format!(
+            "jailed: uid/gid {UID_BASE}+ (fresh per VM), no capabilities (all five sets \
+             empty), no_new_privs, own mnt/pid/net/ipc/uts namespaces, root = a read-only \
+             tmpfs holding only kernel, initrd, disks and /dev/kvm; seccomp on every VMM thread"
+        ),
+        JailMode::Off => format!(
+            "unjailed ({JAIL_ENV}=off): duet's own process, the caller's uid, capabilities \
+             and namespaces; seccomp on the vCPU threads only"
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // What the jailed VMM sends back.
 
