@@ -391,13 +391,20 @@ pub fn run_jailed(
     drop(result_tx);
     drop(alive_rx);
     if let Some(p) = &jail.pid_file {
-        let _ = std::fs::write(p, format!("{pid}\n"));
+        // Whole or not at all: a reader never sees an empty file.
+        let tmp = p.with_extension("pid.tmp");
+        if std::fs::write(&tmp, format!("{pid}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, p);
+        }
     }
     let waited = wait_for_child(pid, &result_rx, cfg.timeout);
     if let Some(p) = &jail.pid_file {
         let _ = std::fs::remove_file(p);
     }
     drop(alive_tx);
+    // Its tmpfs lived in the VMM's mount namespace, gone with it: on the
+    // host the jail is an empty directory.
+    let _ = std::fs::remove_dir(&jail.dir);
     let (bytes, status) = waited?;
     if bytes.is_empty() {
         return Err(JailError::Died {

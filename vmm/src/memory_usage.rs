@@ -16,10 +16,12 @@
 //! - `vmm_peak_rss_kib`: `VmHWM:` of `/proc/self/status`, the largest RSS the
 //!   process had so far (guest pages included).
 //!
-//! duet's VMM runs inside the `duet` process, so the overhead includes the
-//! CLI's own memory (image store, initramfs building, report): that is the
-//! VMM's process, which is how Firecracker counts its overhead (its whole
-//! process minus guest memory). Kernel-side memory (KVM's page tables for
+//! duet's VMM is the `duet` process itself, or (jailed, [`crate::jail`]) a
+//! fork of it, so the overhead includes the CLI's own memory (image store,
+//! initramfs building, report) that the VMM process maps: that is the VMM's
+//! process, which is how Firecracker counts its overhead (its whole process
+//! minus guest memory). The jailed VMM has no `/proc`; it reads the two files
+//! through descriptors opened before its pivot_root ([`ProcFiles`]). Kernel-side memory (KVM's page tables for
 //! the guest, vCPU state) is in no process's RSS, for duet or any VMM.
 
 use crate::memory::GuestMemory;

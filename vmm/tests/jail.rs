@@ -117,7 +117,8 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let pid = loop {
-        if let Ok(p) = std::fs::read_to_string(&pid_file) {
+        let p = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        if p.trim().parse::<i32>().is_ok() {
             break p.trim().to_string();
         }
         assert!(Instant::now() < deadline, "no {}", pid_file.display());
@@ -265,6 +266,10 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
         }
     );
     assert!(!pid_file.exists());
+    assert!(
+        !instance.join("jail").exists(),
+        "the empty jail directory is removed"
+    );
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !host_mounts.contains(&dir.path().display().to_string()),
