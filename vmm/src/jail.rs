@@ -16,7 +16,8 @@
 //!    is PID 1 of a new PID namespace), `setns` back to its PID namespace;
 //! 2. child: parent-death signal SIGKILL (so `kill -9 duet` takes the VMM
 //!    with it); close every inherited descriptor but stdin, stdout, stderr
-//!    and its two pipes (`close_range`: issue 9 class 2);
+//!    and its two pipes (`close_range`: issue 9 class 2); `setsid`, so the
+//!    caller's terminal is not its controlling terminal (no TIOCSTI);
 //! 3. new mount, IPC, UTS and network namespaces (the VMM has no NIC;
 //!    [`JailConfig::host_network`] keeps the host's for one that will);
 //!    join the cgroups asked for;
@@ -31,7 +32,7 @@
 //!    has to be chowned and the host's `/dev/kvm` keeps its owner);
 //! 6. right before the vCPUs start: empty the bounding and ambient sets,
 //!    `setgroups([])`, `setresgid`/`setresuid` to the jail's ids, zero
-//!    every remaining capability set, `PR_SET_NO_NEW_PRIVS`, re-arm the
+//!    every remaining capability set, `PR_SET_NO_NEW_PRIVS`, not dumpable, re-arm the
 //!    parent-death signal (a uid change clears it) and check the parent is
 //!    still there;
 //! 7. the per-thread seccomp filter of [`crate::seccomp`] as before.
@@ -40,8 +41,8 @@
 //! uid per VM from [`UID_BASE`]..[`UID_BASE`]+[`UID_COUNT`] derived from the
 //! instance id (gid = uid). Such ids own no file on the host. Two VMs get the
 //! same id only by a hash collision (1 in 100,000 per pair); even then each
-//! VMM is non-dumpable (its uid changed) and in its own PID namespace, so
-//! it cannot ptrace or signal the other.
+//! VMM is non-dumpable and in its own PID namespace, so it cannot ptrace or
+//! signal the other.
 //!
 //! `DUET_VMM_JAIL=off` runs the VMM in duet's process as before (debugging
 //! only: a guest that escapes into it is then root on the host).
@@ -707,6 +708,12 @@ fn child_run(
     )?;
     parent_alive(alive)?;
     close_inherited_fds(&[result.as_raw_fd(), alive.as_raw_fd()])?;
+    // A session of its own: the caller's terminal (still its stdin/stdout)
+    // is no longer its controlling terminal, so a VMM taken over by the
+    // guest cannot push input into the caller's shell with TIOCSTI. duet
+    // passes SIGINT from that terminal on (wait_for_child).
+    // SAFETY: setsid takes no arguments; a forked child is no group leader.
+    check(unsafe { libc::setsid() }, "setsid")?;
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if !plan.host_network {
         flags |= libc::CLONE_NEWNET;
@@ -987,6 +994,13 @@ fn drop_privileges(uid: u32, gid: u32, alive: &OwnedFd) -> Result<(), String> {
     check(
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
         "PR_SET_NO_NEW_PRIVS",
+    )?;
+    // Not dumpable whatever fs.suid_dumpable says: no process of the same
+    // uid (another VM's, by a hash collision) may ptrace it or read its memory.
+    // SAFETY: prctl with integer arguments.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
+        "PR_SET_DUMPABLE 0",
     )?;
     // A credential change clears the parent-death signal: set it again, then
     // make sure the parent did not die in between.

@@ -166,6 +166,15 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
         assert_eq!(field(set), vec!["0000000000000000"], "{set}");
     }
     assert_eq!(field("NoNewPrivs:"), vec!["1"]);
+    // Not dumpable: its /proc files belong to root, not to its uid.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(meta.uid(), 0, "the VMM is dumpable");
+    // A session of its own (no controlling terminal shared with duet's caller).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let session = after_comm.split_whitespace().nth(3).unwrap();
+    assert_eq!(session, pid, "session of the VMM: {stat}");
     // Namespaces: its own mount, pid, net, ipc, uts; the host's user namespace.
     for kind in ["mnt", "pid", "net", "ipc", "uts"] {
         assert_ne!(ns(&pid, kind), ns("self", kind), "{kind} namespace shared");
