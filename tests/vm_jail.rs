@@ -55,6 +55,26 @@ const WAIT: &[u8] = &[
     0xeb, 0xfd, // jmp hlt
 ];
 
+/// Waits for a byte on COM1, says ready, echoes it, exits with it as status.
+const ECHO_BYTE: &[u8] = &[
+    0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (line status)
+    0xec, // in al, dx
+    0xa8, 0x01, // test al, 1 (data ready)
+    0x74, 0xf7, // jz 0
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xec, // in al, dx
+    0x88, 0xc3, // mov bl, al
+    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510 (ready)
+    0xee, // out dx, al
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x88, 0xd8, // mov al, bl
+    0xee, // out dx, al (echo)
+    0x0f, 0xb6, 0xc3, // movzx eax, bl
+    0x66, 0xba, 0x14, 0x05, // mov dx, 0x514 (exit)
+    0xef, // out dx, eax
+    0xeb, 0xfe, // jmp $
+];
+
 /// Whether this host can run these tests; skips (see [`skip`]) otherwise.
 fn can_run(test: &str) -> bool {
     if skip_unless_root(test) {
@@ -230,4 +250,26 @@ fn bad_jail_settings_are_refused_before_any_vm() {
         assert!(err.contains(says) && err.contains(var), "{err}");
     }
     env.assert_clean("badjail");
+}
+
+#[test]
+fn console_input_and_output_cross_the_jail() {
+    let test = "console_input_and_output_cross_the_jail";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, ECHO_BYTE);
+    let mut child = vm_cmd(&env, &kernel, "echo", &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"A").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(i32::from(b'A')), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "A");
+    env.assert_clean("echo");
 }
