@@ -273,3 +273,32 @@ fn console_input_and_output_cross_the_jail() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "A");
     env.assert_clean("echo");
 }
+
+#[test]
+fn a_vmm_that_does_not_stop_is_killed_after_the_grace() {
+    let test = "a_vmm_that_does_not_stop_is_killed_after_the_grace";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, WAIT);
+    let mut duet = vm_cmd(&env, &kernel, "stuck", &[]).spawn().unwrap();
+    let vmm = jailed_vmm(&env, &mut duet);
+    // A stopped VMM cannot act on the SIGTERM duet passes on, as a VMM stuck
+    // in device code could not: duet must SIGKILL it after its grace.
+    // SAFETY: plain kills of the VMM and of our child.
+    unsafe {
+        assert_eq!(libc::kill(vmm, libc::SIGSTOP), 0);
+        assert_eq!(libc::kill(duet.id() as i32, libc::SIGTERM), 0);
+    }
+    let t = Instant::now();
+    let st = duet.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{st}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "killed after {took:?}"
+    );
+    assert!(gone_within(vmm, Duration::from_secs(10)), "VMM {vmm} left");
+    env.assert_clean("stuck");
+}

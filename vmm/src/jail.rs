@@ -94,8 +94,9 @@ pub const HOSTNAME: &str = "duet-vmm";
 /// After a stop signal was passed on, how long the VMM gets before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Beyond the VM's own timeout, how long the parent waits before SIGKILL
-/// (boot set-up plus the vCPUs' stop grace).
-const DEADLINE_GRACE: Duration = Duration::from_secs(30);
+/// (boot set-up in the child, which starts the VM's clock later, plus the
+/// vCPUs' 5 s stop grace).
+const DEADLINE_GRACE: Duration = Duration::from_secs(15);
 
 /// Errors setting up or running the jailed VMM.
 #[derive(Debug, thiserror::Error)]
@@ -418,8 +419,29 @@ pub fn run_jailed(
     // Its tmpfs lived in the VMM's mount namespace, gone with it: on the
     // host the jail is an empty directory.
     let _ = std::fs::remove_dir(&jail.dir);
-    let (bytes, status) = waited?;
+    let Waited {
+        bytes,
+        status,
+        killed,
+    } = waited?;
     if bytes.is_empty() {
+        // A VMM that did not stop by itself in time ends as its stop would have.
+        let end = match killed {
+            Some(Kill::AfterSignal(sig)) => Some(VmEnd::Interrupted(sig)),
+            Some(Kill::Deadline) => cfg.timeout.map(VmEnd::Timeout),
+            None => None,
+        };
+        if let Some(end) = end {
+            report.mark(duet_shared::report::Phase::Exited);
+            report.counters.insert("jail_vmm_killed".into(), 1);
+            return Ok(VmOutcome {
+                end,
+                console_tail: vec![format!(
+                    "(duet killed the jailed VMM, pid {pid}: it did not stop in time)"
+                )],
+                counters: BTreeMap::new(),
+            });
+        }
         return Err(JailError::Died {
             pid,
             status: describe_status(status),
@@ -508,18 +530,33 @@ fn fork_into_new_pid_namespace() -> Result<i32, JailError> {
     Ok(pid)
 }
 
+/// Why the parent SIGKILLed the VMM.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// It outstayed [`KILL_GRACE`] after this stop signal was passed on.
+    AfterSignal(i32),
+    /// It outstayed the VM's timeout plus [`DEADLINE_GRACE`].
+    Deadline,
+}
+
+/// What [`wait_for_child`] saw.
+struct Waited {
+    /// The result the child wrote (empty if it died first).
+    bytes: Vec<u8>,
+    /// Its wait status.
+    status: i32,
+    /// Whether (and why) the parent killed it.
+    killed: Option<Kill>,
+}
+
 /// Reads the child's result until EOF and reaps it. Passes SIGINT/SIGTERM
 /// on (crate::signals), SIGKILLs it when it outstays the grace after that
-/// or the deadline.
-fn wait_for_child(
-    pid: i32,
-    rx: &OwnedFd,
-    timeout: Option<Duration>,
-) -> Result<(Vec<u8>, i32), JailError> {
+/// or the deadline: a VMM stuck in device code still stops.
+fn wait_for_child(pid: i32, rx: &OwnedFd, timeout: Option<Duration>) -> Result<Waited, JailError> {
     let started = Instant::now();
     let deadline = timeout.map(|t| t + DEADLINE_GRACE);
-    let mut forwarded: Option<Instant> = None;
-    let mut killed = false;
+    let mut forwarded: Option<(Instant, i32)> = None;
+    let mut killed: Option<Kill> = None;
     let mut bytes = Vec::new();
     loop {
         let mut fds = [libc::pollfd {
@@ -547,20 +584,22 @@ fn wait_for_child(
                 }
             }
         }
-        if killed {
+        if killed.is_some() {
             continue;
         }
         if let (Some(sig), None) = (crate::signals::received(), forwarded) {
             // SAFETY: `pid` is our unreaped child.
             unsafe { libc::kill(pid, sig) };
-            forwarded = Some(Instant::now());
+            forwarded = Some((Instant::now(), sig));
         }
-        let overdue = forwarded.is_some_and(|t| t.elapsed() > KILL_GRACE)
-            || deadline.is_some_and(|d| started.elapsed() > d);
-        if overdue {
+        killed = match forwarded {
+            Some((t, sig)) if t.elapsed() > KILL_GRACE => Some(Kill::AfterSignal(sig)),
+            _ if deadline.is_some_and(|d| started.elapsed() > d) => Some(Kill::Deadline),
+            _ => None,
+        };
+        if killed.is_some() {
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            killed = true;
         }
     }
     let mut status = 0;
@@ -578,7 +617,11 @@ fn wait_for_child(
             });
         }
     }
-    Ok((bytes, status))
+    Ok(Waited {
+        bytes,
+        status,
+        killed,
+    })
 }
 
 fn describe_status(status: i32) -> String {
