@@ -50,11 +50,13 @@
 //!    filtered, as before the jail).
 //!
 //! The jail's uid and gid: `DUET_VMM_UID` / `DUET_VMM_GID`, else a fresh
-//! uid per VM from [`UID_BASE`]..[`UID_BASE`]+[`UID_COUNT`] derived from the
-//! instance id (gid = uid). Such ids own no file on the host. Two VMs get the
-//! same id only by a hash collision (1 in 100,000 per pair); even then each
-//! VMM is non-dumpable and in its own PID namespace, so it cannot ptrace or
-//! signal the other.
+//! uid per VM from [`UID_BASE`]..[`UID_BASE`]+[`UID_COUNT`] (gid = uid):
+//! the first id from a hash of the instance id on that no running VM of the
+//! same state root holds ([`lease_fresh_id`]: a `flock` in
+//! `<state_root>/jail-ids`, released when duet ends, kill -9 included).
+//! Such ids own no file on the host. VMs of different state roots may meet
+//! on an id; even then each VMM is non-dumpable and in its own PID
+//! namespace, so it cannot ptrace or signal the other.
 //!
 //! `DUET_VMM_JAIL=off` runs the VMM in duet's process as before (debugging
 //! only: a guest that escapes into it is then root on the host).
@@ -192,13 +194,73 @@ pub struct JailConfig {
     /// Stay in the host's network namespace (for a VM with a NIC; duet's
     /// VMM has none yet, so [`JailConfig::for_instance`] says false).
     pub host_network: bool,
+    /// The lease that keeps `uid` this VM's alone while the config lives
+    /// (None when the ids came from the environment).
+    pub lease: Option<std::sync::Arc<IdLease>>,
 }
 
+/// A jail id held by this process: an exclusive `flock` on
+/// `<dir>/<id>.lock`, released when the lease is dropped or the process
+/// dies (kill -9 included), so no two running VMs of one state root share
+/// an id. The lock files stay (empty, one per id ever used).
+#[derive(Debug)]
+pub struct IdLease {
+    /// The id.
+    pub id: u32,
+    _file: std::fs::File,
+}
+
+/// Leases the first free id from [`fresh_id`]`(seed)` on (wrapping inside
+/// the range), with its lock file in `dir`.
+pub fn lease_fresh_id(dir: &Path, seed: &str) -> Result<IdLease, JailError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir_err = |source| JailError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_err)?;
+    let first = fresh_id(seed) - UID_BASE;
+    for k in 0..UID_COUNT {
+        let id = UID_BASE + (first + k) % UID_COUNT;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{id}.lock")))
+            .map_err(dir_err)?;
+        // SAFETY: flock on a descriptor we own; LOCK_NB never blocks.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(IdLease { id, _file: file });
+        }
+    }
+    Err(JailError::Dir {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(format!("all {UID_COUNT} jail ids are in use")),
+    })
+}
+
+/// Where [`JailConfig::for_instance`] keeps its id leases, under the state root.
+pub const LEASE_DIR: &str = "jail-ids";
+
 impl JailConfig {
-    /// The jail of instance `id` in `instance_dir`, ids from the environment
-    /// or [`fresh_id`].
-    pub fn for_instance(instance_dir: &Path, id: &str) -> Result<JailConfig, JailError> {
-        let uid = id_from_env(UID_ENV)?.unwrap_or_else(|| fresh_id(id));
+    /// The jail of instance `id` in `instance_dir`: ids from the environment,
+    /// or else a fresh one leased in `<state_root>/jail-ids` ([`lease_fresh_id`]).
+    pub fn for_instance(
+        state_root: &Path,
+        instance_dir: &Path,
+        id: &str,
+    ) -> Result<JailConfig, JailError> {
+        let (uid, lease) = match id_from_env(UID_ENV)? {
+            Some(uid) => (uid, None),
+            None => {
+                let l = lease_fresh_id(&state_root.join(LEASE_DIR), id)?;
+                (l.id, Some(std::sync::Arc::new(l)))
+            }
+        };
         let gid = id_from_env(GID_ENV)?.unwrap_or(uid);
         Ok(JailConfig {
             dir: instance_dir.join(JAIL_DIR),
@@ -207,6 +269,7 @@ impl JailConfig {
             pid_file: Some(instance_dir.join(PID_FILE)),
             cgroup_procs: Vec::new(),
             host_network: false,
+            lease,
         })
     }
 }
@@ -1142,6 +1205,26 @@ mod tests {
     }
 
     #[test]
+    fn leased_ids_are_unique_while_held_and_free_again_after() {
+        let dir = tempfile::tempdir().unwrap();
+        // The same seed twice: the second lease moves on to the next id.
+        let a = lease_fresh_id(dir.path(), "same").unwrap();
+        let b = lease_fresh_id(dir.path(), "same").unwrap();
+        assert_eq!(a.id, fresh_id("same"));
+        assert_ne!(a.id, b.id);
+        assert!((UID_BASE..UID_BASE + UID_COUNT).contains(&b.id));
+        let a_id = a.id;
+        drop(a);
+        assert_eq!(lease_fresh_id(dir.path(), "same").unwrap().id, a_id);
+        let fresh = dir.path().join("new");
+        drop(lease_fresh_id(&fresh, "x").unwrap());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&fresh).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+
+    #[test]
     fn ids_refuse_root_and_garbage() {
         assert_eq!(parse_id("900123"), Some(900_123));
         for bad in ["0", "-1", "4294967295", "root", "1.5", ""] {
@@ -1161,21 +1244,25 @@ mod tests {
         assert!(e.contains("maybe") && e.contains("off"), "{e}");
         std::env::remove_var(JAIL_ENV);
 
-        let dir = Path::new("/x/instances/vm-1");
+        let state = tempfile::tempdir().unwrap();
+        let dir = &state.path().join("instances/vm-1");
         std::env::remove_var(UID_ENV);
         std::env::remove_var(GID_ENV);
-        let j = JailConfig::for_instance(dir, "vm-1").unwrap();
+        let j = JailConfig::for_instance(state.path(), dir, "vm-1").unwrap();
         assert_eq!((j.uid, j.gid), (fresh_id("vm-1"), fresh_id("vm-1")));
+        assert!(j.lease.is_some());
         assert_eq!(j.dir, dir.join("jail"));
         assert_eq!(j.pid_file.as_deref(), Some(dir.join("vmm.pid").as_path()));
         assert!(!j.host_network);
         std::env::set_var(UID_ENV, "12345");
-        let j = JailConfig::for_instance(dir, "vm-1").unwrap();
+        let j = JailConfig::for_instance(state.path(), dir, "vm-1").unwrap();
         assert_eq!((j.uid, j.gid), (12345, 12345));
+        assert!(j.lease.is_none());
         std::env::set_var(GID_ENV, "777");
-        assert_eq!(JailConfig::for_instance(dir, "vm-1").unwrap().gid, 777);
+        let j = JailConfig::for_instance(state.path(), dir, "vm-1").unwrap();
+        assert_eq!(j.gid, 777);
         std::env::set_var(UID_ENV, "0");
-        let e = JailConfig::for_instance(dir, "vm-1")
+        let e = JailConfig::for_instance(state.path(), dir, "vm-1")
             .unwrap_err()
             .to_string();
         assert!(e.contains(UID_ENV) && e.contains("not root"), "{e}");
@@ -1236,7 +1323,9 @@ mod tests {
                 Path::new("/state/instances/x/scratch.ext4"),
             ),
         };
-        let jail = JailConfig::for_instance(Path::new("/state/instances/x"), "x").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let jail =
+            JailConfig::for_instance(state.path(), Path::new("/state/instances/x"), "x").unwrap();
         let plan = JailPlan::new(&cfg, &jail).unwrap();
         assert_eq!(plan.jailed.kernel, Path::new("/kernel"));
         assert_eq!(plan.jailed.initrd.as_deref(), Some(Path::new("/initrd")));

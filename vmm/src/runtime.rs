@@ -178,9 +178,12 @@ impl VmRuntime {
         let _guard = crate::signals::RunGuard::enter();
         let outcome = match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
-                let j =
-                    jail::JailConfig::for_instance(launch.instance.path(), launch.instance.id())
-                        .map_err(VmmError::from)?;
+                let j = jail::JailConfig::for_instance(
+                    launch.instance.state_root(),
+                    launch.instance.path(),
+                    launch.instance.id(),
+                )
+                .map_err(VmmError::from)?;
                 if opts.explain {
                     eprintln!(
                         "duet: VMM jail: uid {} gid {}, root {} (kernel, initrd, disks, dev/kvm), \

@@ -105,7 +105,7 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
             },
         ],
     };
-    let j = JailConfig::for_instance(&instance, "tiny-0123abcd").unwrap();
+    let j = JailConfig::for_instance(dir.path(), &instance, "tiny-0123abcd").unwrap();
     let (uid, gid) = (j.uid, j.gid);
     let pid_file = j.pid_file.clone().unwrap();
     let started = Instant::now();
@@ -326,7 +326,7 @@ fn a_failure_inside_the_jail_comes_back_with_its_cause() {
     };
     let instance = dir.path().join("instance");
     std::fs::create_dir(&instance).unwrap();
-    let j = JailConfig::for_instance(&instance, "odd-1").unwrap();
+    let j = JailConfig::for_instance(dir.path(), &instance, "odd-1").unwrap();
     let mut report = RunReport::start("vm", "odd", "none");
     let err = jail::run_jailed(&cfg, &j, &mut report).unwrap_err();
     let mut msg = err.to_string();
