@@ -279,3 +279,133 @@ fn vm_two_vms_share_one_layer_file_and_see_pristine_data() {
         c.output
     );
 }
+
+// --- issue 9 class 8: the VMM is jailed -------------------------------------
+
+/// The words after `prefix` on each line that starts with it.
+fn lines_after<'a>(output: &'a str, prefix: &str) -> Vec<&'a str> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .collect()
+}
+
+#[test]
+fn vm_jailed_vmm_holds_no_capabilities_own_namespaces_and_only_its_files() {
+    let Some(c) = case(
+        "vm_jailed_vmm_holds_no_capabilities_own_namespaces_and_only_its_files",
+        "jail_inspect",
+    ) else {
+        return;
+    };
+    let out = &c.output;
+    assert_eq!(c.rc, 0, "{out}");
+    assert!(out.contains("rc=0") && out.contains("guest-done"), "{out}");
+    // A child of duet (not duet itself), as an unprivileged uid from the
+    // jail range, in no supplementary group.
+    let vmm = lines_after(out, "vmm-pid ");
+    assert_eq!(vmm.len(), 1, "{out}");
+    let w: Vec<&str> = vmm[0].split_whitespace().collect();
+    assert_eq!(w[1], "parent", "{out}");
+    let field = |name: &str| -> Vec<&str> {
+        lines_after(out, name)
+            .first()
+            .unwrap_or_else(|| panic!("no {name} in\n{out}"))
+            .split_whitespace()
+            .collect()
+    };
+    for ids in [field("Uid:"), field("Gid:")] {
+        assert_eq!(ids.len(), 4, "{out}");
+        let id: u32 = ids[0].parse().unwrap();
+        assert!((900_000..1_000_000).contains(&id), "{out}");
+        assert!(ids.iter().all(|i| *i == ids[0]), "{out}");
+    }
+    assert!(field("Groups:").is_empty(), "{out}");
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(set), vec!["0000000000000000"], "{set}\n{out}");
+    }
+    assert_eq!(field("NoNewPrivs:"), vec!["1"], "{out}");
+    // Namespaces of its own, except user and cgroup (it stays in duet's cgroup).
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert!(out.contains(&format!("ns {ns} own")), "{ns}\n{out}");
+    }
+    assert!(out.contains("ns user shared"), "{out}");
+    // Its root: the kernel, the initrd, the disks and /dev/kvm, nothing else.
+    let root = lines_after(out, "root ");
+    let mut layers = 0;
+    for entry in &root {
+        match *entry {
+            "." | "./dev" | "./dev/kvm" | "./kernel" | "./initrd" => {}
+            e if e.starts_with("./disk") && e.ends_with("-layer.erofs") => layers += 1,
+            e if e.starts_with("./disk") && e.ends_with("-scratch.ext4") => {}
+            e => panic!("unexpected {e} in the jail's root:\n{out}"),
+        }
+    }
+    assert!(layers >= 1, "{out}");
+    assert_eq!(root.len(), 5 + layers + 1, "{out}");
+    // Descriptors: stdio, its pipes to duet, KVM, eventfds, disks, the two
+    // /proc files; never the caller's fd 7 (the outer root directory).
+    for fd in lines_after(out, "fd ") {
+        let (n, target) = fd.split_once(' ').unwrap_or((fd, ""));
+        let n: u32 = n.parse().unwrap();
+        assert_ne!(target, "/", "the caller's fd reached the VMM:\n{out}");
+        let expected = n <= 2
+            || target.starts_with("pipe:[")
+            || target.starts_with("anon_inode:kvm-vm")
+            || target.starts_with("anon_inode:kvm-vcpu:")
+            || target == "anon_inode:[eventfd]"
+            || target == "/dev/kvm"
+            || (target.starts_with("/disk") && target.contains('-'))
+            || target.ends_with("/smaps")
+            || target.ends_with("/status");
+        assert!(expected, "unexpected VMM fd {fd}:\n{out}");
+    }
+    assert!(out.contains("outer-mounts-under-instances 0"), "{out}");
+}
+
+fn assert_stopped_cleanly(c: &Case, rc: i32) {
+    let out = &c.output;
+    assert_eq!(c.rc, 0, "{out}");
+    assert!(out.contains(&format!("duet rc={rc}")), "{out}");
+    assert!(out.contains("vmm-gone"), "the VMM outlived duet:\n{out}");
+    assert!(out.contains("instances-after-gc 0"), "{out}");
+    assert!(out.contains("mounts-left 0"), "{out}");
+    assert!(out.contains("processes-left 0"), "{out}");
+}
+
+#[test]
+fn vm_sigterm_stops_the_jailed_vmm_and_cleans_up() {
+    let Some(c) = case(
+        "vm_sigterm_stops_the_jailed_vmm_and_cleans_up",
+        "jail_sigterm",
+    ) else {
+        return;
+    };
+    assert_stopped_cleanly(c, 128 + 15);
+    assert!(c.output.contains("instances-before-gc 0"), "{}", c.output);
+}
+
+#[test]
+fn vm_sigint_stops_the_jailed_vmm_and_cleans_up() {
+    let Some(c) = case(
+        "vm_sigint_stops_the_jailed_vmm_and_cleans_up",
+        "jail_sigint",
+    ) else {
+        return;
+    };
+    assert_stopped_cleanly(c, 128 + 2);
+    assert!(c.output.contains("instances-before-gc 0"), "{}", c.output);
+}
+
+#[test]
+fn vm_kill9_of_duet_takes_the_jailed_vmm_and_gc_cleans_up() {
+    let Some(c) = case(
+        "vm_kill9_of_duet_takes_the_jailed_vmm_and_gc_cleans_up",
+        "jail_kill9",
+    ) else {
+        return;
+    };
+    assert_stopped_cleanly(c, 128 + 9);
+    // kill -9 leaves the instance directory until gc.
+    assert!(c.output.contains("instances-before-gc 1"), "{}", c.output);
+}

@@ -329,6 +329,62 @@ fn value_row(
     }
 }
 
+/// Adds the row "VMM process (host side)" after the kernel row: for each
+/// column on its own kernel (a VM), `vmm` says what the process running that
+/// guest holds on the host (`duet_vmm::jail::describe`); a column on the
+/// host's kernel has no VMM. The probe runs inside the guest and cannot see
+/// this; the jail test (`vmm/tests/jail.rs`, testbed `jail_inspect`) checks it.
+pub fn add_vmm_row(
+    t: &mut IsolationTable,
+    host: &ProbeReport,
+    cols: &[(String, ProbeReport)],
+    vmm: &VmmJail,
+) {
+    let mut cells = vec![host_cell("no VMM".to_string())];
+    for (_, me) in cols {
+        cells.push(if (Rel { host, me }).same_kernel() {
+            cell(
+                "no VMM".to_string(),
+                Verdict::NotApplicable,
+                "the workload's own processes run on the host kernel",
+            )
+        } else if vmm.jailed {
+            cell(
+                vmm.holds.clone(),
+                Verdict::Isolated,
+                "a guest that escapes into the VMM gets an unprivileged, empty jail",
+            )
+        } else {
+            cell(
+                vmm.holds.clone(),
+                Verdict::Shared,
+                "a guest that escapes into the VMM is root on the host",
+            )
+        })
+    }
+    let at = t
+        .rows
+        .iter()
+        .position(|r| r.fact == "kernel")
+        .map_or(0, |i| i + 1);
+    t.rows.insert(
+        at,
+        IsolationRow {
+            fact: "VMM process (host side)".to_string(),
+            cells,
+        },
+    );
+}
+
+/// What the VMM process holds on the host, for [`add_vmm_row`].
+#[derive(Debug, Clone)]
+pub struct VmmJail {
+    /// Whether it is jailed.
+    pub jailed: bool,
+    /// One line: its uid, capabilities, namespaces and root.
+    pub holds: String,
+}
+
 /// Builds the table: `host` first, then each `(label, report)` column.
 pub fn compare(host: &ProbeReport, cols: &[(String, ProbeReport)]) -> IsolationTable {
     let mut rows = Vec::new();
@@ -635,6 +691,34 @@ mod tests {
 
     fn row<'a>(t: &'a IsolationTable, fact: &str) -> &'a IsolationRow {
         t.rows.iter().find(|r| r.fact == fact).unwrap()
+    }
+
+    #[test]
+    fn vmm_row_says_what_the_jail_holds_for_vm_columns_only() {
+        let host = duet_probe::collect(&ProbeInput {
+            canary_path: None,
+            canary_token: None,
+            host_pid: None,
+        });
+        let cols = vec![
+            ("container".to_string(), containerized(&host)),
+            ("vm".to_string(), vm(&host)),
+        ];
+        for (jailed, verdict) in [(true, Verdict::Isolated), (false, Verdict::Shared)] {
+            let mut t = compare(&host, &cols);
+            let jail = VmmJail {
+                jailed,
+                holds: "jailed: uid 900000+, no capabilities".into(),
+            };
+            add_vmm_row(&mut t, &host, &cols, &jail);
+            assert_eq!(t.rows[0].fact, "kernel");
+            let r = &t.rows[1];
+            assert_eq!(r.fact, "VMM process (host side)");
+            assert_eq!(r.cells[1].verdict, Some(Verdict::NotApplicable));
+            assert_eq!(r.cells[1].value, "no VMM");
+            assert_eq!(r.cells[2].verdict, Some(verdict));
+            assert_eq!(r.cells[2].value, jail.holds);
+        }
     }
 
     #[test]

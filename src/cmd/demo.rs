@@ -160,11 +160,17 @@ fn phase_story(isolation: &str, p: Phase) -> &'static str {
         Phase::PivotDone => {
             "pivot_root: the overlay became its / and the host's file tree was detached"
         }
-        Phase::VmCreated => "KVM_CREATE_VM: a new virtual machine, guest memory mapped into it",
+        Phase::VmCreated => {
+            "jailed the VMM (own namespaces, a root holding only kernel, disks and /dev/kvm), \
+             then KVM_CREATE_VM: a new virtual machine, guest memory mapped into it"
+        }
         Phase::KernelLoaded => {
             "copied duet's guest kernel and the initramfs into guest memory, wrote boot parameters"
         }
-        Phase::VcpusStarted => "started the vCPU threads (KVM_RUN): the guest kernel boots",
+        Phase::VcpusStarted => {
+            "dropped every capability and switched to an unprivileged uid, then started the \
+             vCPU threads (KVM_RUN): the guest kernel boots"
+        }
         Phase::Ready if vm => {
             "the guest kernel booted and ran duet's init, which set up /proc and /dev; next: execve of the workload"
         }
@@ -337,9 +343,11 @@ fn native_half(
              filter and execs the workload. Same kernel as the host: no boot.",
         ),
         Isolation::Vm => n.say(
-            "duet creates a KVM virtual machine, maps its memory, loads duet's own Linux kernel \
-             and an initramfs made from the busybox image, starts the vCPUs, and the guest \
-             kernel boots and runs duet's init, which execs the workload.",
+            "duet forks a jailed VMM (its own namespaces, a root holding only the kernel, disks \
+             and /dev/kvm), which creates a KVM virtual machine, maps its memory, loads duet's \
+             own Linux kernel and an initramfs made from the busybox image, drops every \
+             privilege, starts the vCPUs, and the guest kernel boots and runs duet's init, \
+             which execs the workload.",
         ),
     }
     let out = Command::new(&exe)
@@ -433,8 +441,9 @@ fn testbed_half(
         eprintln!("duet demo: {title}: running it inside the nested-KVM testbed (about 30 s)");
     }
     n.say(
-        "In there duet creates a KVM virtual machine, maps its memory, loads duet's own Linux \
-         kernel and an initramfs made from the busybox image, starts the vCPUs, and the guest \
+        "In there duet forks a jailed VMM, which creates a KVM virtual machine, maps its \
+         memory, loads duet's own Linux kernel and an initramfs made from the busybox image, \
+         drops every privilege, starts the vCPUs, and the guest \
          kernel boots and runs duet's init, which execs the workload. Three guests boot: the \
          probe, an idle one for memory, then the workload (by then the image and its \
          initramfs are built, as on a warm host). Every step is emulated, so expect seconds \
@@ -646,7 +655,8 @@ fn show(c: &Half, v: &Half, host: Option<&ProbeReport>, width: usize) {
     }
     match host {
         Some(host) if !cols.is_empty() => {
-            let t = isolation::compare(host, &cols);
+            let mut t = isolation::compare(host, &cols);
+            isolation::add_vmm_row(&mut t, host, &cols, &crate::cmd::vmm_jail());
             let both = cols.len() == 2;
             let rows: Vec<&IsolationRow> = t
                 .rows

@@ -19,3 +19,15 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     }
     parts.join(": ")
 }
+
+/// What a VM's VMM holds on the host under this environment's
+/// `DUET_VMM_JAIL`, for the isolation table (a bad value counts as on:
+/// `duet run` refuses it before any VM starts).
+pub fn vmm_jail() -> duet_bench::isolation::VmmJail {
+    use duet_vmm::jail::{self, JailMode};
+    let mode = JailMode::from_env().unwrap_or(JailMode::On);
+    duet_bench::isolation::VmmJail {
+        jailed: mode == JailMode::On,
+        holds: jail::describe(mode),
+    }
+}

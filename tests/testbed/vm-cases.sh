@@ -88,3 +88,75 @@ case_ disk_first vmd --timings busybox -- sh -c 'cat /proc/mounts; echo disk-roo
 case_ disk_second vmd --timings busybox -- true
 case_ disk_keep disk_keep
 case_ disk_two_vms disk_two_vms
+
+# --- issue 9 class 8: the VMM is jailed ----------------------------------------
+# The instance directory of the running instance named $1 (its VMM writes
+# vmm.pid there), and the VMM's PID once it has dropped its privileges.
+vmm_pid_of() {
+    i=0
+    while [ $i -lt 1200 ]; do
+        for f in "$DUET_ROOT"/instances/"$1"-*/vmm.pid; do
+            [ -f "$f" ] || continue
+            p=$(cat "$f")
+            if grep -q '^NoNewPrivs:.1' /proc/"$p"/status 2>/dev/null &&
+                [ "$(grep -l 'Seccomp:.2' /proc/"$p"/task/*/status 2>/dev/null | wc -l)" -gt 0 ]; then
+                echo "$p"
+                return 0
+            fi
+        done
+        i=$((i + 1))
+        sleep 0.1
+    done
+    return 1
+}
+
+# What the running VMM holds, seen from the outer Linux. fd 7 (the outer
+# root directory, no CLOEXEC) is left open by the caller: it must not reach
+# the VMM.
+jail_inspect() {
+    exec 7</
+    vm --name jailed busybox -- sh -c 'sleep 8; echo guest-done' > /tmp/jail.out 2>&1 &
+    job=$!
+    pid=$(vmm_pid_of jailed) || { echo "no jailed VMM"; exec 7<&-; wait $job; cat /tmp/jail.out; return 1; }
+    exec 7<&-
+    echo "vmm-pid $pid parent $(awk '/^PPid:/ { print $2 }' /proc/$pid/status) duet-user $(id -u)"
+    grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/$pid/status
+    for n in mnt pid net ipc uts user cgroup; do
+        if [ "$(readlink /proc/$pid/ns/$n)" = "$(readlink /proc/self/ns/$n)" ]; then
+            echo "ns $n shared"
+        else
+            echo "ns $n own"
+        fi
+    done
+    (cd /proc/$pid/root && find . | sort | sed 's/^/root /')
+    for f in /proc/$pid/fd/*; do echo "fd ${f##*/} $(readlink "$f")"; done
+    echo "jail-mounts $(wc -l < /proc/$pid/mountinfo)"
+    echo "outer-mounts-under-instances $(grep -c "$DUET_ROOT/instances" /proc/self/mountinfo)"
+    wait $job
+    echo "rc=$?"
+    cat /tmp/jail.out
+}
+
+# SIGTERM (and kill -9 + gc) of duet: the VMM goes too, nothing is left.
+jail_stop() { # jail_stop SIGNAL
+    "$DUET_EXE" run --isolation vm --name "stop$1" busybox -- sleep 100 > /tmp/stop.out 2>&1 &
+    duet_pid=$!
+    vmm=$(vmm_pid_of "stop$1") || { echo "no jailed VMM"; kill -9 $duet_pid; return 1; }
+    kill -"$1" $duet_pid
+    wait $duet_pid
+    echo "duet rc=$?"
+    i=0
+    while [ -d /proc/"$vmm" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    if [ -d /proc/"$vmm" ]; then echo "vmm-left $vmm"; else echo "vmm-gone"; fi
+    echo "instances-before-gc $(ls "$DUET_ROOT"/instances | grep -c "^stop$1-")"
+    "$DUET_EXE" gc > /dev/null
+    echo "instances-after-gc $(ls "$DUET_ROOT"/instances | grep -c "^stop$1-")"
+    echo "mounts-left $(grep -c "$DUET_ROOT" /proc/self/mountinfo)"
+    echo "processes-left $(for p in /proc/[0-9]*; do grep -l "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $p/status 2>/dev/null; done | wc -l)"
+    sed 's/^/out: /' /tmp/stop.out
+}
+
+case_ jail_inspect jail_inspect
+case_ jail_sigterm jail_stop TERM
+case_ jail_sigint jail_stop INT
+case_ jail_kill9 jail_stop KILL

@@ -17,6 +17,7 @@ pub mod disks;
 pub mod doctor;
 pub mod event;
 pub mod gdt;
+pub mod jail;
 pub mod layout;
 pub mod loader;
 pub mod memory;
@@ -243,6 +244,25 @@ pub fn run_vm_with_sink(
     report: &mut RunReport,
     sink: Box<dyn Write + Send>,
 ) -> Result<VmOutcome, VmmError> {
+    boot_and_run(cfg, report, sink, None)
+}
+
+/// What the jailed VMM ([`jail`]) adds to a run.
+pub(crate) struct RunHooks<'a> {
+    /// Runs once every file, KVM fd and device is set up, right before the
+    /// vCPUs start: where the jail drops its privileges.
+    pub before_vcpus: &'a mut dyn FnMut() -> Result<(), VmmError>,
+    /// `/proc/self` files opened before the jail hid `/proc`.
+    pub proc_files: Option<&'a memory_usage::ProcFiles>,
+}
+
+/// The boot recipe of [`run_vm_with_sink`], with the jail's hooks.
+pub(crate) fn boot_and_run(
+    cfg: &VmConfig,
+    report: &mut RunReport,
+    sink: Box<dyn Write + Send>,
+    mut hooks: Option<RunHooks<'_>>,
+) -> Result<VmOutcome, VmmError> {
     check_config(cfg)?;
     let mut vm = Vm::new(VmOptions {
         memory_mib: cfg.memory_mib,
@@ -271,11 +291,18 @@ pub fn run_vm_with_sink(
     let cr3 = vm.setup_long_mode()?;
     vm.write_mptable()?;
     vm.create_vcpus(vm::linux_entry(&kernel, cr3))?;
+    let proc_files = match hooks.as_mut() {
+        Some(h) => {
+            (h.before_vcpus)()?;
+            h.proc_files
+        }
+        None => None,
+    };
     // `run` consumes the VM; this handle keeps the guest memory mapped
     // past it so its resident size can be measured (memory_usage).
     let memory = vm.memory().clone();
     let outcome = vm.run(cfg.timeout, report)?;
-    memory_usage::record(&memory, report);
+    memory_usage::record_with(&memory, report, proc_files);
     Ok(outcome)
 }
 

@@ -16,10 +16,12 @@
 //! - `vmm_peak_rss_kib`: `VmHWM:` of `/proc/self/status`, the largest RSS the
 //!   process had so far (guest pages included).
 //!
-//! duet's VMM runs inside the `duet` process, so the overhead includes the
-//! CLI's own memory (image store, initramfs building, report): that is the
-//! VMM's process, which is how Firecracker counts its overhead (its whole
-//! process minus guest memory). Kernel-side memory (KVM's page tables for
+//! duet's VMM is the `duet` process itself, or (jailed, [`crate::jail`]) a
+//! fork of it, so the overhead includes the CLI's own memory (image store,
+//! initramfs building, report) that the VMM process maps: that is the VMM's
+//! process, which is how Firecracker counts its overhead (its whole process
+//! minus guest memory). The jailed VMM has no `/proc`; it reads the two files
+//! through descriptors opened before its pivot_root ([`ProcFiles`]). Kernel-side memory (KVM's page tables for
 //! the guest, vCPU state) is in no process's RSS, for duet or any VMM.
 
 use crate::memory::GuestMemory;
@@ -225,10 +227,56 @@ fn resident_kib_mincore(range: HostRange) -> Result<u64, MemoryUsageError> {
     Ok(resident * page / 1024)
 }
 
+const SMAPS: &str = "/proc/self/smaps";
+const STATUS: &str = "/proc/self/status";
+
+/// `/proc/self/smaps` and `/proc/self/status`, opened while `/proc` was
+/// reachable: the jailed VMM (crate::jail) has no `/proc` in its root and
+/// measures itself through these. A seq_file re-read from offset 0 shows
+/// the process as it is at the time of the read, not of the open.
+#[derive(Debug)]
+pub struct ProcFiles {
+    smaps: std::fs::File,
+    status: std::fs::File,
+}
+
+impl ProcFiles {
+    /// Opens both files of the calling process.
+    pub fn open_self() -> Result<ProcFiles, MemoryUsageError> {
+        let open = |path: &'static str| {
+            std::fs::File::open(path).map_err(|source| MemoryUsageError::Read { path, source })
+        };
+        Ok(ProcFiles {
+            smaps: open(SMAPS)?,
+            status: open(STATUS)?,
+        })
+    }
+}
+
+/// The whole of `file`, read again from its start.
+fn reread(mut file: &std::fs::File) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Measures this process now; `memory` must stay mapped meanwhile.
 pub fn measure(memory: &GuestMemory) -> Result<MemoryUsage, MemoryUsageError> {
-    const SMAPS: &str = "/proc/self/smaps";
-    let text = std::fs::read_to_string(SMAPS).map_err(|source| MemoryUsageError::Read {
+    measure_with(memory, None)
+}
+
+/// [`measure`], reading `files` instead of opening `/proc/self` when given.
+pub fn measure_with(
+    memory: &GuestMemory,
+    files: Option<&ProcFiles>,
+) -> Result<MemoryUsage, MemoryUsageError> {
+    let text = match files {
+        Some(f) => reread(&f.smaps),
+        None => std::fs::read_to_string(SMAPS),
+    }
+    .map_err(|source| MemoryUsageError::Read {
         path: SMAPS,
         source,
     })?;
@@ -240,9 +288,12 @@ pub fn measure(memory: &GuestMemory) -> Result<MemoryUsage, MemoryUsageError> {
     for r in partial {
         guest += resident_kib_mincore(r)?;
     }
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| status_kib(&s, "VmHWM:"));
+    let peak = match files {
+        Some(f) => reread(&f.status),
+        None => std::fs::read_to_string(STATUS),
+    }
+    .ok()
+    .and_then(|s| status_kib(&s, "VmHWM:"));
     Ok(MemoryUsage {
         vmm_rss_kib: total,
         guest_touched_kib: guest.min(total),
@@ -254,7 +305,12 @@ pub fn measure(memory: &GuestMemory) -> Result<MemoryUsage, MemoryUsageError> {
 /// the counter `memory_usage_failed` = 1 instead (a missing /proc must not
 /// fail the run).
 pub fn record(memory: &GuestMemory, report: &mut RunReport) {
-    match measure(memory) {
+    record_with(memory, report, None)
+}
+
+/// [`record`] through [`measure_with`].
+pub fn record_with(memory: &GuestMemory, report: &mut RunReport, files: Option<&ProcFiles>) {
+    match measure_with(memory, files) {
         Ok(usage) => {
             for (k, v) in usage.counters() {
                 report.counters.insert(k.into(), v);

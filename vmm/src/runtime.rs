@@ -13,6 +13,7 @@
 //!   [`crate::rootfs`]), everything in guest RAM, writes lost at exit.
 
 use crate::disks::{self, DiskError};
+use crate::jail;
 use crate::rootfs::{self, RootfsError};
 use crate::{run_vm, ConsoleMode, GuestFailure, VmConfig, VmEnd, VmmError};
 use duet_shared::image::layer_image::{self, LayerImageError};
@@ -175,7 +176,35 @@ impl VmRuntime {
             }
         }
         let _guard = crate::signals::RunGuard::enter();
-        let outcome = run_vm(&cfg, report)?;
+        let outcome = match jail::JailMode::from_env().map_err(VmmError::from)? {
+            jail::JailMode::On => {
+                let j = jail::JailConfig::for_instance(
+                    launch.instance.state_root(),
+                    launch.instance.path(),
+                    launch.instance.id(),
+                )
+                .map_err(VmmError::from)?;
+                if opts.explain {
+                    eprintln!(
+                        "duet: VMM jail: uid {} gid {}, root {} (kernel, initrd, disks, dev/kvm), \
+                         own mount/pid/net/ipc/uts namespaces, no capabilities",
+                        j.uid,
+                        j.gid,
+                        j.dir.display()
+                    );
+                }
+                jail::run_jailed(&cfg, &j, report)?
+            }
+            jail::JailMode::Off => {
+                if opts.explain {
+                    eprintln!(
+                        "duet: {}=off: the VMM runs unjailed in duet's process",
+                        jail::JAIL_ENV
+                    );
+                }
+                run_vm(&cfg, report)?
+            }
+        };
         match outcome.end {
             VmEnd::Timeout(t) => {
                 eprintln!(
@@ -263,9 +292,10 @@ impl Runtime for VmRuntime {
         Ok(self.run_inner(launch, report)?)
     }
 
-    /// A VM lives in duet's own process (its threads die with it) and its
-    /// files live in the instance directory, which `duet gc` removes: there
-    /// is nothing else to collect.
+    /// The jailed VMM is a child of duet that dies with it (parent-death
+    /// signal SIGKILL); its mounts live in its own mount namespace and vanish
+    /// with it; its files (and the empty jail directory) live in the
+    /// instance directory, which `duet gc` removes: nothing else to collect.
     fn gc_instance(&self, _id: &str) -> Result<(), BackendError> {
         Ok(())
     }

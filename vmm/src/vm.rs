@@ -154,6 +154,9 @@ pub enum VmmError {
     /// virtio devices need the in-kernel irqchip for their irqfd.
     #[error("virtio devices need the in-kernel irqchip (VmOptions::irqchip)")]
     NoIrqchip,
+    /// The VMM jail could not be set up, or the jailed VMM failed.
+    #[error("jailed VMM")]
+    Jail(#[from] crate::jail::JailError),
     /// A vCPU thread did not leave KVM_RUN after being kicked.
     #[error("vCPU {vcpu} did not stop within {} s of being kicked", STOP_GRACE.as_secs())]
     StopTimeout {
@@ -571,6 +574,16 @@ impl Vm {
         })
     }
 
+    /// A VM stopped from outside (signal, timeout) may have said ready just
+    /// before: stamp that too, so the timeline does not lose it.
+    fn stamp_pending_ready(&self, report: &mut RunReport) {
+        while let Ok(ev) = self.events_rx.try_recv() {
+            if let VmEvent::Ready { at_ns } = ev {
+                report.mark_at(Phase::Ready, at_ns);
+            }
+        }
+    }
+
     fn wait_for_end(
         &self,
         started: Instant,
@@ -582,6 +595,7 @@ impl Vm {
         const SIGNAL_POLL: Duration = Duration::from_millis(50);
         loop {
             if let Some(sig) = crate::signals::received() {
+                self.stamp_pending_ready(report);
                 report.mark(Phase::Exited);
                 return VmEnd::Interrupted(sig);
             }
@@ -589,6 +603,7 @@ impl Vm {
                 Some(t) => match t.checked_sub(started.elapsed()) {
                     Some(left) => left.min(SIGNAL_POLL),
                     None => {
+                        self.stamp_pending_ready(report);
                         report.mark(Phase::Exited);
                         return VmEnd::Timeout(t);
                     }

@@ -566,6 +566,7 @@ impl Bench {
             }
         }
         let mut t = isolation::compare(&host, &cols);
+        isolation::add_vmm_row(&mut t, &host, &cols, &crate::cmd::vmm_jail());
         t.missing = missing;
         for (l, why) in &t.missing {
             eprintln!("  {l}: not probed: {why}");

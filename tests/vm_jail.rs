@@ -1,0 +1,304 @@
+//! `duet run --isolation vm` with its jailed VMM, end to end through the CLI
+//! on this host: a tiny ELF "kernel" stands in for Linux (this host's KVM
+//! runs tiny guests but cannot boot Linux; tests/vm_testbed.rs does that).
+//! Exit status, SIGTERM, kill -9 + `duet gc`, and the jail's settings.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// An ELF64 executable with one PT_LOAD segment of `code` at `paddr`: what
+/// duet's loader takes for a vmlinux (entered in 64-bit mode).
+fn tiny_elf(paddr: u64, code: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 64 + 56];
+    f[0..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // ELFCLASS64
+    f[5] = 1; // little-endian
+    f[6] = 1; // EV_CURRENT
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&paddr.to_le_bytes()); // e_entry
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = &mut f[64..120];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    ph[8..16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+    ph[16..24].copy_from_slice(&paddr.to_le_bytes());
+    ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}
+
+/// Says ready, reports exit status 7, then spins until the VMM stops it.
+const EXIT7: &[u8] = &[
+    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510 (ready)
+    0xee, // out dx, al
+    0x66, 0xba, 0x14, 0x05, // mov dx, 0x514 (exit)
+    0xb8, 0x07, 0x00, 0x00, 0x00, // mov eax, 7
+    0xef, // out dx, eax
+    0xeb, 0xfe, // jmp $
+];
+
+/// Says ready, then halts for good (HLT waits inside KVM with the irqchip).
+const WAIT: &[u8] = &[
+    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510 (ready)
+    0xee, // out dx, al
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp hlt
+];
+
+/// Waits for a byte on COM1, says ready, echoes it, exits with it as status.
+const ECHO_BYTE: &[u8] = &[
+    0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (line status)
+    0xec, // in al, dx
+    0xa8, 0x01, // test al, 1 (data ready)
+    0x74, 0xf7, // jz 0
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xec, // in al, dx
+    0x88, 0xc3, // mov bl, al
+    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510 (ready)
+    0xee, // out dx, al
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x88, 0xd8, // mov al, bl
+    0xee, // out dx, al (echo)
+    0x0f, 0xb6, 0xc3, // movzx eax, bl
+    0x66, 0xba, 0x14, 0x05, // mov dx, 0x514 (exit)
+    0xef, // out dx, eax
+    0xeb, 0xfe, // jmp $
+];
+
+/// Whether this host can run these tests; skips (see [`skip`]) otherwise.
+fn can_run(test: &str) -> bool {
+    if skip_unless_root(test) {
+        return false;
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        skip(test, &format!("needs /dev/kvm ({e})"));
+        return false;
+    }
+    if !duet_bin().with_file_name("duet-init").is_file() {
+        skip(
+            test,
+            "needs duet-init beside duet (cargo build --workspace)",
+        );
+        return false;
+    }
+    true
+}
+
+/// `duet run --isolation vm --name NAME EXTRA.. busybox -- true` booting `kernel`.
+fn vm_cmd(env: &Env, kernel: &Path, name: &str, extra: &[&str]) -> Command {
+    let mut args = vec!["run", "--isolation", "vm", "--name", name, "--memory", "64"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["busybox", "--", "true"]);
+    let mut c = env.cmd(&args);
+    c.env("DUET_KERNEL", kernel)
+        .env("DUET_INIT", duet_bin().with_file_name("duet-init"))
+        .env_remove("DUET_VMM_JAIL")
+        .env_remove("DUET_VMM_UID")
+        .env_remove("DUET_VMM_GID");
+    c
+}
+
+fn write_kernel(env: &Env, code: &[u8]) -> PathBuf {
+    let k = env.root().join("tiny-vmlinux");
+    std::fs::write(&k, tiny_elf(0x100_0000, code)).unwrap();
+    k
+}
+
+/// The jailed VMM's PID once it runs the guest (privileges dropped).
+fn jailed_vmm(env: &Env, duet: &mut Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        for id in env.instances() {
+            let f = env.root().join("instances").join(id).join("vmm.pid");
+            let Ok(p) = std::fs::read_to_string(&f) else {
+                continue;
+            };
+            let Ok(pid) = p.trim().parse::<i32>() else {
+                continue;
+            };
+            let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if duet_vmm::jail::status_is_jailed(&s) {
+                return pid;
+            }
+        }
+        if let Some(st) = duet.try_wait().unwrap() {
+            panic!("duet ended ({st}) before its VMM was jailed");
+        }
+        assert!(Instant::now() < deadline, "no jailed VMM appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is gone (or reused by something that is not a jailed VMM).
+fn gone_within(pid: i32, t: Duration) -> bool {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if !duet_vmm::jail::status_is_jailed(&s) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn jailed_vm_reports_the_guest_exit_status_jailed_and_unjailed() {
+    let test = "jailed_vm_reports_the_guest_exit_status_jailed_and_unjailed";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, EXIT7);
+    let o = vm_cmd(&env, &kernel, "exit7", &["--timings"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(err.contains("jail_uid"), "the run was not jailed:\n{err}");
+    let o = vm_cmd(&env, &kernel, "exit7", &["--timings"])
+        .env("DUET_VMM_JAIL", "off")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(!err.contains("jail_uid"), "{err}");
+    env.assert_clean("exit7");
+}
+
+#[test]
+fn sigterm_to_duet_stops_the_jailed_vmm_and_leaves_nothing() {
+    let test = "sigterm_to_duet_stops_the_jailed_vmm_and_leaves_nothing";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, WAIT);
+    let mut duet = vm_cmd(&env, &kernel, "term", &[]).spawn().unwrap();
+    let vmm = jailed_vmm(&env, &mut duet);
+    assert_ne!(vmm as u32, duet.id(), "the VMM is a process of its own");
+    // SAFETY: plain kill of our child.
+    assert_eq!(unsafe { libc::kill(duet.id() as i32, libc::SIGTERM) }, 0);
+    let st = duet.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{st}");
+    assert!(
+        gone_within(vmm, Duration::from_secs(10)),
+        "VMM {vmm} outlived duet"
+    );
+    env.assert_clean("term");
+}
+
+#[test]
+fn kill9_of_duet_takes_the_jailed_vmm_and_gc_cleans_up() {
+    let test = "kill9_of_duet_takes_the_jailed_vmm_and_gc_cleans_up";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, WAIT);
+    let mut duet = vm_cmd(&env, &kernel, "nine", &[]).spawn().unwrap();
+    let vmm = jailed_vmm(&env, &mut duet);
+    duet.kill().unwrap(); // SIGKILL
+    duet.wait().unwrap();
+    assert!(
+        gone_within(vmm, Duration::from_secs(10)),
+        "VMM {vmm} outlived a killed duet (parent-death signal)"
+    );
+    assert_eq!(
+        env.instances().len(),
+        1,
+        "kill -9 leaves the instance to gc"
+    );
+    let o = env.run(&["gc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    env.assert_clean("nine");
+}
+
+#[test]
+fn bad_jail_settings_are_refused_before_any_vm() {
+    let test = "bad_jail_settings_are_refused_before_any_vm";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, EXIT7);
+    for (var, value, says) in [
+        ("DUET_VMM_JAIL", "maybe", "use `on` or `off`"),
+        ("DUET_VMM_UID", "0", "not root"),
+        ("DUET_VMM_GID", "nobody", "DUET_VMM_GID"),
+    ] {
+        let o = vm_cmd(&env, &kernel, "badjail", &[])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(125), "{var}={value}: {err}");
+        assert!(err.contains(says) && err.contains(var), "{err}");
+    }
+    env.assert_clean("badjail");
+}
+
+#[test]
+fn console_input_and_output_cross_the_jail() {
+    let test = "console_input_and_output_cross_the_jail";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, ECHO_BYTE);
+    let mut child = vm_cmd(&env, &kernel, "echo", &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"A").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(i32::from(b'A')), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "A");
+    env.assert_clean("echo");
+}
+
+#[test]
+fn a_vmm_that_does_not_stop_is_killed_after_the_grace() {
+    let test = "a_vmm_that_does_not_stop_is_killed_after_the_grace";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    let kernel = write_kernel(&env, WAIT);
+    let mut duet = vm_cmd(&env, &kernel, "stuck", &[]).spawn().unwrap();
+    let vmm = jailed_vmm(&env, &mut duet);
+    // A stopped VMM cannot act on the SIGTERM duet passes on, as a VMM stuck
+    // in device code could not: duet must SIGKILL it after its grace.
+    // SAFETY: plain kills of the VMM and of our child.
+    unsafe {
+        assert_eq!(libc::kill(vmm, libc::SIGSTOP), 0);
+        assert_eq!(libc::kill(duet.id() as i32, libc::SIGTERM), 0);
+    }
+    let t = Instant::now();
+    let st = duet.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{st}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(30),
+        "killed after {took:?}"
+    );
+    assert!(gone_within(vmm, Duration::from_secs(10)), "VMM {vmm} left");
+    env.assert_clean("stuck");
+}
