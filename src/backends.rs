@@ -8,14 +8,16 @@ use duet_vmm::runtime::VmRuntime;
 pub fn for_isolation(isolation: Isolation) -> Box<dyn Runtime> {
     match isolation {
         Isolation::Container => Box::new(ContainerRuntime::new()),
-        Isolation::Vm => Box::new(VmRuntime::new()),
+        Isolation::Vm => Box::new(vm()),
     }
+}
+
+/// The VM backend, its jailed VMM in cgroups made by the container backend's code.
+fn vm() -> VmRuntime {
+    VmRuntime::with_host_cgroups(Box::new(duet_container::cgroup::InstanceCgroups))
 }
 
 /// Every backend, for `duet gc` and `duet rm`.
 pub fn all() -> Vec<Box<dyn Runtime>> {
-    vec![
-        Box::new(ContainerRuntime::new()),
-        Box::new(VmRuntime::new()),
-    ]
+    vec![Box::new(ContainerRuntime::new()), Box::new(vm())]
 }

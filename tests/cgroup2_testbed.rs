@@ -62,7 +62,12 @@ fn v2_the_callers_limit_covers_the_container() {
     assert!(c.output.contains("exit=137"), "{}", c.output);
     // Only the caller's own scope is left below its slice: no duet/, no instance.
     let dirs: Vec<&str> = c.output.lines().filter(|l| l.starts_with('/')).collect();
-    assert_eq!(dirs, ["/sys/fs/cgroup/caller.slice/job.scope"], "{}", c.output);
+    assert_eq!(
+        dirs,
+        ["/sys/fs/cgroup/caller.slice/job.scope"],
+        "{}",
+        c.output
+    );
 }
 
 #[test]

@@ -143,6 +143,40 @@ fn jailed_vmm(env: &Env, duet: &mut Child) -> i32 {
     }
 }
 
+/// The VMM runs in `duet/<instance id>` (below duet's caller's cgroup), with
+/// memory limited to the guest's 64 MiB plus the VMM's headroom.
+fn assert_vmm_in_its_instance_cgroup(env: &Env, vmm: i32) {
+    let id = env.instances().pop().expect("one instance");
+    let cg = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let memory = cg
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+            let v1 = list.split(',').any(|c| c == "memory");
+            let v2 = list.is_empty() && !mounts.contains(" - cgroup cgroup rw,memory");
+            (v1 || v2).then(|| path.to_string())
+        })
+        .expect("a memory cgroup line");
+    assert!(
+        memory.ends_with(&format!("/duet/{id}")),
+        "the VMM is not in its instance's cgroup: {memory}\n{cg}"
+    );
+    let dir = cgroups_named(id.split('-').next().unwrap())
+        .into_iter()
+        .find(|d| {
+            d.ends_with(&id)
+                && (d.join("memory.max").exists() || d.join("memory.limit_in_bytes").exists())
+        })
+        .expect("the VMM's memory cgroup directory");
+    let limit = std::fs::read_to_string(dir.join("memory.max"))
+        .or_else(|_| std::fs::read_to_string(dir.join("memory.limit_in_bytes")))
+        .unwrap();
+    let want = (64 + duet_vmm::runtime::VMM_CGROUP_HEADROOM_MIB) << 20;
+    assert_eq!(limit.trim(), want.to_string(), "{}", dir.display());
+}
+
 /// Whether `pid` is gone (or reused by something that is not a jailed VMM).
 fn gone_within(pid: i32, t: Duration) -> bool {
     let deadline = Instant::now() + t;
@@ -191,6 +225,7 @@ fn sigterm_to_duet_stops_the_jailed_vmm_and_leaves_nothing() {
     let mut duet = vm_cmd(&env, &kernel, "term", &[]).spawn().unwrap();
     let vmm = jailed_vmm(&env, &mut duet);
     assert_ne!(vmm as u32, duet.id(), "the VMM is a process of its own");
+    assert_vmm_in_its_instance_cgroup(&env, vmm);
     // SAFETY: plain kill of our child.
     assert_eq!(unsafe { libc::kill(duet.id() as i32, libc::SIGTERM) }, 0);
     let st = duet.wait().unwrap();

@@ -681,6 +681,46 @@ pub fn find_instance_dirs(root: &Path, id: &str) -> Vec<PathBuf> {
     found
 }
 
+/// The container backend's cgroups for other backends' instances (the
+/// jailed VMM of a microVM): `duet/<id>` below the caller's cgroup with
+/// memory and cpu limits, as for a container.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InstanceCgroups;
+
+impl duet_shared::runtime::HostCgroups for InstanceCgroups {
+    fn create(
+        &self,
+        id: &str,
+        resources: &Resources,
+        parent: Option<&Path>,
+    ) -> Result<Box<dyn duet_shared::runtime::CgroupLease>, duet_shared::runtime::BackendError>
+    {
+        let layout = CgroupLayout::detect()?;
+        let hierarchies = layout.plan_under(
+            &Controller::needed(resources),
+            &CgroupParent::detect(parent),
+        )?;
+        Ok(Box::new(Cgroup::create(&hierarchies, id, resources)?))
+    }
+}
+
+impl duet_shared::runtime::CgroupLease for Cgroup {
+    fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    fn destroy(self: Box<Self>) -> Result<(), duet_shared::runtime::BackendError> {
+        Ok(Cgroup::destroy(*self)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,31 @@ pub struct Launch<'a> {
 /// Boxed error a backend returns; the CLI prints its whole `source()` chain.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Host-side cgroups for one instance, made by the container backend's
+/// cgroup code and handed to the VM backend by the CLI (`src/backends.rs`),
+/// so that the jailed VMM runs in an instance cgroup of its own and neither
+/// backend depends on the other.
+pub trait HostCgroups: Send + Sync {
+    /// Creates the cgroups of instance `id` with these limits (below
+    /// `parent`, or the caller's cgroup); removed when the lease is dropped.
+    fn create(
+        &self,
+        id: &str,
+        resources: &crate::Resources,
+        parent: Option<&std::path::Path>,
+    ) -> Result<Box<dyn CgroupLease>, BackendError>;
+}
+
+/// The cgroups of one instance while it runs.
+pub trait CgroupLease: Send {
+    /// The `cgroup.procs` files a process writes itself into to join them.
+    fn procs_files(&self) -> Vec<PathBuf>;
+    /// The cgroup directories, for reports and `--explain`.
+    fn dirs(&self) -> Vec<PathBuf>;
+    /// Kills anything left inside and removes them.
+    fn destroy(self: Box<Self>) -> Result<(), BackendError>;
+}
+
 /// One isolation technology.
 pub trait Runtime {
     /// `container` or `vm`.

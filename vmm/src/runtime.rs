@@ -62,6 +62,22 @@ pub enum VmRuntimeError {
     /// The guest ended without reporting the workload's exit status.
     #[error("the guest did not report an exit status")]
     Guest(#[from] GuestFailure),
+    /// The VMM's cgroups could not be made.
+    #[error("the VMM's cgroups")]
+    Cgroup(#[source] duet_shared::runtime::BackendError),
+}
+
+/// Removes the VMM's cgroups when the run ends, however it ends.
+struct CgroupGuard(Option<Box<dyn duet_shared::runtime::CgroupLease>>);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            if let Err(e) = c.destroy() {
+                eprintln!("duet: removing the VMM's cgroups: {e}");
+            }
+        }
+    }
 }
 
 /// Finds the guest kernel: `$DUET_KERNEL`, the build cache's `current`
@@ -104,14 +120,38 @@ impl RootfsMode {
     }
 }
 
+/// Memory the VMM's cgroup allows beyond the guest's RAM: the VMM's own
+/// heap, stacks and page tables, and page cache of the disk images it
+/// reads (which the kernel reclaims before it would OOM-kill).
+pub const VMM_CGROUP_HEADROOM_MIB: u64 = 64;
+
 /// The microVM backend.
-#[derive(Debug, Default)]
-pub struct VmRuntime {}
+#[derive(Default)]
+pub struct VmRuntime {
+    host_cgroups: Option<Box<dyn duet_shared::runtime::HostCgroups>>,
+}
+
+impl std::fmt::Debug for VmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmRuntime")
+            .field("host_cgroups", &self.host_cgroups.is_some())
+            .finish()
+    }
+}
 
 impl VmRuntime {
-    /// A runtime; all lookups happen per run.
+    /// A runtime; all lookups happen per run. Its VMM runs in the caller's
+    /// cgroup unless [`VmRuntime::with_host_cgroups`] gives it its own.
     pub fn new() -> VmRuntime {
-        VmRuntime {}
+        VmRuntime { host_cgroups: None }
+    }
+
+    /// Runs each jailed VMM in cgroups of its own instance, made by `c`
+    /// (memory: guest RAM + [`VMM_CGROUP_HEADROOM_MIB`]; cpu: its vCPUs).
+    pub fn with_host_cgroups(c: Box<dyn duet_shared::runtime::HostCgroups>) -> VmRuntime {
+        VmRuntime {
+            host_cgroups: Some(c),
+        }
     }
 
     fn run_inner(
@@ -178,12 +218,39 @@ impl VmRuntime {
         let _guard = crate::signals::RunGuard::enter();
         let outcome = match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
-                let j = jail::JailConfig::for_instance(
+                let mut j = jail::JailConfig::for_instance(
                     launch.instance.state_root(),
                     launch.instance.path(),
                     launch.instance.id(),
                 )
                 .map_err(VmmError::from)?;
+                let cgroup = match &self.host_cgroups {
+                    None => None,
+                    Some(c) => {
+                        let mut r = launch.spec.resources.clone();
+                        r.memory_mib += VMM_CGROUP_HEADROOM_MIB;
+                        // pids_max limits the guest's processes (duet-init applies it
+                        // inside); the VMM's threads are not the workload's.
+                        r.pids_max = None;
+                        let lease = c
+                            .create(launch.instance.id(), &r, opts.cgroup_parent.as_deref())
+                            .map_err(VmRuntimeError::Cgroup)?;
+                        j.cgroup_procs = lease.procs_files();
+                        if opts.explain {
+                            for d in lease.dirs() {
+                                eprintln!(
+                                    "duet: VMM cgroup {} ({} MiB = guest RAM + {} MiB, {} CPU(s))",
+                                    d.display(),
+                                    r.memory_mib,
+                                    VMM_CGROUP_HEADROOM_MIB,
+                                    r.vcpus
+                                );
+                            }
+                        }
+                        Some(lease)
+                    }
+                };
+                let _cgroup = CgroupGuard(cgroup);
                 if opts.explain {
                     eprintln!(
                         "duet: VMM jail: uid {} gid {}, root {} (kernel, initrd, disks, dev/kvm), \
