@@ -303,7 +303,8 @@ pub fn describe(mode: JailMode) -> String {
         JailMode::On => format!(
             "jailed: uid/gid {UID_BASE}+ (fresh per VM), no capabilities (all five sets \
              empty), no_new_privs, own mnt/pid/net/ipc/uts namespaces, root = a read-only \
-             tmpfs holding only kernel, initrd, disks and /dev/kvm; seccomp on every VMM thread"
+             tmpfs holding only kernel, initrd, disks and /dev/kvm; its instance's cgroup \
+             (guest RAM + headroom); seccomp on the vCPU and console threads"
         ),
         JailMode::Off => format!(
             "unjailed ({JAIL_ENV}=off): duet's own process, the caller's uid, capabilities \
