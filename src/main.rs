@@ -55,7 +55,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 125 like every other failure of duet itself (the
+    // README's promise), not clap's 2, which a workload could return too.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),

@@ -5,6 +5,7 @@
 
 mod common;
 use common::testbed::{self, Case};
+use common::timing_phases;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -93,15 +94,22 @@ fn vm_timings_name_vm_phases() {
         return;
     };
     assert_eq!(c.rc, 0, "{}", c.output);
-    for phase in [
-        "vm_created",
-        "kernel_loaded",
-        "vcpus_started",
-        "ready",
-        "exited",
-    ] {
-        assert!(c.output.contains(phase), "no {phase}:\n{}", c.output);
-    }
+    assert_eq!(
+        timing_phases(&c.output),
+        [
+            "start",
+            "spec_loaded",
+            "rootfs_ready",
+            "vm_created",
+            "kernel_loaded",
+            "vcpus_started",
+            "ready",
+            "exited",
+            "cleaned_up"
+        ],
+        "{}",
+        c.output
+    );
 }
 
 #[test]

@@ -545,8 +545,11 @@ mod tests {
     #[test]
     fn busybox_rootfs_has_applets() {
         let bb = Path::new("/bin/busybox");
-        if !bb.exists() {
-            println!("skipping: /bin/busybox missing (apt-get install busybox-static)");
+        if duet_shared::testing::skip_unless_program(
+            "busybox_rootfs_has_applets",
+            "/bin/busybox",
+            "busybox-static",
+        ) {
             return;
         }
         let d = tempfile::tempdir().unwrap();

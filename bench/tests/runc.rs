@@ -9,6 +9,7 @@ use duet_bench::isolation::{compare, parse_probe, probe_args, probe_on_host, Can
 use duet_bench::oci::{self, BundleSpec, OciIdle, OciPeer, OciStarter};
 use duet_bench::report::{render_html, render_json, render_markdown, Report};
 use duet_bench::startup::{self, timed_spawn, NoProgress, RowStatus, StartupConfig};
+use duet_shared::testing::{skip, skip_unless_program};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -21,11 +22,10 @@ fn runc_or_skip(test: &str) -> Option<OciPeer> {
     let layout = host::collect().cgroup_layout;
     let peer = oci::detect("runc", layout);
     if let Some(why) = &peer.unavailable {
-        println!("skipping {test}: {why}");
+        skip(test, why);
         return None;
     }
-    if !Path::new("/bin/busybox").exists() {
-        println!("skipping {test}: /bin/busybox missing (apt-get install busybox-static)");
+    if skip_unless_program(test, "/bin/busybox", "busybox-static") {
         return None;
     }
     Some(peer)
@@ -84,8 +84,11 @@ fn runc_startup_bench_three_runs() {
 #[test]
 fn peer_startup_rows_run_or_say_why() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new("/bin/busybox").exists() {
-        println!("skipping peer_startup_rows_run_or_say_why: /bin/busybox missing");
+    if skip_unless_program(
+        "peer_startup_rows_run_or_say_why",
+        "/bin/busybox",
+        "busybox-static",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -182,8 +185,9 @@ fn probe_in_runc_versus_host() {
         return;
     };
     let Some(probe) = probe_binary() else {
-        println!(
-            "skipping probe_in_runc_versus_host: build the probe first (cargo build -p duet-probe)"
+        skip(
+            "probe_in_runc_versus_host",
+            "build the probe first (cargo build -p duet-probe)",
         );
         return;
     };

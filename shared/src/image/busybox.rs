@@ -280,8 +280,11 @@ mod tests {
 
     #[test]
     fn probe_layer_is_added_once_and_replaced_when_the_probe_changes() {
-        if !Path::new("/bin/busybox").exists() {
-            eprintln!("skipped: /bin/busybox missing (apt-get install busybox-static)");
+        if crate::testing::skip_unless_program(
+            "probe_layer_is_added_once_and_replaced_when_the_probe_changes",
+            "/bin/busybox",
+            "busybox-static",
+        ) {
             return;
         }
         let t = tempfile::tempdir().unwrap();

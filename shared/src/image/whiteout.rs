@@ -260,8 +260,10 @@ mod tests {
 
     #[test]
     fn whiteouts_become_overlay_form() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: creating 0:0 char devices and trusted.* xattrs needs root");
+        if crate::testing::skip_unless_root(
+            "whiteouts_become_overlay_form",
+            "creating 0:0 char devices and trusted.* xattrs",
+        ) {
             return;
         }
         let t = tempfile::tempdir().unwrap();

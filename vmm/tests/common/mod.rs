@@ -9,12 +9,9 @@ pub fn kvm_usable() -> bool {
         .open("/dev/kvm")
     {
         Ok(_) => true,
-        Err(e) => {
-            if std::env::var_os("DUET_TEST_STRICT").is_some_and(|v| v == "1") {
-                panic!("/dev/kvm cannot be opened ({e}) and DUET_TEST_STRICT=1 forbids skipping");
-            }
-            eprintln!("skipping: /dev/kvm cannot be opened ({e}); these tests need KVM");
-            false
-        }
+        Err(e) => !duet_shared::testing::skip(
+            &duet_shared::testing::this_test(),
+            &format!("/dev/kvm cannot be opened ({e}); these tests need KVM"),
+        ),
     }
 }
