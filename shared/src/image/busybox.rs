@@ -134,9 +134,10 @@ pub fn find_probe() -> Option<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(|d| d.join("duet-probe")));
+    // Installed: <prefix>/lib/duet/duet-probe, then SYSTEM_PROBE_PATH.
     beside
         .into_iter()
-        .chain([PathBuf::from(SYSTEM_PROBE_PATH)])
+        .chain(crate::paths::installed("duet-probe"))
         .find(|p| p.is_file())
 }
 
