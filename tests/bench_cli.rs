@@ -100,6 +100,24 @@ fn bench_startup_writes_json_markdown_and_html() {
             assert!(!why.is_empty(), "{runc:?}")
         }
     }
+    // crun: installed, it runs even on a v1/v2 hybrid host (outside its
+    // cgroups there), and then the label says it had no cgroup limits.
+    let crun = r
+        .startup
+        .iter()
+        .find(|s| s.label.starts_with("crun"))
+        .unwrap_or_else(|| panic!("no crun row: {json}"));
+    if duet_shared::testing::find_program("crun").is_some() {
+        assert_eq!(crun.status, RowStatus::Measured, "{crun:?}");
+        let hybrid =
+            duet_bench::host::collect().cgroup_layout == duet_bench::host::CgroupLayout::Hybrid;
+        assert_eq!(
+            crun.label.ends_with(", no cgroup limits"),
+            hybrid,
+            "{}",
+            crun.label
+        );
+    }
     // Only containers were asked for: no VM row, no testbed.
     assert!(r.startup.iter().all(|s| s.kind != duet_bench::Kind::Vm));
     let h = r.harness.expect("harness overhead measured");
