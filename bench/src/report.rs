@@ -1018,10 +1018,13 @@ mod tests {
             for e in &els {
                 let fill = e.attrs.get("fill").map(String::as_str).unwrap_or("none");
                 match e.tag.as_str() {
-                    "rect" if fill != "#FFFFFF" && fill != "none" && e.num("width") > 0.0 => {
-                        if e.num("x") < plot_right {
-                            right = right.max(e.num("x") + e.num("width"));
-                        }
+                    "rect"
+                        if fill != "#FFFFFF"
+                            && fill != "none"
+                            && e.num("width") > 0.0
+                            && e.num("x") < plot_right =>
+                    {
+                        right = right.max(e.num("x") + e.num("width"));
                     }
                     "circle" => right = right.max(e.num("cx") + e.num("r")),
                     _ => {}
