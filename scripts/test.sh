@@ -3,7 +3,7 @@
 # /dev/kvm, and real Linux guests (and pure cgroup v2 containers) inside the
 # nested-KVM testbed. Run scripts/install.sh first (packages, guest kernel).
 #
-#   sudo scripts/test.sh
+#   scripts/test.sh       (as root; sudo is optional)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

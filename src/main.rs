@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         Command::Doctor => {
             let report = duet_vmm::doctor::diagnose();
             println!("{report}");
+            println!("{}", cmd::bench::doctor_testbed_line());
             Ok(0)
         }
         Command::Bench(c) => cmd::bench::bench(c).map(|()| 0),

@@ -100,6 +100,24 @@ fn bench_startup_writes_json_markdown_and_html() {
             assert!(!why.is_empty(), "{runc:?}")
         }
     }
+    // crun: installed, it runs even on a v1/v2 hybrid host (outside its
+    // cgroups there), and then the label says it had no cgroup limits.
+    let crun = r
+        .startup
+        .iter()
+        .find(|s| s.label.starts_with("crun"))
+        .unwrap_or_else(|| panic!("no crun row: {json}"));
+    if duet_shared::testing::find_program("crun").is_some() {
+        assert_eq!(crun.status, RowStatus::Measured, "{crun:?}");
+        let hybrid =
+            duet_bench::host::collect().cgroup_layout == duet_bench::host::CgroupLayout::Hybrid;
+        assert_eq!(
+            crun.label.ends_with(", no cgroup limits"),
+            hybrid,
+            "{}",
+            crun.label
+        );
+    }
     // Only containers were asked for: no VM row, no testbed.
     assert!(r.startup.iter().all(|s| s.kind != duet_bench::Kind::Vm));
     let h = r.harness.expect("harness overhead measured");
@@ -341,4 +359,121 @@ fn bench_vm_rows_come_from_the_testbed() {
     }
     // No container was asked for: no native container row.
     assert!(!r.startup.iter().any(|s| s.label == "duet container"));
+}
+
+/// `duet bench ARGS --report-json -` for containers only, parsed; stderr for messages.
+fn bench_json(env: &Env, args: &[&str]) -> (Report, String) {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--isolation", "container", "--report-json", "-"]);
+    let out = env.run(&all);
+    let err = stderr(&out);
+    assert!(out.status.success(), "duet {all:?}: {err}");
+    let r: Report = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("stdout is not a report ({e}): {}\n{err}", stdout(&out)));
+    (r, err)
+}
+
+#[test]
+fn bench_memory_measures_an_idle_container() {
+    if skip_unless_root("bench_memory_measures_an_idle_container") {
+        return;
+    }
+    let env = Env::new();
+    let (r, err) = bench_json(&env, &["memory", "--no-peers", "--samples", "2"]);
+    let c = r
+        .memory
+        .iter()
+        .find(|m| m.label == "duet container")
+        .unwrap_or_else(|| panic!("no duet container row: {:?}\n{err}", r.memory));
+    assert_eq!(c.status, RowStatus::Measured, "{c:?}\n{err}");
+    assert_eq!(c.samples, 2);
+    let pss = c.pss_kib.as_ref().expect("PSS measured");
+    // An idle busybox sh: more than nothing, far less than a VM's guest RAM.
+    assert!(pss.median > 0.0 && pss.median < 64.0 * 1024.0, "{pss:?}");
+    assert!(c.processes >= 1, "{c:?}");
+    assert!(r.startup.is_empty() && r.density.is_empty(), "{r:?}");
+    assert_eq!(env.instances(), Vec::<String>::new(), "instances left");
+}
+
+#[test]
+fn bench_density_starts_and_stops_k_containers() {
+    if skip_unless_root("bench_density_starts_and_stops_k_containers") {
+        return;
+    }
+    let env = Env::new();
+    let (r, err) = bench_json(&env, &["density", "--no-peers", "--max", "3"]);
+    let d = r
+        .density
+        .iter()
+        .find(|d| d.label == "duet container")
+        .unwrap_or_else(|| panic!("no duet container curve: {:?}\n{err}", r.density));
+    assert_eq!(d.status, RowStatus::Measured, "{d:?}\n{err}");
+    let ks: Vec<usize> = d.points.iter().map(|p| p.k).collect();
+    assert_eq!(ks, [3], "{d:?}");
+    let p = &d.points[0];
+    assert!(p.pss_total_kib > 0 && p.pss_per_instance_kib > 0.0, "{p:?}");
+    assert!(p.start_all_ms > 0.0, "{p:?}");
+    assert!(d.cleanup_errors.is_empty(), "{d:?}");
+    assert_eq!(env.instances(), Vec::<String>::new(), "instances left");
+}
+
+/// `bench all` (small counts) writes every section into all three report files.
+#[test]
+fn bench_all_writes_every_scenario() {
+    let test = "bench_all_writes_every_scenario";
+    if skip_unless_root_and_probe(test) {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.root().join("all");
+    let out = env.run(&[
+        "bench",
+        "all",
+        "--isolation",
+        "container",
+        "--no-peers",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--samples",
+        "1",
+        "--max",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let r: Report =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let startup = r
+        .startup
+        .iter()
+        .find(|s| s.label == "duet container")
+        .unwrap_or_else(|| panic!("no startup row: {:?}\n{err}", r.startup));
+    assert_eq!(startup.status, RowStatus::Measured, "{startup:?}");
+    assert_eq!(startup.samples_ms.len(), 2);
+    let mem = r
+        .memory
+        .iter()
+        .find(|m| m.label == "duet container")
+        .unwrap_or_else(|| panic!("no memory row: {:?}\n{err}", r.memory));
+    assert_eq!(mem.status, RowStatus::Measured, "{mem:?}");
+    let density = r
+        .density
+        .iter()
+        .find(|d| d.label == "duet container")
+        .unwrap_or_else(|| panic!("no density curve: {:?}\n{err}", r.density));
+    assert_eq!(density.points.iter().map(|p| p.k).collect::<Vec<_>>(), [2]);
+    let iso = r.isolation.as_ref().expect("isolation table");
+    assert!(!iso.rows.is_empty(), "{iso:?}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    for section in ["## Startup", "## Memory", "## Density", "## Isolation"] {
+        assert!(md.contains(section), "no {section} in report.md:\n{md}");
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg"), "no chart in report.html");
+    assert_eq!(env.instances(), Vec::<String>::new(), "instances left");
 }

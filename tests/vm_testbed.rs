@@ -5,6 +5,7 @@
 
 mod common;
 use common::testbed::{self, Case};
+use common::timing_phases;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -93,15 +94,22 @@ fn vm_timings_name_vm_phases() {
         return;
     };
     assert_eq!(c.rc, 0, "{}", c.output);
-    for phase in [
-        "vm_created",
-        "kernel_loaded",
-        "vcpus_started",
-        "ready",
-        "exited",
-    ] {
-        assert!(c.output.contains(phase), "no {phase}:\n{}", c.output);
-    }
+    assert_eq!(
+        timing_phases(&c.output),
+        [
+            "start",
+            "spec_loaded",
+            "rootfs_ready",
+            "vm_created",
+            "kernel_loaded",
+            "vcpus_started",
+            "ready",
+            "exited",
+            "cleaned_up"
+        ],
+        "{}",
+        c.output
+    );
 }
 
 #[test]
@@ -408,4 +416,129 @@ fn vm_kill9_of_duet_takes_the_jailed_vmm_and_gc_cleans_up() {
     assert_stopped_cleanly(c, 128 + 9);
     // kill -9 leaves the instance directory until gc.
     assert!(c.output.contains("instances-before-gc 1"), "{}", c.output);
+}
+
+/// A line `<prefix><value>` of a case's output, the value trimmed.
+fn value_of<'a>(c: &'a Case, prefix: &str) -> &'a str {
+    c.output
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line:\n{}", c.output))
+        .trim()
+}
+
+#[test]
+fn vm_pids_max_stops_a_fork_bomb() {
+    let Some(c) = case("vm_pids_max_stops_a_fork_bomb", "vm_pids") else {
+        return;
+    };
+    // The guest init's workload cgroup carries the spec's limit...
+    assert_eq!(
+        c.output.lines().next().map(str::trim),
+        Some("8"),
+        "{}",
+        c.output
+    );
+    // ...and the shell cannot fork past it.
+    assert!(!c.output.contains("spawned=40"), "{}", c.output);
+    assert!(c.output.contains("fork"), "{}", c.output);
+    assert_ne!(c.rc, 0, "{}", c.output);
+}
+
+#[test]
+fn vm_initramfs_root_boots() {
+    let Some(c) = case("vm_initramfs_root_boots", "vm_initramfs_root") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(c.output.contains("initramfs-root-ok"), "{}", c.output);
+    // No virtio-blk disk: the root is the initramfs itself.
+    assert!(!c.output.contains("/dev/vd"), "{}", c.output);
+    let lines: Vec<&str> = c.output.lines().collect();
+    let ok = lines
+        .iter()
+        .position(|l| l.trim() == "initramfs-root-ok")
+        .unwrap();
+    assert_eq!(
+        lines[ok - 1].trim(),
+        "0",
+        "virtio disks seen:\n{}",
+        c.output
+    );
+}
+
+/// One signal case: the workload ran, duet exited with `rc`, nothing is left.
+fn signal_case(test: &str, name: &str, rc: &str) {
+    let Some(c) = case(test, name) else {
+        return;
+    };
+    assert!(c.output.contains("workload-running"), "{}", c.output);
+    assert_eq!(
+        value_of(c, "instances while running: "),
+        "1",
+        "{}",
+        c.output
+    );
+    assert_eq!(value_of(c, "duet rc="), rc, "{}", c.output);
+    for left in [
+        "instances left: ",
+        "duet processes left: ",
+        "mounts left: ",
+        "cgroups left: ",
+    ] {
+        assert_eq!(value_of(c, left), "0", "{left}\n{}", c.output);
+    }
+}
+
+#[test]
+fn vm_sigint_stops_the_vm_and_cleans_up() {
+    signal_case("vm_sigint_stops_the_vm_and_cleans_up", "vm_sigint", "130");
+}
+
+#[test]
+fn vm_sigterm_stops_the_vm_and_cleans_up() {
+    signal_case("vm_sigterm_stops_the_vm_and_cleans_up", "vm_sigterm", "143");
+}
+
+#[test]
+fn vm_kill_9_leaves_what_gc_removes() {
+    let test = "vm_kill_9_leaves_what_gc_removes";
+    signal_case(test, "vm_kill9_gc", "137");
+    if let Some(c) = case(test, "vm_kill9_gc") {
+        assert_eq!(
+            value_of(c, "instances after kill -9: "),
+            "1",
+            "{}",
+            c.output
+        );
+        assert_eq!(value_of(c, "gc rc="), "0", "{}", c.output);
+    }
+}
+
+/// `duet bench isolation` with a VM column, measured in a real VM: the
+/// guest's own kernel, hostname and processes, and no host canary.
+#[test]
+fn vm_bench_isolation_has_a_vm_column() {
+    let Some(c) = case("vm_bench_isolation_has_a_vm_column", "vm_bench_isolation") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    let json = &c.output[c.output.find('{').expect("a JSON report")..];
+    let r: duet_bench::report::Report = serde_json::from_str(json).expect("a bench report");
+    let t = r.isolation.expect("an isolation table");
+    assert_eq!(t.columns, ["host", "duet vm"], "{:?}", t.missing);
+    assert!(t.missing.is_empty(), "{:?}", t.missing);
+    use duet_bench::isolation::Verdict;
+    for fact in ["kernel", "hostname (UTS)", "processes", "host canary file"] {
+        let row = t
+            .rows
+            .iter()
+            .find(|row| row.fact == fact)
+            .unwrap_or_else(|| panic!("no {fact} row"));
+        assert_eq!(
+            row.cells[1].verdict,
+            Some(Verdict::Isolated),
+            "{fact}: {row:?}"
+        );
+    }
 }

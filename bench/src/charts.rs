@@ -4,7 +4,9 @@
 use crate::instances::DensityResult;
 use crate::startup::StartupResult;
 use plotters::coord::types::RangedCoordusize;
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Errors drawing a chart.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +28,56 @@ fn draw_err<E: std::fmt::Debug>(chart: &'static str) -> impl Fn(E) -> ChartError
     }
 }
 
-const WIDTH: u32 = 820;
+/// Whole chart width: the plot, then the legend column right of it.
+const WIDTH: u32 = 1000;
+/// The legend's own column, right of the plot, so it never covers a bar or a line.
+pub const LEGEND_W: u32 = 240;
+/// First legend entry's y (below the caption), and the step between entries.
+const LEGEND_TOP: i32 = 48;
+const LEGEND_STEP: i32 = 20;
+/// Legend text longer than this is cut (13 px sans-serif, ~7 px a character).
+const LEGEND_CHARS: usize = 30;
+
+/// What a legend entry's swatch looks like.
+#[derive(Clone, Copy)]
+enum Swatch {
+    /// A filled square, for bars.
+    Block,
+    /// A short line, for line charts.
+    Line,
+}
+
+/// Draws `entries` (name, colour) top to bottom in `area`, the legend column.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(String, RGBAColor)],
+    swatch: Swatch,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let style =
+        TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, (name, color)) in entries.iter().enumerate() {
+        let y = LEGEND_TOP + i as i32 * LEGEND_STEP;
+        match swatch {
+            Swatch::Block => {
+                area.draw(&Rectangle::new([(8, y - 5), (18, y + 5)], color.filled()))?
+            }
+            Swatch::Line => area.draw(&PathElement::new(
+                vec![(4, y), (20, y)],
+                color.stroke_width(2),
+            ))?,
+        }
+        let text = if name.chars().count() > LEGEND_CHARS {
+            format!(
+                "{}…",
+                name.chars().take(LEGEND_CHARS - 1).collect::<String>()
+            )
+        } else {
+            name.clone()
+        };
+        area.draw(&Text::new(text, (26, y), style.clone()))?;
+    }
+    Ok(())
+}
 
 /// Stacked startup bars, one chart per kind (containers and processes, then
 /// VMs): the two differ by orders of magnitude, and one linear axis would
@@ -86,17 +137,18 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
         .map(|s| s.iter().map(|(_, v)| v).sum::<f64>())
         .fold(0.0, f64::max)
         .max(0.001)
-        * 1.4; // headroom for the legend
+        * 1.1;
     let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     let err = draw_err("startup");
     // Bars at most 160 px wide, with at least a tenth of their slot free.
-    let slot = (WIDTH - 100) as f64 / rows.len() as f64;
+    let slot = (WIDTH - LEGEND_W - 100) as f64 / rows.len() as f64;
     let gap = ((slot - (slot * 0.8).min(160.0)) / 2.0) as u32;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(&err)?;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot, legend) = root.split_horizontally(WIDTH - LEGEND_W);
+        let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
@@ -114,8 +166,10 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
             })
             .draw()
             .map_err(&err)?;
+        let mut entries = Vec::new();
         for (ni, name) in names.iter().enumerate() {
             let color = Palette99::pick(ni).mix(0.9);
+            entries.push((name.clone(), color));
             let mut bars: Vec<Rectangle<(SegmentValue<usize>, f64)>> = Vec::new();
             for (ri, stack) in stacks.iter().enumerate() {
                 let mut base = 0.0;
@@ -138,21 +192,9 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
                     base += v;
                 }
             }
-            chart
-                .draw_series(bars)
-                .map_err(&err)?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-                });
+            chart.draw_series(bars).map_err(&err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(&err)?;
+        draw_legend(&legend, &entries, Swatch::Block).map_err(&err)?;
         root.present().map_err(&err)?;
     }
     Ok(Some(svg))
@@ -185,10 +227,11 @@ fn line_chart(
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, 360)).into_drawing_area();
         root.fill(&WHITE).map_err(&err)?;
+        let (plot, legend) = root.split_horizontally(WIDTH - LEGEND_W);
         let mut chart: ChartContext<
             _,
             Cartesian2d<RangedCoordusize, plotters::coord::types::RangedCoordf64>,
-        > = ChartBuilder::on(&root)
+        > = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(36)
@@ -201,27 +244,19 @@ fn line_chart(
             .y_desc(y_desc)
             .draw()
             .map_err(&err)?;
+        let mut entries = Vec::new();
         for (i, r) in results.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
+            entries.push((r.label.clone(), color));
             let pts: Vec<(usize, f64)> = r.points.iter().map(|p| (p.k, y(p))).collect();
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(&err)?
-                .label(r.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                });
+                .map_err(&err)?;
             chart
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(&err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(&err)?;
+        draw_legend(&legend, &entries, Swatch::Line).map_err(&err)?;
         root.present().map_err(&err)?;
     }
     Ok(Some(svg))

@@ -10,6 +10,7 @@ use crate::instances::{IdleInstance, IdleLauncher, LaunchError};
 use crate::startup::{tail, timed_spawn, StartError, StartSample, Starter};
 use crate::Kind;
 use serde::{Deserialize, Serialize};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -100,11 +101,7 @@ pub fn bundle_config(spec: &BundleSpec) -> serde_json::Value {
     let mut env =
         vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
     env.extend(spec.env.iter().cloned());
-    let mut resources = serde_json::json!({});
-    if spec.devices_rule {
-        resources = serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]});
-    }
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -136,7 +133,6 @@ pub fn bundle_config(spec: &BundleSpec) -> serde_json::Value {
              "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
         ],
         "linux": {
-            "resources": resources,
             "namespaces": [
                 {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}
@@ -150,7 +146,14 @@ pub fn bundle_config(spec: &BundleSpec) -> serde_json::Value {
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
             ]
         }
-    })
+    });
+    // Without the device rule there is no `linux.resources` at all: crun
+    // outside the host's cgroups must not be asked for any limit.
+    if spec.devices_rule {
+        config["linux"]["resources"] =
+            serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]});
+    }
+    config
 }
 
 /// Writes `bundle/config.json` for `spec`.
@@ -159,6 +162,19 @@ pub fn write_bundle(bundle: &Path, spec: &BundleSpec) -> Result<(), OciError> {
     let p = bundle.join("config.json");
     let text = serde_json::to_string_pretty(&bundle_config(spec)).expect("config serializes");
     std::fs::write(&p, text).map_err(write_err(&p))
+}
+
+/// How a peer runtime meets the host's cgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerCgroups {
+    /// As installed: in the host's mount namespace, with the host's cgroups.
+    #[default]
+    Host,
+    /// crun on a v1/v2 hybrid host, which it refuses: every invocation runs
+    /// in a private mount namespace with a cgroup2 file system mounted at
+    /// /sys/fs/cgroup, with `--cgroup-manager=disabled`, and its bundle has no
+    /// `linux.resources`. It runs, but under no cgroup limit at all.
+    PrivateNoLimits,
 }
 
 /// An OCI runtime found (or not) on this host.
@@ -172,16 +188,79 @@ pub struct OciPeer {
     pub version: Option<String>,
     /// Why it cannot run here; `None` if it should.
     pub unavailable: Option<String>,
+    /// How it is run with respect to the host's cgroups.
+    #[serde(default)]
+    pub cgroups: PeerCgroups,
 }
 
 impl OciPeer {
-    /// Row label: name and version number.
+    /// Row label: name and version number, and what is left out of its run.
     pub fn label(&self) -> String {
-        match &self.version {
+        let base = match &self.version {
             Some(v) => format!("{} {}", self.name, v.split_whitespace().last().unwrap_or(v)),
             None => self.name.clone(),
+        };
+        match self.cgroups {
+            PeerCgroups::Host => base,
+            PeerCgroups::PrivateNoLimits => format!("{base}, no cgroup limits"),
         }
     }
+
+    /// A command running this runtime with `args`, the way [`OciPeer::cgroups`] says.
+    /// None if it is not installed.
+    pub fn command(&self, args: &[&str]) -> Option<Command> {
+        let mut c = Command::new(self.binary.as_ref()?);
+        if self.cgroups == PeerCgroups::PrivateNoLimits {
+            c.arg("--cgroup-manager=disabled");
+            // SAFETY: the closure runs in the forked child before execve and
+            // makes only raw system calls (async-signal-safe), no allocation.
+            unsafe { c.pre_exec(private_cgroup2_namespace) };
+        }
+        c.args(args);
+        Some(c)
+    }
+
+    /// The bundle spec this peer runs `args` on `rootfs` with.
+    pub fn bundle_spec(&self, rootfs: &Path, args: &[&str]) -> BundleSpec {
+        let mut s = BundleSpec::new(rootfs, args);
+        s.devices_rule = self.cgroups == PeerCgroups::Host;
+        s
+    }
+}
+
+/// In a forked child: a private mount namespace (nothing propagates back to
+/// the host) whose /sys/fs/cgroup is a fresh cgroup2 mount, which is what crun
+/// accepts instead of the host's v1/v2 hybrid.
+fn private_cgroup2_namespace() -> std::io::Result<()> {
+    let fail = || Err(std::io::Error::last_os_error());
+    // SAFETY: raw system calls with NUL-terminated static strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return fail();
+        }
+        let none = c"none".as_ptr();
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return fail();
+        }
+        if libc::mount(
+            none,
+            c"/sys/fs/cgroup".as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        ) != 0
+        {
+            return fail();
+        }
+    }
+    Ok(())
 }
 
 /// Finds `name` in `$PATH` (plus the sbin directories root's PATH usually has).
@@ -212,10 +291,18 @@ pub fn refusal_reason(name: &str, found: bool, root: bool, layout: CgroupLayout)
             "{name} needs root here (rootless mode needs a user-namespace spec)"
         ));
     }
-    if name == "crun" && layout == CgroupLayout::Hybrid {
-        return Some("crun refuses cgroup v1/v2 hybrid hosts".to_string());
-    }
+    let _ = layout; // crun's refusal of the hybrid layout is met by PeerCgroups::PrivateNoLimits.
     None
+}
+
+/// How `name` meets the host's cgroups: crun refuses a v1/v2 hybrid host
+/// ("cgroups in hybrid mode not supported"), so there it runs outside them.
+pub fn peer_cgroups(name: &str, layout: CgroupLayout) -> PeerCgroups {
+    if name == "crun" && layout == CgroupLayout::Hybrid {
+        PeerCgroups::PrivateNoLimits
+    } else {
+        PeerCgroups::Host
+    }
 }
 
 /// Detects one OCI runtime.
@@ -233,6 +320,7 @@ pub fn detect(name: &str, layout: CgroupLayout) -> OciPeer {
         unavailable: refusal_reason(name, binary.is_some(), is_root(), layout),
         binary,
         version,
+        cgroups: peer_cgroups(name, layout),
     }
 }
 
@@ -246,13 +334,14 @@ fn container_id(prefix: &str, i: usize) -> String {
 }
 
 /// `<runtime> delete -f <id>`, ignoring the outcome (cleanup of a failed run).
-fn force_delete(binary: &Path, id: &str) {
-    let _ = Command::new(binary)
-        .args(["delete", "-f", id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+fn force_delete(peer: &OciPeer, id: &str) {
+    if let Some(mut c) = peer.command(&["delete", "-f", id]) {
+        let _ = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// `<runtime> run --bundle B <id>` to completion: one timed start.
@@ -273,21 +362,21 @@ impl Starter for OciStarter {
     }
 
     fn start_once(&mut self, i: usize) -> Result<StartSample, StartError> {
-        let binary = self
-            .peer
-            .binary
-            .clone()
-            .ok_or_else(|| StartError::Other(format!("{} not installed", self.peer.name)))?;
         let id = container_id("duet-bench", i);
-        let program = binary.display().to_string();
-        let mut cmd = Command::new(&binary);
-        cmd.arg("run").arg("--bundle").arg(&self.bundle).arg(&id);
+        // Absolute: crun resolves a relative bundle path after it has moved.
+        let bundle = std::path::absolute(&self.bundle).unwrap_or_else(|_| self.bundle.clone());
+        let bundle = bundle.to_string_lossy();
+        let mut cmd = self
+            .peer
+            .command(&["run", "--bundle", &bundle, &id])
+            .ok_or_else(|| StartError::Other(format!("{} not installed", self.peer.name)))?;
+        let program = self.peer.name.clone();
         let out = timed_spawn(&mut cmd).map_err(|source| StartError::Spawn {
             program: program.clone(),
             source,
         })?;
         if !out.status.success() {
-            force_delete(&binary, &id);
+            force_delete(&self.peer, &id);
             return Err(StartError::Exit {
                 program,
                 status: out.status.to_string(),
@@ -315,6 +404,7 @@ pub struct OciIdle {
 
 /// A detached OCI container; killed and deleted on [`IdleInstance::stop`] or drop.
 pub struct OciInstance {
+    peer: OciPeer,
     binary: PathBuf,
     id: String,
     pid: u32,
@@ -342,10 +432,11 @@ impl IdleLauncher for OciIdle {
         let err_path = std::env::temp_dir().join(format!("{id}.stderr"));
         let err_file = std::fs::File::create(&err_path)
             .map_err(|e| LaunchError::Start(format!("creating {}: {e}", err_path.display())))?;
-        let status = Command::new(&binary)
-            .args(["run", "-d", "--bundle"])
-            .arg(&self.bundle)
-            .arg(&id)
+        let bundle = std::path::absolute(&self.bundle).unwrap_or_else(|_| self.bundle.clone());
+        let status = self
+            .peer
+            .command(&["run", "-d", "--bundle", &bundle.to_string_lossy(), &id])
+            .expect("binary checked above")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err_file)
@@ -355,15 +446,17 @@ impl IdleLauncher for OciIdle {
         let status = status
             .map_err(|e| LaunchError::Start(format!("spawning {}: {e}", binary.display())))?;
         if !status.success() {
-            force_delete(&binary, &id);
+            force_delete(&self.peer, &id);
             return Err(LaunchError::Start(format!(
                 "{} run -d {id}: {}",
                 binary.display(),
                 tail(&stderr)
             )));
         }
-        let state = Command::new(&binary)
-            .args(["state", &id])
+        let state = self
+            .peer
+            .command(&["state", &id])
+            .expect("binary checked above")
             .output()
             .map_err(|e| LaunchError::Start(format!("{} state {id}: {e}", binary.display())))?;
         let pid = serde_json::from_slice::<serde_json::Value>(&state.stdout)
@@ -371,7 +464,7 @@ impl IdleLauncher for OciIdle {
             .and_then(|v| v.get("pid")?.as_u64())
             .filter(|&p| p > 0);
         let Some(pid) = pid else {
-            force_delete(&binary, &id);
+            force_delete(&self.peer, &id);
             return Err(LaunchError::Start(format!(
                 "{} state {id}: no pid ({})",
                 binary.display(),
@@ -379,6 +472,7 @@ impl IdleLauncher for OciIdle {
             )));
         };
         Ok(Box::new(OciInstance {
+            peer: self.peer.clone(),
             binary,
             id,
             pid: pid as u32,
@@ -401,14 +495,17 @@ impl IdleInstance for OciInstance {
             return Ok(());
         }
         self.stopped = true;
-        let _ = Command::new(&self.binary)
-            .args(["kill", &self.id, "KILL"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let out = Command::new(&self.binary)
-            .args(["delete", "-f", &self.id])
+        if let Some(mut c) = self.peer.command(&["kill", &self.id, "KILL"]) {
+            let _ = c
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let out = self
+            .peer
+            .command(&["delete", "-f", &self.id])
+            .expect("a started instance's runtime is installed")
             .stdin(Stdio::null())
             .output()
             .map_err(|e| {
@@ -444,24 +541,20 @@ pub fn peer_startup(
     command: &[&str],
     progress: &mut dyn crate::startup::Progress,
 ) -> Result<Vec<crate::startup::StartupResult>, OciError> {
-    let bundle = workdir.join("peer-bundle");
-    write_bundle(&bundle, &BundleSpec::new(rootfs, command))?;
-    Ok(detect_peers(layout)
-        .into_iter()
-        .map(|peer| match &peer.unavailable {
+    let mut rows = Vec::new();
+    for peer in detect_peers(layout) {
+        rows.push(match &peer.unavailable {
             Some(why) => {
                 crate::startup::StartupResult::unavailable(&peer.label(), Kind::Container, why)
             }
-            None => crate::startup::run(
-                cfg,
-                &mut OciStarter {
-                    peer: peer.clone(),
-                    bundle: bundle.clone(),
-                },
-                progress,
-            ),
-        })
-        .collect())
+            None => {
+                let bundle = workdir.join(format!("peer-bundle-{}", peer.name));
+                write_bundle(&bundle, &peer.bundle_spec(rootfs, command))?;
+                crate::startup::run(cfg, &mut OciStarter { peer, bundle }, progress)
+            }
+        });
+    }
+    Ok(rows)
 }
 
 /// Launchers for the peers that can run, and `(label, reason)` for the others.
@@ -474,18 +567,20 @@ pub fn peer_idle(
     rootfs: &Path,
     workdir: &Path,
 ) -> Result<PeerIdle, OciError> {
-    let bundle = workdir.join("peer-idle-bundle");
-    write_bundle(&bundle, &BundleSpec::new(rootfs, &["sleep", "1000000"]))?;
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
     for peer in detect_peers(layout) {
         match &peer.unavailable {
             Some(why) => skipped.push((peer.label(), why.clone())),
-            None => ok.push(OciIdle {
-                prefix: format!("duet-bench-{}", peer.name),
-                peer,
-                bundle: bundle.clone(),
-            }),
+            None => {
+                let bundle = workdir.join(format!("peer-idle-bundle-{}", peer.name));
+                write_bundle(&bundle, &peer.bundle_spec(rootfs, &["sleep", "1000000"]))?;
+                ok.push(OciIdle {
+                    prefix: format!("duet-bench-{}", peer.name),
+                    peer,
+                    bundle,
+                })
+            }
         }
     }
     Ok((ok, skipped))
@@ -515,10 +610,30 @@ mod tests {
         assert!(refusal_reason("runc", true, false, CgroupLayout::V2)
             .unwrap()
             .contains("root"));
+        // crun on a hybrid host runs outside the host's cgroups instead, and says so.
         assert_eq!(
-            refusal_reason("crun", true, true, CgroupLayout::Hybrid).as_deref(),
-            Some("crun refuses cgroup v1/v2 hybrid hosts")
+            refusal_reason("crun", true, true, CgroupLayout::Hybrid),
+            None
         );
+        assert_eq!(
+            peer_cgroups("crun", CgroupLayout::Hybrid),
+            PeerCgroups::PrivateNoLimits
+        );
+        assert_eq!(peer_cgroups("crun", CgroupLayout::V2), PeerCgroups::Host);
+        assert_eq!(
+            peer_cgroups("runc", CgroupLayout::Hybrid),
+            PeerCgroups::Host
+        );
+        let crun = OciPeer {
+            name: "crun".into(),
+            binary: None,
+            version: Some("crun version 1.8.1".into()),
+            unavailable: None,
+            cgroups: PeerCgroups::PrivateNoLimits,
+        };
+        assert_eq!(crun.label(), "crun 1.8.1, no cgroup limits");
+        let c = bundle_config(&crun.bundle_spec(Path::new("/r"), &["true"]));
+        assert!(c["linux"].get("resources").is_none(), "{c}");
         assert_eq!(refusal_reason("crun", true, true, CgroupLayout::V2), None);
         assert_eq!(
             refusal_reason("runc", true, true, CgroupLayout::Hybrid),
@@ -538,15 +653,18 @@ mod tests {
         s.devices_rule = false;
         s.env.push("A=b".into());
         let c = bundle_config(&s);
-        assert!(c["linux"]["resources"].get("devices").is_none());
+        assert!(c["linux"].get("resources").is_none());
         assert_eq!(c["process"]["env"][1], "A=b");
     }
 
     #[test]
     fn busybox_rootfs_has_applets() {
         let bb = Path::new("/bin/busybox");
-        if !bb.exists() {
-            println!("skipping: /bin/busybox missing (apt-get install busybox-static)");
+        if duet_shared::testing::skip_unless_program(
+            "busybox_rootfs_has_applets",
+            "/bin/busybox",
+            "busybox-static",
+        ) {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -567,6 +685,7 @@ mod tests {
             binary: None,
             version: Some("runc version 1.1.5+ds1".into()),
             unavailable: None,
+            cgroups: PeerCgroups::Host,
         };
         assert_eq!(p.label(), "runc 1.1.5+ds1");
     }

@@ -561,10 +561,34 @@ fn header_lines(r: &Report) -> Vec<String> {
         ));
     }
     h.push(format!(
-        "{} , schema {}, created {} (unix s)",
-        r.generator, r.schema, r.created_unix_s
+        "{}, schema {}, created {}",
+        r.generator,
+        r.schema,
+        utc_date_time(r.created_unix_s)
     ));
     h
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch (proleptic
+/// Gregorian calendar; days to civil date as in H. Hinnant's `civil_from_days`).
+pub fn utc_date_time(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let secs = unix_s % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// The report as Markdown.
@@ -908,5 +932,143 @@ mod tests {
         // No charts when nothing was measured, and the page still renders.
         let empty = render_html(&Report::new(fixture().host)).unwrap();
         assert!(!empty.contains("<svg"));
+    }
+
+    /// One SVG element: tag, attributes, and the text up to the next tag.
+    struct SvgEl {
+        tag: String,
+        attrs: std::collections::BTreeMap<String, String>,
+        text: String,
+    }
+
+    impl SvgEl {
+        fn num(&self, k: &str) -> f64 {
+            self.attrs
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        }
+    }
+
+    /// A small SVG tokenizer, enough for what plotters writes.
+    fn svg_elements(svg: &str) -> Vec<SvgEl> {
+        let mut out = Vec::new();
+        for chunk in svg.split('<').skip(1) {
+            if chunk.starts_with('/') || chunk.starts_with('?') || chunk.starts_with('!') {
+                continue;
+            }
+            let Some((inside, text)) = chunk.split_once('>') else {
+                continue;
+            };
+            let inside = inside.trim_end_matches('/');
+            let (tag, mut rest) = inside.split_once(' ').unwrap_or((inside, ""));
+            let mut attrs = std::collections::BTreeMap::new();
+            while let Some((k, after)) = rest.split_once("=\"") {
+                let Some((v, after)) = after.split_once('"') else {
+                    break;
+                };
+                attrs.insert(k.trim().to_string(), v.to_string());
+                rest = after;
+            }
+            out.push(SvgEl {
+                tag: tag.to_string(),
+                attrs,
+                text: text.trim().to_string(),
+            });
+        }
+        out
+    }
+
+    /// Every chart's legend sits right of its plot: no bar, point or line
+    /// reaches under a legend entry (they used to cover the tallest bars),
+    /// and the header prints the date, not unix seconds.
+    #[test]
+    fn html_legends_sit_beside_the_plot_and_dates_are_dates() {
+        let r = fixture();
+        let html = render_html(&r).unwrap();
+        assert!(
+            html.contains("created 2023-11-14 22:13:20 UTC"),
+            "no date in the header"
+        );
+        assert!(!html.contains("unix"), "unix seconds still shown");
+        let phases: Vec<String> = r
+            .startup
+            .iter()
+            .flat_map(|s| s.segments.iter().map(|g| g.name.clone()))
+            .collect();
+        let labels: Vec<String> = r.density.iter().map(|d| d.label.clone()).collect();
+        let svgs: Vec<&str> = html
+            .split("<svg")
+            .skip(1)
+            .map(|s| s.split("</svg>").next().unwrap())
+            .collect();
+        assert_eq!(svgs.len(), 4);
+        for (i, svg) in svgs.iter().enumerate() {
+            let els = svg_elements(&format!("<svg{svg}"));
+            let width = els[0].num("width");
+            // The plot area: where the mesh (grid lines) is drawn.
+            let plot_right = els
+                .iter()
+                .filter(|e| e.tag == "line")
+                .map(|e| e.num("x1").max(e.num("x2")))
+                .fold(0f64, f64::max);
+            assert!(plot_right > 0.0, "chart {i}: no mesh");
+            // Data marks (filled non-white rectangles, circles) lie in it.
+            let mut right = 0f64;
+            for e in &els {
+                let fill = e.attrs.get("fill").map(String::as_str).unwrap_or("none");
+                match e.tag.as_str() {
+                    "rect"
+                        if fill != "#FFFFFF"
+                            && fill != "none"
+                            && e.num("width") > 0.0
+                            && e.num("x") < plot_right =>
+                    {
+                        right = right.max(e.num("x") + e.num("width"));
+                    }
+                    "circle" => right = right.max(e.num("cx") + e.num("r")),
+                    _ => {}
+                }
+            }
+            assert!(right > 0.0, "chart {i} has no data marks");
+            assert!(right <= plot_right + 1.0, "chart {i}: data beyond the plot");
+            // The legend: the series names (phases for startup, rows for density).
+            let names: Vec<&String> = if i < 2 {
+                phases
+                    .iter()
+                    .filter(|p| els.iter().any(|e| e.tag == "text" && &e.text == *p))
+                    .collect()
+            } else {
+                labels.iter().collect()
+            };
+            assert!(!names.is_empty(), "chart {i}: no legend");
+            for name in names {
+                let t = els
+                    .iter()
+                    .find(|e| e.tag == "text" && &e.text == name)
+                    .unwrap_or_else(|| panic!("chart {i}: no legend entry {name}"));
+                let x = t.num("x");
+                assert_eq!(
+                    t.attrs.get("text-anchor").map(String::as_str),
+                    Some("start")
+                );
+                assert!(
+                    x > plot_right,
+                    "chart {i}: legend entry {name} at x={x} is inside the plot (up to x={plot_right})"
+                );
+                assert!(
+                    x >= width - f64::from(charts::LEGEND_W) && x < width,
+                    "{name} at {x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        assert_eq!(utc_date_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_date_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc_date_time(1_798_761_599), "2026-12-31 23:59:59 UTC");
     }
 }

@@ -9,6 +9,7 @@ use duet_bench::isolation::{compare, parse_probe, probe_args, probe_on_host, Can
 use duet_bench::oci::{self, BundleSpec, OciIdle, OciPeer, OciStarter};
 use duet_bench::report::{render_html, render_json, render_markdown, Report};
 use duet_bench::startup::{self, timed_spawn, NoProgress, RowStatus, StartupConfig};
+use duet_shared::testing::{skip, skip_unless_program};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -21,11 +22,10 @@ fn runc_or_skip(test: &str) -> Option<OciPeer> {
     let layout = host::collect().cgroup_layout;
     let peer = oci::detect("runc", layout);
     if let Some(why) = &peer.unavailable {
-        println!("skipping {test}: {why}");
+        skip(test, why);
         return None;
     }
-    if !Path::new("/bin/busybox").exists() {
-        println!("skipping {test}: /bin/busybox missing (apt-get install busybox-static)");
+    if skip_unless_program(test, "/bin/busybox", "busybox-static") {
         return None;
     }
     Some(peer)
@@ -64,16 +64,6 @@ fn runc_startup_bench_three_runs() {
     let mut report = Report::new(host::collect());
     report.harness = Some(startup::measure_harness_overhead(20).unwrap());
     report.startup.push(r);
-    if host::collect().cgroup_layout == CgroupLayout::Hybrid {
-        let crun = oci::detect("crun", CgroupLayout::Hybrid);
-        report
-            .startup
-            .push(duet_bench::startup::StartupResult::unavailable(
-                &crun.label(),
-                duet_bench::Kind::Container,
-                crun.unavailable.as_deref().unwrap_or("?"),
-            ));
-    }
     let json = render_json(&report);
     let back: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, report);
@@ -84,8 +74,11 @@ fn runc_startup_bench_three_runs() {
 #[test]
 fn peer_startup_rows_run_or_say_why() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new("/bin/busybox").exists() {
-        println!("skipping peer_startup_rows_run_or_say_why: /bin/busybox missing");
+    if skip_unless_program(
+        "peer_startup_rows_run_or_say_why",
+        "/bin/busybox",
+        "busybox-static",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -182,8 +175,9 @@ fn probe_in_runc_versus_host() {
         return;
     };
     let Some(probe) = probe_binary() else {
-        println!(
-            "skipping probe_in_runc_versus_host: build the probe first (cargo build -p duet-probe)"
+        skip(
+            "probe_in_runc_versus_host",
+            "build the probe first (cargo build -p duet-probe)",
         );
         return;
     };
@@ -228,4 +222,85 @@ fn probe_in_runc_versus_host() {
     );
     assert_eq!(verdict("reboot(2)"), Some(Verdict::Isolated));
     assert_eq!(verdict("mount tmpfs"), Some(Verdict::Isolated));
+}
+
+/// crun refuses the v1/v2 hybrid layout; there it runs in a private mount
+/// namespace with cgroup2 at /sys/fs/cgroup and no resources in its config,
+/// and its rows say "no cgroup limits". Startup and an idle instance both run
+/// and clean up, and the host's /sys/fs/cgroup is untouched.
+#[test]
+fn crun_runs_and_says_when_it_has_no_cgroup_limits() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "crun_runs_and_says_when_it_has_no_cgroup_limits";
+    if skip_unless_program(test, "crun", "crun") {
+        return;
+    }
+    let layout = host::collect().cgroup_layout;
+    let peer = oci::detect("crun", layout);
+    if let Some(why) = &peer.unavailable {
+        skip(test, why);
+        return;
+    }
+    if skip_unless_program(test, "/bin/busybox", "busybox-static") {
+        return;
+    }
+    let hybrid = layout == CgroupLayout::Hybrid;
+    assert_eq!(
+        peer.label().ends_with(", no cgroup limits"),
+        hybrid,
+        "{}",
+        peer.label()
+    );
+    let host_cgroup_mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/sys/fs/cgroup"))
+            .count()
+    };
+    let before = host_cgroup_mounts();
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    oci::make_busybox_rootfs(&rootfs, Path::new("/bin/busybox")).unwrap();
+    let bundle = dir.path().join("bundle");
+    oci::write_bundle(&bundle, &peer.bundle_spec(&rootfs, &["/bin/true"])).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["linux"].get("resources").is_none(), hybrid, "{cfg}");
+    let r = startup::run(
+        &StartupConfig { runs: 2, warmup: 0 },
+        &mut OciStarter {
+            peer: peer.clone(),
+            bundle,
+        },
+        &mut NoProgress,
+    );
+    assert_eq!(r.status, RowStatus::Measured, "{r:?}");
+    assert_eq!(r.label, peer.label());
+
+    let prefix = format!("duet-bench-crun-test-{}", std::process::id());
+    let idle_bundle = dir.path().join("idle");
+    oci::write_bundle(
+        &idle_bundle,
+        &peer.bundle_spec(&rootfs, &["sleep", "1000000"]),
+    )
+    .unwrap();
+    let mut idle = OciIdle {
+        peer: peer.clone(),
+        bundle: idle_bundle,
+        prefix: prefix.clone(),
+    };
+    let m = measure_memory(&mut idle, 1, Duration::from_millis(200));
+    assert_eq!(m.status, RowStatus::Measured, "{m:?}");
+    let binary = peer.binary.clone().unwrap();
+    assert!(
+        oci::list_ids(&binary, &prefix).is_empty(),
+        "crun containers left"
+    );
+    assert_eq!(
+        host_cgroup_mounts(),
+        before,
+        "the host's cgroup mounts changed"
+    );
 }

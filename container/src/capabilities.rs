@@ -173,8 +173,12 @@ mod tests {
     /// Applies the plan in a forked child and checks what the kernel reports.
     #[test]
     fn apply_drops_sys_admin_everywhere() {
-        if permitted_now() & Capability::CAP_SYS_ADMIN.bitmask() == 0 {
-            eprintln!("skipped: needs root with CAP_SYS_ADMIN to show the drop");
+        if permitted_now() & Capability::CAP_SYS_ADMIN.bitmask() == 0
+            && duet_shared::testing::skip(
+                "apply_drops_sys_admin_everywhere",
+                "needs root with CAP_SYS_ADMIN to show the drop",
+            )
+        {
             return;
         }
         let plan = CapabilityPlan::for_this_process();

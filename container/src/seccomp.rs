@@ -165,9 +165,19 @@ pub fn install_all(p: &SeccompPrograms) -> Result<(), i32> {
 mod tests {
     use super::*;
 
+    /// What [`probe`] tried, in order: the errno of each (0 if it succeeded).
+    #[derive(Debug, PartialEq, Eq)]
+    struct Tried {
+        init_module: i32,
+        clone3: i32,
+        keyctl: i32,
+        unshare_newuser: i32,
+    }
+
     /// In a forked child: optionally set no_new_privs + the filter, then try
-    /// `init_module` on a junk image and `clone3`; exit code carries the errnos.
-    fn probe(with_filter: bool) -> (i32, i32) {
+    /// `init_module` on a junk image, `clone3`, `keyctl` and
+    /// `unshare(CLONE_NEWUSER)`; the errnos come back through a pipe.
+    fn probe(with_filter: bool) -> Tried {
         let progs = compile().unwrap();
         let (rfd, wfd) = {
             let mut fds = [0; 2];
@@ -187,73 +197,102 @@ mod tests {
                     unsafe { libc::_exit(99) };
                 }
             }
+            let errno_of = |r: libc::c_long| {
+                if r >= 0 {
+                    0
+                } else {
+                    crate::capabilities::errno()
+                }
+            };
             let junk = [0x7fu8, b'E', b'L', b'F', 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
             // SAFETY: init_module reads `junk.len()` bytes and a NUL-terminated
             // parameter string; a junk image never loads.
-            let r = unsafe {
+            let e1 = errno_of(unsafe {
                 libc::syscall(
                     libc::SYS_init_module,
                     junk.as_ptr(),
                     junk.len(),
                     c"".as_ptr(),
                 )
-            };
-            let e1 = if r == 0 {
-                0
-            } else {
-                crate::capabilities::errno()
-            };
+            });
             // SAFETY: clone3 with a NULL args pointer and size 0 fails with EINVAL
             // in the kernel, or ENOSYS/EPERM in a filter, and creates nothing.
-            let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) };
-            let e2 = if r == 0 {
-                0
-            } else {
-                crate::capabilities::errno()
-            };
-            let out = [e1, e2];
+            let e2 = errno_of(unsafe {
+                libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize)
+            });
+            // KEYCTL_GET_KEYRING_ID (0) of KEY_SPEC_USER_KEYRING (-4), created if
+            // missing: any process may do this, no capability involved.
+            // SAFETY: integer arguments only.
+            let e3 = errno_of(unsafe {
+                libc::syscall(libc::SYS_keyctl, 0 as libc::c_long, -4 as libc::c_long, 1)
+            });
+            // A new user namespace needs no capability (this child is single-threaded).
+            // SAFETY: integer argument; only this child's namespaces change.
+            let e4 = errno_of(unsafe { libc::unshare(libc::CLONE_NEWUSER) } as libc::c_long);
+            let out = [e1, e2, e3, e4];
             // SAFETY: write from a stack array to our pipe.
-            unsafe { libc::write(wfd, out.as_ptr().cast(), 8) };
+            unsafe { libc::write(wfd, out.as_ptr().cast(), 16) };
             // SAFETY: _exit never returns.
             unsafe { libc::_exit(0) };
         }
         // SAFETY: closing our copy of the write end.
         unsafe { libc::close(wfd) };
-        let mut out = [0i32; 2];
-        // SAFETY: reading 8 bytes into the array we own.
-        let n = unsafe { libc::read(rfd, out.as_mut_ptr().cast(), 8) };
+        let mut out = [0i32; 4];
+        // SAFETY: reading 16 bytes into the array we own.
+        let n = unsafe { libc::read(rfd, out.as_mut_ptr().cast(), 16) };
         let mut status = 0;
         // SAFETY: reaping the child we forked; closing our read end.
         unsafe {
             libc::waitpid(pid, &mut status, 0);
             libc::close(rfd);
         }
-        assert_eq!(n, 8, "child exited with status {status:#x}");
-        (out[0], out[1])
+        assert_eq!(n, 16, "child exited with status {status:#x}");
+        Tried {
+            init_module: out[0],
+            clone3: out[1],
+            keyctl: out[2],
+            unshare_newuser: out[3],
+        }
     }
 
     #[test]
-    fn filter_refuses_init_module_with_eperm() {
-        let (init, clone3) = probe(true);
-        assert_eq!(init, libc::EPERM);
-        assert_eq!(clone3, libc::ENOSYS);
+    fn filter_refuses_init_module_clone3_keyctl_and_userns() {
+        assert_eq!(
+            probe(true),
+            Tried {
+                init_module: libc::EPERM,
+                clone3: libc::ENOSYS,
+                keyctl: libc::EPERM,
+                unshare_newuser: libc::EPERM,
+            }
+        );
+    }
+
+    /// The same calls without the filter: what the filter refuses, the kernel
+    /// (and the capabilities) would have allowed, so the test above is not hollow.
+    #[test]
+    fn without_filter_clone3_keyctl_and_userns_are_allowed() {
+        let t = probe(false);
+        assert_eq!(t.clone3, libc::EINVAL, "{t:?}");
+        assert_eq!(t.keyctl, 0, "{t:?}");
+        assert_eq!(t.unshare_newuser, 0, "{t:?}");
     }
 
     #[test]
     fn without_filter_init_module_fails_otherwise() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: only root gets past init_module's CAP_SYS_MODULE check");
+        if duet_shared::testing::skip_unless_root(
+            "without_filter_init_module_fails_otherwise",
+            "only root gets past init_module's CAP_SYS_MODULE check",
+        ) {
             return;
         }
-        let (init, clone3) = probe(false);
+        let t = probe(false);
         assert_ne!(
-            init,
+            t.init_module,
             libc::EPERM,
-            "the kernel itself refused with EPERM: the other test proves nothing"
+            "the kernel itself refused with EPERM: the filter test proves nothing"
         );
-        assert_ne!(init, 0);
-        assert_eq!(clone3, libc::EINVAL);
+        assert_ne!(t.init_module, 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod paths;
 pub mod report;
 pub mod runtime;
 pub mod spec;
+pub mod testing;
 
 pub use instance::InstanceDir;
 pub use report::{Phase, RunReport};

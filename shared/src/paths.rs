@@ -26,6 +26,30 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from("/var/cache/duet")
 }
 
+/// Where `scripts/install.sh` puts duet's companion files (guest init, probe,
+/// guest kernel, the testbed scripts) with the default prefix `/usr/local`.
+pub const SYSTEM_LIB_DIR: &str = "/usr/local/lib/duet";
+
+/// `<prefix>/lib/duet` when the running executable is `<prefix>/bin/<name>`:
+/// the companion files of an install under any prefix (or DESTDIR).
+pub fn lib_dir_of_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?;
+    (bin.file_name()? == "bin").then(|| bin.parent().map(|p| p.join("lib/duet")))?
+}
+
+/// Where an installed companion file `name` (e.g. `duet-init`,
+/// `testbed/run`) may be, in order: beside this binary's prefix
+/// ([`lib_dir_of_exe`]), then under [`SYSTEM_LIB_DIR`].
+pub fn installed(name: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = lib_dir_of_exe().into_iter().map(|d| d.join(name)).collect();
+    let system = PathBuf::from(SYSTEM_LIB_DIR).join(name);
+    if !v.contains(&system) {
+        v.push(system);
+    }
+    v
+}
+
 /// Creates the state root (and its parents) if needed and makes it 0700.
 ///
 /// Everything duet keeps is below it: image layers, instances' writable

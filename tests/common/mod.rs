@@ -13,21 +13,7 @@ pub fn duet_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_duet"))
 }
 
-/// Whether we run as root (containers need it).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Prints why a test skips and returns true; under `DUET_TEST_STRICT=1`
-/// (scripts/test.sh, CI) a test that cannot run fails instead.
-pub fn skip(test: &str, why: &str) -> bool {
-    if std::env::var_os("DUET_TEST_STRICT").is_some_and(|v| v == "1") {
-        panic!("{test} cannot run: {why} (DUET_TEST_STRICT=1 forbids skipping)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-    true
-}
+pub use duet_shared::testing::{is_root, skip, skip_unless_program};
 
 /// Skips (see [`skip`]) unless root and a static busybox are available.
 pub fn skip_unless_root(test: &str) -> bool {
@@ -37,10 +23,7 @@ pub fn skip_unless_root(test: &str) -> bool {
             "needs root (containers need namespaces, mounts and cgroups)",
         );
     }
-    if !Path::new("/bin/busybox").exists() {
-        return skip(test, "needs /bin/busybox (apt-get install busybox-static)");
-    }
-    false
+    skip_unless_program(test, "/bin/busybox", "busybox-static")
 }
 
 /// A private DUET_ROOT for one test.
@@ -142,4 +125,15 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The phase names of a `--timings` table (`  <phase>  <ms> ms  <ms> ms`), in order.
+pub fn timing_phases(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (l.starts_with("  ") && w.len() == 5 && w[2] == "ms" && w[4] == "ms")
+                .then(|| w[0].to_string())
+        })
+        .collect()
 }

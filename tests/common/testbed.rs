@@ -59,10 +59,23 @@ pub fn missing() -> Option<String> {
     None
 }
 
-/// Runs `script` (a file under tests/testbed/) in one testbed boot.
+/// The isolation probe cargo builds beside duet (`duet bench isolation` needs it).
+pub fn duet_probe() -> PathBuf {
+    duet_bin().with_file_name("duet-probe")
+}
+
+/// Runs `script` (a file under tests/testbed/) in one testbed boot, with
+/// duet, duet-init and (if built) duet-probe packed in.
 pub fn run_cases(script: &str) -> Result<BTreeMap<String, Case>, String> {
-    let out = std::process::Command::new(repo().join("tests/testbed/run"))
-        .args(["--timeout", "900", "--file"])
+    let mut cmd = std::process::Command::new(repo().join("tests/testbed/run"));
+    if duet_probe().is_file() {
+        cmd.arg("--file").arg(format!(
+            "{}:/usr/local/bin/duet-probe",
+            duet_probe().display()
+        ));
+    }
+    let out = cmd
+        .args(["--timeout", "1200", "--file"])
         .arg(repo().join("tests/testbed/cases-lib.sh"))
         .arg("--file")
         .arg(repo().join("tests/testbed").join(script))

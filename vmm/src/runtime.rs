@@ -81,16 +81,15 @@ impl Drop for CgroupGuard {
 }
 
 /// Finds the guest kernel: `$DUET_KERNEL`, the build cache's `current`
-/// kernel, then [`SYSTEM_KERNEL_PATH`].
+/// kernel, then the installed one (`<prefix>/lib/duet/vmlinux` for
+/// `<prefix>/bin/duet`, then [`SYSTEM_KERNEL_PATH`]).
 pub fn find_kernel() -> Result<PathBuf, VmRuntimeError> {
     if let Some(p) = std::env::var_os(KERNEL_ENV).filter(|p| !p.is_empty()) {
         // An explicit path is used as given: the loader names it if it is missing or bad.
         return Ok(PathBuf::from(p));
     }
-    let tried = vec![
-        duet_shared::paths::cache_dir().join("kernel/current/vmlinux"),
-        PathBuf::from(SYSTEM_KERNEL_PATH),
-    ];
+    let mut tried = vec![duet_shared::paths::cache_dir().join("kernel/current/vmlinux")];
+    tried.extend(duet_shared::paths::installed("vmlinux"));
     match tried.iter().find(|p| p.is_file()) {
         Some(p) => Ok(p.clone()),
         None => Err(VmRuntimeError::KernelNotFound { tried }),

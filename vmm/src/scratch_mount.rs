@@ -151,10 +151,10 @@ mod tests {
 
     #[test]
     fn reads_upper_of_an_ext4_image() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || Command::new("mkfs.ext4").arg("-V").output().is_err()
+        let test = "reads_upper_of_an_ext4_image";
+        if duet_shared::testing::skip_unless_root(test, "loop mounts")
+            || duet_shared::testing::skip_unless_program(test, "mkfs.ext4", "e2fsprogs")
         {
-            eprintln!("skipped: needs root and mkfs.ext4 (loop mounts)");
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -115,8 +115,9 @@ fn workload(script: &str) -> GuestWorkload {
 macro_rules! skip_unless_possible {
     () => {
         if let Some(why) = skip_reason() {
-            eprintln!("SKIP: {why}");
-            return;
+            if duet_shared::testing::skip(&duet_shared::testing::this_test(), &why) {
+                return;
+            }
         }
     };
 }

@@ -134,9 +134,10 @@ pub fn find_probe() -> Option<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(|d| d.join("duet-probe")));
+    // Installed: <prefix>/lib/duet/duet-probe, then SYSTEM_PROBE_PATH.
     beside
         .into_iter()
-        .chain([PathBuf::from(SYSTEM_PROBE_PATH)])
+        .chain(crate::paths::installed("duet-probe"))
         .find(|p| p.is_file())
 }
 
@@ -280,8 +281,11 @@ mod tests {
 
     #[test]
     fn probe_layer_is_added_once_and_replaced_when_the_probe_changes() {
-        if !Path::new("/bin/busybox").exists() {
-            eprintln!("skipped: /bin/busybox missing (apt-get install busybox-static)");
+        if crate::testing::skip_unless_program(
+            "probe_layer_is_added_once_and_replaced_when_the_probe_changes",
+            "/bin/busybox",
+            "busybox-static",
+        ) {
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -11,19 +11,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-/// Whether a root-needing test may run; under DUET_TEST_STRICT=1 a missing
-/// root is a failure, else the test says it skipped.
+/// Whether a root-needing test may run ([`crate::testing::skip_unless_root`]).
 pub(super) fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return false;
-    }
-    let why = "needs root (mknod, chown, trusted.* xattrs)";
-    if std::env::var("DUET_TEST_STRICT").as_deref() == Ok("1") {
-        panic!("{test}: {why}, and DUET_TEST_STRICT=1 forbids skipping");
-    }
-    println!("SKIPPED {test}: {why}");
-    true
+    crate::testing::skip_unless_root(test, "mknod, chown, trusted.* xattrs")
 }
 
 /// One entry of a hand-made layer tarball.

@@ -207,12 +207,13 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// Whether mkfs.erofs runs; otherwise the calling test skips (see crate::testing).
     fn have_mkfs() -> bool {
         let ok = Command::new(MKFS_EROFS).arg("--help").output().is_ok();
-        if !ok {
-            eprintln!("skipping: {MKFS_EROFS} is not installed (apt-get install erofs-utils)");
-        }
-        ok
+        ok || !crate::testing::skip(
+            &crate::testing::this_test(),
+            &format!("{MKFS_EROFS} is not installed (apt-get install erofs-utils)"),
+        )
     }
 
     fn store_with_layer(digest: &str) -> (tempfile::TempDir, ImageStore) {
@@ -296,9 +297,10 @@ mod tests {
         if !have_mkfs() {
             return;
         }
-        // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: needs root (mknod of a whiteout, trusted.* xattrs, loop mount)");
+        if crate::testing::skip_unless_root(
+            "whiteouts_opaque_dirs_and_owners_survive",
+            "mknod of a whiteout, trusted.* xattrs, loop mount",
+        ) {
             return;
         }
         let (_d, store) = store_with_layer("cc");
@@ -332,8 +334,12 @@ mod tests {
             .arg(mnt.path())
             .status()
             .unwrap();
-        if !st.success() {
-            eprintln!("skipping: cannot loop-mount an erofs image here ({st})");
+        if !st.success()
+            && crate::testing::skip(
+                "whiteouts_opaque_dirs_and_owners_survive",
+                &format!("cannot loop-mount an erofs image here ({st})"),
+            )
+        {
             return;
         }
         let check = || {

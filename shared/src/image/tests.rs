@@ -1,7 +1,7 @@
 //! Store-level tests: imports of every supported format, busybox, removal.
 
-use super::confinement_tests::skip_unless_root;
 use super::*;
+use crate::testing::{skip_unless_program, skip_unless_root};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
@@ -75,7 +75,10 @@ fn plain_rootfs_tarball_is_one_layer() {
 
 #[test]
 fn docker_save_with_whiteout_imports() {
-    if skip_unless_root("docker_save_with_whiteout_imports") {
+    if skip_unless_root(
+        "docker_save_with_whiteout_imports",
+        "whiteouts are 0:0 device nodes",
+    ) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -218,8 +221,11 @@ fn bad_archives_are_named() {
 
 #[test]
 fn busybox_image_is_built_from_the_host() {
-    if !Path::new("/bin/busybox").exists() {
-        eprintln!("skipped: /bin/busybox missing (apt-get install busybox-static)");
+    if skip_unless_program(
+        "busybox_image_is_built_from_the_host",
+        "/bin/busybox",
+        "busybox-static",
+    ) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -237,7 +243,10 @@ fn busybox_image_is_built_from_the_host() {
 
 #[test]
 fn commit_round_trips_whiteouts_and_holds_only_the_change() {
-    if skip_unless_root("commit_round_trips_whiteouts_and_holds_only_the_change") {
+    if skip_unless_root(
+        "commit_round_trips_whiteouts_and_holds_only_the_change",
+        "whiteouts are 0:0 device nodes",
+    ) {
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -9,8 +9,11 @@ use super::*;
 pub struct Testbed {
     /// `tests/testbed/run`.
     pub run: PathBuf,
-    /// duet-init built with this duet (same profile), if found beside it.
+    /// duet-init for this duet: beside it (a checkout build) or installed with it.
     pub init: Option<PathBuf>,
+    /// The guest kernel's directory (`vmlinux`, maybe `bzImage`), passed as
+    /// DUET_GUEST_KERNEL_DIR: the build cache's, or the installed one.
+    pub kernel_dir: Option<PathBuf>,
     /// Pack QEMU inside too (`--qemu`), for the QEMU microvm peer row.
     pub qemu: bool,
 }
@@ -46,24 +49,67 @@ fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Finds tests/testbed/run: `$DUET_TESTBED_RUN`, above the running binary
-/// (target/<triple>/<profile>/duet in a checkout), then this source tree.
-fn find_testbed_script() -> Option<PathBuf> {
+/// Finds the testbed script: `$DUET_TESTBED_RUN`, tests/testbed/run above
+/// the running binary (target/<triple>/<profile>/duet in a checkout), then
+/// the copy scripts/install.sh puts beside an installed duet
+/// (`<prefix>/lib/duet/testbed/run`, then /usr/local/lib/duet/testbed/run).
+fn find_testbed_script() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("DUET_TESTBED_RUN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
+        return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the duet binary: {e}"))?;
+    let tried: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
         .map(|d| d.join("tests/testbed/run"))
-        .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed/run")])
-        .find(|p| p.is_file())
+        .chain(duet_shared::paths::installed("testbed/run"))
+        .collect();
+    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        format!(
+            "no testbed script: not in a checkout above {} and not installed at {} \
+             (scripts/install.sh installs it; or set DUET_TESTBED_RUN)",
+            exe.display(),
+            duet_shared::paths::installed("testbed/run")
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    })
+}
+
+/// The guest kernel directory the testbed packs: `$DUET_GUEST_KERNEL_DIR`, the
+/// build cache's `current`, then the installed kernel's directory.
+fn find_guest_kernel_dir() -> Result<PathBuf, String> {
+    if let Some(d) = std::env::var_os("DUET_GUEST_KERNEL_DIR").filter(|p| !p.is_empty()) {
+        let d = PathBuf::from(d);
+        return if d.join("vmlinux").is_file() {
+            Ok(d)
+        } else {
+            Err(format!(
+                "no guest kernel at {}",
+                d.join("vmlinux").display()
+            ))
+        };
+    }
+    let mut tried = vec![duet_shared::paths::cache_dir().join("kernel/current/vmlinux")];
+    tried.extend(duet_shared::paths::installed("vmlinux"));
+    match tried.iter().find(|p| p.is_file()) {
+        Some(k) => Ok(k.parent().expect("a file has a parent").to_path_buf()),
+        None => Err(format!(
+            "no guest kernel at {} (build it with images/kernel/build.sh, or run scripts/install.sh)",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )),
+    }
 }
 
 /// The testbed, or why it cannot run here.
 pub fn find_testbed() -> Result<Testbed, String> {
-    let run = find_testbed_script().ok_or(
-        "tests/testbed/run not found (run duet from its source checkout, or set DUET_TESTBED_RUN)",
-    )?;
+    let run = find_testbed_script()?;
     if !run.is_file() {
         return Err(format!("{} does not exist", run.display()));
     }
@@ -72,30 +118,34 @@ pub fn find_testbed() -> Result<Testbed, String> {
             "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".to_string(),
         );
     }
-    let kernel_dir = std::env::var_os("DUET_GUEST_KERNEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| duet_shared::paths::cache_dir().join("kernel/current"));
-    if !kernel_dir.join("vmlinux").is_file() {
-        return Err(format!(
-            "no guest kernel at {} (build it with images/kernel/build.sh)",
-            kernel_dir.join("vmlinux").display()
-        ));
-    }
-    let init = std::env::var_os("DUET_INIT")
-        .map(PathBuf::from)
-        .or_else(|| Some(current_exe_dir().join("duet-init")))
-        .filter(|p| p.is_file());
-    if init.is_none() {
-        return Err(format!(
-            "no duet-init beside {} (cargo build --workspace)",
-            current_exe_dir().display()
-        ));
-    }
+    let kernel_dir = find_guest_kernel_dir()?;
+    // The same lookup `duet run --isolation vm` uses: DUET_INIT, beside duet, installed.
+    let init = duet_vmm::rootfs::find_init_binary().map_err(|e| {
+        format!(
+            "{} (cargo build --workspace, or scripts/install.sh)",
+            crate::cmd::error_chain(&anyhow::Error::new(e))
+        )
+    })?;
     Ok(Testbed {
         run,
-        init,
+        init: Some(init),
+        kernel_dir: Some(kernel_dir),
         qemu: false,
     })
+}
+
+/// `duet doctor`'s line about the nested-KVM testbed: what it would use, or
+/// why it cannot run (so an installed duet shows it found its own copy).
+pub fn doctor_testbed_line() -> String {
+    match find_testbed() {
+        Ok(tb) => format!(
+            "  nested-KVM testbed: {} (guest kernel from {}, init {})",
+            tb.run.display(),
+            tb.kernel_dir.as_deref().unwrap_or(Path::new("?")).display(),
+            tb.init.as_deref().unwrap_or(Path::new("?")).display()
+        ),
+        Err(why) => format!("  nested-KVM testbed: cannot run: {why}"),
+    }
 }
 
 /// Decides where VM rows run. Inside the testbed (`DUET_TESTBED=1`) VMs are native by definition.
@@ -219,6 +269,9 @@ pub fn run_testbed(
         .stdin(std::process::Stdio::null());
     if let Some(i) = &tb.init {
         cmd.env("DUET_INIT", i);
+    }
+    if let Some(k) = &tb.kernel_dir {
+        cmd.env("DUET_GUEST_KERNEL_DIR", k);
     }
     let sp = spinner(format!("{what} (nested-KVM testbed, up to {timeout_s} s)"));
     let out = cmd.output();

@@ -451,7 +451,8 @@ fn check_static_elf(p: &Path) -> Result<(), RootfsError> {
 }
 
 /// Finds the guest init: `$DUET_INIT`, else `duet-init` next to the running
-/// executable (or one directory up when that is cargo's `deps/`), else
+/// executable (or one directory up when that is cargo's `deps/`), else the
+/// installed one: `<prefix>/lib/duet/duet-init` for `<prefix>/bin/duet`, then
 /// [`SYSTEM_INIT_PATH`].
 pub fn find_init_binary() -> Result<PathBuf, RootfsError> {
     if let Some(p) = std::env::var_os(INIT_ENV).filter(|p| !p.is_empty()) {
@@ -474,7 +475,8 @@ pub fn find_init_binary() -> Result<PathBuf, RootfsError> {
             }
         }
     }
-    tried.push(PathBuf::from(SYSTEM_INIT_PATH));
+    // Installed: <prefix>/lib/duet/duet-init beside <prefix>/bin/duet, then SYSTEM_INIT_PATH.
+    tried.extend(duet_shared::paths::installed("duet-init"));
     match tried.iter().find(|p| p.is_file()) {
         Some(p) => Ok(p.clone()),
         None => Err(RootfsError::InitNotFound { tried }),

@@ -65,10 +65,7 @@ fn find<'a>(entries: &'a [Entry], name: &str) -> Option<&'a Entry> {
     entries.iter().find(|e| e.name == name)
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use duet_shared::testing::{is_root, skip, skip_unless_program, skip_unless_root};
 
 fn mknod(p: &Path, mode: u32, rdev: u64) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
@@ -174,8 +171,7 @@ fn cpio_writer_refuses_short_data_and_bad_names() {
 
 #[test]
 fn gnu_cpio_reads_the_archive() {
-    if Command::new("cpio").arg("--version").output().is_err() {
-        eprintln!("SKIP: GNU cpio not installed");
+    if skip_unless_program("gnu_cpio_reads_the_archive", "cpio", "cpio") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -229,8 +225,10 @@ fn upper_layer_overrides_lower_files() {
 
 #[test]
 fn whiteouts_and_opaque_dirs_apply() {
-    if !is_root() {
-        eprintln!("SKIP: whiteouts (0:0 char devices) and trusted xattrs need root");
+    if skip_unless_root(
+        "whiteouts_and_opaque_dirs_apply",
+        "whiteouts (0:0 char devices) and trusted xattrs",
+    ) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -339,8 +337,9 @@ fn metadata_symlinks_devices_and_hard_links_survive() {
 #[test]
 fn initramfs_is_cached_and_carries_init_and_workload() {
     let Some(init) = static_binary() else {
-        eprintln!(
-            "SKIP: no static binary to stand in for duet-init (build it or install busybox-static)"
+        skip(
+            "initramfs_is_cached_and_carries_init_and_workload",
+            "no static binary to stand in for duet-init (build it or install busybox-static)",
         );
         return;
     };
@@ -410,7 +409,10 @@ fn initramfs_is_cached_and_carries_init_and_workload() {
 #[test]
 fn truncated_cache_file_is_rebuilt() {
     let Some(init) = static_binary() else {
-        eprintln!("SKIP: no static binary to stand in for duet-init");
+        skip(
+            "truncated_cache_file_is_rebuilt",
+            "no static binary to stand in for duet-init (build it or install busybox-static)",
+        );
         return;
     };
     let t = tempfile::tempdir().unwrap();
@@ -564,18 +566,16 @@ fn merged_tree_kinds_are_classified() {
 /// log file. Shows that what the builder writes is what the init reads.
 #[test]
 fn unpacked_initramfs_boots_duet_init_in_namespaces() {
-    let have = |tool: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !is_root() || !["cpio", "unshare", "chroot"].iter().all(|t| have(t)) {
-        eprintln!("SKIP: needs root, GNU cpio, unshare and chroot");
+    let test = "unpacked_initramfs_boots_duet_init_in_namespaces";
+    if skip_unless_root(test, "namespaces, chroot")
+        || skip_unless_program(test, "cpio", "cpio")
+        || skip_unless_program(test, "unshare", "util-linux")
+        || skip_unless_program(test, "chroot", "coreutils")
+    {
         return;
     }
     let Ok(init) = find_init_binary() else {
-        eprintln!("SKIP: duet-init is not built (cargo build -p duet-init)");
+        skip(test, "duet-init is not built (cargo build -p duet-init)");
         return;
     };
     let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
@@ -583,7 +583,10 @@ fn unpacked_initramfs_boots_duet_init_in_namespaces() {
         .into_iter()
         .find(|p| check_static_elf(p).is_ok())
     else {
-        eprintln!("SKIP: needs busybox-static");
+        skip(
+            test,
+            "needs a static busybox (apt-get install busybox-static)",
+        );
         return;
     };
     let t = tempfile::tempdir().unwrap();

@@ -12,24 +12,16 @@ pub fn kvm_usable() -> bool {
         .open("/dev/kvm")
     {
         Ok(_) => true,
-        Err(e) => {
-            if std::env::var_os("DUET_TEST_STRICT").is_some_and(|v| v == "1") {
-                panic!("/dev/kvm cannot be opened ({e}) and DUET_TEST_STRICT=1 forbids skipping");
-            }
-            eprintln!("skipping: /dev/kvm cannot be opened ({e}); these tests need KVM");
-            false
-        }
+        Err(e) => !duet_shared::testing::skip(
+            &duet_shared::testing::this_test(),
+            &format!("/dev/kvm cannot be opened ({e}); these tests need KVM"),
+        ),
     }
 }
 
-/// Prints why `test` skips and returns true; under `DUET_TEST_STRICT=1`
-/// (scripts/test.sh, CI) a test that cannot run fails instead.
+/// Prints why `test` skips and returns true ([`duet_shared::testing::skip`]).
 pub fn skip(test: &str, why: &str) -> bool {
-    if std::env::var_os("DUET_TEST_STRICT").is_some_and(|v| v == "1") {
-        panic!("{test} cannot run: {why} (DUET_TEST_STRICT=1 forbids skipping)");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-    true
+    duet_shared::testing::skip(test, why)
 }
 
 /// An ELF64 executable with one PT_LOAD segment holding `code` at physical
