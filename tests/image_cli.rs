@@ -120,7 +120,7 @@ fn plain_rootfs_tarball_imports_and_runs() {
     let rootfs = busybox_rootfs_tar(&env, &[("etc/imported", b"from a plain rootfs\n")]);
     let file = write(&env.root().join("rootfs.tar"), &rootfs);
     let out = ok(&env, &["image", "import", &file, "--name", "plain"]);
-    assert_eq!(out, "plain (1 layers)\n");
+    assert_eq!(out, "plain (1 layers, read as rootfs)\n");
     let ls = ok(&env, &["image", "ls"]);
     assert!(
         ls.lines().any(|l| l.starts_with("plain ")),
@@ -160,7 +160,7 @@ fn oci_layout_imports_and_runs_with_its_config() {
     let file = write(&env.root().join("oci.tar"), &layout);
     assert_eq!(
         ok(&env, &["image", "import", &file, "--name", "oci"]),
-        "oci (2 layers)\n"
+        "oci (2 layers, read as oci)\n"
     );
     // No command given: the image config's Cmd, in its WorkingDir.
     let out = ok(&env, &["run", "--name", &name, "oci"]);

@@ -236,7 +236,7 @@ fn toml_document() -> impl Strategy<Value = String> {
 /// A valid spec, built as a value.
 fn valid_spec() -> impl Strategy<Value = WorkloadSpec> {
     (
-        "[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,20}",
+        "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}",
         "[a-z0-9][a-z0-9./:_-]{0,20}",
         prop::collection::vec("[^\0]{0,12}", 0..5),
         prop::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,8}", "[^\0]{0,12}", 0..4),
