@@ -9,32 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// An ELF64 executable with one PT_LOAD segment of `code` at `paddr`: what
-/// duet's loader takes for a vmlinux (entered in 64-bit mode).
+/// A tiny ELF "vmlinux" of `code` at `paddr` ([`duet_vmm::loader::tiny_elf`]).
 fn tiny_elf(paddr: u64, code: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 64 + 56];
-    f[0..4].copy_from_slice(b"\x7fELF");
-    f[4] = 2; // ELFCLASS64
-    f[5] = 1; // little-endian
-    f[6] = 1; // EV_CURRENT
-    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    f[20..24].copy_from_slice(&1u32.to_le_bytes());
-    f[24..32].copy_from_slice(&paddr.to_le_bytes()); // e_entry
-    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
-    let ph = &mut f[64..120];
-    ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    ph[4..8].copy_from_slice(&5u32.to_le_bytes()); // R+X
-    ph[8..16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
-    ph[16..24].copy_from_slice(&paddr.to_le_bytes());
-    ph[24..32].copy_from_slice(&paddr.to_le_bytes());
-    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(code);
-    f
+    duet_vmm::loader::tiny_elf(paddr, code, code.len() as u64)
 }
 
 /// Says ready, reports exit status 7, then spins until the VMM stops it.

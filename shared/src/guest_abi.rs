@@ -39,7 +39,7 @@ pub const EXIT_SIGNALED: u32 = 1 << 8;
 pub const EXIT_INIT_FAILED: u32 = 1 << 9;
 
 /// Where the guest init failed (bits 0-7 of an [`EXIT_INIT_FAILED`] status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum InitFailure {
     /// Any failure not listed below.

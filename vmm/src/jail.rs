@@ -63,9 +63,7 @@
 
 use crate::memory_usage::ProcFiles;
 use crate::{VmConfig, VmEnd, VmOutcome, VmmError};
-use duet_shared::guest_abi::InitFailure;
 use duet_shared::report::RunReport;
-use duet_shared::runtime::WorkloadExit;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::BTreeMap;
@@ -317,99 +315,10 @@ pub fn describe(mode: JailMode) -> String {
 // What the jailed VMM sends back.
 
 #[derive(Serialize, Deserialize)]
-enum WireEnd {
-    Exited(WorkloadExit),
-    InitFailed(u8),
-    Reset,
-    Halted,
-    Shutdown {
-        vcpu: u32,
-        rip: Option<u64>,
-    },
-    InternalError {
-        vcpu: u32,
-        suberror: u32,
-        rip: Option<u64>,
-    },
-    FailEntry {
-        vcpu: u32,
-        reason: u64,
-    },
-    SystemEvent {
-        vcpu: u32,
-        kind: u32,
-    },
-    UnhandledExit {
-        vcpu: u32,
-        exit: String,
-    },
-    VcpuFailed {
-        vcpu: u32,
-        what: String,
-    },
-    Timeout(Duration),
-    Interrupted(i32),
-}
-
-impl From<&VmEnd> for WireEnd {
-    fn from(e: &VmEnd) -> WireEnd {
-        match e.clone() {
-            VmEnd::Exited(x) => WireEnd::Exited(x),
-            VmEnd::InitFailed(s) => WireEnd::InitFailed(s as u8),
-            VmEnd::Reset => WireEnd::Reset,
-            VmEnd::Halted => WireEnd::Halted,
-            VmEnd::Shutdown { vcpu, rip } => WireEnd::Shutdown { vcpu, rip },
-            VmEnd::InternalError {
-                vcpu,
-                suberror,
-                rip,
-            } => WireEnd::InternalError {
-                vcpu,
-                suberror,
-                rip,
-            },
-            VmEnd::FailEntry { vcpu, reason } => WireEnd::FailEntry { vcpu, reason },
-            VmEnd::SystemEvent { vcpu, kind } => WireEnd::SystemEvent { vcpu, kind },
-            VmEnd::UnhandledExit { vcpu, exit } => WireEnd::UnhandledExit { vcpu, exit },
-            VmEnd::VcpuFailed { vcpu, what } => WireEnd::VcpuFailed { vcpu, what },
-            VmEnd::Timeout(t) => WireEnd::Timeout(t),
-            VmEnd::Interrupted(s) => WireEnd::Interrupted(s),
-        }
-    }
-}
-
-impl From<WireEnd> for VmEnd {
-    fn from(e: WireEnd) -> VmEnd {
-        match e {
-            WireEnd::Exited(x) => VmEnd::Exited(x),
-            WireEnd::InitFailed(s) => VmEnd::InitFailed(InitFailure::from_byte(s)),
-            WireEnd::Reset => VmEnd::Reset,
-            WireEnd::Halted => VmEnd::Halted,
-            WireEnd::Shutdown { vcpu, rip } => VmEnd::Shutdown { vcpu, rip },
-            WireEnd::InternalError {
-                vcpu,
-                suberror,
-                rip,
-            } => VmEnd::InternalError {
-                vcpu,
-                suberror,
-                rip,
-            },
-            WireEnd::FailEntry { vcpu, reason } => VmEnd::FailEntry { vcpu, reason },
-            WireEnd::SystemEvent { vcpu, kind } => VmEnd::SystemEvent { vcpu, kind },
-            WireEnd::UnhandledExit { vcpu, exit } => VmEnd::UnhandledExit { vcpu, exit },
-            WireEnd::VcpuFailed { vcpu, what } => VmEnd::VcpuFailed { vcpu, what },
-            WireEnd::Timeout(t) => VmEnd::Timeout(t),
-            WireEnd::Interrupted(s) => VmEnd::Interrupted(s),
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
 enum WireResult {
     Ok {
         report: RunReport,
-        end: WireEnd,
+        end: VmEnd,
         console_tail: Vec<String>,
         counters: BTreeMap<String, u64>,
     },
@@ -521,7 +430,7 @@ pub fn run_jailed(
         } => {
             *report = r;
             Ok(VmOutcome {
-                end: end.into(),
+                end,
                 console_tail,
                 counters,
             })
@@ -779,7 +688,7 @@ fn child_main(plan: &JailPlan, mut report: RunReport, result: OwnedFd, alive: Ow
     let wire = match outcome {
         Ok(Ok(o)) => WireResult::Ok {
             report,
-            end: (&o.end).into(),
+            end: o.end.clone(),
             console_tail: o.console_tail,
             counters: o.counters,
         },
@@ -1194,6 +1103,8 @@ pub fn status_is_jailed(status: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use duet_shared::guest_abi::InitFailure;
+    use duet_shared::runtime::WorkloadExit;
 
     #[test]
     fn fresh_ids_are_in_range_stable_and_differ_per_instance() {
@@ -1302,8 +1213,8 @@ mod tests {
             VmEnd::Interrupted(15),
         ];
         for e in ends {
-            let json = serde_json::to_string(&WireEnd::from(&e)).unwrap();
-            let back: VmEnd = serde_json::from_str::<WireEnd>(&json).unwrap().into();
+            let json = serde_json::to_string(&e).unwrap();
+            let back: VmEnd = serde_json::from_str(&json).unwrap();
             assert_eq!(back, e, "{json}");
         }
     }

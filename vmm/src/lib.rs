@@ -77,8 +77,8 @@ pub struct VmConfig {
     pub disks: Vec<devices::virtio::BlockConfig>,
 }
 
-/// How a VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a VM ended (serde: the jailed VMM sends it to duet, see [`jail`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VmEnd {
     /// The guest wrote the workload's exit status to the exit port.
     Exited(WorkloadExit),
