@@ -12,27 +12,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The probe binary cargo builds beside duet (the busybox image takes it from there).
-fn probe_bin() -> PathBuf {
-    duet_bin().with_file_name("duet-probe")
-}
-
-/// Skips unless root, busybox and the duet-probe binary are there.
-fn skip_unless_root_and_probe(test: &str) -> bool {
-    if skip_unless_root(test) {
-        return true;
-    }
-    if !probe_bin().is_file() {
-        return skip(
-            test,
-            &format!(
-                "needs {} (cargo build -p duet-probe)",
-                probe_bin().display()
-            ),
-        );
-    }
-    false
-}
-
 #[test]
 fn probe_prints_json_with_schema() {
     let env = Env::new();

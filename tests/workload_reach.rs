@@ -9,20 +9,6 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The static probe beside the duet binary; busybox carries it as /bin/duet-probe.
-fn probe_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    let p = duet_bin().with_file_name("duet-probe");
-    if p.is_file() {
-        Some(p)
-    } else {
-        skip(
-            test,
-            "needs duet-probe beside duet (cargo build --workspace)",
-        );
-        None
-    }
-}
-
 #[test]
 fn inherited_fds_do_not_reach_the_workload() {
     if skip_unless_root("inherited_fds_do_not_reach_the_workload") {
@@ -208,10 +194,9 @@ fn run_on_a_terminal(env: &Env, args: &[&str]) -> (Option<i32>, String, String) 
 #[test]
 fn tiocsti_cannot_type_into_the_callers_terminal() {
     let test = "tiocsti_cannot_type_into_the_callers_terminal";
-    if skip_unless_root(test) {
+    if skip_unless_root_and_probe(test) {
         return;
     }
-    let Some(_) = probe_or_skip(test) else { return };
     let env = Env::new();
     let name = unique("tiocsti");
     let (code, shown, pending) = run_on_a_terminal(
@@ -270,10 +255,9 @@ fn a_terminal_gets_a_pty_of_its_own_and_is_restored() {
 #[test]
 fn setuid_files_a_container_plants_give_host_users_nothing() {
     let test = "setuid_files_a_container_plants_give_host_users_nothing";
-    if skip_unless_root(test) {
+    if skip_unless_root_and_probe(test) {
         return;
     }
-    let Some(_) = probe_or_skip(test) else { return };
     let env = Env::new();
     // A state root duet makes itself, below a directory every user can traverse.
     use std::os::unix::fs::PermissionsExt;

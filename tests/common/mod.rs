@@ -26,6 +26,22 @@ pub fn skip_unless_root(test: &str) -> bool {
     skip_unless_program(test, "/bin/busybox", "busybox-static")
 }
 
+/// Skips (see [`skip`]) unless root, busybox and the static `duet-probe`
+/// beside duet (which the busybox image then carries) are available.
+pub fn skip_unless_root_and_probe(test: &str) -> bool {
+    if skip_unless_root(test) {
+        return true;
+    }
+    let probe = duet_bin().with_file_name("duet-probe");
+    if !probe.is_file() {
+        return skip(
+            test,
+            &format!("needs {} (cargo build -p duet-probe)", probe.display()),
+        );
+    }
+    false
+}
+
 /// A private DUET_ROOT for one test.
 pub struct Env {
     pub root: tempfile::TempDir,
