@@ -8,7 +8,6 @@ use common::*;
 use duet_bench::report::Report;
 use duet_bench::startup::RowStatus;
 use duet_probe::ProbeReport;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The probe binary cargo builds beside duet (the busybox image takes it from there).
