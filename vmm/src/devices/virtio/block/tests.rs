@@ -992,3 +992,53 @@ fn every_bad_queue_configuration_fails_the_device_with_needs_reset() {
         );
     }
 }
+
+#[test]
+fn one_pass_stops_after_its_byte_budget() {
+    let mem = memory();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(64 << 20).unwrap();
+    let mut blk = Block::open(&BlockConfig {
+        path: f.path().to_path_buf(),
+        read_only: true,
+        serial: "duet-layer-0".into(),
+    })
+    .unwrap();
+    mem.write_slice(&header(VIRTIO_BLK_T_IN, 0), GuestAddress(BUF))
+        .unwrap();
+    // 16 reads of 8 MiB each (all into the same buffer): 128 MiB in one kick.
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), 64);
+    for i in 0..16u16 {
+        submit(
+            &mock,
+            3 * i,
+            &[
+                (BUF, 16, false),
+                (BUF + 0x1000, 8 << 20, true),
+                (BUF + 0x90_0000 + u64::from(i), 1, true),
+            ],
+        );
+    }
+    let mut q: Queue = mock.create_queue().unwrap();
+    let per_pass = (BYTES_PER_PASS / (8 << 20)) as usize;
+    let mut passes = 0;
+    loop {
+        let out = blk.process_queue(0, &mut q, &mem).unwrap();
+        passes += 1;
+        let served = used(&mock).len();
+        assert!(
+            served <= passes * per_pass,
+            "pass {passes}: {served} served"
+        );
+        assert!(out.interrupt);
+        if !out.more {
+            break;
+        }
+    }
+    assert_eq!(used(&mock).len(), 16);
+    assert_eq!(passes, 16 / per_pass);
+    assert_eq!(
+        blk.counters()["virtio.virtio-blk.duet-layer-0.read_bytes"],
+        128 << 20
+    );
+}
