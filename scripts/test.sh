@@ -16,6 +16,8 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 
 cargo build --workspace
+# The test-only guest kernel of tests/hostile_guest_testbed.rs (cached after the first build).
+images/kernel/build.sh --variant hostile >/dev/null
 tests/testbed/selftest.sh
 status=0
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?

@@ -61,7 +61,16 @@ pub fn missing() -> Option<String> {
 
 /// Runs `script` (a file under tests/testbed/) in one testbed boot.
 pub fn run_cases(script: &str) -> Result<BTreeMap<String, Case>, String> {
-    let out = std::process::Command::new(repo().join("tests/testbed/run"))
+    run_cases_with(script, &[])
+}
+
+/// Like [`run_cases`], with more `--file HOST[:GUEST]` arguments for the testbed.
+pub fn run_cases_with(script: &str, files: &[String]) -> Result<BTreeMap<String, Case>, String> {
+    let mut cmd = std::process::Command::new(repo().join("tests/testbed/run"));
+    for f in files {
+        cmd.args(["--file", f]);
+    }
+    let out = cmd
         .args(["--timeout", "900", "--file"])
         .arg(repo().join("tests/testbed/cases-lib.sh"))
         .arg("--file")
