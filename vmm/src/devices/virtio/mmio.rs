@@ -367,10 +367,28 @@ impl<D: VirtioDevice> MmioTransport<D> {
             _ => self.ignored_accesses += 1,
         }
     }
+
+    fn write_access(&mut self, _addr: u64, offset: u64, data: &[u8]) {
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            // virtio-blk's config space is read-only for duet's disks.
+            self.ignored_accesses += 1;
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            self.ignored_accesses += 1;
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            self.ignored_accesses += 1;
+            return;
+        }
+        self.write_register(offset as u32, u32::from_le_bytes(bytes));
+    }
 }
 
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, _addr: u64, offset: u64, data: &mut [u8]) {
+        // Before the read, so that InterruptStatus reports what this pass raises.
         self.resume_pending();
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
             self.device
@@ -386,24 +404,12 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         data.copy_from_slice(&v.to_le_bytes());
     }
 
-    fn write(&mut self, _addr: u64, offset: u64, data: &[u8]) {
+    fn write(&mut self, addr: u64, offset: u64, data: &[u8]) {
+        self.write_access(addr, offset, data);
+        // After the write, so that an InterruptACK does not clear what this pass raises.
         if offset != u64::from(VIRTIO_MMIO_QUEUE_NOTIFY) {
             self.resume_pending();
         }
-        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            // virtio-blk's config space is read-only for duet's disks.
-            self.ignored_accesses += 1;
-            return;
-        }
-        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            self.ignored_accesses += 1;
-            return;
-        };
-        if !offset.is_multiple_of(4) {
-            self.ignored_accesses += 1;
-            return;
-        }
-        self.write_register(offset as u32, u32::from_le_bytes(bytes));
     }
 }
 

@@ -811,6 +811,11 @@ fn work_left_at_the_budget_continues_on_the_drivers_next_register_access() {
     assert_eq!(requests(&t), 2 * u64::from(QLEN));
     wr(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
     assert_eq!(requests(&t), 40);
+    // The pass that ran on the ACK raised again, after the ACK cleared the bit.
+    assert_eq!(
+        rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+        VIRTIO_MMIO_INT_VRING
+    );
     // Nothing left: further accesses do no work.
     rd(&mut t, VIRTIO_MMIO_STATUS);
     assert_eq!(requests(&t), 40);
