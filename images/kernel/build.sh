@@ -10,12 +10,15 @@ set -euo pipefail
 
 usage() {
     cat <<EOF
-usage: images/kernel/build.sh [--install-source] [--jobs N] [--rebuild]
+usage: images/kernel/build.sh [--install-source] [--jobs N] [--rebuild] [--variant NAME]
 
   --install-source  run 'apt-get install linux-source-6.1' when the source
                     tarball is missing (needs root)
   --jobs N          parallel make jobs (default: nproc = $(nproc))
   --rebuild         ignore the cached result for these inputs
+  --variant NAME    also apply images/kernel/NAME.fragment (a test-only kernel,
+                    e.g. "hostile": /dev/mem for the hostile-guest test) and
+                    link the result as <cache>/NAME instead of <cache>/current
 
 Environment:
   DUET_KERNEL_SOURCE  kernel source tarball (default /usr/src/linux-source-6.1.tar.xz)
@@ -34,6 +37,7 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/duet/kernel"
 jobs="$(nproc)"
 install_source=0
 rebuild=0
+variant=""
 
 die() { echo "build.sh: error: $*" >&2; exit 1; }
 log() { echo "build.sh: $*" >&2; }
@@ -43,6 +47,7 @@ while [ $# -gt 0 ]; do
         --install-source) install_source=1 ;;
         --jobs) [ $# -ge 2 ] || die "--jobs needs a number"; jobs="$2"; shift ;;
         --rebuild) rebuild=1 ;;
+        --variant) [ $# -ge 2 ] || die "--variant needs a name"; variant="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -50,6 +55,14 @@ while [ $# -gt 0 ]; do
 done
 
 [ -f "$fragment" ] || die "config fragment not found: $fragment"
+fragments=("$fragment")
+link=current
+if [ -n "$variant" ]; then
+    [[ "$variant" =~ ^[a-z0-9-]+$ ]] && [ "$variant" != current ] || die "bad variant name: $variant"
+    fragments+=("$here/$variant.fragment")
+    [ -f "${fragments[1]}" ] || die "config fragment not found: ${fragments[1]}"
+    link="$variant"
+fi
 
 # --- kernel source --------------------------------------------------------
 if [ ! -f "$source_tar" ]; then
@@ -77,29 +90,32 @@ fi
 # --- parse the fragment ----------------------------------------------------
 enable=()
 disable=()
-lineno=0
-while IFS= read -r line || [ -n "$line" ]; do
-    lineno=$((lineno + 1))
-    line="${line%%#*}"
-    line="$(echo "$line" | tr -d '[:space:]')"
-    [ -n "$line" ] || continue
-    line="${line#CONFIG_}"
-    if [[ "$line" =~ ^[A-Z0-9_]+$ ]]; then
-        enable+=("$line")
-    elif [[ "$line" =~ ^([A-Z0-9_]+)=n$ ]]; then
-        disable+=("${BASH_REMATCH[1]}")
-    else
-        die "$fragment:$lineno: expected NAME or NAME=n, got '$line'"
-    fi
-done < "$fragment"
+for frag in "${fragments[@]}"; do
+    lineno=0
+    while IFS= read -r line || [ -n "$line" ]; do
+        lineno=$((lineno + 1))
+        line="${line%%#*}"
+        line="$(echo "$line" | tr -d '[:space:]')"
+        [ -n "$line" ] || continue
+        line="${line#CONFIG_}"
+        if [[ "$line" =~ ^[A-Z0-9_]+$ ]]; then
+            enable+=("$line")
+        elif [[ "$line" =~ ^([A-Z0-9_]+)=n$ ]]; then
+            disable+=("${BASH_REMATCH[1]}")
+        else
+            die "$frag:$lineno: expected NAME or NAME=n, got '$line'"
+        fi
+    done < "$frag"
+done
 [ ${#enable[@]} -gt 0 ] || die "$fragment enables no options"
 
-key="$(printf 'recipe %s\nsource %s\n' "$RECIPE" "$src_version" | cat - "$fragment" | sha256sum | cut -c1-16)"
+# Without a variant the key is what it always was (cached kernels stay valid).
+key="$(printf 'recipe %s\nsource %s\n' "$RECIPE" "$src_version" | cat - "${fragments[@]}" | sha256sum | cut -c1-16)"
 out="$cache/$key"
 
 publish() {
-    ln -sfn "$key" "$cache/current"
-    log "kernel: $out (linked from $cache/current)"
+    ln -sfn "$key" "$cache/$link"
+    log "kernel: $out (linked from $cache/$link)"
     echo "$out"
 }
 
@@ -173,7 +189,7 @@ cp vmlinux "$tmp/vmlinux"
 cp arch/x86/boot/bzImage "$tmp/bzImage"
 cp .config "$tmp/config"
 printf 'source: %s\nrecipe: %s\nfragment: %s\nbuilt: %s\n' \
-    "$src_version" "$RECIPE" "$fragment" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp/info"
+    "$src_version" "$RECIPE" "${fragments[*]}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$tmp/info"
 rm -rf "$out"
 mv "$tmp" "$out"
 log "built in $(( $(date +%s) - start )) s: vmlinux $(stat -c %s "$out/vmlinux") bytes, bzImage $(stat -c %s "$out/bzImage") bytes"

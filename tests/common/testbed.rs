@@ -67,12 +67,20 @@ pub fn duet_probe() -> PathBuf {
 /// Runs `script` (a file under tests/testbed/) in one testbed boot, with
 /// duet, duet-init and (if built) duet-probe packed in.
 pub fn run_cases(script: &str) -> Result<BTreeMap<String, Case>, String> {
+    run_cases_with(script, &[])
+}
+
+/// Like [`run_cases`], with more `--file HOST[:GUEST]` arguments for the testbed.
+pub fn run_cases_with(script: &str, files: &[String]) -> Result<BTreeMap<String, Case>, String> {
     let mut cmd = std::process::Command::new(repo().join("tests/testbed/run"));
     if duet_probe().is_file() {
         cmd.arg("--file").arg(format!(
             "{}:/usr/local/bin/duet-probe",
             duet_probe().display()
         ));
+    }
+    for f in files {
+        cmd.args(["--file", f]);
     }
     let out = cmd
         .args(["--timeout", "1200", "--file"])

@@ -1,6 +1,8 @@
 //! Routing of port I/O and MMIO exits to devices, with an exit counter per
 //! device and per unknown address (reads of unknown addresses return 0xff,
-//! writes are ignored).
+//! writes are ignored). The guest chooses the unknown addresses, so only the
+//! first [`MAX_UNKNOWN_ADDRESSES`] get a counter of their own; the rest are
+//! summed in `vm_exits.<kind>.unknown.other`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,16 @@ pub enum BusError {
     },
 }
 
+/// Distinct unknown addresses counted one by one, per bus.
+pub const MAX_UNKNOWN_ADDRESSES: usize = 64;
+
+/// Exit counts at addresses no device claims, bounded in size.
+#[derive(Default)]
+struct UnknownExits {
+    by_addr: BTreeMap<u64, u64>,
+    other: u64,
+}
+
 struct Range {
     base: u64,
     len: u64,
@@ -56,7 +68,7 @@ struct Range {
 pub struct Bus {
     kind: &'static str,
     ranges: Vec<Range>,
-    unknown: Mutex<BTreeMap<u64, u64>>,
+    unknown: Mutex<UnknownExits>,
 }
 
 impl Bus {
@@ -65,7 +77,7 @@ impl Bus {
         Bus {
             kind,
             ranges: Vec::new(),
-            unknown: Mutex::new(BTreeMap::new()),
+            unknown: Mutex::new(UnknownExits::default()),
         }
     }
 
@@ -117,12 +129,15 @@ impl Bus {
     }
 
     fn count_unknown(&self, addr: u64) {
-        *self
-            .unknown
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(addr)
-            .or_insert(0) += 1;
+        let mut u = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        let full = u.by_addr.len() >= MAX_UNKNOWN_ADDRESSES;
+        match u.by_addr.get_mut(&addr) {
+            Some(n) => *n += 1,
+            None if full => u.other += 1,
+            None => {
+                u.by_addr.insert(addr, 1);
+            }
+        }
     }
 
     /// Serves a guest read; returns whether a device handled it.
@@ -162,20 +177,20 @@ impl Bus {
         }
     }
 
-    /// Exit counts: `vm_exits.<kind>.<device>` and `vm_exits.<kind>.unknown.<addr>`.
+    /// Exit counts: `vm_exits.<kind>.<device>`, `vm_exits.<kind>.unknown.<addr>`
+    /// and (past [`MAX_UNKNOWN_ADDRESSES`]) `vm_exits.<kind>.unknown.other`.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         for r in &self.ranges {
             *out.entry(format!("vm_exits.{}.{}", self.kind, r.name))
                 .or_insert(0) += r.exits.load(Ordering::Relaxed);
         }
-        for (addr, n) in self
-            .unknown
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        let u = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, n) in &u.by_addr {
             out.insert(format!("vm_exits.{}.unknown.{addr:#x}", self.kind), *n);
+        }
+        if u.other > 0 {
+            out.insert(format!("vm_exits.{}.unknown.other", self.kind), u.other);
         }
         out
     }
@@ -245,6 +260,34 @@ mod tests {
         assert_eq!(c["vm_exits.mmio.unknown.0xd0001000"], 1);
         assert_eq!(c["vm_exits.mmio.unknown.0xcfffffff"], 2);
         assert_eq!(c["vm_exits.mmio.x"], 0);
+    }
+
+    #[test]
+    fn a_storm_of_distinct_unknown_addresses_keeps_the_table_at_its_cap() {
+        let mut bus = Bus::new("mmio");
+        bus.insert("x", 0xd000_0000, 0x1000, dev(1)).unwrap();
+        let mut d = [0u8; 4];
+        // A guest touching every page of a 4 GiB hole, once each, twice over.
+        for round in 0..2 {
+            for page in 0..100_000u64 {
+                let addr = 0x1_0000_0000 + page * 0x1000;
+                if round == 0 {
+                    assert!(!bus.read(addr, &mut d));
+                } else {
+                    assert!(!bus.write(addr, &[1]));
+                }
+            }
+        }
+        let c = bus.counters();
+        let unknown: Vec<_> = c
+            .iter()
+            .filter(|(k, _)| k.starts_with("vm_exits.mmio.unknown."))
+            .collect();
+        assert_eq!(unknown.len(), 64 + 1, "64 addresses and one 'other'");
+        assert_eq!(unknown.iter().map(|(_, n)| **n).sum::<u64>(), 200_000);
+        // The first addresses seen keep exact counts; the rest are summed.
+        assert_eq!(c["vm_exits.mmio.unknown.0x100000000"], 2);
+        assert_eq!(c["vm_exits.mmio.unknown.other"], 200_000 - 2 * 64);
     }
 
     #[test]

@@ -59,11 +59,9 @@ fn driver_code() -> Vec<u8> {
     c
 }
 
-/// The register writes Linux's virtio_mmio driver makes to bring up queue 0 and notify it.
-fn register_writes(
-    base: u64,
-    mock: &MockSplitQueue<duet_vmm::memory::GuestMemory>,
-) -> Vec<(u64, u32)> {
+/// The register writes Linux's virtio_mmio driver makes to bring up queue 0
+/// with its rings at [desc, avail, used] (and, if `notify`, to notify it).
+fn register_writes(base: u64, rings: [GuestAddress; 3], notify: bool) -> Vec<(u64, u32)> {
     let s1 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
     let s2 = s1 | VIRTIO_CONFIG_S_DRIVER;
     let s3 = s2 | VIRTIO_CONFIG_S_FEATURES_OK;
@@ -80,16 +78,21 @@ fn register_writes(
         (VIRTIO_MMIO_QUEUE_NUM, 16),
     ];
     for (reg, addr) in [
-        (VIRTIO_MMIO_QUEUE_DESC_LOW, mock.desc_table_addr()),
-        (VIRTIO_MMIO_QUEUE_AVAIL_LOW, mock.avail_addr()),
-        (VIRTIO_MMIO_QUEUE_USED_LOW, mock.used_addr()),
-    ] {
+        VIRTIO_MMIO_QUEUE_DESC_LOW,
+        VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+        VIRTIO_MMIO_QUEUE_USED_LOW,
+    ]
+    .into_iter()
+    .zip(rings)
+    {
         w.push((reg, addr.0 as u32));
         w.push((reg + 4, (addr.0 >> 32) as u32));
     }
     w.push((VIRTIO_MMIO_QUEUE_READY, 1));
     w.push((VIRTIO_MMIO_STATUS, s3 | VIRTIO_CONFIG_S_DRIVER_OK));
-    w.push((VIRTIO_MMIO_QUEUE_NOTIFY, 0));
+    if notify {
+        w.push((VIRTIO_MMIO_QUEUE_NOTIFY, 0));
+    }
     w.into_iter()
         .map(|(reg, v)| (base + u64::from(reg), v))
         .collect()
@@ -148,7 +151,8 @@ fn run_driver(
     mock.add_desc_chains(&raw, 0).unwrap();
     let (base, _irq) = virtio::slot(0).unwrap();
     let mut table = Vec::new();
-    for (addr, v) in register_writes(base, &mock) {
+    let rings = [mock.desc_table_addr(), mock.avail_addr(), mock.used_addr()];
+    for (addr, v) in register_writes(base, rings, true) {
         table.extend_from_slice(&addr.to_le_bytes());
         table.extend_from_slice(&u64::from(v).to_le_bytes());
     }
@@ -210,4 +214,134 @@ fn a_malformed_chain_from_the_guest_is_an_io_error_and_the_vm_goes_on() {
         assert_eq!(c["virtio.virtio-blk.duet-layer-0.errors"], 1);
         assert_eq!(c["virtio.virtio-blk.duet-layer-0.read_bytes"], 0);
     }
+}
+
+/// The hostile guest: performs the table's writes, then writes QueueNotify forever.
+fn notify_forever_code(notify: u64) -> Vec<u8> {
+    let mut c = vec![0x48, 0xbe]; // mov rsi, TABLE
+    c.extend_from_slice(&TABLE.to_le_bytes());
+    c.extend_from_slice(&[
+        0x48, 0x8b, 0x3e, // loop: mov rdi, [rsi]
+        0x48, 0x85, 0xff, // test rdi, rdi
+        0x74, 0x0b, // jz done
+        0x8b, 0x46, 0x08, // mov eax, [rsi+8]
+        0x89, 0x07, // mov [rdi], eax
+        0x48, 0x83, 0xc6, 0x10, // add rsi, 16
+        0xeb, 0xed, // jmp loop
+        0x48, 0xbf, // done: mov rdi, notify
+    ]);
+    c.extend_from_slice(&notify.to_le_bytes());
+    c.extend_from_slice(&[
+        0x31, 0xc0, // xor eax, eax
+        0x89, 0x07, // spin: mov [rdi], eax
+        0xeb, 0xfc, // jmp spin
+    ]);
+    c
+}
+
+/// The avail ring of the steering guest, and the header inside its 512 bytes.
+const AVAIL: u64 = 0x14_0000;
+const HEADER_IN_AVAIL: usize = 64;
+
+#[test]
+fn a_guest_that_steers_the_devices_dma_into_its_avail_ring_is_still_stopped_on_time() {
+    if !kvm_usable() {
+        return;
+    }
+    // 65536 sectors: sector s, read over the avail ring, makes request s + 1
+    // available (idx s + 2, wrapping like the index) and points the header,
+    // which sits in the same 512 bytes, at sector s + 1. Once started, the
+    // queue is never empty: an endless stream of requests from one notify.
+    const SECTORS: usize = 1 << 16;
+    let mut image = vec![0u8; SECTORS * 512];
+    for (s, sector) in image.chunks_mut(512).enumerate() {
+        sector[2..4].copy_from_slice(&((s + 2) as u16).to_le_bytes());
+        let h = header(0, ((s + 1) % SECTORS) as u64);
+        sector[HEADER_IN_AVAIL..HEADER_IN_AVAIL + 16].copy_from_slice(&h);
+    }
+    let mut disk = tempfile::NamedTempFile::new().unwrap();
+    disk.write_all(&image).unwrap();
+    let mut vm = Vm::new(VmOptions {
+        memory_mib: 2,
+        vcpus: 1,
+        irqchip: true,
+        seccomp: true,
+    })
+    .expect("create VM");
+    vm.attach_legacy_devices(ConsoleConfig {
+        mode: ConsoleMode::Forward,
+        sink: Box::new(std::io::sink()),
+        input: ConsoleInput::None,
+    })
+    .unwrap();
+    vm.attach_disks(&[BlockConfig {
+        path: disk.path().to_path_buf(),
+        read_only: true,
+        serial: "duet-layer-0".into(),
+    }])
+    .unwrap();
+    let mem = vm.memory().clone();
+    let mock = MockSplitQueue::create(&mem, GuestAddress(RINGS), 16);
+    let chain = [
+        (AVAIL + HEADER_IN_AVAIL as u64, 16, 0),
+        (AVAIL, 512, VRING_DESC_F_WRITE),
+        (STATUS, 1, VRING_DESC_F_WRITE),
+    ];
+    let raw: Vec<RawDescriptor> = chain
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, w))| {
+            let flags = if i + 1 < chain.len() {
+                w | VRING_DESC_F_NEXT
+            } else {
+                w
+            };
+            RawDescriptor::from(Descriptor::new(addr, len, flags as u16, i as u16 + 1))
+        })
+        .collect();
+    mock.add_desc_chains(&raw, 0).unwrap();
+    mem.write_slice(&image[..512], GuestAddress(AVAIL)).unwrap();
+    mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+    let (base, _irq) = virtio::slot(0).unwrap();
+    let rings = [
+        mock.desc_table_addr(),
+        GuestAddress(AVAIL),
+        mock.used_addr(),
+    ];
+    let mut table = Vec::new();
+    for (addr, v) in register_writes(base, rings, false) {
+        table.extend_from_slice(&addr.to_le_bytes());
+        table.extend_from_slice(&u64::from(v).to_le_bytes());
+    }
+    table.extend_from_slice(&[0u8; 16]);
+    mem.write_slice(&table, GuestAddress(TABLE)).unwrap();
+    vm.write_code(
+        CODE,
+        &notify_forever_code(base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY)),
+    )
+    .unwrap();
+    let cr3 = vm.setup_long_mode().unwrap();
+    vm.create_vcpus(CpuMode::Long {
+        rip: CODE,
+        rsi: 0,
+        cr3,
+    })
+    .unwrap();
+    let mut report = RunReport::start("vm", "virtio", "none");
+    let timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let outcome = vm
+        .run(Some(timeout), &mut report)
+        .expect("the VM stops within the grace period");
+    let took = started.elapsed();
+    let c = outcome.counters;
+    assert_eq!(outcome.end, VmEnd::Timeout(timeout), "{c:?}");
+    assert!(took < timeout + Duration::from_secs(2), "took {took:?}");
+    let requests = c["virtio.virtio-blk.duet-layer-0.requests"];
+    let notifies = c["virtio.virtio-blk.duet-layer-0.notifies"];
+    assert!(requests > 16, "the guest kept the device busy: {c:?}");
+    assert!(
+        requests <= 16 * notifies,
+        "at most a queue's worth per notify: {c:?}"
+    );
 }

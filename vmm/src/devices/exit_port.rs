@@ -1,6 +1,7 @@
 //! duet's ready/exit device (ports and encoding: duet_shared::guest_abi).
-//! A ready write stamps the time and starts console forwarding; an exit
-//! status write stamps the time and stops the VM.
+//! The first ready write stamps the time and starts console forwarding; the
+//! first exit status write stamps the time and stops the VM. Later writes
+//! are ignored, so a guest cannot flood the VMM with events.
 
 use crate::bus::BusDevice;
 use crate::console::Console;
@@ -15,6 +16,10 @@ pub struct ExitPort {
     events: EventSender,
     stop: Arc<AtomicBool>,
     console: Arc<Console>,
+    /// Ready and exit are reported once each: a guest writing the ports in
+    /// a loop must not fill the event channel (or the report's timeline).
+    ready_sent: bool,
+    exit_sent: bool,
 }
 
 impl ExitPort {
@@ -24,6 +29,8 @@ impl ExitPort {
             events,
             stop,
             console,
+            ready_sent: false,
+            exit_sent: false,
         }
     }
 }
@@ -36,9 +43,13 @@ impl BusDevice for ExitPort {
     fn write(&mut self, addr: u64, offset: u64, data: &[u8]) {
         let at_ns = monotonic_ns();
         if addr == u64::from(READY_PORT) {
-            self.console.start_forwarding();
-            let _ = self.events.send(VmEvent::Ready { at_ns });
-        } else if addr == u64::from(EXIT_PORT) && offset == 0 {
+            if !self.ready_sent {
+                self.ready_sent = true;
+                self.console.start_forwarding();
+                let _ = self.events.send(VmEvent::Ready { at_ns });
+            }
+        } else if addr == u64::from(EXIT_PORT) && offset == 0 && !self.exit_sent {
+            self.exit_sent = true;
             let mut raw = [0u8; 4];
             let n = data.len().min(4);
             raw[..n].copy_from_slice(&data[..n]);
@@ -56,6 +67,24 @@ impl BusDevice for ExitPort {
 mod tests {
     use super::*;
     use crate::console::{ConsoleMode, SharedBuffer};
+
+    #[test]
+    fn a_guest_writing_ready_and_exit_in_a_loop_sends_each_event_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let console = Console::new(ConsoleMode::Workload, Box::new(std::io::sink()));
+        let mut p = ExitPort::new(tx, stop, console);
+        for _ in 0..10_000 {
+            p.write(0x510, 0, &[1]);
+        }
+        for _ in 0..10_000 {
+            p.write(0x514, 0, &7u32.to_le_bytes());
+        }
+        let events: Vec<_> = rx.try_iter().collect();
+        assert_eq!(events.len(), 2, "{:?}", &events[..events.len().min(4)]);
+        assert!(matches!(events[0], VmEvent::Ready { .. }));
+        assert!(matches!(events[1], VmEvent::Exit { status: 7, .. }));
+    }
 
     #[test]
     fn ready_then_exit() {

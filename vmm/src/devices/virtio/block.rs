@@ -1,7 +1,9 @@
 //! virtio-blk: a disk backed by a host file, read-only or read-write.
 //!
 //! Features: VERSION_1, EVENT_IDX, SEG_MAX (so Linux sends many segments per
-//! request instead of one), RO for read-only disks, FLUSH for writable ones.
+//! request instead of one), SIZE_MAX (which with SEG_MAX bounds a request to
+//! [`MAX_REQUEST_BYTES`]), RO for read-only disks, FLUSH for writable ones.
+//! Not INDIRECT_DESC: a chain with an indirect descriptor is refused.
 //! Requests: IN (read), OUT (write), FLUSH, GET_ID (the serial number Linux
 //! shows as `/sys/block/vdX/serial`; duet's guest init finds disks by it).
 //!
@@ -19,19 +21,34 @@
 //! length that is not a multiple of 512, sectors past the end, buffers
 //! outside guest memory, a write to a read-only disk. A chain with no
 //! writable byte at all has nowhere to put a status: it is returned with
-//! length 0 and counted in `virtio.<name>.malformed`.
+//! length 0 and counted in `virtio.<name>.malformed`, as is a chain with an
+//! indirect descriptor (INDIRECT_DESC was not negotiated).
+//!
+//! The work of one notification is bounded, whatever the driver puts in the
+//! rings (a hostile guest can make the device's own DMA move the avail index,
+//! so "until the ring is empty" may be never): at most one queue's worth of
+//! chains and [`BYTES_PER_PASS`] of data per pass. Work left over is reported
+//! ([`QueueOutcome::more`]); the transport interrupts the driver and goes on
+//! at its next register access (Linux's interrupt handler reads
+//! InterruptStatus), so each exit does a bounded amount and the vCPU thread
+//! always gets back to its stop flag.
 
-use super::{QueueFailure, QueueOutcome, VirtioDevice, F_EVENT_IDX, F_VERSION_1, TYPE_BLOCK};
+use super::{
+    QueueFailure, QueueOutcome, VirtioDevice, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
+};
 use crate::memory::GuestMemory;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::num::Wrapping;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -47,6 +64,19 @@ pub const SERIAL_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Offset of seg_max in struct virtio_blk_config.
 const CONFIG_SEG_MAX: usize = 12;
+/// Offset of size_max (largest data segment) in struct virtio_blk_config.
+const CONFIG_SIZE_MAX: usize = 8;
+/// Largest data segment announced in size_max. Linux's default largest
+/// request (max_sectors_kb 1280) takes 10 such segments.
+pub const SIZE_MAX: u32 = 128 << 10;
+/// Largest request the device serves (seg_max segments of size_max bytes);
+/// a driver that keeps to the config space never sends more. Larger ones
+/// get VIRTIO_BLK_S_IOERR.
+pub const MAX_REQUEST_BYTES: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
+/// Data one pass over the queue moves before it yields (it finishes the
+/// request that crosses the line): with [`MAX_REQUEST_BYTES`], an exit
+/// copies at most about 64 MiB.
+pub const BYTES_PER_PASS: u64 = 32 << 20;
 /// Bytes of config space served (capacity, size_max, seg_max, geometry, blk_size).
 const CONFIG_LEN: usize = 24;
 
@@ -97,6 +127,7 @@ struct Stats {
     flushes: u64,
     errors: u64,
     malformed: u64,
+    budget_yields: u64,
 }
 
 /// A virtio-blk device backed by a file.
@@ -109,6 +140,7 @@ pub struct Block {
     serial: [u8; SERIAL_LEN],
     sectors: u64,
     config: [u8; CONFIG_LEN],
+    acked_features: u64,
     stats: Stats,
 }
 
@@ -117,6 +149,8 @@ pub struct Block {
 struct Done {
     status: u8,
     data_written: u32,
+    /// Bytes moved between the file and guest memory.
+    moved: u64,
 }
 
 impl Done {
@@ -124,6 +158,7 @@ impl Done {
         Done {
             status: status as u8,
             data_written: 0,
+            moved: 0,
         }
     }
 }
@@ -134,6 +169,8 @@ struct Parts {
     writable: Vec<(GuestAddress, usize)>,
     /// A readable descriptor came after a writable one.
     misordered: bool,
+    /// The chain has an indirect descriptor (and INDIRECT_DESC is off).
+    indirect: bool,
 }
 
 impl Block {
@@ -173,6 +210,7 @@ impl Block {
         let mut config = [0u8; CONFIG_LEN];
         config[..8].copy_from_slice(&sectors.to_le_bytes());
         config[CONFIG_SEG_MAX..CONFIG_SEG_MAX + 4].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[CONFIG_SIZE_MAX..CONFIG_SIZE_MAX + 4].copy_from_slice(&SIZE_MAX.to_le_bytes());
         let mut id = [0u8; SERIAL_LEN];
         id[..serial.len()].copy_from_slice(serial);
         Ok(Block {
@@ -183,6 +221,7 @@ impl Block {
             serial: id,
             sectors,
             config,
+            acked_features: 0,
             stats: Stats::default(),
         })
     }
@@ -197,13 +236,15 @@ impl Block {
         self.sectors
     }
 
-    fn split(chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>) -> Parts {
+    fn split(chain: impl Iterator<Item = Descriptor>) -> Parts {
         let mut parts = Parts {
             readable: Vec::new(),
             writable: Vec::new(),
             misordered: false,
+            indirect: false,
         };
         for d in chain {
+            parts.indirect |= d.refers_to_indirect_table();
             let seg = (d.addr(), d.len() as usize);
             if d.is_write_only() {
                 parts.writable.push(seg);
@@ -215,17 +256,34 @@ impl Block {
         parts
     }
 
-    /// Handles one chain; returns the used length to report (0 if no status could be written).
+    /// Handles one chain; returns the used length to report (0 if no
+    /// status could be written) and the data bytes moved.
     fn handle_chain(
         &mut self,
         chain: virtio_queue::DescriptorChain<&GuestMemory>,
+        queue: &Queue,
         mem: &GuestMemory,
-    ) -> u32 {
+    ) -> (u32, u64) {
         self.stats.requests += 1;
-        let parts = Self::split(chain);
+        let parts = if self.acked_features & F_INDIRECT_DESC != 0 {
+            Self::split(chain)
+        } else {
+            // virtio-queue's iterator would follow an indirect table: walk
+            // the chain here, reading each descriptor once, and stop at one.
+            Self::split(direct_chain(
+                mem,
+                GuestAddress(queue.desc_table()),
+                queue.size(),
+                chain.head_index(),
+            ))
+        };
+        if parts.indirect {
+            self.stats.malformed += 1;
+            return (0, 0);
+        }
         let Some(status_at) = last_byte(&parts.writable) else {
             self.stats.malformed += 1;
-            return 0;
+            return (0, 0);
         };
         let mut data_in = parts.writable.clone();
         truncate_segments(&mut data_in, 1);
@@ -238,10 +296,10 @@ impl Block {
             self.stats.errors += 1;
         }
         match mem.write_obj(done.status, status_at) {
-            Ok(()) => done.data_written + 1,
+            Ok(()) => (done.data_written + 1, done.moved),
             Err(_) => {
                 self.stats.malformed += 1;
-                0
+                (0, done.moved)
             }
         }
     }
@@ -284,6 +342,7 @@ impl Block {
                 Done {
                     status: VIRTIO_BLK_S_OK as u8,
                     data_written: written,
+                    moved: 0,
                 }
             }
             _ => Done::status(VIRTIO_BLK_S_UNSUPP),
@@ -301,7 +360,7 @@ impl Block {
         let in_range = sector
             .checked_add(len / SECTOR_SIZE)
             .is_some_and(|end| end <= self.sectors);
-        if !len.is_multiple_of(SECTOR_SIZE) || !in_range || len > u64::from(u32::MAX) {
+        if !len.is_multiple_of(SECTOR_SIZE) || !in_range || len > MAX_REQUEST_BYTES {
             return Done::status(VIRTIO_BLK_S_IOERR);
         }
         let Some(slices) = guest_slices(segments, mem) else {
@@ -317,14 +376,48 @@ impl Block {
                 Done {
                     status: VIRTIO_BLK_S_OK as u8,
                     data_written: len as u32,
+                    moved: len,
                 }
             }
             Direction::Write => {
                 self.stats.write_bytes += len;
-                Done::status(VIRTIO_BLK_S_OK)
+                Done {
+                    moved: len,
+                    ..Done::status(VIRTIO_BLK_S_OK)
+                }
             }
         }
     }
+}
+
+/// The descriptors of the chain at `head` in the table at `table` (`size`
+/// entries), each read once: it ends at a descriptor without NEXT, a next
+/// index outside the table, after `size` descriptors (a loop), before the
+/// chain passes 2^32 bytes, or with an indirect descriptor (returned last,
+/// so the caller sees it).
+fn direct_chain(
+    mem: &GuestMemory,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+) -> impl Iterator<Item = Descriptor> + '_ {
+    let mut next = Some(head);
+    let mut left = size;
+    let mut bytes = 0u32;
+    std::iter::from_fn(move || {
+        let index = next.take()?;
+        if index >= size || left == 0 {
+            return None;
+        }
+        left -= 1;
+        let at = table.checked_add(u64::from(index) * 16)?;
+        let d: Descriptor = mem.read_obj(at).ok()?;
+        bytes = bytes.checked_add(d.len())?;
+        if d.has_next() && !d.refers_to_indirect_table() {
+            next = Some(d.next());
+        }
+        Some(d)
+    })
 }
 
 /// Address of the last byte of a list of segments.
@@ -474,7 +567,8 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = F_VERSION_1 | F_EVENT_IDX | (1 << VIRTIO_BLK_F_SEG_MAX);
+        let mut f =
+            F_VERSION_1 | F_EVENT_IDX | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_SIZE_MAX);
         if self.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
         } else {
@@ -497,9 +591,13 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn activate(&mut self, _acked_features: u64) {}
+    fn activate(&mut self, acked_features: u64) {
+        self.acked_features = acked_features;
+    }
 
-    fn reset(&mut self) {}
+    fn reset(&mut self) {
+        self.acked_features = 0;
+    }
 
     fn process_queue(
         &mut self,
@@ -512,23 +610,34 @@ impl VirtioDevice for Block {
             queue: index,
             source,
         };
+        let mut chains_left = queue.size();
+        let mut moved = 0u64;
         let mut used_any = false;
+        let mut more = false;
         loop {
             queue
                 .disable_notification(mem)
                 .map_err(|e| fail(&self.name, e))?;
-            loop {
+            while chains_left > 0 && moved < BYTES_PER_PASS {
                 let chain = match queue.iter(mem) {
                     Ok(mut it) => it.next(),
                     Err(e) => return Err(fail(&self.name, e)),
                 };
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
-                let len = self.handle_chain(chain, mem);
+                let (len, bytes) = self.handle_chain(chain, queue, mem);
                 queue
                     .add_used(mem, head, len)
                     .map_err(|e| fail(&self.name, e))?;
                 used_any = true;
+                chains_left -= 1;
+                moved += bytes;
+            }
+            let spent = chains_left == 0 || moved >= BYTES_PER_PASS;
+            if spent && has_more(queue, mem).map_err(|e| fail(&self.name, e))? {
+                // Notifications stay off: the transport comes back for the rest.
+                more = true;
+                break;
             }
             if !queue
                 .enable_notification(mem)
@@ -536,12 +645,24 @@ impl VirtioDevice for Block {
             {
                 break;
             }
+            if spent {
+                more = true;
+                break;
+            }
         }
-        let interrupt = used_any
+        if more {
+            self.stats.budget_yields += 1;
+        }
+        let wanted = used_any
             && queue
                 .needs_notification(mem)
                 .map_err(|e| fail(&self.name, e))?;
-        Ok(QueueOutcome { interrupt })
+        // Work left over: interrupt whatever the suppression says, so that
+        // the driver comes back (and its register accesses resume the work).
+        Ok(QueueOutcome {
+            interrupt: wanted || (more && used_any),
+            more,
+        })
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {
@@ -553,6 +674,7 @@ impl VirtioDevice for Block {
             ("flushes", s.flushes),
             ("errors", s.errors),
             ("malformed", s.malformed),
+            ("budget_yields", s.budget_yields),
         ]
         .into_iter()
         .map(|(k, v)| (format!("virtio.{}.{k}", self.name), v))
@@ -560,5 +682,13 @@ impl VirtioDevice for Block {
     }
 }
 
+/// Whether the driver made chains available that the device has not taken.
+fn has_more(queue: &Queue, mem: &GuestMemory) -> Result<bool, virtio_queue::Error> {
+    let idx = queue.avail_idx(mem, Ordering::Acquire)?;
+    Ok(idx != Wrapping(queue.next_avail()))
+}
+
+#[cfg(test)]
+mod chain_props;
 #[cfg(test)]
 mod tests;

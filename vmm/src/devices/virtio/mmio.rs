@@ -7,7 +7,17 @@
 //! A guest that misprograms the transport never stops the VMM: accesses of
 //! the wrong width or to unknown registers are counted and ignored, and a
 //! queue the device cannot use sets DEVICE_NEEDS_RESET (with a config-change
-//! interrupt, as the virtio spec asks) until the driver resets the device.
+//! interrupt, as the virtio spec asks) until the driver resets the device:
+//! a QueueNum of 0, above QueueNumMax or not a power of two; ring addresses
+//! off the split ring's alignment (descriptor table 16, avail 2, used 4);
+//! rings outside guest memory (checked when the driver writes QueueReady,
+//! which then reads back 0, and again at DRIVER_OK); an avail index that
+//! runs ahead of the ring.
+//!
+//! Work per exit is bounded: a QueueNotify runs one bounded pass of the
+//! device ([`QueueOutcome`](super::QueueOutcome)`::more`); what is left
+//! waits for the driver's next access to the transport (any register but
+//! QueueNotify, which runs its own pass), each access running one more pass.
 
 use super::{VirtioDevice, F_EVENT_IDX, F_VERSION_1};
 use crate::bus::BusDevice;
@@ -19,6 +29,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 /// "virt" in little endian, the first register of every virtio-mmio device.
@@ -45,6 +56,9 @@ pub struct MmioTransport<D: VirtioDevice> {
     interrupts: u64,
     ignored_accesses: u64,
     queue_failures: u64,
+    resumed_passes: u64,
+    /// Queues whose last pass stopped at its budget with work left.
+    pending: Vec<bool>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -56,7 +70,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .iter()
             .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
             .collect();
+        let pending = vec![false; device.queue_max_sizes().len()];
         MmioTransport {
+            pending,
+            resumed_passes: 0,
             device,
             mem,
             irq,
@@ -99,6 +116,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             ("interrupts", self.interrupts),
             ("ignored_accesses", self.ignored_accesses),
             ("queue_failures", self.queue_failures),
+            ("resumed_passes", self.resumed_passes),
         ] {
             c.insert(format!("virtio.{name}.{k}"), v);
         }
@@ -127,11 +145,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.acked_features = 0;
         self.status = 0;
         self.interrupt_status = 0;
+        self.pending.fill(false);
     }
 
     /// The device cannot go on until the driver resets it.
     fn needs_reset(&mut self) {
         self.queue_failures += 1;
+        self.pending.fill(false);
         if self.status & VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
             self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
             self.config_generation = self.config_generation.wrapping_add(1);
@@ -201,13 +221,82 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.ignored_accesses += 1;
             return;
         }
+        self.run_queue(i);
+    }
+
+    /// One bounded pass of the device over queue `i` (live and ready).
+    fn run_queue(&mut self, i: usize) {
         match self.device.process_queue(i, &mut self.queues[i], &self.mem) {
             Ok(out) => {
+                self.pending[i] = out.more;
                 if out.interrupt {
                     self.raise(VIRTIO_MMIO_INT_VRING);
                 }
             }
             Err(_) => self.needs_reset(),
+        }
+    }
+
+    /// Goes on with work an earlier pass left at its budget: one more pass
+    /// per pending queue, on this access.
+    fn resume_pending(&mut self) {
+        for i in 0..self.pending.len() {
+            if !self.pending[i] {
+                continue;
+            }
+            self.pending[i] = false;
+            if self.live() && self.queues[i].ready() {
+                self.resumed_passes += 1;
+                self.run_queue(i);
+            }
+        }
+    }
+
+    /// Makes the selected queue ready if its configuration is usable;
+    /// otherwise refuses (QueueReady stays 0) and fails the device.
+    fn queue_ready(&mut self) {
+        let failed = self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0;
+        let Some(q) = self.queues.get_mut(self.queue_sel as usize) else {
+            self.ignored_accesses += 1;
+            return;
+        };
+        q.set_ready(true);
+        // is_valid: every ring lies in guest memory (sizes and alignment
+        // were checked as they were written).
+        if failed || !q.is_valid(&self.mem) {
+            q.set_ready(false);
+            self.needs_reset();
+        }
+    }
+
+    /// A QueueNum, QueueDesc, QueueAvail or QueueUsed write to a queue that
+    /// is not ready; a value the split ring cannot have fails the device.
+    fn write_queue_config(&mut self, offset: u32, v: u32) {
+        let Some(q) = self.selected_queue().filter(|q| !q.ready()) else {
+            self.ignored_accesses += 1;
+            return;
+        };
+        let half = |old: u64| {
+            if offset.is_multiple_of(8) {
+                (old & !0xffff_ffff) | u64::from(v)
+            } else {
+                (old & 0xffff_ffff) | (u64::from(v) << 32)
+            }
+        };
+        let ok = match offset & !4 {
+            VIRTIO_MMIO_QUEUE_NUM => u16::try_from(v)
+                .map_err(|_| virtio_queue::Error::InvalidSize)
+                .and_then(|n| q.try_set_size(n)),
+            VIRTIO_MMIO_QUEUE_DESC_LOW => {
+                q.try_set_desc_table_address(GuestAddress(half(q.desc_table())))
+            }
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
+                q.try_set_avail_ring_address(GuestAddress(half(q.avail_ring())))
+            }
+            _ => q.try_set_used_ring_address(GuestAddress(half(q.used_ring()))),
+        };
+        if ok.is_err() {
+            self.needs_reset();
         }
     }
 
@@ -256,15 +345,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 }
             }
             VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
-            VIRTIO_MMIO_QUEUE_NUM if queue_setup => match self.selected_queue() {
-                Some(q) if !q.ready() && v <= u32::from(u16::MAX) => q.set_size(v as u16),
-                _ => self.ignored_accesses += 1,
-            },
+            VIRTIO_MMIO_QUEUE_READY if queue_setup && v == 1 => self.queue_ready(),
             VIRTIO_MMIO_QUEUE_READY if queue_setup => match self.selected_queue() {
-                Some(q) => q.set_ready(v == 1),
+                Some(q) => q.set_ready(false),
                 None => self.ignored_accesses += 1,
             },
-            VIRTIO_MMIO_QUEUE_DESC_LOW
+            VIRTIO_MMIO_QUEUE_NUM
+            | VIRTIO_MMIO_QUEUE_DESC_LOW
             | VIRTIO_MMIO_QUEUE_DESC_HIGH
             | VIRTIO_MMIO_QUEUE_AVAIL_LOW
             | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
@@ -272,20 +359,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             | VIRTIO_MMIO_QUEUE_USED_HIGH
                 if queue_setup =>
             {
-                let Some(q) = self.selected_queue().filter(|q| !q.ready()) else {
-                    self.ignored_accesses += 1;
-                    return;
-                };
-                let (lo, hi) = if offset.is_multiple_of(8) {
-                    (Some(v), None)
-                } else {
-                    (None, Some(v))
-                };
-                match offset & !4 {
-                    VIRTIO_MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(lo, hi),
-                    VIRTIO_MMIO_QUEUE_AVAIL_LOW => q.set_avail_ring_address(lo, hi),
-                    _ => q.set_used_ring_address(lo, hi),
-                }
+                self.write_queue_config(offset, v)
             }
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(v),
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt_status &= !v,
@@ -293,25 +367,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             _ => self.ignored_accesses += 1,
         }
     }
-}
 
-impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
-    fn read(&mut self, _addr: u64, offset: u64, data: &mut [u8]) {
-        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            self.device
-                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
-            return;
-        }
-        if data.len() != 4 || !offset.is_multiple_of(4) {
-            self.ignored_accesses += 1;
-            data.fill(0);
-            return;
-        }
-        let v = self.read_register(offset as u32);
-        data.copy_from_slice(&v.to_le_bytes());
-    }
-
-    fn write(&mut self, _addr: u64, offset: u64, data: &[u8]) {
+    fn write_access(&mut self, _addr: u64, offset: u64, data: &[u8]) {
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
             // virtio-blk's config space is read-only for duet's disks.
             self.ignored_accesses += 1;
@@ -326,6 +383,33 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             return;
         }
         self.write_register(offset as u32, u32::from_le_bytes(bytes));
+    }
+}
+
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, _addr: u64, offset: u64, data: &mut [u8]) {
+        // Before the read, so that InterruptStatus reports what this pass raises.
+        self.resume_pending();
+        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+            self.device
+                .read_config(offset - u64::from(VIRTIO_MMIO_CONFIG), data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            self.ignored_accesses += 1;
+            data.fill(0);
+            return;
+        }
+        let v = self.read_register(offset as u32);
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn write(&mut self, addr: u64, offset: u64, data: &[u8]) {
+        self.write_access(addr, offset, data);
+        // After the write, so that an InterruptACK does not clear what this pass raises.
+        if offset != u64::from(VIRTIO_MMIO_QUEUE_NOTIFY) {
+            self.resume_pending();
+        }
     }
 }
 

@@ -22,6 +22,14 @@
 //! Every register access is counted per device (`vm_exits.mmio.<device>`),
 //! and the device counts notifies, requests and interrupts, so the choice
 //! can be revisited with numbers.
+//!
+//! Because that work runs on a vCPU thread while it holds the device's lock,
+//! it is bounded per exit whatever the guest puts in the rings: one pass
+//! serves at most a queue's worth of chains and a fixed amount of data, and
+//! what is left waits for the driver's next register access
+//! ([`QueueOutcome::more`]). So the thread always returns to its stop flag,
+//! and the VM stops within the grace period (`vm::STOP_GRACE`) even if the
+//! guest makes the device's own DMA refill the avail ring.
 
 pub mod block;
 pub mod mmio;
@@ -48,6 +56,9 @@ pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 /// Feature bit: the device follows virtio 1.x (required by the modern transport).
 pub const F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// Feature bit: descriptors may point at tables of descriptors (never
+/// offered by duet's devices, so such chains are refused).
+pub const F_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// Feature bit: used_event/avail_event suppress notifications and interrupts.
 pub const F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
@@ -66,6 +77,9 @@ pub fn cmdline_option(base: u64, irq: u32) -> String {
 pub struct QueueOutcome {
     /// Interrupt the driver (used buffers were added and it wants to know).
     pub interrupt: bool,
+    /// The device stopped at its per-pass budget with chains still
+    /// available: the transport must call again (bounded work per exit).
+    pub more: bool,
 }
 
 /// The queue itself is unusable (bad ring addresses, an avail index that
@@ -99,7 +113,8 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, acked_features: u64);
     /// The driver reset the device.
     fn reset(&mut self);
-    /// Processes what the driver made available on queue `index`.
+    /// Processes what the driver made available on queue `index`, up to a
+    /// bounded amount of work per call (see [`QueueOutcome::more`]).
     fn process_queue(
         &mut self,
         index: usize,

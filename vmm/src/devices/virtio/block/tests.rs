@@ -475,21 +475,39 @@ fn bring_up(
     if status & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
         return status;
     }
+    setup_queue(
+        t,
+        u32::from(QLEN),
+        [
+            mock.desc_table_addr().0,
+            mock.avail_addr().0,
+            mock.used_addr().0,
+        ],
+    );
+    wr(t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+    rd(t, VIRTIO_MMIO_STATUS)
+}
+
+/// Programs queue 0 with `num` entries and rings at [desc, avail, used],
+/// then writes QueueReady = 1; returns what QueueReady reads back.
+fn setup_queue(t: &mut MmioTransport<Block>, num: u32, rings: [u64; 3]) -> u32 {
     wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
     assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
     assert_eq!(rd(t, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-    wr(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QLEN));
+    wr(t, VIRTIO_MMIO_QUEUE_NUM, num);
     for (lo, addr) in [
-        (VIRTIO_MMIO_QUEUE_DESC_LOW, mock.desc_table_addr()),
-        (VIRTIO_MMIO_QUEUE_AVAIL_LOW, mock.avail_addr()),
-        (VIRTIO_MMIO_QUEUE_USED_LOW, mock.used_addr()),
-    ] {
-        wr(t, lo, addr.0 as u32);
-        wr(t, lo + 4, (addr.0 >> 32) as u32);
+        VIRTIO_MMIO_QUEUE_DESC_LOW,
+        VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+        VIRTIO_MMIO_QUEUE_USED_LOW,
+    ]
+    .into_iter()
+    .zip(rings)
+    {
+        wr(t, lo, addr as u32);
+        wr(t, lo + 4, (addr >> 32) as u32);
     }
     wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
-    wr(t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
-    rd(t, VIRTIO_MMIO_STATUS)
+    rd(t, VIRTIO_MMIO_QUEUE_READY)
 }
 
 fn transport(
@@ -657,4 +675,375 @@ fn transport_with_rings_outside_memory_needs_reset_at_driver_ok() {
     );
     wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     assert_eq!(t.counters()["virtio.virtio-blk.duet-layer-0.requests"], 0);
+}
+
+// --- a hostile driver: rings and registers driven directly ------------------
+
+/// The steering tests' avail ring: the device's own DMA target.
+const AVAIL: u64 = BUF + 0x1_0000;
+/// Where, inside the 512 bytes read over the avail ring, the request header sits.
+const HEADER_IN_AVAIL: u64 = 64;
+
+/// One sector that, read over the avail ring at [`AVAIL`], sets avail.idx
+/// to `idx` (every ring entry names head 0) and rewrites the request header
+/// to read `next_sector`.
+fn steering_sector(idx: u16, next_sector: u64) -> [u8; 512] {
+    let mut s = [0u8; 512];
+    s[2..4].copy_from_slice(&idx.to_le_bytes());
+    let h = header(VIRTIO_BLK_T_IN, next_sector);
+    s[HEADER_IN_AVAIL as usize..HEADER_IN_AVAIL as usize + 16].copy_from_slice(&h);
+    s
+}
+
+/// A disk whose sector s, read over the avail ring, makes one more request
+/// available (idx s + 2) that reads sector s + 1; the last sector makes none.
+fn steering_disk(sectors: u64) -> (tempfile::NamedTempFile, Block) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    for s in 0..sectors {
+        let idx = if s + 1 == sectors { s + 1 } else { s + 2 };
+        f.write_all(&steering_sector(idx as u16, s + 1)).unwrap();
+    }
+    let b = Block::open(&BlockConfig {
+        path: f.path().to_path_buf(),
+        read_only: true,
+        serial: "duet-layer-0".into(),
+    })
+    .unwrap();
+    (f, b)
+}
+
+/// Brings up a transport whose queue 0 has one chain (head 0): the header
+/// inside the avail ring, a 512-byte read over the avail ring itself, a status.
+fn steered_transport(blk: Block) -> (MmioTransport<Block>, EventFd, GuestMemory, GuestAddress) {
+    let mem = memory();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut t = MmioTransport::new(blk, mem.clone(), irq.try_clone().unwrap());
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+    submit(
+        &mock,
+        0,
+        &[
+            (AVAIL + HEADER_IN_AVAIL, 16, false),
+            (AVAIL, 512, true),
+            (BUF + 0x2000, 1, true),
+        ],
+    );
+    mem.write_slice(&steering_sector(1, 0), GuestAddress(AVAIL))
+        .unwrap();
+    assert_eq!(
+        bring_up_rings(
+            &mut t,
+            [mock.desc_table_addr().0, AVAIL, mock.used_addr().0],
+            F_VERSION_1
+        ) & VIRTIO_CONFIG_S_DRIVER_OK,
+        VIRTIO_CONFIG_S_DRIVER_OK
+    );
+    let used = mock.used_addr();
+    (t, irq, mem.clone(), used)
+}
+
+/// Like [`bring_up`], with rings at explicit addresses.
+fn bring_up_rings(t: &mut MmioTransport<Block>, rings: [u64; 3], features: u64) -> u32 {
+    let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+    wr(t, VIRTIO_MMIO_STATUS, 0);
+    wr(t, VIRTIO_MMIO_STATUS, s);
+    wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+    wr(t, VIRTIO_MMIO_DRIVER_FEATURES, features as u32);
+    wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    wr(t, VIRTIO_MMIO_DRIVER_FEATURES, (features >> 32) as u32);
+    wr(t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+    setup_queue(t, u32::from(QLEN), rings);
+    wr(
+        t,
+        VIRTIO_MMIO_STATUS,
+        s | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK,
+    );
+    rd(t, VIRTIO_MMIO_STATUS)
+}
+
+fn requests(t: &MmioTransport<Block>) -> u64 {
+    t.counters()["virtio.virtio-blk.duet-layer-0.requests"]
+}
+
+#[test]
+fn one_notify_does_bounded_work_when_the_devices_dma_moves_the_avail_index() {
+    const SECTORS: u64 = 300;
+    let (_f, blk) = steering_disk(SECTORS);
+    let (mut t, irq, mem, used_ring) = steered_transport(blk);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    let first = requests(&t);
+    assert!(
+        (1..=u64::from(QLEN)).contains(&first),
+        "one notify served {first} requests; at most the queue size ({QLEN}) may be"
+    );
+    // The device asks the driver back (an interrupt) and leaves the rest for later exits.
+    assert_eq!(irq.read().unwrap(), 1);
+    assert_eq!(
+        t.counters()["virtio.virtio-blk.duet-layer-0.budget_yields"],
+        1
+    );
+    // Each further notify serves at most another queue's worth; nothing is lost.
+    let mut notifies = 1;
+    while requests(&t) < SECTORS {
+        let before = requests(&t);
+        wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        notifies += 1;
+        assert!(requests(&t) - before <= u64::from(QLEN));
+        assert!(notifies <= SECTORS, "no progress");
+    }
+    assert_eq!(requests(&t), SECTORS);
+    let used_idx: u16 = mem.read_obj(used_ring.unchecked_add(2)).unwrap();
+    assert_eq!(u64::from(used_idx), SECTORS);
+    assert_eq!(byte(&mem, BUF + 0x2000), OK);
+}
+
+#[test]
+fn work_left_at_the_budget_continues_on_the_drivers_next_register_access() {
+    let (_f, blk) = steering_disk(40);
+    let (mut t, _irq, _mem, _) = steered_transport(blk);
+    wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    assert_eq!(requests(&t), u64::from(QLEN));
+    // Linux's interrupt handler reads InterruptStatus: the device goes on.
+    assert_ne!(
+        rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_VRING,
+        0
+    );
+    assert_eq!(requests(&t), 2 * u64::from(QLEN));
+    wr(&mut t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+    assert_eq!(requests(&t), 40);
+    // The pass that ran on the ACK raised again, after the ACK cleared the bit.
+    assert_eq!(
+        rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS),
+        VIRTIO_MMIO_INT_VRING
+    );
+    // Nothing left: further accesses do no work.
+    rd(&mut t, VIRTIO_MMIO_STATUS);
+    assert_eq!(requests(&t), 40);
+}
+
+#[test]
+fn a_request_larger_than_the_advertised_limit_is_refused() {
+    let mem = memory();
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file_mut().set_len(128 << 20).unwrap();
+    let mut blk = Block::open(&BlockConfig {
+        path: f.path().to_path_buf(),
+        read_only: true,
+        serial: "duet-layer-0".into(),
+    })
+    .unwrap();
+    // size_max is announced, so a conforming driver never builds such a request.
+    assert_ne!(
+        blk.features() & (1 << virtio_bindings::virtio_blk::VIRTIO_BLK_F_SIZE_MAX),
+        0
+    );
+    let mut size_max = [0u8; 4];
+    blk.read_config(8, &mut size_max);
+    let size_max = u64::from(u32::from_le_bytes(size_max));
+    assert!(size_max >= 4096);
+    mem.write_slice(&header(VIRTIO_BLK_T_IN, 0), GuestAddress(BUF))
+        .unwrap();
+    // 14 overlapping 4 MiB buffers: 56 MiB into 4 MiB of guest RAM.
+    let mut descs = vec![(BUF, 16, false)];
+    descs.extend((0..14).map(|_| (BUF + 0x1000, 4 << 20, true)));
+    descs.push((BUF + 0x80_0000, 1, true));
+    let r = one(&mut blk, &mem, &descs, BUF + 0x80_0000);
+    assert_eq!(r, (1, IOERR));
+    assert_eq!(
+        blk.counters()["virtio.virtio-blk.duet-layer-0.read_bytes"],
+        0
+    );
+}
+
+#[test]
+fn indirect_descriptors_are_refused_without_the_feature() {
+    use virtio_bindings::virtio_ring::{VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT};
+    let mem = memory();
+    let (_f, mut blk) = disk(true);
+    assert_eq!(blk.features() & (1 << VIRTIO_RING_F_INDIRECT_DESC), 0);
+    let table = BUF + 0x4000;
+    mem.write_slice(&header(VIRTIO_BLK_T_IN, 7), GuestAddress(BUF))
+        .unwrap();
+    mem.write_obj(0x77u8, GuestAddress(BUF + 0x2000)).unwrap();
+    for (i, (addr, len, flags)) in [
+        (BUF, 16, VRING_DESC_F_NEXT),
+        (BUF + 0x1000, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT),
+        (BUF + 0x2000, 1, VRING_DESC_F_WRITE),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, i as u16 + 1));
+        mem.write_obj(d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+    let d = SplitDescriptor::new(table, 48, VRING_DESC_F_INDIRECT as u16, 0);
+    mock.add_desc_chains(&[RawDescriptor::from(d)], 0).unwrap();
+    assert_eq!(run(&mut blk, &mock, &mem), vec![(0, 0)]);
+    assert_eq!(byte(&mem, BUF + 0x2000), 0x77, "no status written");
+    assert_eq!(bytes(&mem, BUF + 0x1000, 512), vec![0u8; 512]);
+    let c = blk.counters();
+    assert_eq!(c["virtio.virtio-blk.duet-layer-0.read_bytes"], 0);
+    assert_eq!(c["virtio.virtio-blk.duet-layer-0.malformed"], 1);
+}
+
+/// Brings a fresh transport to FEATURES_OK and programs queue 0 with `num`
+/// and `rings`; returns the transport, its interrupt and what QueueReady reads.
+fn misprogrammed(
+    num: u32,
+    rings: [u64; 3],
+) -> (
+    tempfile::NamedTempFile,
+    MmioTransport<Block>,
+    EventFd,
+    GuestMemory,
+    u32,
+) {
+    let (f, mut t, irq, mem) = transport(false);
+    let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+    wr(&mut t, VIRTIO_MMIO_STATUS, s);
+    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+    wr(&mut t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+    let ready = setup_queue(&mut t, num, rings);
+    (f, t, irq, mem, ready)
+}
+
+#[test]
+fn every_bad_queue_configuration_fails_the_device_with_needs_reset() {
+    let mem = memory();
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+    let good = [
+        mock.desc_table_addr().0,
+        mock.avail_addr().0,
+        mock.used_addr().0,
+    ];
+    let q = u32::from(QLEN);
+    let cases: [(&str, u32, [u64; 3]); 10] = [
+        ("QueueNum 0", 0, good),
+        (
+            "QueueNum above the maximum",
+            2 * u32::from(QUEUE_SIZE),
+            good,
+        ),
+        ("QueueNum not a power of two", 12, good),
+        ("QueueNum beyond 16 bits", 0x1_0010, good),
+        (
+            "descriptor table not 16-aligned",
+            q,
+            [good[0] + 8, good[1], good[2]],
+        ),
+        (
+            "avail ring not 2-aligned",
+            q,
+            [good[0], good[1] + 1, good[2]],
+        ),
+        (
+            "used ring not 4-aligned",
+            q,
+            [good[0], good[1], good[2] + 2],
+        ),
+        (
+            "used ring past guest memory",
+            q,
+            [good[0], good[1], MEM_END - 4],
+        ),
+        (
+            "descriptor table above 4 GiB",
+            q,
+            [good[0] | 1 << 32, good[1], good[2]],
+        ),
+        (
+            "avail ring wrapping the address space",
+            q,
+            [good[0], u64::MAX - 1, good[2]],
+        ),
+    ];
+    for (what, num, rings) in cases {
+        let (_f, mut t, irq, mem, ready) = misprogrammed(num, rings);
+        assert_eq!(ready, 0, "{what}: QueueReady must be refused");
+        let status = rd(&mut t, VIRTIO_MMIO_STATUS);
+        assert_ne!(
+            status & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0,
+            "{what}: {status:#x}"
+        );
+        assert_ne!(
+            rd(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG,
+            0,
+            "{what}: config-change interrupt"
+        );
+        assert!(irq.read().unwrap() >= 1, "{what}");
+        // DRIVER_OK and a notify afterwards serve nothing.
+        let mock = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+        submit(&mock, 0, &[(BUF, 16, false), (BUF + 0x2000, 1, true)]);
+        wr(
+            &mut t,
+            VIRTIO_MMIO_STATUS,
+            status | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+        wr(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert_eq!(requests(&t), 0, "{what}");
+        // A reset clears it and a good configuration works again.
+        assert_ne!(
+            bring_up(&mut t, &mock, F_VERSION_1) & VIRTIO_CONFIG_S_DRIVER_OK,
+            0,
+            "{what}: after reset"
+        );
+        assert_eq!(
+            rd(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+    }
+}
+
+#[test]
+fn one_pass_stops_after_its_byte_budget() {
+    let mem = memory();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(64 << 20).unwrap();
+    let mut blk = Block::open(&BlockConfig {
+        path: f.path().to_path_buf(),
+        read_only: true,
+        serial: "duet-layer-0".into(),
+    })
+    .unwrap();
+    mem.write_slice(&header(VIRTIO_BLK_T_IN, 0), GuestAddress(BUF))
+        .unwrap();
+    // 16 reads of 8 MiB each (all into the same buffer): 128 MiB in one kick.
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0), 64);
+    for i in 0..16u16 {
+        submit(
+            &mock,
+            3 * i,
+            &[
+                (BUF, 16, false),
+                (BUF + 0x1000, 8 << 20, true),
+                (BUF + 0x90_0000 + u64::from(i), 1, true),
+            ],
+        );
+    }
+    let mut q: Queue = mock.create_queue().unwrap();
+    let per_pass = (BYTES_PER_PASS / (8 << 20)) as usize;
+    let mut passes = 0;
+    loop {
+        let out = blk.process_queue(0, &mut q, &mem).unwrap();
+        passes += 1;
+        let served = used(&mock).len();
+        assert!(
+            served <= passes * per_pass,
+            "pass {passes}: {served} served"
+        );
+        assert!(out.interrupt);
+        if !out.more {
+            break;
+        }
+    }
+    assert_eq!(used(&mock).len(), 16);
+    assert_eq!(passes, 16 / per_pass);
+    assert_eq!(
+        blk.counters()["virtio.virtio-blk.duet-layer-0.read_bytes"],
+        128 << 20
+    );
 }
