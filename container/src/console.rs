@@ -167,6 +167,16 @@ impl Relay {
     /// Starts relaying for `master` as described by `spec`.
     pub fn start(master: OwnedFd, spec: ConsoleSpec) -> io::Result<Relay> {
         let (stop_r, stop_w) = pipe()?;
+        // Only a foreground duet owns the keyboard: a background job that
+        // changed the terminal's modes or read it would be stopped (SIGTTOU,
+        // SIGTTIN) and would steal input from the shell. In the background
+        // the workload still gets its pty, for its output only.
+        // SAFETY: tcgetpgrp and getpgrp only read process state.
+        let foreground = spec.on[0] && unsafe { libc::tcgetpgrp(0) == libc::getpgrp() };
+        let spec = ConsoleSpec {
+            on: [foreground, spec.on[1], spec.on[2]],
+            ..spec
+        };
         let raw = if spec.on[0] { RawMode::enter(0) } else { None };
         let (winch_r, winch_w) = pipe()?;
         if spec.on[0] {
