@@ -93,7 +93,10 @@ fn a_guest_driving_virtio_blk_itself_cannot_keep_the_vm_from_stopping() {
     // notifies kept returning while the ring refilled itself.
     assert!(out.contains("hostile: unbound virtio-mmio."), "{out}");
     assert!(out.contains("hostile: steering the device"), "{out}");
-    assert!(out.contains("hostile: notify 1024 returned"), "{out}");
+    // Without the bound the first notify never returns. How many return
+    // within the 20 s depends on the testbed's speed (1024 on a quiet host,
+    // 512 under CI's load): ask for a count any speed reaches.
+    assert!(out.contains("hostile: notify 64 returned"), "{out}");
     // duet stopped it on the 20 s timeout, not after failing to stop a vCPU.
     assert!(
         out.contains("duet: timeout: the VM was stopped after 20.0s"),
