@@ -30,13 +30,13 @@ enum Command {
     Ps,
     /// Remove kept instances.
     Rm {
-        /// Instance ids (see `duet ps`).
+        /// Instances: id, name or a unique id prefix (see `duet ps`).
         #[arg(required = true)]
         ids: Vec<String>,
     },
     /// Turn a kept instance's writable layer into a new image on top of its image.
     Commit {
-        /// Instance id (see `duet ps`).
+        /// Instance: id, name or a unique id prefix (see `duet ps`).
         instance: String,
         /// Name of the new image.
         image: String,

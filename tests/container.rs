@@ -850,3 +850,63 @@ fn the_callers_memory_limit_still_covers_the_container() {
     assert!(!caller.exists(), "the caller's cgroup could not be removed");
     env.assert_clean(&name);
 }
+
+#[test]
+fn instances_are_named_by_name_or_id_prefix() {
+    if skip_unless_root("instances_are_named_by_name_or_id_prefix") {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("named");
+    run_ok(
+        &env,
+        &[
+            "run",
+            "--keep",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "echo x > /f",
+        ],
+    );
+    // By name (the example: `run --name web`, then `commit web img`).
+    let img = format!("{name}-img");
+    run_ok(&env, &["commit", &name, &img]);
+    assert_eq!(
+        run_ok(&env, &["run", "--name", &name, &img, "--", "cat", "/f"]),
+        "x\n"
+    );
+    // Two kept instances of one name: the name is ambiguous, a unique id prefix is not.
+    run_ok(
+        &env,
+        &["run", "--keep", "--name", &name, "busybox", "--", "true"],
+    );
+    let mut ids = env.instances();
+    ids.sort();
+    assert_eq!(ids.len(), 2);
+    let o = env.run(&["rm", &name]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&ids[0]) && stderr(&o).contains(&ids[1]),
+        "{}",
+        stderr(&o)
+    );
+    // The shortest prefix that tells the two apart.
+    let n = (1..=ids[0].len())
+        .find(|&n| ids[0][..n] != ids[1][..n])
+        .unwrap();
+    run_ok(&env, &["rm", &ids[0][..n]]);
+    assert_eq!(env.instances(), vec![ids[1].clone()]);
+    run_ok(&env, &["rm", &name]);
+    let o = env.run(&["rm", &name]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains(&format!("no instance `{name}`")),
+        "{}",
+        stderr(&o)
+    );
+    env.assert_clean(&name);
+}

@@ -44,6 +44,14 @@ pub enum InstanceError {
     /// No such instance.
     #[error("no instance `{0}` (see `duet ps`)")]
     NotFound(String),
+    /// A name or id prefix that fits more than one instance.
+    #[error("`{given}` could mean any of {} instances: {}; give more of the id", .ids.len(), .ids.join(", "))]
+    Ambiguous {
+        /// What was asked for.
+        given: String,
+        /// The instances it fits.
+        ids: Vec<String>,
+    },
     /// meta.json unreadable.
     #[error("instance metadata {} is corrupt", path.display())]
     Meta {
@@ -159,6 +167,37 @@ impl InstanceDir {
             source,
         })?;
         Ok(InstanceDir { path, meta })
+    }
+
+    /// Finds the instance `what` names, as Docker does: its whole id, else
+    /// its name, else a prefix of exactly one id. A name or prefix that fits
+    /// several instances is refused with their ids.
+    pub fn find(root: &Path, what: &str) -> Result<InstanceDir, InstanceError> {
+        if what.is_empty() || what.contains('/') || what.starts_with('.') {
+            return Err(InstanceError::NotFound(what.to_string()));
+        }
+        let ids = Self::list_ids(root)?;
+        if ids.iter().any(|i| i == what) {
+            return Self::open(root, what);
+        }
+        let named: Vec<String> = ids
+            .iter()
+            .filter(|i| Self::open(root, i).is_ok_and(|d| d.meta.name == what))
+            .cloned()
+            .collect();
+        let candidates = if named.is_empty() {
+            ids.into_iter().filter(|i| i.starts_with(what)).collect()
+        } else {
+            named
+        };
+        match candidates.as_slice() {
+            [] => Err(InstanceError::NotFound(what.to_string())),
+            [one] => Self::open(root, one),
+            _ => Err(InstanceError::Ambiguous {
+                given: what.to_string(),
+                ids: candidates,
+            }),
+        }
     }
 
     /// All instance ids under `root` (directories, whether or not meta is readable).
@@ -286,6 +325,34 @@ mod tests {
         ));
         assert!(matches!(
             InstanceDir::open(t.path(), "nope"),
+            Err(InstanceError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn find_by_id_name_or_unique_prefix() {
+        let t = tempfile::tempdir().unwrap();
+        let web = InstanceDir::create(t.path(), "web", "busybox", "container").unwrap();
+        let db1 = InstanceDir::create(t.path(), "db", "busybox", "vm").unwrap();
+        let db2 = InstanceDir::create(t.path(), "db", "busybox", "vm").unwrap();
+        assert_eq!(
+            InstanceDir::find(t.path(), web.id()).unwrap().id(),
+            web.id()
+        );
+        assert_eq!(InstanceDir::find(t.path(), "web").unwrap().id(), web.id());
+        assert_eq!(InstanceDir::find(t.path(), "we").unwrap().id(), web.id());
+        assert_eq!(
+            InstanceDir::find(t.path(), &db1.id()[..6]).unwrap().id(),
+            db1.id()
+        );
+        let e = InstanceDir::find(t.path(), "db").unwrap_err().to_string();
+        assert!(e.contains(db1.id()) && e.contains(db2.id()), "{e}");
+        assert!(matches!(
+            InstanceDir::find(t.path(), "nope"),
+            Err(InstanceError::NotFound(_))
+        ));
+        assert!(matches!(
+            InstanceDir::find(t.path(), "../x"),
             Err(InstanceError::NotFound(_))
         ));
     }

@@ -38,8 +38,9 @@ pub fn ps() -> Result<()> {
 /// Removes kept (or stale) instances.
 pub fn rm(ids: &[String]) -> Result<()> {
     let root = state_root();
-    for id in ids {
-        let inst = InstanceDir::open(&root, id)?;
+    for what in ids {
+        let inst = InstanceDir::find(&root, what)?;
+        let id = &inst.id().to_string();
         if !inst.meta().kept && inst.owner_alive() {
             bail!(
                 "instance `{id}` is still running (duet pid {})",
@@ -57,9 +58,10 @@ pub fn rm(ids: &[String]) -> Result<()> {
 
 /// `duet commit`: the instance's writable layer, and only it, becomes a new
 /// layer on top of the instance's image.
-pub fn commit(id: &str, name: &str) -> Result<()> {
+pub fn commit(what: &str, name: &str) -> Result<()> {
     let root = state_root();
-    let inst = InstanceDir::open(&root, id)?;
+    let inst = InstanceDir::find(&root, what)?;
+    let id = &inst.id().to_string();
     if !inst.meta().kept {
         bail!("instance `{id}` is still running; commit it after it exits (run it with --keep)");
     }
