@@ -132,19 +132,21 @@ pub fn time_loop(iterations: u32, timeout: Duration) -> Result<Duration, String>
         irqchip: false,
         seccomp: true,
     })
-    .map_err(|e| chain(&e))?;
+    .map_err(|e| crate::error_with_causes(&e))?;
     vm.attach_legacy_devices(ConsoleConfig {
         mode: ConsoleMode::Forward,
         sink: Box::new(SharedBuffer::default()),
         input: ConsoleInput::None,
     })
-    .map_err(|e| chain(&e))?;
+    .map_err(|e| crate::error_with_causes(&e))?;
     vm.write_code(u64::from(CODE_ADDR), &loop_guest(iterations))
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| crate::error_with_causes(&e))?;
     vm.create_vcpus(CpuMode::Real { ip: CODE_ADDR })
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| crate::error_with_causes(&e))?;
     let mut report = RunReport::start("vm", "doctor", "loop");
-    let outcome = vm.run(Some(timeout), &mut report).map_err(|e| chain(&e))?;
+    let outcome = vm
+        .run(Some(timeout), &mut report)
+        .map_err(|e| crate::error_with_causes(&e))?;
     match outcome.end {
         VmEnd::Exited(_) => {}
         other => {
@@ -160,17 +162,6 @@ pub fn time_loop(iterations: u32, timeout: Duration) -> Result<Duration, String>
         (Some(s), Some(e)) if e >= s => Ok(Duration::from_nanos(e - s)),
         _ => Err("the loop guest's ready/exit writes were not both seen".into()),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn cpu_virt_flag() -> Option<&'static str> {

@@ -325,18 +325,6 @@ enum WireResult {
     Err(String),
 }
 
-/// `e` and its causes, `: `-separated, as the CLI prints a chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 // ---------------------------------------------------------------------------
 // Parent side.
 
@@ -761,7 +749,7 @@ fn child_run(
         // "0" is the writing process, in cgroup v1 and v2 alike.
         std::fs::write(procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))?;
     }
-    let proc_files = ProcFiles::open_self().map_err(|e| chain(&e))?;
+    let proc_files = ProcFiles::open_self().map_err(|e| crate::error_with_causes(&e))?;
     build_root(plan)?;
     pivot_into(&plan.dir)?;
     // Jail cost: namespaces, mounts and pivot here, the privilege drop below
@@ -784,7 +772,7 @@ fn child_run(
             proc_files: Some(&proc_files),
         }),
     )
-    .map_err(|e| chain(&e))?;
+    .map_err(|e| crate::error_with_causes(&e))?;
     report.counters.insert("jail_uid".into(), u64::from(uid));
     report.counters.insert("jail_gid".into(), u64::from(gid));
     report.counters.insert("jail_setup_us".into(), setup_us);

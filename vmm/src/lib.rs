@@ -77,6 +77,19 @@ pub struct VmConfig {
     pub disks: Vec<devices::virtio::BlockConfig>,
 }
 
+/// `e` and its causes, `: `-separated, as the CLI prints a chain (for
+/// errors that must travel as text: the jailed VMM's, doctor's findings).
+pub(crate) fn error_with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// How a VM ended (serde: the jailed VMM sends it to duet, see [`jail`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VmEnd {
