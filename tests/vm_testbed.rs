@@ -385,7 +385,7 @@ fn assert_stopped_cleanly(c: &Case, rc: i32) {
 fn vm_sigterm_stops_the_jailed_vmm_and_cleans_up() {
     let Some(c) = case(
         "vm_sigterm_stops_the_jailed_vmm_and_cleans_up",
-        "jail_sigterm",
+        "vm_sigterm",
     ) else {
         return;
     };
@@ -395,10 +395,7 @@ fn vm_sigterm_stops_the_jailed_vmm_and_cleans_up() {
 
 #[test]
 fn vm_sigint_stops_the_jailed_vmm_and_cleans_up() {
-    let Some(c) = case(
-        "vm_sigint_stops_the_jailed_vmm_and_cleans_up",
-        "jail_sigint",
-    ) else {
+    let Some(c) = case("vm_sigint_stops_the_jailed_vmm_and_cleans_up", "vm_sigint") else {
         return;
     };
     assert_stopped_cleanly(c, 128 + 2);
@@ -409,7 +406,7 @@ fn vm_sigint_stops_the_jailed_vmm_and_cleans_up() {
 fn vm_kill9_of_duet_takes_the_jailed_vmm_and_gc_cleans_up() {
     let Some(c) = case(
         "vm_kill9_of_duet_takes_the_jailed_vmm_and_gc_cleans_up",
-        "jail_kill9",
+        "vm_kill9",
     ) else {
         return;
     };
@@ -503,8 +500,8 @@ fn vm_sigterm_stops_the_vm_and_cleans_up() {
 #[test]
 fn vm_kill_9_leaves_what_gc_removes() {
     let test = "vm_kill_9_leaves_what_gc_removes";
-    signal_case(test, "vm_kill9_gc", "137");
-    if let Some(c) = case(test, "vm_kill9_gc") {
+    signal_case(test, "vm_kill9", "137");
+    if let Some(c) = case(test, "vm_kill9") {
         assert_eq!(
             value_of(c, "instances after kill -9: "),
             "1",

@@ -137,29 +137,7 @@ jail_inspect() {
     cat /tmp/jail.out
 }
 
-# SIGTERM (and kill -9 + gc) of duet: the VMM goes too, nothing is left.
-jail_stop() { # jail_stop SIGNAL
-    "$DUET_EXE" run --isolation vm --name "stop$1" busybox -- sleep 100 > /tmp/stop.out 2>&1 &
-    duet_pid=$!
-    vmm=$(vmm_pid_of "stop$1") || { echo "no jailed VMM"; kill -9 $duet_pid; return 1; }
-    kill -"$1" $duet_pid
-    wait $duet_pid
-    echo "duet rc=$?"
-    i=0
-    while [ -d /proc/"$vmm" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
-    if [ -d /proc/"$vmm" ]; then echo "vmm-left $vmm"; else echo "vmm-gone"; fi
-    echo "instances-before-gc $(ls "$DUET_ROOT"/instances | grep -c "^stop$1-")"
-    "$DUET_EXE" gc > /dev/null
-    echo "instances-after-gc $(ls "$DUET_ROOT"/instances | grep -c "^stop$1-")"
-    echo "mounts-left $(grep -c "$DUET_ROOT" /proc/self/mountinfo)"
-    echo "processes-left $(for p in /proc/[0-9]*; do grep -l "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $p/status 2>/dev/null; done | wc -l)"
-    sed 's/^/out: /' /tmp/stop.out
-}
-
 case_ jail_inspect jail_inspect
-case_ jail_sigterm jail_stop TERM
-case_ jail_sigint jail_stop INT
-case_ jail_kill9 jail_stop KILL
 # --- truth: what the README promises, checked on real VMs -----------------------
 # pids_max inside the guest: a fork bomb stops at the limit.
 cat > /tmp/pids.toml <<'SPEC'
@@ -176,39 +154,54 @@ case_ vm_pids duet run --spec /tmp/pids.toml
 case_ vm_initramfs_root env DUET_VM_ROOTFS=initramfs DUET_ROOT=/tmp/duet-initramfs \
     duet run --isolation vm busybox -- sh -c 'cat /proc/mounts; ls /dev | grep -c "^vd" ; echo initramfs-root-ok'
 
-# SIGINT, SIGTERM or kill -9 to duet while its VM runs; after kill -9, duet gc.
-# Then: no instance directory, no duet process, no mount, no cgroup left.
-vm_signal() {
+# SIGINT, SIGTERM or kill -9 to duet while its (jailed) VM runs, then duet gc
+# (which after SIGINT/SIGTERM has nothing left to do). One run per signal
+# serves both the jail's tests and the clean-up tests of tests/vm_testbed.rs:
+# the VMM dies with duet, and no instance directory, duet or VMM process,
+# mount or cgroup is left.
+vm_stop() { # vm_stop SIGNAL
     sig=$1
-    D=/tmp/duet-sig-$sig
+    outer_root=$DUET_ROOT
+    DUET_ROOT=/tmp/duet-sig-$sig
     out=/tmp/sig-$sig.out
-    env DUET_ROOT=$D "$DUET_EXE" run --isolation vm busybox -- sh -c 'echo guest-up; sleep 300' > "$out" 2>&1 &
+    count() { ls "$DUET_ROOT"/instances 2>/dev/null | grep -c "^stop$sig-"; }
+    "$DUET_EXE" run --isolation vm --name "stop$sig" busybox -- sh -c 'echo guest-up; sleep 300' > "$out" 2>&1 &
     p=$!
     # A watchdog: this case must end even if duet ignored the signal.
     ( sleep 150; kill -9 $p ) 2>/dev/null &
     w=$!
+    vmm=$(vmm_pid_of "stop$sig") || echo "no jailed VMM"
     i=0
     while [ $i -lt 1200 ] && ! grep -q guest-up "$out"; do i=$((i + 1)); sleep 0.1; done
     grep -q guest-up "$out" && echo workload-running
-    echo "instances while running: $(ls $D/instances 2>/dev/null | wc -l)"
+    echo "instances while running: $(count)"
     kill -"$sig" $p
     wait $p
     echo "duet rc=$?"
     kill $w 2>/dev/null
-    if [ "$sig" = KILL ]; then
-        echo "instances after kill -9: $(ls $D/instances 2>/dev/null | wc -l)"
-        env DUET_ROOT=$D "$DUET_EXE" gc > /dev/null 2>&1
-        echo "gc rc=$?"
-    fi
-    echo "instances left: $(ls $D/instances 2>/dev/null | wc -l)"
+    i=0
+    while [ -d /proc/"$vmm" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    if [ -d /proc/"$vmm" ]; then echo "vmm-left $vmm"; else echo "vmm-gone"; fi
+    before=$(count)
+    echo "instances-before-gc $before"
+    [ "$sig" = KILL ] && echo "instances after kill -9: $before"
+    "$DUET_EXE" gc > /dev/null 2>&1
+    echo "gc rc=$?"
+    after=$(count)
+    echo "instances-after-gc $after"
+    if [ "$sig" = KILL ]; then echo "instances left: $after"; else echo "instances left: $before"; fi
+    mounts=$(grep -c "$DUET_ROOT" /proc/self/mountinfo)
+    echo "mounts-left $mounts"
+    echo "mounts left: $mounts"
+    echo "processes-left $(for q in /proc/[0-9]*; do grep -l "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $q/status 2>/dev/null; done | wc -l)"
     echo "duet processes left: $(pidof duet | wc -w)"
-    echo "mounts left: $(grep -c "$D" /proc/mounts)"
-    # Instances here are named duet-<hex>; a cgroup of one would carry that name.
-    echo "cgroups left: $(find /sys/fs/cgroup -type d -name 'duet-*' 2>/dev/null | wc -l)"
+    echo "cgroups left: $(find /sys/fs/cgroup -type d -name "stop$sig-*" 2>/dev/null | wc -l)"
+    sed 's/^/out: /' "$out"
+    DUET_ROOT=$outer_root
 }
-case_ vm_sigint vm_signal INT
-case_ vm_sigterm vm_signal TERM
-case_ vm_kill9_gc vm_signal KILL
+case_ vm_sigterm vm_stop TERM
+case_ vm_sigint vm_stop INT
+case_ vm_kill9 vm_stop KILL
 
 # The VM column of `duet bench isolation`: the probe inside a real VM
 # (stdout is the report JSON alone; messages go to a file).
