@@ -31,9 +31,9 @@ const DATA: u64 = 0x12_1000;
 const STATUS: u64 = 0x12_2000;
 const TABLE: u64 = 0x13_0000;
 
-/// The guest: performs every (address, value) write of the table at TABLE
-/// (ended by address 0), then exits with [STATUS] + [DATA].
-fn driver_code() -> Vec<u8> {
+/// Guest code that performs every (address, value) write of the table at
+/// TABLE (ended by address 0), then loads `rdi` for what follows.
+fn table_writes_then_rdi(rdi: u64) -> Vec<u8> {
     let mut c = vec![0x48, 0xbe]; // mov rsi, TABLE
     c.extend_from_slice(&TABLE.to_le_bytes());
     c.extend_from_slice(&[
@@ -44,9 +44,15 @@ fn driver_code() -> Vec<u8> {
         0x89, 0x07, // mov [rdi], eax
         0x48, 0x83, 0xc6, 0x10, // add rsi, 16
         0xeb, 0xed, // jmp loop
-        0x48, 0xbf, // done: mov rdi, STATUS
+        0x48, 0xbf, // done: mov rdi, imm64
     ]);
-    c.extend_from_slice(&STATUS.to_le_bytes());
+    c.extend_from_slice(&rdi.to_le_bytes());
+    c
+}
+
+/// The guest: performs the table's writes, then exits with [STATUS] + [DATA].
+fn driver_code() -> Vec<u8> {
+    let mut c = table_writes_then_rdi(STATUS);
     c.extend_from_slice(&[0x0f, 0xb6, 0x07]); // movzx eax, byte [rdi]
     c.extend_from_slice(&[0x0f, 0xb6, 0x8f]); // movzx ecx, byte [rdi + DATA - STATUS]
     c.extend_from_slice(&((DATA as i64 - STATUS as i64) as i32).to_le_bytes());
@@ -218,19 +224,7 @@ fn a_malformed_chain_from_the_guest_is_an_io_error_and_the_vm_goes_on() {
 
 /// The hostile guest: performs the table's writes, then writes QueueNotify forever.
 fn notify_forever_code(notify: u64) -> Vec<u8> {
-    let mut c = vec![0x48, 0xbe]; // mov rsi, TABLE
-    c.extend_from_slice(&TABLE.to_le_bytes());
-    c.extend_from_slice(&[
-        0x48, 0x8b, 0x3e, // loop: mov rdi, [rsi]
-        0x48, 0x85, 0xff, // test rdi, rdi
-        0x74, 0x0b, // jz done
-        0x8b, 0x46, 0x08, // mov eax, [rsi+8]
-        0x89, 0x07, // mov [rdi], eax
-        0x48, 0x83, 0xc6, 0x10, // add rsi, 16
-        0xeb, 0xed, // jmp loop
-        0x48, 0xbf, // done: mov rdi, notify
-    ]);
-    c.extend_from_slice(&notify.to_le_bytes());
+    let mut c = table_writes_then_rdi(notify);
     c.extend_from_slice(&[
         0x31, 0xc0, // xor eax, eax
         0x89, 0x07, // spin: mov [rdi], eax
