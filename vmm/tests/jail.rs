@@ -6,7 +6,7 @@
 //! Needs root and a /dev/kvm that runs tiny guests (this host's does).
 
 mod common;
-use common::{kvm_usable, skip, tiny_elf};
+use common::{kvm_usable, tiny_elf};
 use duet_shared::report::{Phase, RunReport};
 use duet_vmm::devices::virtio::BlockConfig;
 use duet_vmm::jail::{self, JailConfig};
@@ -40,9 +40,7 @@ fn ns(pid: &str, kind: &str) -> PathBuf {
 #[test]
 fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
     let test = "jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(test, "needs root (namespaces, mounts, a uid switch)");
+    if duet_shared::testing::skip_unless_root(test, "namespaces, mounts, a uid switch") {
         return;
     }
     if !kvm_usable() {
@@ -291,9 +289,7 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
 #[test]
 fn a_failure_inside_the_jail_comes_back_with_its_cause() {
     let test = "a_failure_inside_the_jail_comes_back_with_its_cause";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip(test, "needs root (namespaces, mounts, a uid switch)");
+    if duet_shared::testing::skip_unless_root(test, "namespaces, mounts, a uid switch") {
         return;
     }
     if !kvm_usable() {

@@ -19,11 +19,6 @@ pub fn kvm_usable() -> bool {
     }
 }
 
-/// Prints why `test` skips and returns true ([`duet_shared::testing::skip`]).
-pub fn skip(test: &str, why: &str) -> bool {
-    duet_shared::testing::skip(test, why)
-}
-
 /// An ELF64 executable with one PT_LOAD segment holding `code` at physical
 /// address `paddr`, entered there: what the loader takes for a vmlinux.
 pub fn tiny_elf(paddr: u64, code: &[u8]) -> Vec<u8> {
