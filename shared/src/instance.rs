@@ -29,6 +29,70 @@ pub struct InstanceMeta {
     pub kept: bool,
     /// Exit status, once the workload ended.
     pub exit_code: Option<i32>,
+    /// Given with `--name`: a handle no other instance may take.
+    #[serde(default)]
+    pub named: bool,
+    /// Run with `-d`: a monitor process owns it (`owner_pid`).
+    #[serde(default)]
+    pub detached: bool,
+    /// The command it runs (for `duet ps`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// When the instance was created, Unix time in milliseconds.
+    #[serde(default)]
+    pub created_ms: u64,
+    /// Lifecycle state, kept by the owner.
+    #[serde(default)]
+    pub state: RunState,
+}
+
+/// Where an instance is in its lifecycle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Made; the workload has not started.
+    #[default]
+    Created,
+    /// The workload runs (`pid` is its init or VMM).
+    Running,
+    /// Ended; waiting to be started again (`--restart`).
+    Restarting,
+    /// Ended for good (`exit`).
+    Exited,
+}
+
+/// The mutable part of an instance's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Lifecycle state.
+    pub status: Status,
+    /// Host pid of the workload's init (container) or of the VMM.
+    pub pid: Option<i32>,
+    /// Its start time in clock ticks since boot (see [`process_start_time`]).
+    pub pid_start: Option<u64>,
+    /// How the workload ended (last run).
+    pub exit: Option<crate::runtime::WorkloadExit>,
+    /// Unix ms of the last start.
+    pub started_ms: Option<u64>,
+    /// Unix ms of the last exit.
+    pub finished_ms: Option<u64>,
+    /// Restart policy (`no`, `on-failure[:N]`, `always`).
+    #[serde(default)]
+    pub restart_policy: String,
+    /// Times the monitor restarted the workload.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Ended by `duet stop` / `duet kill` (not restarted).
+    #[serde(default)]
+    pub stopped_by_user: bool,
+}
+
+/// Unix time now in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Errors around instance directories.
@@ -130,6 +194,11 @@ impl InstanceDir {
                     owner_start: process_start_time(pid).unwrap_or(0),
                     kept: false,
                     exit_code: None,
+                    named: false,
+                    detached: false,
+                    command: Vec::new(),
+                    created_ms: unix_ms(),
+                    state: RunState::default(),
                 },
                 path,
             };
@@ -260,6 +329,46 @@ impl InstanceDir {
     /// Whether the duet process that created this instance is still running.
     pub fn owner_alive(&self) -> bool {
         process_start_time(self.meta.owner_pid).is_some_and(|s| s == self.meta.owner_start)
+    }
+
+    /// Changes the metadata with `f` and writes it (whole, by rename).
+    pub fn update(&mut self, f: impl FnOnce(&mut InstanceMeta)) -> Result<(), InstanceError> {
+        f(&mut self.meta);
+        self.save()
+    }
+
+    /// Re-reads the metadata from disk (another process owns it).
+    pub fn reload(&mut self) -> Result<(), InstanceError> {
+        let root = self.state_root().to_path_buf();
+        *self = Self::open(&root, &self.meta.id.clone())?;
+        Ok(())
+    }
+
+    /// `spec.json`: the resolved spec the instance runs (image defaults merged in).
+    pub fn spec_path(&self) -> PathBuf {
+        self.path.join("spec.json")
+    }
+
+    /// Writes the resolved spec (see [`InstanceDir::spec_path`]).
+    pub fn save_spec(&self, spec: &crate::WorkloadSpec) -> Result<(), InstanceError> {
+        let p = self.spec_path();
+        let text = serde_json::to_string_pretty(spec).expect("spec serializes");
+        std::fs::write(&p, text).map_err(io_err(&p))
+    }
+
+    /// Reads the resolved spec back.
+    pub fn load_spec(&self) -> Result<crate::WorkloadSpec, InstanceError> {
+        let p = self.spec_path();
+        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+        serde_json::from_str(&text).map_err(|source| InstanceError::Meta { path: p, source })
+    }
+
+    /// Whether the workload's recorded pid is still the same live process.
+    pub fn workload_alive(&self) -> bool {
+        match (self.meta.state.pid, self.meta.state.pid_start) {
+            (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
+            _ => false,
+        }
     }
 
     /// Records the exit status and whether to keep the writable layer.

@@ -66,6 +66,21 @@ pub struct Launch<'a> {
     pub options: &'a RunOptions,
 }
 
+/// A command to run inside a running instance (`duet exec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// argv; `command[0]` is looked up in the workload's PATH.
+    pub command: Vec<String>,
+    /// `KEY=VALUE` added to (and overriding) the workload's environment.
+    pub env: Vec<String>,
+    /// Working directory; `None`: the workload's.
+    pub workdir: Option<String>,
+    /// A pty of its own (`-t`) instead of pipes.
+    pub tty: bool,
+    /// Keep stdin open and relay it (`-i`).
+    pub interactive: bool,
+}
+
 /// Boxed error a backend returns; the CLI prints its whole `source()` chain.
 pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
