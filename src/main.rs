@@ -4,6 +4,7 @@
 
 mod backends;
 mod cmd;
+mod monitor;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,13 +27,67 @@ enum Command {
     /// Manage images: import, ls, rm.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
-    /// List instances kept with `--keep` (and running ones).
-    Ps,
-    /// Remove kept instances.
+    /// List running instances (-a: also ended, kept and stale ones).
+    Ps {
+        /// All instances, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Remove instances that ended (-f: running ones too, killed first).
     Rm {
+        /// Kill a running instance first (SIGKILL).
+        #[arg(short, long)]
+        force: bool,
         /// Instances: id, name or a unique id prefix (see `duet ps`).
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+    /// Stop detached instances: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        /// Instances: name, id or a unique id prefix.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Send a signal to detached instances' workloads.
+    Kill {
+        /// Signal: a number or a name (TERM, SIGKILL, HUP, ...).
+        #[arg(short = 's', long, default_value = "KILL", value_parser = cmd::lifecycle::parse_signal)]
+        signal: i32,
+        /// Instances: name, id or a unique id prefix.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Wait until detached instances end; print their exit status.
+    Wait {
+        /// Instances: name, id or a unique id prefix.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Show a detached instance's output.
+    Logs {
+        /// Keep following the output until the instance ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Instance: name, id or a unique id prefix.
+        instance: String,
+    },
+    /// Print instances' spec, state, pids, timeline and paths as JSON.
+    Inspect {
+        /// Instances: name, id or a unique id prefix.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// The per-instance monitor of `run -d` (started by duet itself).
+    #[command(name = "__monitor", hide = true)]
+    Monitor {
+        /// Instance id.
+        id: String,
     },
     /// Turn a kept instance's writable layer into a new image on top of its image.
     Commit {
@@ -73,8 +128,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),
-        Command::Ps => cmd::instances::ps().map(|()| 0),
-        Command::Rm { ids } => cmd::instances::rm(&ids).map(|()| 0),
+        Command::Ps { all } => cmd::instances::ps(all).map(|()| 0),
+        Command::Rm { force, ids } => cmd::instances::rm(&ids, force).map(|()| 0),
+        Command::Stop { time, ids } => {
+            cmd::lifecycle::stop(&ids, std::time::Duration::from_secs(time)).map(|()| 0)
+        }
+        Command::Kill { signal, ids } => cmd::lifecycle::kill(&ids, signal).map(|()| 0),
+        Command::Wait { ids } => cmd::lifecycle::wait(&ids),
+        Command::Logs {
+            follow,
+            tail,
+            instance,
+        } => cmd::lifecycle::logs(&instance, follow, tail).map(|()| 0),
+        Command::Inspect { ids } => cmd::lifecycle::inspect(&ids).map(|()| 0),
+        Command::Monitor { id } => Ok(monitor::main(&id)),
         Command::Gc => cmd::instances::gc().map(|()| 0),
         Command::Commit { instance, image } => {
             cmd::instances::commit(&instance, &image).map(|()| 0)

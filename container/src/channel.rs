@@ -38,6 +38,14 @@ pub enum ChildMsg {
         /// The file exists but its ELF interpreter or `#!` interpreter does not.
         interpreter_missing: bool,
     },
+    /// Setup done (the instance is created); the child waits for
+    /// [`ParentMsg::Start`]. `CLOCK_MONOTONIC` ns of the phases.
+    Created {
+        /// Overlay root mounted.
+        rootfs_ready: u64,
+        /// pivot_root done.
+        pivot_done: u64,
+    },
     /// The workload's terminal is ready; the pty master travels with this
     /// message as SCM_RIGHTS ([`Channel::send_with_fd`]).
     Console,
@@ -46,8 +54,10 @@ pub enum ChildMsg {
 /// What the parent tells the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParentMsg {
-    /// The child is in its cgroup: go on to exec.
+    /// The child is in its cgroup: go on with the setup.
     Go,
+    /// The instance is started: exec the workload.
+    Start,
 }
 
 const TAG_STAMPS: u32 = 1;
@@ -55,6 +65,8 @@ const TAG_STEP_FAILED: u32 = 2;
 const TAG_EXEC_FAILED: u32 = 3;
 const TAG_GO: u32 = 4;
 const TAG_CONSOLE: u32 = 5;
+const TAG_CREATED: u32 = 6;
+const TAG_START: u32 = 7;
 
 fn put_u32(b: &mut [u8; MSG_LEN], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -98,6 +110,14 @@ impl ChildMsg {
                 put_u32(&mut b, 8, u32::from(interpreter_missing));
             }
             ChildMsg::Console => put_u32(&mut b, 0, TAG_CONSOLE),
+            ChildMsg::Created {
+                rootfs_ready,
+                pivot_done,
+            } => {
+                put_u32(&mut b, 0, TAG_CREATED);
+                put_u64(&mut b, 8, rootfs_ready);
+                put_u64(&mut b, 16, pivot_done);
+            }
         }
         b
     }
@@ -122,6 +142,10 @@ impl ChildMsg {
                 interpreter_missing: get_u32(b, 8) != 0,
             }),
             TAG_CONSOLE => Some(ChildMsg::Console),
+            TAG_CREATED => Some(ChildMsg::Created {
+                rootfs_ready: get_u64(b, 8),
+                pivot_done: get_u64(b, 16),
+            }),
             _ => None,
         }
     }
@@ -133,13 +157,21 @@ impl ParentMsg {
         let mut b = [0u8; MSG_LEN];
         match self {
             ParentMsg::Go => put_u32(&mut b, 0, TAG_GO),
+            ParentMsg::Start => put_u32(&mut b, 0, TAG_START),
         }
         b
     }
 
     /// Decodes a message; `None` for anything malformed.
     pub fn decode(b: &[u8]) -> Option<ParentMsg> {
-        (b.len() == MSG_LEN && get_u32(b, 0) == TAG_GO).then_some(ParentMsg::Go)
+        if b.len() != MSG_LEN {
+            return None;
+        }
+        match get_u32(b, 0) {
+            TAG_GO => Some(ParentMsg::Go),
+            TAG_START => Some(ParentMsg::Start),
+            _ => None,
+        }
     }
 }
 

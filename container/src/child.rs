@@ -334,6 +334,21 @@ pub fn child_main(plan: &ChildPlan, chan: &Channel) -> ! {
             unsafe { libc::_exit(SETUP_FAILED_STATUS) };
         }
     }
+    let created = ChildMsg::Created {
+        rootfs_ready: stamps.rootfs_ready,
+        pivot_done: stamps.pivot_done,
+    };
+    if chan.send_raw(&created.encode()).is_err() {
+        // SAFETY: as above.
+        unsafe { libc::_exit(SETUP_FAILED_STATUS) };
+    }
+    // Created: wait for start (the parent closing its end means delete).
+    let mut b = [0u8; MSG_LEN];
+    match chan.recv_raw(&mut b) {
+        Ok(Some(n)) if ParentMsg::decode(&b[..n]) == Some(ParentMsg::Start) => {}
+        // SAFETY: as above.
+        _ => unsafe { libc::_exit(SETUP_FAILED_STATUS) },
+    }
     let msg = ChildMsg::Stamps {
         rootfs_ready: stamps.rootfs_ready,
         pivot_done: stamps.pivot_done,

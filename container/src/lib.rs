@@ -44,7 +44,7 @@ use crate::channel::{Channel, ChildMsg, ParentMsg};
 use crate::plan::{ChildPlan, PlanError, RootfsSpec, Step};
 use crate::seccomp::SeccompError;
 use duet_shared::runtime::BackendError;
-use duet_shared::{Launch, Phase, RunReport, Runtime, WorkloadExit};
+use duet_shared::{Instance, Launch, Phase, RunReport, Runtime, WorkloadExit};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -279,6 +279,7 @@ fn open_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
 /// What the child said before exec (or before failing).
 #[derive(Default)]
 struct SetupOutcome {
+    created: Option<(u64, u64)>,
     stamps: Option<(u64, u64, u64)>,
     step_failed: Option<(u32, i32)>,
     exec_failed: Option<(i32, bool)>,
@@ -307,9 +308,15 @@ fn readable_before(fd: i32, deadline: Instant) -> bool {
     }
 }
 
-/// Reads the child's messages until its end closes (exec or exit). Past
-/// `deadline` the init is killed, which closes its end.
-fn read_child(chan: &Channel, init: &Init, mut deadline: Option<Instant>) -> SetupOutcome {
+/// Reads the child's messages until its end closes (exec or exit), or with
+/// `until_created` until it says it is created. Past `deadline` the init
+/// is killed, which closes its end.
+fn read_child(
+    chan: &Channel,
+    init: &Init,
+    mut deadline: Option<Instant>,
+    until_created: bool,
+) -> SetupOutcome {
     let mut out = SetupOutcome::default();
     loop {
         if let Some(d) = deadline {
@@ -326,6 +333,15 @@ fn read_child(chan: &Channel, init: &Init, mut deadline: Option<Instant>) -> Set
         };
         match msg {
             ChildMsg::Console => out.console = fd,
+            ChildMsg::Created {
+                rootfs_ready,
+                pivot_done,
+            } => {
+                out.created = Some((rootfs_ready, pivot_done));
+                if until_created {
+                    return out;
+                }
+            }
             ChildMsg::Stamps {
                 rootfs_ready,
                 pivot_done,
@@ -375,15 +391,8 @@ impl ContainerRuntime {
         launch: &Launch<'_>,
         report: &mut RunReport,
     ) -> Result<WorkloadExit, ContainerError> {
-        let guard = signals::RunGuard::enter();
-        if let Some(sig) = signals::received() {
-            return Err(ContainerError::Interrupted(sig));
-        }
-        let layout = CgroupLayout::detect()?;
-        let parent = cgroup::CgroupParent::detect(launch.options.cgroup_parent.as_deref());
-        let hierarchies =
-            layout.plan_under(&Controller::needed(&launch.spec.resources), &parent)?;
-        self.run_in_hierarchies(launch, report, &hierarchies, guard)
+        let mut c = self.create_container(launch, report)?;
+        c.run_to_end(report)
     }
 
     /// Runs one container with its cgroups in `hierarchies` (normally
@@ -398,16 +407,34 @@ impl ContainerRuntime {
         if let Some(sig) = signals::received() {
             return Err(ContainerError::Interrupted(sig));
         }
-        self.run_in_hierarchies(launch, report, hierarchies, guard)
+        let mut c = self.create_in_hierarchies(launch, report, hierarchies, guard)?;
+        c.run_to_end(report)
     }
 
-    fn run_in_hierarchies(
+    /// Creates one container (step 1-4 of the recipe, up to the exec).
+    pub fn create_container(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+    ) -> Result<Container, ContainerError> {
+        let guard = signals::RunGuard::enter();
+        if let Some(sig) = signals::received() {
+            return Err(ContainerError::Interrupted(sig));
+        }
+        let layout = CgroupLayout::detect()?;
+        let parent = cgroup::CgroupParent::detect(launch.options.cgroup_parent.as_deref());
+        let hierarchies =
+            layout.plan_under(&Controller::needed(&launch.spec.resources), &parent)?;
+        self.create_in_hierarchies(launch, report, &hierarchies, guard)
+    }
+
+    fn create_in_hierarchies(
         &self,
         launch: &Launch<'_>,
         report: &mut RunReport,
         hierarchies: &[Hierarchy],
         mut guard: signals::RunGuard,
-    ) -> Result<WorkloadExit, ContainerError> {
+    ) -> Result<Container, ContainerError> {
         let spec = launch.spec;
         let explain = launch.options.explain;
         let workdir = spec.workdir.as_deref().unwrap_or("/");
@@ -450,7 +477,7 @@ impl ContainerRuntime {
         let (parent_end, child_end) = Channel::pair().map_err(ContainerError::Channel)?;
         let id = launch.instance.id();
         let v2_only = hierarchies.len() == 1 && hierarchies[0].version == CgroupVersion::V2;
-        let (mut init, cgroup) = if v2_only {
+        let (init, cgroup) = if v2_only {
             // Pure v2: make the cgroup first and clone straight into it.
             let cgroup = Cgroup::create(hierarchies, id, &spec.resources)?;
             let dir = cgroup.dirs().next().expect("one hierarchy");
@@ -492,31 +519,36 @@ impl ContainerRuntime {
         drop(child_end);
         guard.register(init.pidfd.as_raw_fd());
         report.mark(Phase::CgroupApplied);
-        // A child that already failed has closed its end: EPIPE, and its message waits for us.
-        let _ = parent_end.send_raw(&ParentMsg::Go.encode());
-        let setup = read_child(&parent_end, &init, deadline);
-
-        let finish = |init: &mut Init,
-                      guard: &mut signals::RunGuard|
-         -> Result<WorkloadExit, ContainerError> {
-            let exit = init.reap().map_err(|source| ContainerError::Wait {
-                pid: init.pid,
-                source,
-            })?;
-            guard.unregister();
-            Ok(exit)
+        let mut c = Container {
+            init,
+            cgroup: Some(cgroup),
+            chan: parent_end,
+            guard,
+            deadline,
+            timeout: launch.options.timeout,
+            name: spec.name.clone(),
+            command: spec.command[0].clone(),
+            console: None,
+            plan_console,
+            relay: None,
+            exit: None,
+            started: false,
         };
+        // A child that already failed has closed its end: EPIPE, and its message waits for us.
+        let _ = c.chan.send_raw(&ParentMsg::Go.encode());
+        let setup = read_child(&c.chan, &c.init, deadline, true);
+        c.console = setup.console;
 
-        if setup.timed_out && setup.exec_failed.is_none() {
-            let _ = finish(&mut init, &mut guard);
-            cgroup.destroy()?;
-            return Ok(timed_out(launch, report));
+        if setup.timed_out && setup.created.is_none() {
+            c.finish_failed()?;
+            c.exit = Some(timed_out(&c.name, c.timeout, report));
+            return Ok(c);
         }
         if let Some((step, errno)) = setup.step_failed {
-            let _ = finish(&mut init, &mut guard);
-            cgroup.destroy()?;
+            c.finish_failed()?;
             if let Some(sig) = signals::received() {
-                return Ok(WorkloadExit::Signal(sig));
+                c.exit = Some(WorkloadExit::Signal(sig));
+                return Ok(c);
             }
             let step = &plan.steps[step as usize];
             if let (Step::Workdir(_), libc::ENOENT | libc::ENOTDIR) = (step, errno) {
@@ -527,30 +559,94 @@ impl ContainerRuntime {
                 source: io::Error::from_raw_os_error(errno),
             });
         }
-        if let Some((rootfs_ready, pivot_done, _)) = setup.stamps {
-            report.mark_at(Phase::RootfsReady, rootfs_ready);
-            report.mark_at(Phase::PivotDone, pivot_done);
+        let Some((rootfs_ready, pivot_done)) = setup.created else {
+            let status = c.finish_failed()?;
+            if let Some(sig) = signals::received() {
+                c.exit = Some(WorkloadExit::Signal(sig));
+                return Ok(c);
+            }
+            return Err(ContainerError::InitDied(status));
+        };
+        report.mark_at(Phase::RootfsReady, rootfs_ready);
+        report.mark_at(Phase::PivotDone, pivot_done);
+        Ok(c)
+    }
+}
+
+/// A created container, held by its owner: the init waits before its
+/// execve until [`Container::start`]. Dropped without
+/// [`Instance::delete`], the init is killed and reaped (its cgroups stay
+/// for `duet gc`).
+pub struct Container {
+    init: Init,
+    cgroup: Option<Cgroup>,
+    chan: Channel,
+    guard: signals::RunGuard,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    name: String,
+    command: String,
+    console: Option<OwnedFd>,
+    plan_console: Option<console::ConsoleSpec>,
+    relay: Option<console::Relay>,
+    /// Known before wait: the run ended during setup or exec.
+    exit: Option<WorkloadExit>,
+    started: bool,
+}
+
+impl Container {
+    /// Reaps an init that ended during setup and removes its cgroups.
+    fn finish_failed(&mut self) -> Result<WorkloadExit, ContainerError> {
+        let status = self.reap();
+        if let Some(cg) = self.cgroup.take() {
+            cg.destroy()?;
+        }
+        status
+    }
+
+    fn reap(&mut self) -> Result<WorkloadExit, ContainerError> {
+        let exit = self.init.reap().map_err(|source| ContainerError::Wait {
+            pid: self.init.pid,
+            source,
+        })?;
+        self.guard.unregister();
+        Ok(exit)
+    }
+
+    /// Lets the init exec the workload; stamps `ready`. A failed execve
+    /// prints a shell-like message and ends the run with 127 or 126.
+    pub fn start_container(&mut self, report: &mut RunReport) -> Result<(), ContainerError> {
+        if self.exit.is_some() || self.started {
+            return Ok(());
+        }
+        self.started = true;
+        // A child that already died has closed its end: its status tells.
+        let _ = self.chan.send_raw(&ParentMsg::Start.encode());
+        let setup = read_child(&self.chan, &self.init, self.deadline, false);
+        if setup.timed_out && setup.exec_failed.is_none() && setup.stamps.is_none() {
+            let _ = self.reap();
+            self.exit = Some(timed_out(&self.name, self.timeout, report));
+            return Ok(());
         }
         if let Some((errno, interp)) = setup.exec_failed {
-            let status = finish(&mut init, &mut guard);
-            cgroup.destroy()?;
-            status?;
-            let (msg, code) = exec_failure_message(&spec.command[0], errno, interp);
+            self.reap()?;
+            let (msg, code) = exec_failure_message(&self.command, errno, interp);
             eprintln!("duet: {msg}");
             let exit = WorkloadExit::Code(code);
             report.exit = Some(exit);
-            return Ok(exit);
+            self.exit = Some(exit);
+            return Ok(());
         }
         let Some((_, _, ready)) = setup.stamps else {
-            let status = finish(&mut init, &mut guard);
-            cgroup.destroy()?;
-            if let Some(sig) = signals::received() {
-                return Ok(WorkloadExit::Signal(sig));
-            }
-            return Err(ContainerError::InitDied(status?));
+            let status = self.reap()?;
+            self.exit = Some(match signals::received() {
+                Some(sig) => WorkloadExit::Signal(sig),
+                None => return Err(ContainerError::InitDied(status)),
+            });
+            return Ok(());
         };
         report.mark_at(Phase::Ready, ready);
-        let relay = match (setup.console, plan_console) {
+        self.relay = match (self.console.take(), self.plan_console) {
             (Some(master), Some(spec)) => match console::Relay::start(master, spec) {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -560,50 +656,131 @@ impl ContainerRuntime {
             },
             _ => None,
         };
+        Ok(())
+    }
 
-        // The workload runs.
-        let waited = init
-            .wait_exit(deadline)
+    /// Waits for the workload (killing it at the run's timeout) and reaps it.
+    pub fn wait_container(&mut self, report: &mut RunReport) -> Result<WorkloadExit, ContainerError> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let pid = self.init.pid;
+        let killed = self
+            .init
+            .wait_exit(self.deadline)
             .and_then(|exited| {
                 if !exited {
-                    init.kill();
-                    init.wait_exit(None)?;
+                    self.init.kill();
+                    self.init.wait_exit(None)?;
                 }
                 Ok(!exited)
             })
-            .map_err(|source| ContainerError::Wait {
-                pid: init.pid,
-                source,
-            });
-        let exit = waited.and_then(|killed| Ok((killed, finish(&mut init, &mut guard)?)));
+            .map_err(|source| ContainerError::Wait { pid, source })?;
+        let mut exit = self.reap()?;
         report.mark(Phase::Exited);
-        if let Some(relay) = relay {
+        if let Some(relay) = self.relay.take() {
             // The pty's last output is copied before duet prints anything more.
             relay.finish(Duration::from_millis(500));
         }
-        let destroyed = cgroup.destroy();
-        let (killed, mut exit) = exit?;
-        destroyed?;
         if let Some(sig) = signals::received() {
             report
                 .counters
                 .insert("stopped_by_signal".into(), sig as u64);
             exit = WorkloadExit::Signal(sig);
         } else if killed {
-            exit = timed_out(launch, report);
+            exit = timed_out(&self.name, self.timeout, report);
         }
         report.exit = Some(exit);
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+
+    /// Kills what is left and removes the cgroups.
+    pub fn delete_container(mut self) -> Result<(), ContainerError> {
+        if !self.init.reaped {
+            self.init.kill();
+            let _ = self.reap();
+        }
+        if let Some(relay) = self.relay.take() {
+            relay.finish(Duration::from_millis(100));
+        }
+        match self.cgroup.take() {
+            Some(cg) => Ok(cg.destroy()?),
+            None => Ok(()),
+        }
+    }
+
+    /// start + wait + delete, for the one-process `duet run`.
+    fn run_to_end(&mut self, report: &mut RunReport) -> Result<WorkloadExit, ContainerError> {
+        let ran = self
+            .start_container(report)
+            .and_then(|()| self.wait_container(report));
+        if !self.init.reaped {
+            self.init.kill();
+            let _ = self.reap();
+        }
+        let destroyed = match self.cgroup.take() {
+            Some(cg) => cg.destroy().map_err(ContainerError::from),
+            None => Ok(()),
+        };
+        let exit = ran?;
+        destroyed?;
         Ok(exit)
     }
 }
 
+impl Instance for Container {
+    fn start(&mut self, report: &mut RunReport) -> Result<(), BackendError> {
+        Ok(self.start_container(report)?)
+    }
+
+    fn pid(&self) -> i32 {
+        self.init.pid
+    }
+
+    fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.init.pidfd.as_fd()
+    }
+
+    fn kill(&self, signal: i32) -> Result<(), BackendError> {
+        if self.init.reaped {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal on our own pidfd; cannot hit a recycled pid.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.init.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(Box::new(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, report: &mut RunReport) -> Result<WorkloadExit, BackendError> {
+        Ok(self.wait_container(report)?)
+    }
+
+    fn delete(self: Box<Self>) -> Result<(), BackendError> {
+        Ok(self.delete_container()?)
+    }
+}
+
 /// Records and reports a run killed by `options.timeout`: SIGKILL, exit 137.
-fn timed_out(launch: &Launch<'_>, report: &mut RunReport) -> WorkloadExit {
+fn timed_out(name: &str, timeout: Option<Duration>, report: &mut RunReport) -> WorkloadExit {
     report.counters.insert("timed_out".into(), 1);
     eprintln!(
-        "duet: {}: killed after the {} timeout",
-        launch.spec.name,
-        fmt_duration(launch.options.timeout.unwrap_or_default())
+        "duet: {name}: killed after the {} timeout",
+        fmt_duration(timeout.unwrap_or_default())
     );
     let exit = WorkloadExit::Signal(libc::SIGKILL);
     report.exit = Some(exit);
@@ -619,12 +796,28 @@ impl Runtime for ContainerRuntime {
         "container"
     }
 
+    fn create(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        Ok(Box::new(self.create_container(launch, report)?))
+    }
+
     fn run(
         &self,
         launch: &Launch<'_>,
         report: &mut RunReport,
     ) -> Result<WorkloadExit, BackendError> {
         Ok(self.run_container(launch, report)?)
+    }
+
+    fn exec(
+        &self,
+        _dir: &duet_shared::InstanceDir,
+        _request: &duet_shared::ExecRequest,
+    ) -> Result<WorkloadExit, BackendError> {
+        Err("duet exec into containers is being built (issue 10)".into())
     }
 
     fn gc_instance(&self, id: &str) -> Result<(), BackendError> {

@@ -108,6 +108,17 @@ pub enum InstanceError {
     /// No such instance.
     #[error("no instance `{0}` (see `duet ps`)")]
     NotFound(String),
+    /// `--name` given that another instance already has.
+    #[error("the name `{name}` is already in use by instance `{id}`; remove it (`duet rm {id}`) or choose another name")]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// The instance that has it.
+        id: String,
+    },
+    /// A name duet cannot use as a handle.
+    #[error("invalid instance name `{0}`: use letters, digits, `_`, `.` and `-`, starting with a letter or digit (at most 64)")]
+    BadName(String),
     /// A name or id prefix that fits more than one instance.
     #[error("`{given}` could mean any of {} instances: {}; give more of the id", .ids.len(), .ids.join(", "))]
     Ambiguous {
@@ -172,10 +183,56 @@ impl InstanceDir {
         image: &str,
         isolation: &str,
     ) -> Result<InstanceDir, InstanceError> {
+        Self::create_with(root, name, image, isolation, false)
+    }
+
+    /// As [`InstanceDir::create`]; with `named` (`--name`) the name is a
+    /// handle no other instance may have: checked and taken under a lock
+    /// (`instances/.names.lock`), so two parallel runs cannot both get it.
+    pub fn create_with(
+        root: &Path,
+        name: &str,
+        image: &str,
+        isolation: &str,
+        named: bool,
+    ) -> Result<InstanceDir, InstanceError> {
+        Self::create_init(root, name, image, isolation, named, |_| {})
+    }
+
+    /// As [`InstanceDir::create_with`], with `init` filling in more of the
+    /// metadata before it is first written.
+    pub fn create_init(
+        root: &Path,
+        name: &str,
+        image: &str,
+        isolation: &str,
+        named: bool,
+        init: impl FnOnce(&mut InstanceMeta),
+    ) -> Result<InstanceDir, InstanceError> {
         let base = Self::base(root);
         crate::paths::make_private(root).map_err(io_err(root))?;
         std::fs::create_dir_all(&base).map_err(io_err(&base))?;
+        let _lock = if named {
+            if !valid_name(name) {
+                return Err(InstanceError::BadName(name.to_string()));
+            }
+            let lock = NamesLock::take(&base)?;
+            for id in Self::list_ids(root)? {
+                if let Ok(d) = Self::open(root, &id) {
+                    if d.meta.name == name {
+                        return Err(InstanceError::NameInUse {
+                            name: name.to_string(),
+                            id,
+                        });
+                    }
+                }
+            }
+            Some(lock)
+        } else {
+            None
+        };
         let pid = std::process::id() as i32;
+        let mut init = Some(init);
         loop {
             let id = format!("{name}-{}", random_hex());
             let path = base.join(&id);
@@ -184,7 +241,7 @@ impl InstanceDir {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io_err(&path)(e)),
             }
-            let dir = InstanceDir {
+            let mut dir = InstanceDir {
                 meta: InstanceMeta {
                     id,
                     name: name.to_string(),
@@ -194,7 +251,7 @@ impl InstanceDir {
                     owner_start: process_start_time(pid).unwrap_or(0),
                     kept: false,
                     exit_code: None,
-                    named: false,
+                    named,
                     detached: false,
                     command: Vec::new(),
                     created_ms: unix_ms(),
@@ -202,6 +259,9 @@ impl InstanceDir {
                 },
                 path,
             };
+            if let Some(f) = init.take() {
+                f(&mut dir.meta);
+            }
             let made = (|| {
                 for sub in ["upper", "work", "rootfs"] {
                     let p = dir.path.join(sub);
@@ -384,6 +444,35 @@ impl InstanceDir {
     }
 }
 
+/// Names usable as handles: as Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// An exclusive flock on `instances/.names.lock` while names are checked and taken.
+struct NamesLock(#[allow(dead_code)] std::fs::File);
+
+impl NamesLock {
+    fn take(base: &Path) -> Result<NamesLock, InstanceError> {
+        use std::os::fd::AsRawFd;
+        let p = base.join(".names.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        // SAFETY: flock on a file we own; blocks until the lock is ours.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&p)(io::Error::last_os_error()));
+        }
+        Ok(NamesLock(f))
+    }
+}
+
 /// Removes an instance directory; a missing one is fine.
 pub fn remove_instance_path(path: &Path) -> Result<(), InstanceError> {
     match std::fs::remove_dir_all(path) {
@@ -415,6 +504,38 @@ mod tests {
         assert_eq!(o2.meta().exit_code, Some(3));
         o2.remove().unwrap();
         assert!(InstanceDir::list_ids(t.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_are_unique_handles() {
+        let t = tempfile::tempdir().unwrap();
+        let web = InstanceDir::create_with(t.path(), "web", "busybox", "container", true).unwrap();
+        let e = InstanceDir::create_with(t.path(), "web", "busybox", "vm", true).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("`web`") && m.contains(web.id()), "{m}");
+        // Unnamed instances may share a (spec) name; they are found by id.
+        InstanceDir::create(t.path(), "db", "busybox", "vm").unwrap();
+        InstanceDir::create(t.path(), "db", "busybox", "vm").unwrap();
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(matches!(
+                InstanceDir::create_with(t.path(), bad, "busybox", "vm", true),
+                Err(InstanceError::BadName(_))
+            ), "{bad}");
+        }
+        // Parallel creates of one name: exactly one wins.
+        let root = t.path().to_path_buf();
+        let wins: usize = (0..8)
+            .map(|_| {
+                let r = root.clone();
+                std::thread::spawn(move || {
+                    InstanceDir::create_with(&r, "race", "busybox", "vm", true).is_ok() as usize
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(wins, 1);
     }
 
     #[test]

@@ -16,5 +16,5 @@ pub mod testing;
 
 pub use instance::InstanceDir;
 pub use report::{Phase, RunReport};
-pub use runtime::{Launch, RunOptions, Runtime, WorkloadExit};
+pub use runtime::{ExecRequest, Instance, Launch, RunOptions, Runtime, WorkloadExit};
 pub use spec::{Isolation, Resources, WorkloadSpec};

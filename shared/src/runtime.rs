@@ -109,22 +109,61 @@ pub trait CgroupLease: Send {
     fn destroy(self: Box<Self>) -> Result<(), BackendError>;
 }
 
-/// One isolation technology.
-pub trait Runtime {
+/// One isolation technology, as a lifecycle: the OCI runtime's create,
+/// start, state, kill and delete, plus wait and exec. `duet run` is
+/// [`Runtime::run`] (create + start + wait + delete in one process); `duet
+/// run -d` does the same in a per-instance monitor that outlives the CLI.
+pub trait Runtime: Send + Sync {
     /// `container` or `vm`.
     fn isolation(&self) -> &'static str;
 
-    /// Runs the workload to completion, stamping phases into `report`.
+    /// Makes everything ready (root, cgroups, namespaces or the VM's disks)
+    /// without starting the workload. Stamps the phases before `ready`.
     /// On error everything the backend created is already torn down.
-    fn run(
+    fn create(
         &self,
         launch: &Launch<'_>,
         report: &mut RunReport,
-    ) -> Result<WorkloadExit, BackendError>;
+    ) -> Result<Box<dyn Instance>, BackendError>;
+
+    /// Runs `request` inside the running instance recorded in `dir`, with
+    /// the workload's namespaces, limits and privileges; its status.
+    fn exec(&self, dir: &InstanceDir, request: &ExecRequest) -> Result<WorkloadExit, BackendError>;
 
     /// Removes what a crashed run of this backend may have left for
     /// instance `id` (cgroups, devices, processes). Used by `duet gc`.
     fn gc_instance(&self, id: &str) -> Result<(), BackendError>;
+
+    /// Runs the workload to completion: create, start, wait, delete.
+    fn run(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, BackendError> {
+        let mut instance = self.create(launch, report)?;
+        let ran = instance.start(report).and_then(|()| instance.wait(report));
+        let deleted = instance.delete();
+        let exit = ran?;
+        deleted?;
+        Ok(exit)
+    }
+}
+
+/// One created instance, held by the process that owns it (`duet run`, or
+/// the monitor of a detached instance). Dropping it without
+/// [`Instance::delete`] still kills the workload.
+pub trait Instance: Send {
+    /// Lets the workload run (the container's init execs it; the VM boots).
+    fn start(&mut self, report: &mut RunReport) -> Result<(), BackendError>;
+    /// Host pid of the workload's init (container) or of the VMM.
+    fn pid(&self) -> i32;
+    /// Readable once the workload has ended and [`Instance::wait`] will not
+    /// block (a pidfd), for owners that wait on many things at once.
+    fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_>;
+    /// Sends `signal` to the workload (in a VM, through the guest).
+    fn kill(&self, signal: i32) -> Result<(), BackendError>;
+    /// Waits until the workload has ended (or the run's timeout, or a stop
+    /// signal to this process, ended it); stamps `exited`.
+    fn wait(&mut self, report: &mut RunReport) -> Result<WorkloadExit, BackendError>;
+    /// Removes what the instance made on the host (cgroups, processes);
+    /// the instance directory is its owner's.
+    fn delete(self: Box<Self>) -> Result<(), BackendError>;
 }
 
 #[cfg(test)]

@@ -1,47 +1,94 @@
 //! `duet ps`, `duet rm`, `duet gc`: instances after their run.
 
-use crate::backends;
+use super::lifecycle;
+use crate::{backends, monitor};
 use anyhow::{bail, Context, Result};
 use duet_shared::image::{commit_upper, ImageStore};
-use duet_shared::instance::{process_start_time, remove_instance_path, InstanceDir};
+use duet_shared::instance::{process_start_time, remove_instance_path, InstanceDir, Status};
 use duet_shared::paths::state_root;
 use std::time::{Duration, SystemTime};
 
-/// Lists instances: kept ones, running ones and stale ones (`duet gc` removes those).
-pub fn ps() -> Result<()> {
+/// `duet ps [-a]`: running instances (with `-a` also ended and kept
+/// ones, and stale ones `duet gc` removes).
+pub fn ps(all: bool) -> Result<()> {
     let root = state_root();
-    println!("{:<32} {:<16} {:<10} STATUS", "ID", "IMAGE", "ISOLATION");
+    println!(
+        "{:<20} {:<32} {:<26} {:<12} {:<9} {:<5} COMMAND",
+        "NAME", "ID", "STATUS", "IMAGE", "ISOLATION", "AGE"
+    );
+    let now = duet_shared::instance::unix_ms();
     for id in InstanceDir::list_ids(&root)? {
         let Ok(inst) = InstanceDir::open(&root, &id) else {
-            println!(
-                "{id:<32} {:<16} {:<10} broken (duet gc removes it)",
-                "?", "?"
-            );
+            if all {
+                println!("{:<20} {id:<32} broken (duet gc removes it)", "?");
+            }
             continue;
         };
+        if !all && !lifecycle::is_live(&inst) {
+            continue;
+        }
         let m = inst.meta();
-        let status = if m.kept {
-            format!(
-                "kept, exited {}",
-                m.exit_code.map(|c| c.to_string()).unwrap_or("?".into())
-            )
-        } else if inst.owner_alive() {
-            format!("running (duet pid {})", m.owner_pid)
+        let age = if m.created_ms == 0 {
+            "?".to_string()
         } else {
-            "stale (duet gc removes it)".to_string()
+            fmt_age(Duration::from_millis(now.saturating_sub(m.created_ms)))
         };
-        println!("{:<32} {:<16} {:<10} {status}", m.id, m.image, m.isolation);
+        let mut command = m.command.join(" ");
+        if command.chars().count() > 40 {
+            command = command.chars().take(39).collect::<String>() + "…";
+        }
+        println!(
+            "{:<20} {:<32} {:<26} {:<12} {:<9} {:<5} {command}",
+            m.name,
+            m.id,
+            lifecycle::status_text(&inst),
+            m.image,
+            m.isolation,
+            age
+        );
     }
     Ok(())
 }
 
-/// Removes kept (or stale) instances.
-pub fn rm(ids: &[String]) -> Result<()> {
+/// `42s`, `5m`, `3h`, `2d`.
+fn fmt_age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// How long `rm -f` waits for a killed instance's monitor to finish.
+const RM_FORCE_WAIT: Duration = Duration::from_secs(10);
+
+/// Removes ended, kept or stale instances; with `force` running ones too (SIGKILL).
+pub fn rm(ids: &[String], force: bool) -> Result<()> {
     let root = state_root();
     for what in ids {
-        let inst = InstanceDir::find(&root, what)?;
+        let mut inst = InstanceDir::find(&root, what)?;
         let id = &inst.id().to_string();
-        if !inst.meta().kept && inst.owner_alive() {
+        if inst.meta().detached && lifecycle::is_live(&inst) && inst.owner_alive() {
+            if !force {
+                bail!("instance `{id}` is running; stop it first (`duet stop {id}`) or use `duet rm -f`");
+            }
+            let _ = monitor::control::request(
+                &inst,
+                &monitor::control::Request::Kill {
+                    signal: libc::SIGKILL,
+                },
+            );
+            let deadline = std::time::Instant::now() + RM_FORCE_WAIT;
+            while inst.owner_alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+                inst.reload()?;
+            }
+            if inst.owner_alive() {
+                bail!("instance `{id}`: its monitor (pid {}) did not end after SIGKILL of the workload", inst.meta().owner_pid);
+            }
+        } else if !inst.meta().detached && !inst.meta().kept && inst.owner_alive() {
             bail!(
                 "instance `{id}` is still running (duet pid {})",
                 inst.meta().owner_pid
@@ -62,8 +109,9 @@ pub fn commit(what: &str, name: &str) -> Result<()> {
     let root = state_root();
     let inst = InstanceDir::find(&root, what)?;
     let id = &inst.id().to_string();
-    if !inst.meta().kept {
-        bail!("instance `{id}` is still running; commit it after it exits (run it with --keep)");
+    let ended_detached = inst.meta().detached && inst.meta().state.status == Status::Exited;
+    if !inst.meta().kept && !ended_detached {
+        bail!("instance `{id}` is still running; commit it after it exits (run it with --keep, or -d)");
     }
     let store = ImageStore::open(&root)?;
     let base = store.get(&inst.meta().image).with_context(|| {
@@ -120,7 +168,15 @@ pub fn gc() -> Result<()> {
     for id in InstanceDir::list_ids(&root)? {
         let path = InstanceDir::base(&root).join(&id);
         match InstanceDir::open(&root, &id) {
-            Ok(inst) if inst.meta().kept || inst.owner_alive() => continue,
+            // Kept instances, live ones and detached ones that ended
+            // (their status and log stay until `duet rm`) are not garbage.
+            Ok(inst)
+                if inst.meta().kept
+                    || inst.owner_alive()
+                    || (inst.meta().detached && inst.meta().state.status == Status::Exited) =>
+            {
+                continue
+            }
             Ok(_) => {}
             Err(_) => {
                 let age = std::fs::metadata(&path)

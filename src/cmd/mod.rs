@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod image;
 pub mod instances;
+pub mod lifecycle;
 pub mod probe;
 pub mod run;
 

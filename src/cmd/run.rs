@@ -64,6 +64,16 @@ pub struct RunArgs {
     /// hierarchy) instead of under the cgroup duet runs in.
     #[arg(long, value_name = "CGROUP")]
     pub cgroup_parent: Option<PathBuf>,
+    /// Detach: leave the workload to a monitor process and print its id once it runs
+    /// (see `duet ps`, `logs`, `exec`, `stop`, `wait`, `rm`).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// With -d: restart the workload when it ends: no, on-failure[:N] or always.
+    #[arg(long, value_name = "POLICY", default_value = "no", requires = "detach")]
+    pub restart: crate::monitor::RestartPolicy,
+    /// With -d: remove the instance once it has ended for good.
+    #[arg(long, requires = "detach")]
+    pub rm: bool,
     /// Command and arguments, after `--`; default: the spec's or the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -180,7 +190,18 @@ pub fn run(args: RunArgs) -> Result<i32> {
         explain: args.explain,
         cgroup_parent: args.cgroup_parent.clone(),
     };
-    let mut instance = InstanceDir::create(&root, &spec.name, &image.name, backend.isolation())?;
+    if args.detach {
+        return run_detached(&args, &root, &spec, &image, backend.isolation());
+    }
+    let instance = InstanceDir::create_init(
+        &root,
+        &spec.name,
+        &image.name,
+        backend.isolation(),
+        args.name.is_some(),
+        |m| m.command = spec.command.clone(),
+    )?;
+    let mut instance = instance;
     let launch = Launch {
         spec: &spec,
         image: &image,
@@ -188,7 +209,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         instance: &instance,
         options: &options,
     };
-    let result = backend.run(&launch, &mut report);
+    let result = run_foreground(backend.as_ref(), &launch, &mut report);
     let exit_code = result.as_ref().ok().map(|e| e.shell_code());
     let keep = args.keep && result.is_ok();
     let cleanup = if keep {
@@ -214,6 +235,98 @@ pub fn run(args: RunArgs) -> Result<i32> {
         None => {}
     }
     Ok(exit.shell_code())
+}
+
+/// create + start + wait + delete in this process, recording the
+/// workload's pid in the instance (for `duet exec` and `ps`).
+fn run_foreground(
+    backend: &dyn duet_shared::Runtime,
+    launch: &Launch<'_>,
+    report: &mut RunReport,
+) -> Result<duet_shared::WorkloadExit, duet_shared::runtime::BackendError> {
+    let mut inst = backend.create(launch, report)?;
+    let ran = inst.start(report).and_then(|()| {
+        let pid = inst.pid();
+        let mut dir = launch.instance.clone();
+        let _ = dir.update(|m| {
+            m.state.status = duet_shared::instance::Status::Running;
+            m.state.pid = Some(pid);
+            m.state.pid_start = duet_shared::instance::process_start_time(pid);
+        });
+        inst.wait(report)
+    });
+    let deleted = inst.delete();
+    let exit = ran?;
+    deleted?;
+    Ok(exit)
+}
+
+/// `duet run -d`: the instance goes to a monitor; prints its id once it runs.
+fn run_detached(
+    args: &RunArgs,
+    root: &Path,
+    spec: &WorkloadSpec,
+    image: &duet_shared::image::Image,
+    isolation: &str,
+) -> Result<i32> {
+    use crate::monitor::{self, DetachedLaunch};
+    for (given, flag) in [
+        (args.keep, "--keep"),
+        (args.timings, "--timings"),
+        (args.report.is_some(), "--report"),
+        (args.explain, "--explain"),
+    ] {
+        if given {
+            bail!("{flag} does not go with -d (a detached instance stays until `duet rm`; see `duet inspect` for its timeline)");
+        }
+    }
+    let instance = InstanceDir::create_init(
+        root,
+        &spec.name,
+        &image.name,
+        isolation,
+        args.name.is_some(),
+        |m| {
+            m.command = spec.command.clone();
+            m.detached = true;
+            m.state.restart_policy = args.restart.to_string();
+        },
+    )?;
+    let prepared = (|| -> Result<()> {
+        instance.save_spec(spec)?;
+        let cfg = DetachedLaunch {
+            timeout_secs: args.timeout.map(|t| t.as_secs_f64()),
+            console: args.console,
+            cgroup_parent: args.cgroup_parent.clone(),
+            restart: args.restart,
+            remove: args.rm,
+        };
+        let p = instance.path().join(monitor::LAUNCH_FILE);
+        std::fs::write(&p, serde_json::to_vec_pretty(&cfg)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        monitor::spawn(&instance)
+    })();
+    match prepared {
+        Ok(()) => {
+            println!("{}", instance.id());
+            Ok(0)
+        }
+        Err(e) => match e.downcast_ref::<monitor::ExitedAtStart>() {
+            // The workload ran and ended at once: the instance stays, as it ended.
+            Some(x) => {
+                eprintln!("duet: {}: {}", instance.id(), x.message);
+                Ok(x.code)
+            }
+            None => {
+                let id = instance.id().to_string();
+                for b in crate::backends::all() {
+                    let _ = b.gc_instance(&id);
+                }
+                let _ = remove_instance(instance.path());
+                Err(e)
+            }
+        },
+    }
 }
 
 fn remove_instance(p: &Path) -> Result<()> {

@@ -195,6 +195,9 @@ pub struct JailConfig {
     /// The lease that keeps `uid` this VM's alone while the config lives
     /// (None when the ids came from the environment).
     pub lease: Option<std::sync::Arc<IdLease>>,
+    /// Told the VMM's host PID as soon as it is forked (the lifecycle's
+    /// `pid`, see [`crate::runtime`]).
+    pub notify_pid: Option<std::sync::mpsc::Sender<i32>>,
 }
 
 /// A jail id held by this process: an exclusive `flock` on
@@ -268,6 +271,7 @@ impl JailConfig {
             cgroup_procs: Vec::new(),
             host_network: false,
             lease,
+            notify_pid: None,
         })
     }
 }
@@ -365,6 +369,9 @@ pub fn run_jailed(
     }
     drop(result_tx);
     drop(alive_rx);
+    if let Some(tx) = &jail.notify_pid {
+        let _ = tx.send(pid);
+    }
     if let Some(p) = &jail.pid_file {
         // Whole or not at all: a reader never sees an empty file.
         let tmp = p.with_extension("pid.tmp");

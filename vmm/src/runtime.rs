@@ -19,7 +19,7 @@ use crate::{run_vm, ConsoleMode, GuestFailure, VmConfig, VmEnd, VmmError};
 use duet_shared::image::layer_image::{self, LayerImageError};
 use duet_shared::image::{ImageError, ImageStore};
 use duet_shared::runtime::BackendError;
-use duet_shared::{Launch, Phase, RunReport, Runtime, WorkloadExit};
+use duet_shared::{Instance, Launch, Phase, RunReport, Runtime, WorkloadExit};
 use std::path::PathBuf;
 
 /// Environment variable naming the guest kernel (ELF vmlinux or bzImage).
@@ -153,11 +153,9 @@ impl VmRuntime {
         }
     }
 
-    fn run_inner(
-        &self,
-        launch: &Launch<'_>,
-        report: &mut RunReport,
-    ) -> Result<WorkloadExit, VmRuntimeError> {
+    /// Everything before the boot: kernel, init, disks or initramfs, the
+    /// jail and the VMM's cgroups.
+    fn create_vm(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<Vm, VmRuntimeError> {
         let kernel = find_kernel()?;
         let opts = launch.options;
         let mut cfg = VmConfig {
@@ -214,8 +212,18 @@ impl VmRuntime {
                 prepare_disks(launch, &init, &mut cfg, report)?;
             }
         }
-        let _guard = crate::signals::RunGuard::enter();
-        let outcome = match jail::JailMode::from_env().map_err(VmmError::from)? {
+        let guard = crate::signals::RunGuard::enter();
+        let mut vm = Vm {
+            cfg,
+            jail: None,
+            cgroup: CgroupGuard(None),
+            guard: Some(guard),
+            done: eventfd()?,
+            thread: None,
+            pid: 0,
+            exit: None,
+        };
+        match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
                 let mut j = jail::JailConfig::for_instance(
                     launch.instance.state_root(),
@@ -223,33 +231,29 @@ impl VmRuntime {
                     launch.instance.id(),
                 )
                 .map_err(VmmError::from)?;
-                let cgroup = match &self.host_cgroups {
-                    None => None,
-                    Some(c) => {
-                        let mut r = launch.spec.resources.clone();
-                        r.memory_mib += VMM_CGROUP_HEADROOM_MIB;
-                        // pids_max limits the guest's processes (duet-init applies it
-                        // inside); the VMM's threads are not the workload's.
-                        r.pids_max = None;
-                        let lease = c
-                            .create(launch.instance.id(), &r, opts.cgroup_parent.as_deref())
-                            .map_err(VmRuntimeError::Cgroup)?;
-                        j.cgroup_procs = lease.procs_files();
-                        if opts.explain {
-                            for d in lease.dirs() {
-                                eprintln!(
-                                    "duet: VMM cgroup {} ({} MiB = guest RAM + {} MiB, {} CPU(s))",
-                                    d.display(),
-                                    r.memory_mib,
-                                    VMM_CGROUP_HEADROOM_MIB,
-                                    r.vcpus
-                                );
-                            }
+                if let Some(c) = &self.host_cgroups {
+                    let mut r = launch.spec.resources.clone();
+                    r.memory_mib += VMM_CGROUP_HEADROOM_MIB;
+                    // pids_max limits the guest's processes (duet-init applies it
+                    // inside); the VMM's threads are not the workload's.
+                    r.pids_max = None;
+                    let lease = c
+                        .create(launch.instance.id(), &r, opts.cgroup_parent.as_deref())
+                        .map_err(VmRuntimeError::Cgroup)?;
+                    j.cgroup_procs = lease.procs_files();
+                    if opts.explain {
+                        for d in lease.dirs() {
+                            eprintln!(
+                                "duet: VMM cgroup {} ({} MiB = guest RAM + {} MiB, {} CPU(s))",
+                                d.display(),
+                                r.memory_mib,
+                                VMM_CGROUP_HEADROOM_MIB,
+                                r.vcpus
+                            );
                         }
-                        Some(lease)
                     }
-                };
-                let _cgroup = CgroupGuard(cgroup);
+                    vm.cgroup = CgroupGuard(Some(lease));
+                }
                 if opts.explain {
                     eprintln!(
                         "duet: VMM jail: uid {} gid {}, root {} (kernel, initrd, disks, dev/kvm), \
@@ -259,7 +263,7 @@ impl VmRuntime {
                         j.dir.display()
                     );
                 }
-                jail::run_jailed(&cfg, &j, report)?
+                vm.jail = Some(j);
             }
             jail::JailMode::Off => {
                 if opts.explain {
@@ -268,9 +272,46 @@ impl VmRuntime {
                         jail::JAIL_ENV
                     );
                 }
-                run_vm(&cfg, report)?
             }
-        };
+        }
+        Ok(vm)
+    }
+}
+
+/// What the VM's thread hands back: the outcome and the timeline it stamped.
+type VmThreadResult = (Result<crate::VmOutcome, VmmError>, RunReport);
+
+/// A created microVM: disks, jail and cgroups ready; [`Instance::start`]
+/// boots it on a thread of the owner (the jailed VMM is that thread's
+/// child and dies with it, PR_SET_PDEATHSIG).
+pub struct Vm {
+    cfg: VmConfig,
+    jail: Option<jail::JailConfig>,
+    cgroup: CgroupGuard,
+    guard: Option<crate::signals::RunGuard>,
+    /// eventfd the VM's thread writes once the VM has ended.
+    done: std::os::fd::OwnedFd,
+    thread: Option<std::thread::JoinHandle<VmThreadResult>>,
+    pid: i32,
+    exit: Option<WorkloadExit>,
+}
+
+fn eventfd() -> Result<std::os::fd::OwnedFd, VmRuntimeError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes plain values and returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(VmRuntimeError::Vmm(VmmError::EventFd {
+            device: "the VM's end",
+            source: std::io::Error::last_os_error(),
+        }));
+    }
+    // SAFETY: a new fd nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+impl Vm {
+    fn exit_of(outcome: crate::VmOutcome, report: &mut RunReport) -> Result<WorkloadExit, VmRuntimeError> {
         match outcome.end {
             VmEnd::Timeout(t) => {
                 eprintln!(
@@ -283,6 +324,100 @@ impl VmRuntime {
             VmEnd::Interrupted(sig) => Ok(WorkloadExit::Signal(sig)),
             _ => Ok(outcome.workload_exit()?),
         }
+    }
+}
+
+impl Instance for Vm {
+    fn start(&mut self, report: &mut RunReport) -> Result<(), BackendError> {
+        if self.thread.is_some() {
+            return Ok(());
+        }
+        let cfg = self.cfg.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let jail = self.jail.clone().map(|mut j| {
+            j.notify_pid = Some(tx.clone());
+            j
+        });
+        if jail.is_none() {
+            let _ = tx.send(std::process::id() as i32);
+        }
+        drop(tx);
+        let mut thread_report = report.clone();
+        // SAFETY: dup of an fd we own; the thread owns the copy.
+        let done = self.done.try_clone().map_err(|e| Box::new(e) as BackendError)?;
+        let thread = std::thread::Builder::new()
+            .name("duet-vm".into())
+            .spawn(move || {
+                let outcome = match &jail {
+                    Some(j) => jail::run_jailed(&cfg, j, &mut thread_report),
+                    None => run_vm(&cfg, &mut thread_report),
+                };
+                let one: u64 = 1;
+                // SAFETY: an 8-byte write to our eventfd.
+                unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&done), (&one as *const u64).cast(), 8) };
+                (outcome, thread_report)
+            })
+            .map_err(|e| Box::new(e) as BackendError)?;
+        self.thread = Some(thread);
+        // The pid arrives right after the fork; a VMM that failed before it
+        // closes the channel and `wait` reports why.
+        self.pid = rx.recv().unwrap_or(0);
+        Ok(())
+    }
+
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.done.as_fd()
+    }
+
+    fn kill(&self, signal: i32) -> Result<(), BackendError> {
+        if self.thread.is_none() || self.exit.is_some() {
+            return Ok(());
+        }
+        if self.jail.is_none() {
+            crate::signals::request_stop(signal);
+            return Ok(());
+        }
+        // The jailed VMM stops the VM on SIGINT/TERM/HUP/QUIT as duet does
+        // and dies of SIGKILL. It runs in a PID namespace of its own, as
+        // PID 1 there, so a recycled pid cannot be this one while the
+        // thread has not reaped it.
+        if self.pid > 0 {
+            // SAFETY: kill with plain values on our unreaped child.
+            unsafe { libc::kill(self.pid, signal) };
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self, report: &mut RunReport) -> Result<WorkloadExit, BackendError> {
+        if let Some(e) = self.exit {
+            return Ok(e);
+        }
+        let Some(t) = self.thread.take() else {
+            return Err("the VM was never started".into());
+        };
+        let (outcome, r) = t.join().map_err(|_| "the VM's thread panicked")?;
+        *report = r;
+        let exit = Vm::exit_of(outcome.map_err(VmRuntimeError::from)?, report)?;
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+
+    fn delete(mut self: Box<Self>) -> Result<(), BackendError> {
+        if let Some(t) = self.thread.take() {
+            // Deleting a VM that still runs stops it first.
+            if self.jail.is_some() && self.pid > 0 {
+                // SAFETY: as in kill.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            }
+            let _ = t.join();
+        }
+        self.guard.take();
+        Ok(())
     }
 }
 
@@ -350,12 +485,20 @@ impl Runtime for VmRuntime {
         "vm"
     }
 
-    fn run(
+    fn create(
         &self,
         launch: &Launch<'_>,
         report: &mut RunReport,
+    ) -> Result<Box<dyn Instance>, BackendError> {
+        Ok(Box::new(self.create_vm(launch, report)?))
+    }
+
+    fn exec(
+        &self,
+        _dir: &duet_shared::InstanceDir,
+        _request: &duet_shared::ExecRequest,
     ) -> Result<WorkloadExit, BackendError> {
-        Ok(self.run_inner(launch, report)?)
+        Err("duet exec into microVMs needs the guest agent (being built, issue 10)".into())
     }
 
     /// The jailed VMM is a child of duet that dies with it (parent-death

@@ -32,6 +32,12 @@ pub fn received() -> Option<i32> {
     }
 }
 
+/// Stops every VM this process runs, as a stop signal would (the
+/// lifecycle's `kill` of an unjailed VM, which runs in this process).
+pub fn request_stop(sig: i32) {
+    RECEIVED.store(sig, Ordering::SeqCst);
+}
+
 /// Marks a VM run in progress; SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it while the guard lives.
 pub struct RunGuard(());
 
