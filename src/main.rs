@@ -134,7 +134,7 @@ fn main() -> ExitCode {
             cmd::lifecycle::stop(&ids, std::time::Duration::from_secs(time)).map(|()| 0)
         }
         Command::Kill { signal, ids } => cmd::lifecycle::kill(&ids, signal).map(|()| 0),
-        Command::Wait { ids } => cmd::lifecycle::wait(&ids),
+        Command::Wait { ids } => cmd::lifecycle::wait(&ids).map(|()| 0),
         Command::Logs {
             follow,
             tail,

@@ -560,7 +560,7 @@ fn keep_ps_rm() {
         .join(&ids[0])
         .join("upper/data");
     assert_eq!(std::fs::read_to_string(upper).unwrap(), "kept\n");
-    let ps = stdout(&env.run(&["ps"]));
+    let ps = stdout(&env.run(&["ps", "-a"]));
     assert!(ps.contains(&ids[0]) && ps.contains("kept"), "{ps}");
     // gc leaves kept instances alone.
     assert!(env.run(&["gc"]).status.success());

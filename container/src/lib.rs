@@ -660,7 +660,10 @@ impl Container {
     }
 
     /// Waits for the workload (killing it at the run's timeout) and reaps it.
-    pub fn wait_container(&mut self, report: &mut RunReport) -> Result<WorkloadExit, ContainerError> {
+    pub fn wait_container(
+        &mut self,
+        report: &mut RunReport,
+    ) -> Result<WorkloadExit, ContainerError> {
         if let Some(exit) = self.exit {
             return Ok(exit);
         }

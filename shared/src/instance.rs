@@ -150,12 +150,18 @@ pub struct InstanceDir {
     meta: InstanceMeta,
 }
 
-/// Start time of a process, in clock ticks since boot, or None if it is gone.
+/// Start time of a process, in clock ticks since boot, or None if it is
+/// gone or a zombie.
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    // A zombie (or dead) process has ended; only its reaper is late.
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 fn random_hex() -> String {
@@ -188,7 +194,7 @@ impl InstanceDir {
 
     /// As [`InstanceDir::create`]; with `named` (`--name`) the name is a
     /// handle no other instance may have: checked and taken under a lock
-    /// (`instances/.names.lock`), so two parallel runs cannot both get it.
+    /// (`<root>/names.lock`), so two parallel runs cannot both get it.
     pub fn create_with(
         root: &Path,
         name: &str,
@@ -216,7 +222,7 @@ impl InstanceDir {
             if !valid_name(name) {
                 return Err(InstanceError::BadName(name.to_string()));
             }
-            let lock = NamesLock::take(&base)?;
+            let lock = NamesLock::take(root)?;
             for id in Self::list_ids(root)? {
                 if let Ok(d) = Self::open(root, &id) {
                     if d.meta.name == name {
@@ -452,13 +458,13 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-/// An exclusive flock on `instances/.names.lock` while names are checked and taken.
+/// An exclusive flock on `<root>/names.lock` while names are checked and taken.
 struct NamesLock(#[allow(dead_code)] std::fs::File);
 
 impl NamesLock {
-    fn take(base: &Path) -> Result<NamesLock, InstanceError> {
+    fn take(root: &Path) -> Result<NamesLock, InstanceError> {
         use std::os::fd::AsRawFd;
-        let p = base.join(".names.lock");
+        let p = root.join("names.lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -517,10 +523,13 @@ mod tests {
         InstanceDir::create(t.path(), "db", "busybox", "vm").unwrap();
         InstanceDir::create(t.path(), "db", "busybox", "vm").unwrap();
         for bad in ["", "-x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(matches!(
-                InstanceDir::create_with(t.path(), bad, "busybox", "vm", true),
-                Err(InstanceError::BadName(_))
-            ), "{bad}");
+            assert!(
+                matches!(
+                    InstanceDir::create_with(t.path(), bad, "busybox", "vm", true),
+                    Err(InstanceError::BadName(_))
+                ),
+                "{bad}"
+            );
         }
         // Parallel creates of one name: exactly one wins.
         let root = t.path().to_path_buf();

@@ -135,7 +135,11 @@ pub trait Runtime: Send + Sync {
     fn gc_instance(&self, id: &str) -> Result<(), BackendError>;
 
     /// Runs the workload to completion: create, start, wait, delete.
-    fn run(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<WorkloadExit, BackendError> {
+    fn run(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+    ) -> Result<WorkloadExit, BackendError> {
         let mut instance = self.create(launch, report)?;
         let ran = instance.start(report).and_then(|()| instance.wait(report));
         let deleted = instance.delete();

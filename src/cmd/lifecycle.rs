@@ -82,9 +82,9 @@ pub fn kill(names: &[String], signal: i32) -> Result<()> {
     Ok(())
 }
 
-/// `duet wait NAME...`: prints each exit status; returns the last.
-pub fn wait(names: &[String]) -> Result<i32> {
-    let mut last = 0;
+/// `duet wait NAME...`: prints each exit status (as `docker wait`, duet
+/// itself then exits 0).
+pub fn wait(names: &[String]) -> Result<()> {
     for what in names {
         let mut dir = find(what)?;
         let exit = match recorded_exit(&mut dir)? {
@@ -97,10 +97,9 @@ pub fn wait(names: &[String]) -> Result<i32> {
                 },
             },
         };
-        last = exit.shell_code();
-        println!("{last}");
+        println!("{}", exit.shell_code());
     }
-    Ok(last)
+    Ok(())
 }
 
 /// Parses a signal: a number, `TERM` or `SIGTERM`.
@@ -125,7 +124,11 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         "STOP" => libc::SIGSTOP,
         "WINCH" => libc::SIGWINCH,
         "ALRM" => libc::SIGALRM,
-        _ => return Err(format!("`{s}`: unknown signal (use a number or e.g. TERM, KILL, HUP)")),
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown signal (use a number or e.g. TERM, KILL, HUP)"
+            ))
+        }
     };
     Ok(n)
 }
@@ -199,10 +202,9 @@ pub fn inspect(names: &[String]) -> Result<()> {
         let dir = find(what)?;
         let m = dir.meta();
         let spec = dir.load_spec().ok();
-        let report: Option<serde_json::Value> =
-            std::fs::read(dir.path().join(REPORT_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+        let report: Option<serde_json::Value> = std::fs::read(dir.path().join(REPORT_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         out.push(serde_json::json!({
             "id": m.id,
             "name": m.name,

@@ -185,10 +185,13 @@ mod tests {
         assert_eq!(tail(&r, 9).len(), 4);
         assert_eq!(tail(&r, 0).len(), 0);
         for i in 0..2000 {
-            w.write(Stream::Out, format!("line {i}\n").as_bytes()).unwrap();
+            w.write(Stream::Out, format!("line {i}\n").as_bytes())
+                .unwrap();
         }
         let cur = std::fs::metadata(t.path().join(LOG_FILE)).unwrap().len();
-        let old = std::fs::metadata(rotated(&t.path().join(LOG_FILE))).unwrap().len();
+        let old = std::fs::metadata(rotated(&t.path().join(LOG_FILE)))
+            .unwrap()
+            .len();
         assert!(cur <= 4096 && old <= 4096, "{cur} {old}");
         let (r, _) = read_all(t.path()).unwrap();
         assert_eq!(r.last().unwrap().l, "line 1999\n");

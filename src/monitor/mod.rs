@@ -82,7 +82,9 @@ impl std::str::FromStr for RestartPolicy {
                 Some(n) => n
                     .parse()
                     .map(|n| RestartPolicy::OnFailure { max: Some(n) })
-                    .map_err(|_| format!("`{s}`: the retry count after `on-failure:` must be a number")),
+                    .map_err(|_| {
+                        format!("`{s}`: the retry count after `on-failure:` must be a number")
+                    }),
                 None => Err(format!("`{s}`: use no, on-failure[:N] or always")),
             },
         }
@@ -385,7 +387,10 @@ async fn supervise(
             Err(e) if first => return Err(anyhow!(e)),
             Err(e) => {
                 // A restart that cannot create: record it and give up.
-                let msg = format!("duet: restarting failed: {}\n", crate::cmd::error_chain(&anyhow!(e)));
+                let msg = format!(
+                    "duet: restarting failed: {}\n",
+                    crate::cmd::error_chain(&anyhow!(e))
+                );
                 let _ = m.log.borrow_mut().write(log::Stream::Err, msg.as_bytes());
                 let exit = WorkloadExit::Code(125);
                 m.record(|meta| {
@@ -411,7 +416,10 @@ async fn supervise(
         // SAFETY: the fd belongs to the instance in `m.instance`, which
         // outlives `waiter` (dropped before the instance is taken out).
         let waiter = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(Fd(exit_fd), tokio::io::Interest::READABLE)?
+            tokio::io::unix::AsyncFd::register_with_interest(
+                Fd(exit_fd),
+                tokio::io::Interest::READABLE,
+            )?
         };
         if first {
             first = false;
@@ -552,7 +560,9 @@ impl AsRawFd for Fd {
 /// Copies one output pipe into the log.
 async fn pump(fd: OwnedFd, stream: log::Stream, log: Rc<RefCell<log::LogWriter>>) {
     // SAFETY: the AsyncFd owns the pipe's read end and never replaces it.
-    let afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
     let Ok(afd) = afd else {
         return;
     };
@@ -594,7 +604,11 @@ async fn answer(conn: tokio::net::UnixStream, m: Rc<Monitor>) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let (r, mut w) = conn.into_split();
     let mut line = String::new();
-    if tokio::io::BufReader::new(r).read_line(&mut line).await.is_err() {
+    if tokio::io::BufReader::new(r)
+        .read_line(&mut line)
+        .await
+        .is_err()
+    {
         return;
     }
     let resp = match serde_json::from_str::<Request>(&line) {

@@ -311,7 +311,10 @@ fn eventfd() -> Result<std::os::fd::OwnedFd, VmRuntimeError> {
 }
 
 impl Vm {
-    fn exit_of(outcome: crate::VmOutcome, report: &mut RunReport) -> Result<WorkloadExit, VmRuntimeError> {
+    fn exit_of(
+        outcome: crate::VmOutcome,
+        report: &mut RunReport,
+    ) -> Result<WorkloadExit, VmRuntimeError> {
         match outcome.end {
             VmEnd::Timeout(t) => {
                 eprintln!(
@@ -344,7 +347,10 @@ impl Instance for Vm {
         drop(tx);
         let mut thread_report = report.clone();
         // SAFETY: dup of an fd we own; the thread owns the copy.
-        let done = self.done.try_clone().map_err(|e| Box::new(e) as BackendError)?;
+        let done = self
+            .done
+            .try_clone()
+            .map_err(|e| Box::new(e) as BackendError)?;
         let thread = std::thread::Builder::new()
             .name("duet-vm".into())
             .spawn(move || {
@@ -354,7 +360,13 @@ impl Instance for Vm {
                 };
                 let one: u64 = 1;
                 // SAFETY: an 8-byte write to our eventfd.
-                unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&done), (&one as *const u64).cast(), 8) };
+                unsafe {
+                    libc::write(
+                        std::os::fd::AsRawFd::as_raw_fd(&done),
+                        (&one as *const u64).cast(),
+                        8,
+                    )
+                };
                 (outcome, thread_report)
             })
             .map_err(|e| Box::new(e) as BackendError)?;
