@@ -371,7 +371,7 @@ fn instances_from_one_image_stay_pristine() {
         &[
             "run",
             "--name",
-            &name,
+            &format!("{name}-b"),
             "busybox",
             "--",
             "sh",
@@ -387,7 +387,7 @@ fn instances_from_one_image_stay_pristine() {
         &[
             "run",
             "--name",
-            &name,
+            &format!("{name}-c"),
             "busybox",
             "--",
             "sh",
@@ -413,7 +413,7 @@ fn fifty_in_parallel_leave_nothing() {
             env.cmd(&[
                 "run",
                 "--name",
-                &name,
+                &format!("{name}-{i}"),
                 "busybox",
                 "--",
                 "sh",
@@ -503,7 +503,7 @@ fn gc_after_kill_9_removes_leftovers() {
     let env = Env::new();
     let name = unique("gc");
     let mut c = env
-        .cmd(&["run", "--name", &name, "busybox", "--", "sleep", "100"])
+        .cmd(&["run", "--name", &name, "busybox", "--", "sleep", "4242"])
         .spawn()
         .unwrap();
     let t = Instant::now();
@@ -521,9 +521,9 @@ fn gc_after_kill_9_removes_leftovers() {
     let o = env.run(&["gc"]);
     assert!(o.status.success(), "{}", stderr(&o));
     env.assert_clean(&name);
-    // No `sleep 100` of ours survives (the container died with duet).
+    // No `sleep 4242` of ours (a number no other test sleeps) survives (the container died with duet).
     let ps = std::process::Command::new("sh")
-        .args(["-c", "ps -eo args | grep -c '^sleep 100$' || true"])
+        .args(["-c", "ps -eo args | grep -c '^sleep 4242$' || true"])
         .output()
         .unwrap();
     assert_eq!(
@@ -679,7 +679,7 @@ fn commit_makes_an_image_of_only_the_changes() {
     let out = run_ok(&env, &["commit", &id, "derived"]);
     assert!(out.contains("derived"), "{out}");
     // The new image runs and sees the change, the deletion included.
-    let out = run_ok(&env, &["run", "--name", &name, "derived", "--", "sh", "-c",
+    let out = run_ok(&env, &["run", "--name", &format!("{name}-2"), "derived", "--", "sh", "-c",
         "wc -c < /data.bin; cat /etc/version; test -e /etc/passwd && echo passwd || echo no-passwd"]);
     assert_eq!(out, "300000\nv2\nno-passwd\n");
     // The committed layer holds only the change: ~300 kB, not the image.
@@ -708,7 +708,7 @@ fn commit_makes_an_image_of_only_the_changes() {
         &[
             "run",
             "--name",
-            &name,
+            &format!("{name}-3"),
             "busybox",
             "--",
             "sh",
@@ -875,15 +875,23 @@ fn instances_are_named_by_name_or_id_prefix() {
     // By name (the example: `run --name web`, then `commit web img`).
     let img = format!("{name}-img");
     run_ok(&env, &["commit", &name, &img]);
-    assert_eq!(
-        run_ok(&env, &["run", "--name", &name, &img, "--", "cat", "/f"]),
-        "x\n"
-    );
-    // Two kept instances of one name: the name is ambiguous, a unique id prefix is not.
-    run_ok(
-        &env,
-        &["run", "--keep", "--name", &name, "busybox", "--", "true"],
-    );
+    assert_eq!(run_ok(&env, &["run", &img, "--", "cat", "/f"]), "x\n");
+    // --name is a handle: a second instance may not take it.
+    let o = env.run(&["run", "--keep", "--name", &name, "busybox", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already in use"), "{}", stderr(&o));
+    run_ok(&env, &["rm", &name]);
+    // Two kept instances of one spec name (no --name; the spec's `name` is
+    // their hostname): that name is ambiguous, a unique id prefix is not.
+    let spec = env.root().join("w.toml");
+    std::fs::write(
+        &spec,
+        format!("name = \"{name}\"\nimage = \"busybox\"\ncommand = [\"true\"]\n"),
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap();
+    run_ok(&env, &["run", "--keep", "--spec", spec]);
+    run_ok(&env, &["run", "--keep", "--spec", spec]);
     let mut ids = env.instances();
     ids.sort();
     assert_eq!(ids.len(), 2);

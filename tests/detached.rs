@@ -151,7 +151,11 @@ fn wait_prints_the_exit_code_and_failures_to_exec_fail_the_run() {
     );
     let o = env.run(&["wait", &name]);
     assert_eq!(stdout(&o).trim(), "7");
-    assert_eq!(o.status.code(), Some(0), "as docker wait, the code is printed");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "as docker wait, the code is printed"
+    );
     ok(&env, &["rm", &name]);
     // A command that cannot run fails `run -d` itself, with the shell's status.
     let bad = unique("bad");

@@ -539,3 +539,55 @@ fn vm_bench_isolation_has_a_vm_column() {
         );
     }
 }
+
+#[test]
+fn vm_detached_run_ps_logs_stop_wait_rm() {
+    let Some(c) = case("vm_detached_run_ps_logs_stop_wait_rm", "vm_detached") else {
+        return;
+    };
+    let out = &c.output;
+    assert_eq!(c.rc, 0, "{out}");
+    assert!(
+        out.lines().next().is_some_and(|l| l.starts_with("vmd-")),
+        "run -d prints the id first: {out}"
+    );
+    assert!(
+        out.contains("ps: vmd ") && out.contains(" running ") && out.contains(" vm "),
+        "{out}"
+    );
+    assert!(out.contains("logs: vm-up"), "{out}");
+    assert!(
+        out.contains("vmm-running") && out.contains("stopped") && out.contains("vmm-gone"),
+        "{out}"
+    );
+    assert!(out.contains("wait: 143"), "the VM stops on SIGTERM: {out}");
+    assert!(
+        out.contains("ps-a: vmd ") && out.contains("killed by SIGTERM"),
+        "{out}"
+    );
+    assert!(
+        out.contains("removed") && out.contains("instances-left 0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn vm_detached_lost_monitor_takes_the_vmm_and_gc_cleans_up() {
+    let Some(c) = case(
+        "vm_detached_lost_monitor_takes_the_vmm_and_gc_cleans_up",
+        "vm_detached_lost",
+    ) else {
+        return;
+    };
+    let out = &c.output;
+    assert!(out.contains("vmm-gone"), "{out}");
+    assert!(
+        out.contains("ps: vml ") && out.contains("monitor lost"),
+        "{out}"
+    );
+    assert!(
+        out.contains("gc-ok") && out.contains("instances-left 0"),
+        "{out}"
+    );
+    assert!(out.contains("cgroups-left 0"), "{out}");
+}

@@ -237,7 +237,7 @@ fn run_args(iso: Isolation, explain: bool) -> Vec<String> {
         "run",
         "--isolation",
         &iso.to_string(),
-        "--name",
+        "--hostname",
         "duet-demo",
     ]
     .iter()

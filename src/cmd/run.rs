@@ -30,9 +30,13 @@ pub struct RunArgs {
     /// Image to run when no spec is given (e.g. busybox).
     #[arg(required_unless_present = "spec")]
     pub image: Option<String>,
-    /// Instance name (hostname inside); overrides the spec.
+    /// Instance name: a handle no other instance may have (see `duet ps`),
+    /// and the hostname inside unless --hostname is given.
     #[arg(long)]
     pub name: Option<String>,
+    /// Hostname inside (the spec's `name`); not a handle, so many instances may share it.
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// Memory in MiB (cgroup limit / guest RAM); overrides the spec.
     #[arg(long)]
     pub memory: Option<u64>,
@@ -120,7 +124,7 @@ fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
     if !args.command.is_empty() {
         spec.command = args.command.clone();
     }
-    if let Some(n) = &args.name {
+    if let Some(n) = args.hostname.as_ref().or(args.name.as_ref()) {
         spec.name = n.clone();
     }
     if let Some(m) = args.memory {
@@ -195,7 +199,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     let instance = InstanceDir::create_init(
         &root,
-        &spec.name,
+        args.name.as_deref().unwrap_or(&spec.name),
         &image.name,
         backend.isolation(),
         args.name.is_some(),
@@ -282,7 +286,7 @@ fn run_detached(
     }
     let instance = InstanceDir::create_init(
         root,
-        &spec.name,
+        args.name.as_deref().unwrap_or(&spec.name),
         &image.name,
         isolation,
         args.name.is_some(),

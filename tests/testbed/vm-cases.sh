@@ -206,3 +206,36 @@ case_ vm_kill9 vm_stop KILL
 # The VM column of `duet bench isolation`: the probe inside a real VM
 # (stdout is the report JSON alone; messages go to a file).
 case_ vm_bench_isolation sh -c 'timeout 300 duet bench isolation --isolation vm --vm-via native --report-json - 2>/tmp/iso.err || { cat /tmp/iso.err; exit 1; }'
+
+# --- issue 10: detached microVMs (run -d, ps, logs, stop, wait, rm; a lost monitor) ---
+meta_field() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$DUET_ROOT"/instances/"$1"-*/meta.json | head -1; }
+vm_detached() {
+    "$DUET_EXE" run -d --isolation vm --name vmd busybox -- sh -c 'echo vm-up; while true; do sleep 1; done' || return 1
+    "$DUET_EXE" ps | grep "^vmd " | sed 's/^/ps: /'
+    i=0
+    until "$DUET_EXE" logs vmd 2>/dev/null | grep -q vm-up || [ $i -ge 300 ]; do i=$((i + 1)); sleep 0.2; done
+    "$DUET_EXE" logs vmd | sed 's/^/logs: /'
+    vmm=$(meta_field vmd pid)
+    [ -d /proc/"$vmm" ] && echo vmm-running
+    "$DUET_EXE" stop -t 5 vmd > /dev/null && echo stopped
+    [ -d /proc/"$vmm" ] && echo "vmm-left $vmm" || echo vmm-gone
+    echo "wait: $("$DUET_EXE" wait vmd)"
+    "$DUET_EXE" ps -a | grep "^vmd " | sed 's/^/ps-a: /'
+    "$DUET_EXE" rm vmd > /dev/null && echo removed
+    echo "instances-left $(ls "$DUET_ROOT"/instances | grep -c '^vmd-')"
+}
+case_ vm_detached vm_detached
+vm_detached_lost() {
+    "$DUET_EXE" run -d --isolation vm --name vml busybox -- sleep 300 > /dev/null || return 1
+    vmm=$(meta_field vml pid)
+    mon=$(meta_field vml owner_pid)
+    kill -9 "$mon"
+    i=0
+    while [ -d /proc/"$vmm" ] && ! grep -q '^State:.*Z' /proc/"$vmm"/status 2>/dev/null && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    if [ -d /proc/"$vmm" ] && ! grep -q '^State:.*Z' /proc/"$vmm"/status; then echo "vmm-left $vmm"; else echo vmm-gone; fi
+    "$DUET_EXE" ps | grep "^vml " | sed 's/^/ps: /'
+    "$DUET_EXE" gc > /dev/null && echo gc-ok
+    echo "instances-left $(ls "$DUET_ROOT"/instances | grep -c '^vml-')"
+    echo "cgroups-left $(find /sys/fs/cgroup -type d -name 'vml-*' 2>/dev/null | wc -l)"
+}
+case_ vm_detached_lost vm_detached_lost

@@ -268,7 +268,7 @@ pub fn probe_run_args(isolation: Isolation, args: &[String]) -> Vec<String> {
         "run",
         "--isolation",
         &isolation.to_string(),
-        "--name",
+        "--hostname",
         "duet-probe",
         "busybox",
         "--",
@@ -508,6 +508,24 @@ impl Bench {
                 )),
                 None => {}
             }
+        }
+        // The same instances left to their monitors (`run -d`): the monitor's
+        // cost against the foreground duet process beside each.
+        for &iso in isolations {
+            if interrupt::requested() {
+                return Ok(());
+            }
+            let root = self.image.store.root().to_path_buf();
+            let mut l = duet_bench::instances::DetachedIdle::new(
+                &self.exe,
+                &root,
+                &iso.to_string(),
+                "busybox",
+            );
+            let r = run_density(&cfg, &mut l, &mut self.bars);
+            self.bars.clear();
+            say_density(&r);
+            self.report.density.push(r);
         }
         let mut launchers: Vec<Box<dyn IdleLauncher>> = Vec::new();
         if peers {
