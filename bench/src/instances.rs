@@ -40,6 +40,10 @@ pub trait IdleInstance {
     fn name(&self) -> String;
     /// Stops it and removes what it left (idempotent; also done on drop).
     fn stop(&mut self) -> Result<(), LaunchError>;
+    /// The id its runtime knows it by (for `exec`), if it has one.
+    fn handle(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Starts idle instances of one kind.
@@ -794,6 +798,10 @@ impl IdleInstance for DetachedInstance {
 
     fn name(&self) -> String {
         format!("{} (monitor pid {})", self.id, self.monitor)
+    }
+
+    fn handle(&self) -> Option<String> {
+        Some(self.id.clone())
     }
 
     fn stop(&mut self) -> Result<(), LaunchError> {

@@ -23,6 +23,7 @@ pub mod disk;
 pub mod host;
 pub mod instances;
 pub mod isolation;
+pub mod lifecycle;
 pub mod memory;
 pub mod oci;
 pub mod qemu;

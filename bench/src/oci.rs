@@ -522,6 +522,10 @@ impl IdleInstance for OciInstance {
             )))
         }
     }
+
+    fn handle(&self) -> Option<String> {
+        Some(self.id.clone())
+    }
 }
 
 impl Drop for OciInstance {

@@ -222,6 +222,7 @@ impl VmRuntime {
             thread: None,
             pid: 0,
             exit: None,
+            killed_with: std::sync::atomic::AtomicI32::new(0),
         };
         match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
@@ -294,6 +295,9 @@ pub struct Vm {
     thread: Option<std::thread::JoinHandle<VmThreadResult>>,
     pid: i32,
     exit: Option<WorkloadExit>,
+    /// The last signal [`Instance::kill`] sent the VMM (0: none): a VMM
+    /// that then dies without a result ended by that signal.
+    killed_with: std::sync::atomic::AtomicI32,
 }
 
 fn eventfd() -> Result<std::os::fd::OwnedFd, VmRuntimeError> {
@@ -399,6 +403,8 @@ impl Instance for Vm {
         // PID 1 there, so a recycled pid cannot be this one while the
         // thread has not reaped it.
         if self.pid > 0 {
+            self.killed_with
+                .store(signal, std::sync::atomic::Ordering::SeqCst);
             // SAFETY: kill with plain values on our unreaped child.
             unsafe { libc::kill(self.pid, signal) };
         }
@@ -414,6 +420,15 @@ impl Instance for Vm {
         };
         let (outcome, r) = t.join().map_err(|_| "the VM's thread panicked")?;
         *report = r;
+        let killed = self.killed_with.load(std::sync::atomic::Ordering::SeqCst);
+        let outcome = match outcome {
+            // The VMM died of the signal `kill` sent it (SIGKILL): that is how it ended.
+            Err(VmmError::Jail(jail::JailError::Died { .. })) if killed != 0 => {
+                self.exit = Some(WorkloadExit::Signal(killed));
+                return Ok(WorkloadExit::Signal(killed));
+            }
+            o => o,
+        };
         let exit = Vm::exit_of(outcome.map_err(VmRuntimeError::from)?, report)?;
         self.exit = Some(exit);
         Ok(exit)
