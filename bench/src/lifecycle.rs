@@ -31,7 +31,16 @@ impl Starter for DetachStarter {
 
     fn start_once(&mut self, _i: usize) -> Result<StartSample, StartError> {
         let mut cmd = Command::new(&self.duet);
-        cmd.args(["run", "-d", "--isolation", &self.isolation, &self.image, "--", "sleep", "1000000"]);
+        cmd.args([
+            "run",
+            "-d",
+            "--isolation",
+            &self.isolation,
+            &self.image,
+            "--",
+            "sleep",
+            "1000000",
+        ]);
         let program = "duet run -d".to_string();
         let out = timed_spawn(&mut cmd).map_err(|source| StartError::Spawn {
             program: program.clone(),

@@ -31,6 +31,10 @@ pub struct Report {
     pub harness: Option<HarnessOverhead>,
     /// `duet bench startup` rows.
     pub startup: Vec<StartupResult>,
+    /// `duet bench startup`'s lifecycle rows: `run -d` to running and the
+    /// `exec` round trip (duet and the OCI peers).
+    #[serde(default)]
+    pub lifecycle: Vec<StartupResult>,
     /// `duet bench memory` rows.
     pub memory: Vec<MemoryResult>,
     /// `duet bench density` curves.
@@ -57,6 +61,7 @@ impl Report {
             vm_environment: None,
             harness: None,
             startup: Vec::new(),
+            lifecycle: Vec::new(),
             memory: Vec::new(),
             density: Vec::new(),
             disk: Vec::new(),
@@ -403,6 +408,31 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
                 phase_rows,
             ));
         }
+    }
+    if !r.lifecycle.is_empty() {
+        let rows = r
+            .lifecycle
+            .iter()
+            .map(|s| {
+                let [a, b, c, d] = summary_cells(s.wall_ms, ms);
+                vec![
+                    s.label.clone(),
+                    s.runs.to_string(),
+                    a,
+                    b,
+                    c,
+                    d,
+                    status_text(&s.status),
+                ]
+            })
+            .collect();
+        out.push((
+            "Lifecycle (`run -d` until running; `exec ID true` round trip)".to_string(),
+            ["runner", "runs", "min", "median", "p90", "max", "status"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        ));
     }
     if !r.memory.is_empty() {
         let rows = r

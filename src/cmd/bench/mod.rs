@@ -375,6 +375,7 @@ impl Bench {
                 return Ok(());
             }
         }
+        self.lifecycle_rows(&cfg, isolations, peers);
         if peers {
             let rows = oci::peer_startup(
                 &cfg,
@@ -403,6 +404,90 @@ impl Bench {
             self.report.notes.extend(note);
         }
         Ok(())
+    }
+
+    /// `run -d` until running and the `exec ID true` round trip, for
+    /// duet's isolations here and (with `peers`) `runc exec`/`crun exec`.
+    fn lifecycle_rows(&mut self, cfg: &StartupConfig, isolations: &[Isolation], peers: bool) {
+        use duet_bench::lifecycle::{DetachStarter, ExecStarter};
+        let mut starters: Vec<Box<dyn startup::Starter>> = Vec::new();
+        let root = self.image.store.root().to_path_buf();
+        for &iso in isolations {
+            starters.push(Box::new(DetachStarter {
+                duet: self.exe.clone(),
+                isolation: iso.to_string(),
+                image: "busybox".into(),
+            }));
+            let exe = self.exe.clone();
+            starters.push(Box::new(ExecStarter {
+                label: format!("duet exec {iso} (true)"),
+                launcher: Box::new(duet_bench::instances::DetachedIdle::new(
+                    &self.exe,
+                    &root,
+                    &iso.to_string(),
+                    "busybox",
+                )),
+                argv: Box::new(move |id| {
+                    [
+                        exe.display().to_string(),
+                        "exec".into(),
+                        id.into(),
+                        "true".into(),
+                    ]
+                    .to_vec()
+                }),
+                instance: None,
+            }));
+        }
+        if peers {
+            match oci::peer_idle(
+                self.host.cgroup_layout,
+                &self.image.busybox_rootfs(),
+                self.scratch.path(),
+            ) {
+                Ok((ok, skipped)) => {
+                    for l in ok {
+                        let peer = l.peer.clone();
+                        starters.push(Box::new(ExecStarter {
+                            label: format!("{} exec (true)", peer.label()),
+                            launcher: Box::new(l),
+                            argv: Box::new(move |id| {
+                                match peer.command(&["exec", id, "/bin/true"]) {
+                                    Some(c) => std::iter::once(c.get_program())
+                                        .chain(c.get_args())
+                                        .map(|a| a.to_string_lossy().into_owned())
+                                        .collect(),
+                                    None => vec!["false".into()],
+                                }
+                            }),
+                            instance: None,
+                        }));
+                    }
+                    for (label, why) in skipped {
+                        let r = StartupResult::unavailable(
+                            &format!("{label} exec (true)"),
+                            duet_bench::Kind::Container,
+                            &why,
+                        );
+                        say_startup(&r);
+                        self.report.lifecycle.push(r);
+                    }
+                }
+                Err(e) => self.report.notes.push(format!(
+                    "exec peers not measured: {}",
+                    duet_bench::error_chain(&e)
+                )),
+            }
+        }
+        for mut st in starters {
+            if interrupt::requested() {
+                return;
+            }
+            let r = startup::run(cfg, st.as_mut(), &mut self.bars);
+            self.bars.clear();
+            say_startup(&r);
+            self.report.lifecycle.push(r);
+        }
     }
 
     /// The guest `duet run --isolation vm busybox -- true` boots, for QEMU.
