@@ -441,6 +441,10 @@ async fn supervise(
                 continue;
             }
             ready.say("ok");
+            // Setup's garbage (spec, image index, plan, seccomp programs)
+            // goes back to the kernel: one monitor runs per instance.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
         }
         let _ = waiter.readable().await?;
         drop(waiter);
