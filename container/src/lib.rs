@@ -737,6 +737,17 @@ impl Instance for Container {
         Ok(self.start_container(report)?)
     }
 
+    fn state(&self) -> duet_shared::instance::Status {
+        use duet_shared::instance::Status;
+        if self.exit.is_some() || self.init.reaped {
+            Status::Exited
+        } else if self.started {
+            Status::Running
+        } else {
+            Status::Created
+        }
+    }
+
     fn pid(&self) -> i32 {
         self.init.pid
     }

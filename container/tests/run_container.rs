@@ -660,3 +660,110 @@ fn kill_9_leaves_only_what_gc_removes() {
     ContainerRuntime::new().gc_instance(&id).unwrap();
     assert!(cgroups_of(&id).is_empty(), "gc left {:?}", cgroups_of(&id));
 }
+
+/// The lifecycle one step at a time: `create` sets everything up but the
+/// workload has not run; `start` execs it; `kill` and `wait` end it;
+/// `delete` leaves nothing.
+#[test]
+fn lifecycle_create_does_not_start_the_workload() {
+    require_root!();
+    use duet_shared::instance::Status;
+    let root = tempfile::Builder::new()
+        .prefix("duet-root-")
+        .tempdir()
+        .unwrap();
+    let spec = WorkloadSpec::for_image(
+        "busybox",
+        ["sh", "-c", "echo ran > /marker; exec sleep 100"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    );
+    let instance = InstanceDir::create(root.path(), "life", "busybox", "container").unwrap();
+    let image = Image {
+        name: "busybox".into(),
+        layers: Vec::new(),
+        config: ImageConfig::default(),
+    };
+    let options = RunOptions::default();
+    let launch = Launch {
+        spec: &spec,
+        image: &image,
+        layers: vec![lower().to_path_buf()],
+        instance: &instance,
+        options: &options,
+    };
+    let mut report = RunReport::start("container", "life", "busybox");
+    let rt = ContainerRuntime::new();
+    let mut c = rt.create(&launch, &mut report).unwrap();
+    assert_eq!(c.state(), Status::Created);
+    assert!(report.since_start_ns(Phase::RootfsReady).is_some());
+    assert!(
+        report.since_start_ns(Phase::Ready).is_none(),
+        "ready is stamped at start"
+    );
+    let pid = c.pid();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !instance.upper().join("marker").exists(),
+        "the workload ran before start"
+    );
+    c.start(&mut report).unwrap();
+    assert_eq!(c.state(), Status::Running);
+    assert!(report.since_start_ns(Phase::Ready).is_some());
+    let t = std::time::Instant::now();
+    while !instance.upper().join("marker").exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(instance.upper().join("marker").exists());
+    c.kill(libc::SIGKILL).unwrap();
+    assert_eq!(
+        c.wait(&mut report).unwrap(),
+        WorkloadExit::Signal(libc::SIGKILL)
+    );
+    assert_eq!(c.state(), Status::Exited);
+    c.delete().unwrap();
+    assert_nothing_left(&instance);
+}
+
+/// An instance created and deleted without ever starting: the init never
+/// execs the workload and nothing is left.
+#[test]
+fn lifecycle_delete_before_start_leaves_nothing() {
+    require_root!();
+    let root = tempfile::Builder::new()
+        .prefix("duet-root-")
+        .tempdir()
+        .unwrap();
+    let spec = WorkloadSpec::for_image(
+        "busybox",
+        vec!["sh".into(), "-c".into(), "echo ran > /marker".into()],
+    );
+    let instance = InstanceDir::create(root.path(), "nostart", "busybox", "container").unwrap();
+    let image = Image {
+        name: "busybox".into(),
+        layers: Vec::new(),
+        config: ImageConfig::default(),
+    };
+    let options = RunOptions::default();
+    let launch = Launch {
+        spec: &spec,
+        image: &image,
+        layers: vec![lower().to_path_buf()],
+        instance: &instance,
+        options: &options,
+    };
+    let mut report = RunReport::start("container", "nostart", "busybox");
+    let c = ContainerRuntime::new()
+        .create(&launch, &mut report)
+        .unwrap();
+    let pid = c.pid();
+    c.delete().unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}/stat")).exists()
+            || duet_shared::instance::process_start_time(pid).is_none()
+    );
+    assert!(!instance.upper().join("marker").exists());
+    assert_nothing_left(&instance);
+}

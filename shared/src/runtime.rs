@@ -155,6 +155,8 @@ pub trait Runtime: Send + Sync {
 pub trait Instance: Send {
     /// Lets the workload run (the container's init execs it; the VM boots).
     fn start(&mut self, report: &mut RunReport) -> Result<(), BackendError>;
+    /// Created, running or exited (as far as this owner has seen).
+    fn state(&self) -> crate::instance::Status;
     /// Host pid of the workload's init (container) or of the VMM.
     fn pid(&self) -> i32;
     /// Readable once the workload has ended and [`Instance::wait`] will not

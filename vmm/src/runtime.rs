@@ -381,6 +381,15 @@ impl Instance for Vm {
         Ok(())
     }
 
+    fn state(&self) -> duet_shared::instance::Status {
+        use duet_shared::instance::Status;
+        match (&self.exit, &self.thread) {
+            (Some(_), _) => Status::Exited,
+            (None, Some(_)) => Status::Running,
+            (None, None) => Status::Created,
+        }
+    }
+
     fn pid(&self) -> i32 {
         self.pid
     }
