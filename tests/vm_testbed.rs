@@ -591,3 +591,22 @@ fn vm_detached_lost_monitor_takes_the_vmm_and_gc_cleans_up() {
     );
     assert!(out.contains("cgroups-left 0"), "{out}");
 }
+
+#[test]
+fn vm_detached_restart_on_failure_boots_again() {
+    let Some(c) = case(
+        "vm_detached_restart_on_failure_boots_again",
+        "vm_detached_restart",
+    ) else {
+        return;
+    };
+    let out = &c.output;
+    assert!(out.contains("wait: 3"), "{out}");
+    assert!(out.contains("boots: 2"), "first boot + one restart: {out}");
+    assert!(out.contains("restarts: 1"), "{out}");
+    assert!(
+        out.contains("ps-a: vmr ") && out.contains("exited 3"),
+        "{out}"
+    );
+    assert!(out.contains("removed"), "{out}");
+}

@@ -239,3 +239,5 @@ vm_detached_lost() {
     echo "cgroups-left $(find /sys/fs/cgroup -type d -name 'vml-*' 2>/dev/null | wc -l)"
 }
 case_ vm_detached_lost vm_detached_lost
+# --restart on-failure:1 in a VM: the monitor boots it a second time, then keeps the exit.
+case_ vm_detached_restart sh -c '"$0" run -d --isolation vm --name vmr --restart on-failure:1 busybox -- sh -c "echo boot; exit 3" > /dev/null || exit 1; echo "wait: $("$0" wait vmr)"; echo "boots: $("$0" logs vmr | grep -c boot)"; "$0" ps -a | grep "^vmr " | sed "s/^/ps-a: /"; sed -n "s/.*\"restarts\": \([0-9]*\).*/restarts: \1/p" "$DUET_ROOT"/instances/vmr-*/meta.json; "$0" rm vmr > /dev/null && echo removed' "$DUET_EXE"
