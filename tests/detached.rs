@@ -468,3 +468,49 @@ fn hundred_parallel_detached_then_stop_and_rm_leave_nothing() {
     assert!(env.instances().is_empty());
     env.assert_clean(&base);
 }
+
+#[test]
+fn dash_t_gives_the_workload_a_pty_of_its_own() {
+    if skip_unless_root("dash_t_gives_the_workload_a_pty_of_its_own") {
+        return;
+    }
+    let env = Env::new();
+    let _c = Cleanup(&env);
+    // No terminal anywhere: pipes without -t, a pty of the container's own with it.
+    assert_eq!(
+        ok(&env, &["run", "busybox", "--", "tty"]).trim(),
+        "not a tty"
+    );
+    let o = env.run(&["run", "-t", "busybox", "--", "tty"]);
+    let t = stdout(&o);
+    assert!(t.trim().starts_with("/dev/pts/"), "{t:?} {}", stderr(&o));
+    let name = unique("dt");
+    ok(
+        &env,
+        &[
+            "run",
+            "-d",
+            "-t",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "tty; echo done",
+        ],
+    );
+    assert_eq!(ok(&env, &["wait", &name]).trim(), "0");
+    let logs = stdout(&env.run(&["logs", &name]));
+    assert!(
+        logs.contains("/dev/pts/") && logs.contains("done"),
+        "{logs}"
+    );
+    ok(&env, &["rm", &name]);
+    let o = env.run(&["run", "-t", "--isolation", "vm", "busybox", "--", "tty"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("-t"), "{}", stderr(&o));
+    let o = env.run(&["run", "-d", "-i", "busybox", "--", "cat"]);
+    assert_eq!(o.status.code(), Some(125));
+    env.assert_clean(&name);
+}

@@ -448,7 +448,14 @@ impl ContainerRuntime {
                 workdir,
                 command: &spec.command,
                 env: &spec.env,
-                console: console::ConsoleSpec::detect(),
+                console: console::ConsoleSpec::detect().or_else(|| {
+                    // -t without a terminal (e.g. `run -d -t`): the pty's
+                    // output goes to duet's stdout (a monitor's log).
+                    launch.options.tty.then_some(console::ConsoleSpec {
+                        on: [true, true, true],
+                        size: (24, 80),
+                    })
+                }),
             },
             CapabilityPlan::for_this_process(),
             Arc::new(seccomp::compile()?),

@@ -49,6 +49,9 @@ pub struct RunOptions {
     /// Container: the cgroup (a path inside each hierarchy) to nest duet's
     /// cgroups under instead of the caller's own (`--cgroup-parent`).
     pub cgroup_parent: Option<PathBuf>,
+    /// Container: give the workload a pty of its own even when duet's
+    /// stdio is not a terminal (`-t`; with a terminal it always gets one).
+    pub tty: bool,
 }
 
 /// Everything a backend needs to start one instance: the resolved spec

@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// hierarchy) instead of under the cgroup duet runs in.
     #[arg(long, value_name = "CGROUP")]
     pub cgroup_parent: Option<PathBuf>,
+    /// Give the workload a pty of its own (container; it gets one anyway
+    /// when duet's stdin, stdout or stderr is a terminal).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin open for the workload (the default in the foreground; a
+    /// detached instance has no stdin).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Detach: leave the workload to a monitor process and print its id once it runs
     /// (see `duet ps`, `logs`, `exec`, `stop`, `wait`, `rm`).
     #[arg(short = 'd', long)]
@@ -173,6 +181,9 @@ pub fn merge_image_defaults(spec: &mut WorkloadSpec, image: &duet_shared::image:
 pub fn run(args: RunArgs) -> Result<i32> {
     let (mut spec, origin) = effective_spec(&args)?;
     let isolation = spec.isolation.unwrap_or(Isolation::Container);
+    if args.tty && isolation == Isolation::Vm {
+        bail!("-t: a microVM's workload has the guest's serial console; `duet exec -t` gives a pty inside the guest");
+    }
     let backend = backends::for_isolation(isolation);
     let mut report = RunReport::start(backend.isolation(), &spec.name, &spec.image);
     let root = state_root();
@@ -193,6 +204,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         console: args.console,
         explain: args.explain,
         cgroup_parent: args.cgroup_parent.clone(),
+        tty: args.tty,
     };
     if args.detach {
         return run_detached(&args, &root, &spec, &image, backend.isolation());
@@ -279,6 +291,7 @@ fn run_detached(
         (args.timings, "--timings"),
         (args.report.is_some(), "--report"),
         (args.explain, "--explain"),
+        (args.interactive, "-i"),
     ] {
         if given {
             bail!("{flag} does not go with -d (a detached instance stays until `duet rm`; see `duet inspect` for its timeline)");
@@ -304,6 +317,7 @@ fn run_detached(
             cgroup_parent: args.cgroup_parent.clone(),
             restart: args.restart,
             remove: args.rm,
+            tty: args.tty,
         };
         let p = instance.path().join(monitor::LAUNCH_FILE);
         std::fs::write(&p, serde_json::to_vec_pretty(&cfg)?)

@@ -53,6 +53,9 @@ pub struct DetachedLaunch {
     pub restart: RestartPolicy,
     /// `--rm`: remove the instance when it has ended for good.
     pub remove: bool,
+    /// `-t`: the workload gets a pty (its output still goes to the log).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// `--restart no|on-failure[:N]|always`.
@@ -290,6 +293,7 @@ fn run(id: &str, ready: &mut Ready) -> Result<()> {
         console: launch_cfg.console,
         explain: false,
         cgroup_parent: launch_cfg.cgroup_parent.clone(),
+        tty: launch_cfg.tty,
     };
     let log = Rc::new(RefCell::new(log::LogWriter::open(dir.path())?));
     let rt = tokio::runtime::Builder::new_current_thread()
