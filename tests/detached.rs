@@ -477,10 +477,9 @@ fn dash_t_gives_the_workload_a_pty_of_its_own() {
     let env = Env::new();
     let _c = Cleanup(&env);
     // No terminal anywhere: pipes without -t, a pty of the container's own with it.
-    assert_eq!(
-        ok(&env, &["run", "busybox", "--", "tty"]).trim(),
-        "not a tty"
-    );
+    let o = env.run(&["run", "busybox", "--", "tty"]);
+    assert_eq!(stdout(&o).trim(), "not a tty");
+    assert_eq!(o.status.code(), Some(1));
     let o = env.run(&["run", "-t", "busybox", "--", "tty"]);
     let t = stdout(&o);
     assert!(t.trim().starts_with("/dev/pts/"), "{t:?} {}", stderr(&o));
