@@ -19,6 +19,7 @@
 //! [`report::render_html`], [`report::render_json`].
 
 pub mod charts;
+pub mod detached;
 pub mod disk;
 pub mod host;
 pub mod instances;

@@ -78,6 +78,9 @@ impl Starter for DetachStarter {
     }
 }
 
+/// Makes the exec command line for an instance id.
+pub type ExecArgv = Box<dyn Fn(&str) -> Vec<String>>;
+
 /// `PROGRAM... exec ID true` against one idle instance, started on the
 /// first sample (untimed) and stopped when the starter is dropped.
 pub struct ExecStarter {
@@ -86,7 +89,7 @@ pub struct ExecStarter {
     /// Starts the instance to exec into.
     pub launcher: Box<dyn IdleLauncher>,
     /// The exec command for an instance id, e.g. `["duet", "exec", ID, "true"]`.
-    pub argv: Box<dyn Fn(&str) -> Vec<String>>,
+    pub argv: ExecArgv,
     /// The instance, once started.
     pub instance: Option<Box<dyn IdleInstance>>,
 }

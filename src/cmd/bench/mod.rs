@@ -421,7 +421,7 @@ impl Bench {
             let exe = self.exe.clone();
             starters.push(Box::new(ExecStarter {
                 label: format!("duet exec {iso} (true)"),
-                launcher: Box::new(duet_bench::instances::DetachedIdle::new(
+                launcher: Box::new(duet_bench::detached::DetachedIdle::new(
                     &self.exe,
                     &root,
                     &iso.to_string(),
@@ -601,7 +601,7 @@ impl Bench {
                 return Ok(());
             }
             let root = self.image.store.root().to_path_buf();
-            let mut l = duet_bench::instances::DetachedIdle::new(
+            let mut l = duet_bench::detached::DetachedIdle::new(
                 &self.exe,
                 &root,
                 &iso.to_string(),
