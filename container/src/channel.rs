@@ -41,6 +41,12 @@ pub enum ChildMsg {
     /// The workload's terminal is ready; the pty master travels with this
     /// message as SCM_RIGHTS ([`Channel::send_with_fd`]).
     Console,
+    /// `duet exec`: the command's process was forked into the container's
+    /// pid namespace as duet's child; its pidfd travels with this message.
+    Forked {
+        /// Its host pid.
+        pid: i32,
+    },
 }
 
 /// What the parent tells the child.
@@ -55,6 +61,7 @@ const TAG_STEP_FAILED: u32 = 2;
 const TAG_EXEC_FAILED: u32 = 3;
 const TAG_GO: u32 = 4;
 const TAG_CONSOLE: u32 = 5;
+const TAG_FORKED: u32 = 6;
 
 fn put_u32(b: &mut [u8; MSG_LEN], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -98,6 +105,10 @@ impl ChildMsg {
                 put_u32(&mut b, 8, u32::from(interpreter_missing));
             }
             ChildMsg::Console => put_u32(&mut b, 0, TAG_CONSOLE),
+            ChildMsg::Forked { pid } => {
+                put_u32(&mut b, 0, TAG_FORKED);
+                put_u32(&mut b, 4, pid as u32);
+            }
         }
         b
     }
@@ -122,6 +133,9 @@ impl ChildMsg {
                 interpreter_missing: get_u32(b, 8) != 0,
             }),
             TAG_CONSOLE => Some(ChildMsg::Console),
+            TAG_FORKED => Some(ChildMsg::Forked {
+                pid: get_u32(b, 4) as i32,
+            }),
             _ => None,
         }
     }
@@ -342,6 +356,7 @@ mod tests {
                 interpreter_missing: true,
             },
             ChildMsg::Console,
+            ChildMsg::Forked { pid: 4242 },
         ] {
             assert_eq!(ChildMsg::decode(&m.encode()), Some(m));
         }

@@ -34,6 +34,7 @@ pub mod cgroup;
 pub mod channel;
 pub mod child;
 pub mod console;
+pub mod exec;
 pub mod plan;
 pub mod seccomp;
 pub mod signals;
@@ -157,9 +158,19 @@ impl Init {
         child_end: &Channel,
         cgroup_dir: Option<&OwnedFd>,
     ) -> io::Result<Init> {
+        Init::spawn_with_flags(NAMESPACES, plan, child_end, cgroup_dir)
+    }
+
+    /// [`Init::spawn`] with other clone flags than the new namespaces (`duet exec`: none).
+    fn spawn_with_flags(
+        flags: u64,
+        plan: &ChildPlan,
+        child_end: &Channel,
+        cgroup_dir: Option<&OwnedFd>,
+    ) -> io::Result<Init> {
         let mut pidfd: libc::c_int = -1;
         let mut args = CloneArgs {
-            flags: NAMESPACES | libc::CLONE_PIDFD as u64,
+            flags: flags | libc::CLONE_PIDFD as u64,
             pidfd: &mut pidfd as *mut libc::c_int as u64,
             exit_signal: libc::SIGCHLD as u64,
             ..Default::default()
@@ -336,6 +347,8 @@ fn read_child(chan: &Channel, init: &Init, mut deadline: Option<Instant>) -> Set
                 errno,
                 interpreter_missing,
             } => out.exec_failed = Some((errno, interpreter_missing)),
+            // Only `duet exec` forks (see exec.rs); a run's init never does.
+            ChildMsg::Forked { .. } => {}
         }
     }
 }

@@ -161,6 +161,30 @@ pub enum Step {
     /// Mark every fd above 2 close-on-exec (close_range), so nothing duet's
     /// caller left open reaches the workload.
     CloseInheritedFds,
+    /// `duet exec`: join the namespaces of a running container's init, with
+    /// one setns on its pidfd where the kernel takes that (5.8+), else one
+    /// setns per `/proc/PID/ns/*` file.
+    JoinNamespaces {
+        /// pidfd of the init (-1: use the files only).
+        pidfd: i32,
+        /// CLONE_NEW* flags of every namespace joined.
+        flags: libc::c_int,
+        /// The fallback: open `/proc/PID/ns/*` fds with their CLONE_NEW* flag, in joining order.
+        ns_files: Vec<(i32, libc::c_int)>,
+    },
+    /// `duet exec`: clone3 with CLONE_PARENT, so the following steps run in
+    /// the joined pid namespace as a child of duet itself; the process that
+    /// forked sends duet the new child's pidfd ([`crate::channel::ChildMsg::Forked`]) and exits.
+    ForkIntoPidNamespace,
+    /// PR_SET_DUMPABLE 0 until execve: while it still holds duet's memory
+    /// and fds, the container's processes cannot open its `/proc/PID/*`
+    /// (`exe`, `fd`, `mem`) even after its capabilities are dropped.
+    NotDumpable,
+    /// dup2 these fds onto 0, 1 and 2 (the same number: left as it is).
+    Stdio([i32; 3]),
+    /// Close every fd above 2 except the setup channel, before anything the
+    /// container controls (its workdir, say `/proc/self/fd/N`) is looked up.
+    CloseOtherFds,
 }
 
 fn show(c: &CString) -> String {
@@ -217,6 +241,13 @@ impl Step {
             Step::NewSession => "starting a new session (setsid)".into(),
             Step::Console(_) => "opening the workload's terminal (/dev/ptmx)".into(),
             Step::CloseInheritedFds => "closing inherited file descriptors".into(),
+            Step::JoinNamespaces { .. } => {
+                "joining the container's mount, pid, uts, ipc, net and cgroup namespaces".into()
+            }
+            Step::ForkIntoPidNamespace => "forking into the container's pid namespace".into(),
+            Step::NotDumpable => "making the process non-dumpable".into(),
+            Step::Stdio(_) => "setting up stdin, stdout and stderr".into(),
+            Step::CloseOtherFds => "closing inherited file descriptors".into(),
         }
     }
 }
@@ -487,20 +518,35 @@ pub fn build(
         Step::Seccomp,
     ]);
 
-    let argv = r
-        .command
+    assemble(s, r.command, environment(r.env, r.hostname), caps, seccomp)
+}
+
+/// A plan of `steps` that ends in execve of `command` with `env`.
+fn assemble(
+    steps: Vec<Step>,
+    command: &[String],
+    env: BTreeMap<String, String>,
+    caps: CapabilityPlan,
+    seccomp: Arc<SeccompPrograms>,
+) -> Result<ChildPlan, PlanError> {
+    if command.is_empty() {
+        return Err(PlanError::NoCommand);
+    }
+    let argv = command
         .iter()
         .map(|a| cstr("command", a))
         .collect::<Result<Vec<_>, _>>()?;
-    let env = environment(r.env, r.hostname);
     let envp = env
         .iter()
         .map(|(k, v)| cstr("env", format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let search_path = if r.command[0].contains('/') {
+    let search_path = if command[0].contains('/') {
         None
     } else {
-        Some(cstr("env PATH", &env["PATH"])?)
+        Some(cstr(
+            "env PATH",
+            env.get("PATH").map_or(DEFAULT_PATH, String::as_str),
+        )?)
     };
     let argv_ptrs = argv
         .iter()
@@ -513,7 +559,7 @@ pub fn build(
         .chain([std::ptr::null()])
         .collect();
     Ok(ChildPlan {
-        steps: s,
+        steps,
         argv,
         argv_ptrs,
         envp,
@@ -522,6 +568,86 @@ pub fn build(
         caps,
         seccomp,
     })
+}
+
+/// How `duet exec` gives the command its stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStdio {
+    /// A new pty in the container's devpts on all three (`-t`).
+    Console(crate::console::ConsoleSpec),
+    /// These (inherited) fds, dup2'ed onto 0, 1 and 2.
+    Fds([i32; 3]),
+}
+
+/// What `duet exec` runs in a running container, resolved by the parent.
+#[derive(Debug, Clone)]
+pub struct ExecSpec<'a> {
+    /// pidfd of the container's init (-1: join through `ns_files` only).
+    pub pidfd: i32,
+    /// `/proc/PID/ns/*` fds of the init and their CLONE_NEW* flag.
+    pub ns_files: Vec<(i32, libc::c_int)>,
+    /// Hostname of the container (the `HOSTNAME` default).
+    pub hostname: &'a str,
+    /// Working directory inside.
+    pub workdir: &'a str,
+    /// argv.
+    pub command: &'a [String],
+    /// The workload's environment (spec with the image's merged in).
+    pub env: &'a BTreeMap<String, String>,
+    /// `KEY=VALUE` overrides.
+    pub env_overrides: &'a [(String, String)],
+    /// Its stdio.
+    pub stdio: ExecStdio,
+}
+
+/// Namespaces `duet exec` joins: every one the container's init has of its own.
+pub const EXEC_NAMESPACES: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP;
+
+/// The plan of a `duet exec` helper: wait for duet (cgroups joined), join
+/// the init's namespaces, fork into its pid namespace, then the workload's
+/// own restrictions in the same order as [`build`] gives them.
+pub fn build_exec(
+    e: &ExecSpec<'_>,
+    caps: CapabilityPlan,
+    seccomp: Arc<SeccompPrograms>,
+) -> Result<ChildPlan, PlanError> {
+    let mut s = vec![
+        Step::WaitForParent,
+        Step::JoinNamespaces {
+            pidfd: e.pidfd,
+            flags: EXEC_NAMESPACES,
+            ns_files: e.ns_files.clone(),
+        },
+        Step::ForkIntoPidNamespace,
+        Step::NotDumpable,
+        Step::NewSession,
+    ];
+    s.push(match e.stdio {
+        ExecStdio::Console(c) => Step::Console(c),
+        ExecStdio::Fds(fds) => Step::Stdio(fds),
+    });
+    s.extend([
+        Step::CloseOtherFds,
+        Step::Workdir(cstr(
+            "workdir",
+            if e.workdir.is_empty() { "/" } else { e.workdir },
+        )?),
+        Step::Umask(0o022),
+        Step::DropCapabilities,
+        Step::NoNewPrivs,
+        Step::CloseInheritedFds,
+        Step::Seccomp,
+    ]);
+    let mut env = environment(e.env, e.hostname);
+    for (k, v) in e.env_overrides {
+        env.insert(k.clone(), v.clone());
+    }
+    assemble(s, e.command, env, caps, seccomp)
 }
 
 #[cfg(test)]
