@@ -26,6 +26,8 @@ enum Command {
     /// Manage images: import, ls, rm.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Run a command inside a running instance: `duet exec [-i] [-t] NAME CMD [ARG...]`.
+    Exec(cmd::exec::ExecArgs),
     /// List instances kept with `--keep` (and running ones).
     Ps,
     /// Remove kept instances.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Exec(args) => cmd::exec::exec(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),
         Command::Ps => cmd::instances::ps().map(|()| 0),
         Command::Rm { ids } => cmd::instances::rm(&ids).map(|()| 0),
