@@ -255,7 +255,10 @@ fn exec_output_and_exit_codes() {
     let o = exec(&env, &[&name, "sh", "-c", "kill -SEGV $$"]);
     assert_eq!(o.status.code(), Some(139), "{}", stderr(&o));
     // By id prefix too.
-    assert_eq!(exec_ok(&env, &[&c.id[..c.id.len() - 3], "echo", "x"]), "x\n");
+    assert_eq!(
+        exec_ok(&env, &[&c.id[..c.id.len() - 3], "echo", "x"]),
+        "x\n"
+    );
     drop(c);
     env.assert_clean(&name);
 }
@@ -290,7 +293,17 @@ fn exec_gets_the_workloads_env_and_workdir() {
     let out = exec_ok(
         &env,
         &[
-            "-e", "FOO=over", "-e", "NEW=1", "-e", "PATH=/bin", "-w", "/tmp", &name, "sh", "-c",
+            "-e",
+            "FOO=over",
+            "-e",
+            "NEW=1",
+            "-e",
+            "PATH=/bin",
+            "-w",
+            "/tmp",
+            &name,
+            "sh",
+            "-c",
             show,
         ],
     );
@@ -323,14 +336,21 @@ fn exec_joins_the_containers_namespaces() {
         &env,
         &busybox(
             &name,
-            &["sh", "-c", "echo written-by-workload > /marker; exec sleep 60"],
+            &[
+                "sh",
+                "-c",
+                "echo written-by-workload > /marker; exec sleep 60",
+            ],
         ),
         &[],
     );
     let t = Instant::now();
     while std::fs::read_to_string(format!("/proc/{}/comm", c.pid)).unwrap_or_default() != "sleep\n"
     {
-        assert!(t.elapsed() < Duration::from_secs(10), "workload never slept");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "workload never slept"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = exec_ok(
@@ -349,7 +369,10 @@ fn exec_joins_the_containers_namespaces() {
     assert_eq!(lines[1], "written-by-workload", "{out}");
     assert_eq!(lines[2], "sleep 60 ", "pid 1 is the workload:\n{out}");
     let me: u32 = lines[3].parse().unwrap();
-    assert!(me > 1 && me < 100, "pid {me} is not the container's:\n{out}");
+    assert!(
+        me > 1 && me < 100,
+        "pid {me} is not the container's:\n{out}"
+    );
     let procs: u32 = lines[4].parse().unwrap();
     assert!(procs <= 4, "sees {procs} processes:\n{out}");
     assert!(!Path::new("/marker").exists() || std::fs::read_to_string("/marker").is_err());
@@ -357,7 +380,11 @@ fn exec_joins_the_containers_namespaces() {
         let (ns, inside) = l.split_once(' ').unwrap();
         let init = std::fs::read_link(format!("/proc/{}/ns/{ns}", c.pid)).unwrap();
         let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
-        assert_eq!(inside, init.to_string_lossy(), "{ns}: not the workload's\n{out}");
+        assert_eq!(
+            inside,
+            init.to_string_lossy(),
+            "{ns}: not the workload's\n{out}"
+        );
         assert_ne!(inside, host.to_string_lossy(), "{ns}: the host's\n{out}");
     }
     assert_eq!(lines.len(), 11, "{out}");
@@ -373,7 +400,15 @@ fn exec_has_no_more_privilege_than_the_workload() {
     let env = Env::new();
     let name = unique("xcaps");
     let c = start_running(&env, &busybox(&name, &["sleep", "60"]), &[]);
-    let fields = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
+    let fields = [
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+    ];
     let pick = |status: &str| -> Vec<String> {
         status
             .lines()
@@ -393,8 +428,21 @@ fn exec_has_no_more_privilege_than_the_workload() {
     // The seccomp filter is the workload's: no new user namespace, no mount.
     let o = exec(&env, &[&name, "unshare", "-U", "true"]);
     assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
     // In the workload's cgroups (the cgroup namespace root, as for the init).
-    let cg = exec_ok(&env, &[&name, "sh", "-c", "cat /proc/self/cgroup; echo --; cat /proc/1/cgroup"]);
+    let cg = exec_ok(
+        &env,
+        &[
+            &name,
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; echo --; cat /proc/1/cgroup",
+        ],
+    );
     let (own, init) = cg.split_once("--\n").unwrap();
     assert_eq!(own, init, "{cg}");
     assert!(own.lines().all(|l| l.ends_with(":/")), "{cg}");
@@ -414,14 +462,23 @@ fn exec_tty_and_the_callers_terminal() {
     let c = start_running(&env, &busybox(&name, &["sleep", "60"]), &[]);
     let d = duet_quoted();
     // -t: a pty of the container's own devpts, the controlling terminal.
-    let o = under_script(&env, &format!("{d} exec -t {name} sh -c 'tty; tty <&2; exit 5'"));
+    let o = under_script(
+        &env,
+        &format!("{d} exec -t {name} sh -c 'tty; tty <&2; exit 5'"),
+    );
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(5), "{out}\n{}", stderr(&o));
     let ttys: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(ttys.len(), 2, "{out}");
-    assert!(ttys[0].starts_with("/dev/pts/") && ttys[0] == ttys[1], "{out}");
+    assert!(
+        ttys[0].starts_with("/dev/pts/") && ttys[0] == ttys[1],
+        "{out}"
+    );
     // -t without a terminal around duet works too.
-    let o = exec(&env, &["-t", &name, "sh", "-c", "tty; echo \"$(stty size)\""]);
+    let o = exec(
+        &env,
+        &["-t", &name, "sh", "-c", "tty; echo \"$(stty size)\""],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("/dev/pts/"), "{}", stdout(&o));
     assert!(stdout(&o).contains("24 80"), "{}", stdout(&o));
@@ -467,7 +524,12 @@ fn exec_stdin_only_with_interactive() {
     let name = unique("xin");
     let c = start_running(&env, &busybox(&name, &["sleep", "60"]), &[]);
     let feed = |args: &[&str]| {
-        let mut ch = env.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut ch = env
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::io::Write::write_all(ch.stdin.as_mut().unwrap(), b"piped input\n").unwrap();
         drop(ch.stdin.take());
         ch.wait_with_output().unwrap()
@@ -577,7 +639,10 @@ fn exec_errors_name_the_instance() {
     let o = exec(&env, &[&name, "true"]);
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains(&format!("instance `{}` is not running (status: exited)", c.id)),
+        stderr(&o).contains(&format!(
+            "instance `{}` is not running (status: exited)",
+            c.id
+        )),
         "{}",
         stderr(&o)
     );
@@ -600,14 +665,21 @@ fn exec_leaves_nothing_and_stops_on_signals() {
     };
     assert_eq!(c.procs(), [c.pid]);
     for _ in 0..3 {
-        let pid: i32 = exec_ok(&env, &[&name, "sh", "-c", "echo $$"]).trim().parse().unwrap();
+        let pid: i32 = exec_ok(&env, &[&name, "sh", "-c", "echo $$"])
+            .trim()
+            .parse()
+            .unwrap();
         assert!(pid > 1);
         assert_eq!(c.procs(), [c.pid], "the exec'd process is still there");
     }
     let mut now = cgroups_named(&name);
     now.sort();
     assert_eq!(now, cgroups, "exec made or removed cgroups");
-    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130), (libc::SIGKILL, 137)] {
+    for (sig, code) in [
+        (libc::SIGTERM, 143),
+        (libc::SIGINT, 130),
+        (libc::SIGKILL, 137),
+    ] {
         let mut ch = env.cmd(&["exec", &name, "sleep", "100"]).spawn().unwrap();
         let procs = c.wait_procs(2, Duration::from_secs(10));
         assert_eq!(procs.len(), 2, "the exec'd sleep never joined the cgroup");
@@ -616,16 +688,27 @@ fn exec_leaves_nothing_and_stops_on_signals() {
         unsafe { libc::kill(ch.id() as i32, sig) };
         let t = Instant::now();
         let status = ch.wait().unwrap();
-        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
         if sig == libc::SIGKILL {
-            assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(sig));
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(sig)
+            );
         } else {
             assert_eq!(status.code(), Some(code), "after signal {sig}");
         }
         // Gone (on SIGKILL of duet, through its parent-death signal; with
         // duet gone nobody but the container's init can reap it, and `sleep`
         // never does: a zombie inside the container is all that may remain).
-        assert_eq!(c.wait_procs(1, Duration::from_secs(5)), [c.pid], "signal {sig}");
+        assert_eq!(
+            c.wait_procs(1, Duration::from_secs(5)),
+            [c.pid],
+            "signal {sig}"
+        );
         assert!(!running(sleep), "sleep {sleep} survived signal {sig}");
     }
     drop(c);

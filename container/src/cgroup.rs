@@ -780,30 +780,34 @@ pub fn membership_dir(m: &Membership, mountinfo: &str) -> Option<PathBuf> {
         ));
     }
     let wanted: Vec<&str> = m.controllers.split(',').collect();
-    mounts.iter().enumerate().find_map(|(i, (root, point, fstype, options))| {
-        let fits = match m.version() {
-            CgroupVersion::V2 => *fstype == "cgroup2",
-            CgroupVersion::V1 => {
-                *fstype == "cgroup" && wanted.iter().all(|w| options.split(',').any(|o| o == *w))
-            }
-        };
-        let shadowed = mounts[i + 1..]
-            .iter()
-            .any(|(_, later, _, _)| point.starts_with(later));
-        if !fits || shadowed {
-            return None;
-        }
-        let rest = if root == "/" {
-            m.path.as_str()
-        } else {
-            let rest = m.path.strip_prefix(root.as_str())?;
-            if !rest.is_empty() && !rest.starts_with('/') {
+    mounts
+        .iter()
+        .enumerate()
+        .find_map(|(i, (root, point, fstype, options))| {
+            let fits = match m.version() {
+                CgroupVersion::V2 => *fstype == "cgroup2",
+                CgroupVersion::V1 => {
+                    *fstype == "cgroup"
+                        && wanted.iter().all(|w| options.split(',').any(|o| o == *w))
+                }
+            };
+            let shadowed = mounts[i + 1..]
+                .iter()
+                .any(|(_, later, _, _)| point.starts_with(later));
+            if !fits || shadowed {
                 return None;
             }
-            rest
-        };
-        Some(point.join(rest.trim_start_matches('/')))
-    })
+            let rest = if root == "/" {
+                m.path.as_str()
+            } else {
+                let rest = m.path.strip_prefix(root.as_str())?;
+                if !rest.is_empty() && !rest.starts_with('/') {
+                    return None;
+                }
+                rest
+            };
+            Some(point.join(rest.trim_start_matches('/')))
+        })
 }
 
 /// The cgroup directories a process must join to be where `target` (its
@@ -814,9 +818,9 @@ pub fn dirs_to_join(target: &str, own: &str, mountinfo: &str) -> Result<Vec<Path
     let own = parse_memberships(own);
     let mut dirs = Vec::new();
     for m in parse_memberships(target) {
-        let same = own
-            .iter()
-            .any(|o| o.hierarchy == m.hierarchy && o.controllers == m.controllers && o.path == m.path);
+        let same = own.iter().any(|o| {
+            o.hierarchy == m.hierarchy && o.controllers == m.controllers && o.path == m.path
+        });
         if same {
             continue;
         }
@@ -1227,7 +1231,10 @@ mod tests {
             path: "/kubepods/pod1".into(),
             ..m.clone()
         };
-        assert_eq!(membership_dir(&m2, sub), Some(PathBuf::from("/cg/cpu/pod1")));
+        assert_eq!(
+            membership_dir(&m2, sub),
+            Some(PathBuf::from("/cg/cpu/pod1"))
+        );
         let m3 = Membership {
             path: "/kubepodsX".into(),
             ..m.clone()

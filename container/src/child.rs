@@ -239,7 +239,11 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
 /// setns into every namespace in `flags` of the process behind `pidfd` at
 /// once (Linux 5.8+); on older kernels, which take no pidfd here (EINVAL),
 /// one setns per open `/proc/PID/ns/*` file.
-fn join_namespaces(pidfd: i32, flags: libc::c_int, ns_files: &[(i32, libc::c_int)]) -> Result<(), i32> {
+fn join_namespaces(
+    pidfd: i32,
+    flags: libc::c_int,
+    ns_files: &[(i32, libc::c_int)],
+) -> Result<(), i32> {
     if pidfd >= 0 {
         // SAFETY: setns on a pidfd the parent opened, with constant flags.
         match check(unsafe { libc::setns(pidfd, flags) }) {

@@ -173,8 +173,8 @@ impl Relay {
         // the workload still gets its pty, for its output only. A stdin
         // that is no terminal (`duet exec -it` fed from a pipe) is relayed as is.
         // SAFETY: isatty, tcgetpgrp and getpgrp only read process state.
-        let foreground = spec.on[0]
-            && unsafe { libc::isatty(0) == 0 || libc::tcgetpgrp(0) == libc::getpgrp() };
+        let foreground =
+            spec.on[0] && unsafe { libc::isatty(0) == 0 || libc::tcgetpgrp(0) == libc::getpgrp() };
         let spec = ConsoleSpec {
             on: [foreground, spec.on[1], spec.on[2]],
             ..spec

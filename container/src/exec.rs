@@ -926,4 +926,71 @@ mod tests {
         io::Read::read_to_string(&mut std::fs::File::from(to_r), &mut got).unwrap();
         assert_eq!(got, "hello");
     }
+
+    /// The fallback for kernels without setns on a pidfd (before 5.8): the
+    /// same plan machinery joins through `/proc/PID/ns/*` alone; and the
+    /// pidfd way, for comparison.
+    #[test]
+    fn namespaces_are_joined_through_files_or_the_pidfd() {
+        let test = "namespaces_are_joined_through_files_or_the_pidfd";
+        if duet_shared::testing::skip_unless_root(test, "setns needs CAP_SYS_ADMIN")
+            || duet_shared::testing::skip_unless_program(test, "unshare", "util-linux")
+        {
+            return;
+        }
+        let mut target = std::process::Command::new("unshare")
+            .args([
+                "--uts",
+                "sh",
+                "-c",
+                "hostname duet-ns-test && exec sleep 30",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = target.id() as i32;
+        let t = Instant::now();
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default() != "sleep\n"
+        {
+            assert!(t.elapsed() < Duration::from_secs(10), "target never slept");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let uts = open_cloexec(Path::new(&format!("/proc/{pid}/ns/uts")), libc::O_RDONLY).unwrap();
+        let pidfd = pidfd_open(pid).unwrap();
+        for via_pidfd in [false, true] {
+            let (r, w) = pipe().unwrap();
+            let steps = vec![
+                Step::JoinNamespaces {
+                    pidfd: if via_pidfd { pidfd.as_raw_fd() } else { -1 },
+                    flags: libc::CLONE_NEWUTS,
+                    ns_files: vec![(uts.as_raw_fd(), libc::CLONE_NEWUTS)],
+                },
+                Step::Stdio([0, w.as_raw_fd(), 2]),
+            ];
+            let env = [("PATH".to_string(), plan::DEFAULT_PATH.to_string())].into();
+            let plan = plan::assemble(
+                steps,
+                &["uname".to_string(), "-n".to_string()],
+                env,
+                CapabilityPlan::for_this_process(),
+                Arc::new(seccomp::compile().unwrap()),
+            )
+            .unwrap();
+            let (parent_end, child_end) = Channel::pair().unwrap();
+            let mut child = Init::spawn_with_flags(0, &plan, &child_end, None).unwrap();
+            drop(child_end);
+            drop(w);
+            let setup = read_setup(&parent_end);
+            assert!(
+                setup.step_failed.is_none(),
+                "via pidfd {via_pidfd}: {:?}",
+                setup.step_failed
+            );
+            let mut out = String::new();
+            io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+            assert_eq!(child.reap().unwrap(), WorkloadExit::Code(0));
+            assert_eq!(out, "duet-ns-test\n", "via pidfd {via_pidfd}");
+        }
+        let _ = target.kill();
+        let _ = target.wait();
+    }
 }

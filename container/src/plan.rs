@@ -522,7 +522,7 @@ pub fn build(
 }
 
 /// A plan of `steps` that ends in execve of `command` with `env`.
-fn assemble(
+pub(crate) fn assemble(
     steps: Vec<Step>,
     command: &[String],
     env: BTreeMap<String, String>,
@@ -866,5 +866,98 @@ mod tests {
             .iter()
             .any(|d| d == "changing to workdir `/srv` (spec field `workdir`)"));
         assert!(all.iter().any(|d| d == "creating device dev/null (1:3)"));
+    }
+
+    #[test]
+    fn exec_plan_joins_forks_then_restricts_like_the_workload() {
+        let mut env = BTreeMap::new();
+        env.insert("A".to_string(), "1".to_string());
+        env.insert("B".to_string(), "2".to_string());
+        let cmd = vec!["ls".to_string(), "-l".to_string()];
+        let overrides = vec![
+            ("B".to_string(), "over".to_string()),
+            ("PATH".to_string(), "/opt/bin".to_string()),
+        ];
+        let p = build_exec(
+            &ExecSpec {
+                pidfd: 7,
+                ns_files: vec![(8, libc::CLONE_NEWUTS)],
+                hostname: "web",
+                workdir: "/srv",
+                command: &cmd,
+                env: &env,
+                env_overrides: &overrides,
+                stdio: ExecStdio::Fds([10, 1, 2]),
+            },
+            CapabilityPlan {
+                keep: 1,
+                last_cap: 40,
+            },
+            Arc::new(crate::seccomp::compile().unwrap()),
+        )
+        .unwrap();
+        let at = |f: &dyn Fn(&Step) -> bool| position(&p, f);
+        let join = at(&|s| {
+            matches!(s, Step::JoinNamespaces { pidfd: 7, flags, ns_files }
+                if *flags == EXEC_NAMESPACES && ns_files == &[(8, libc::CLONE_NEWUTS)])
+        });
+        let fork = at(&|s| matches!(s, Step::ForkIntoPidNamespace));
+        let dumpable = at(&|s| matches!(s, Step::NotDumpable));
+        let session = at(&|s| matches!(s, Step::NewSession));
+        let stdio = at(&|s| matches!(s, Step::Stdio([10, 1, 2])));
+        let close = at(&|s| matches!(s, Step::CloseOtherFds));
+        let workdir = at(&|s| matches!(s, Step::Workdir(w) if w.as_bytes() == b"/srv"));
+        let caps = at(&|s| matches!(s, Step::DropCapabilities));
+        let nnp = at(&|s| matches!(s, Step::NoNewPrivs));
+        assert!(matches!(p.steps[0], Step::WaitForParent), "cgroups first");
+        assert!(join < fork && fork + 1 == dumpable && dumpable < session);
+        assert!(session < stdio && stdio < close && close < workdir);
+        assert!(workdir < caps && caps < nnp);
+        assert!(matches!(p.steps.last(), Some(Step::Seccomp)));
+        assert!(!p
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Mount { .. } | Step::PivotRoot | Step::Hostname(_))));
+        let envs: Vec<String> = p.envp.iter().map(show).collect();
+        assert_eq!(
+            envs,
+            [
+                "A=1",
+                "B=over",
+                "HOME=/root",
+                "HOSTNAME=web",
+                "PATH=/opt/bin"
+            ]
+        );
+        assert_eq!(p.search_path.as_ref().unwrap().as_bytes(), b"/opt/bin");
+        let console = ExecStdio::Console(crate::console::ConsoleSpec {
+            on: [true; 3],
+            size: (24, 80),
+        });
+        let p = build_exec(
+            &ExecSpec {
+                pidfd: 7,
+                ns_files: vec![],
+                hostname: "web",
+                workdir: "",
+                command: &cmd,
+                env: &env,
+                env_overrides: &[],
+                stdio: console,
+            },
+            CapabilityPlan {
+                keep: 1,
+                last_cap: 40,
+            },
+            Arc::new(crate::seccomp::compile().unwrap()),
+        )
+        .unwrap();
+        let session = position(&p, |s| matches!(s, Step::NewSession));
+        let pty = position(&p, |s| matches!(s, Step::Console(_)));
+        assert!(session < pty, "the pty becomes the new session's terminal");
+        assert!(p
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Workdir(w) if w.as_bytes() == b"/")));
     }
 }
