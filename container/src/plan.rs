@@ -507,6 +507,9 @@ pub fn build(
         s.push(Step::Console(console));
     }
     s.extend([
+        // Before the workdir, the first path the image chooses: a workdir of
+        // `/proc/self/fd/N` must not reach a directory duet's caller left open.
+        Step::CloseOtherFds,
         Step::Workdir(cstr(
             "workdir",
             if r.workdir.is_empty() { "/" } else { r.workdir },
@@ -738,6 +741,12 @@ mod tests {
         let cgns = position(&p, |s| matches!(s, Step::UnshareCgroupNamespace));
         let caps = position(&p, |s| matches!(s, Step::DropCapabilities));
         let nnp = position(&p, |s| matches!(s, Step::NoNewPrivs));
+        let close = position(&p, |s| matches!(s, Step::CloseOtherFds));
+        let workdir = position(&p, |s| matches!(s, Step::Workdir(_)));
+        assert!(
+            close < workdir,
+            "no inherited fd is open when the workdir is looked up"
+        );
         assert!(overlay < chdir && chdir < proc_ && proc_ < mask && mask < pivot && ro < pivot);
         assert!(pivot < wait && wait < cgns && cgns < caps && caps < nnp);
         assert!(
