@@ -48,6 +48,12 @@ use std::time::{Duration, Instant};
 /// Errors of `duet exec` into a container; each names the instance.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
+    /// The request has no command.
+    #[error("exec into `{instance}`: no command given")]
+    NoCommand {
+        /// Instance id.
+        instance: String,
+    },
     /// The instance is not a container.
     #[error("instance `{instance}` is a {isolation}, not a container")]
     NotAContainer {
@@ -633,6 +639,9 @@ pub fn exec(dir: &InstanceDir, request: &ExecRequest) -> Result<WorkloadExit, Ex
     if let Some(signal) = signals::received() {
         return Err(ExecError::Interrupted { instance, signal });
     }
+    if request.command.is_empty() {
+        return Err(ExecError::NoCommand { instance });
+    }
     let target = Target::open(dir)?;
     let spec = dir.load_spec().map_err(|source| ExecError::Spec {
         instance: instance.clone(),
@@ -889,6 +898,14 @@ mod tests {
         );
         let e = exec(&d, &request(&["true"])).unwrap_err();
         assert!(matches!(e, ExecError::InitGone { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_empty_command_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let d = instance(t.path(), "container", RunState::default());
+        let e = exec(&d, &request(&[])).unwrap_err().to_string();
+        assert_eq!(e, format!("exec into `{}`: no command given", d.id()));
     }
 
     #[test]

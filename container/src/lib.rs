@@ -26,6 +26,9 @@
 //! `pivot_done`, `ready` and `exited`; `start`, `spec_loaded` and
 //! `cleaned_up` are the caller's. With `options.explain` the cgroups and
 //! every setup step are printed to stderr before the clone.
+//!
+//! [`exec::exec`] runs one more command inside a running container, with
+//! the workload's namespaces, cgroups and restrictions (`duet exec`).
 
 #![warn(missing_docs)]
 
