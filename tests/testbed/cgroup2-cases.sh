@@ -27,5 +27,32 @@ echo +memory > /sys/fs/cgroup/caller.slice/cgroup.subtree_control
 echo 50331648 > /sys/fs/cgroup/caller.slice/memory.max
 case_ caller_limit sh -c 'echo $$ > /sys/fs/cgroup/caller.slice/job.scope/cgroup.procs; duet run --name v2caller --memory 512 busybox -- dd if=/dev/zero of=/dev/null bs=200M count=1; echo exit=$?; echo $$ > /sys/fs/cgroup/cgroup.procs; find /sys/fs/cgroup/caller.slice -mindepth 1 -type d'
 rmdir /sys/fs/cgroup/caller.slice/job.scope /sys/fs/cgroup/caller.slice 2>/dev/null
+# duet exec on pure v2: the exec'd command joins the instance's one v2
+# cgroup. The running state is written here as `duet run -d` will record it
+# (the same stand-in as tests/exec.rs start_running).
+"$DUET_EXE" run --name v2exec busybox -- sleep 120 </dev/null >/dev/null 2>&1 &
+run_pid=$!
+i=0
+while [ $i -lt 400 ]; do
+  cg=$(find /sys/fs/cgroup -type d -name 'v2exec-*' | head -1)
+  init=$(head -1 "$cg/cgroup.procs" 2>/dev/null)
+  [ -n "$init" ] && [ "$(cat /proc/$init/comm 2>/dev/null)" = sleep ] && break
+  sleep 0.05
+  i=$((i + 1))
+done
+inst=$(ls -d $DUET_ROOT/instances/v2exec-*)
+start=$(sed 's/.*) //' /proc/$init/stat | cut -d' ' -f20)
+sed -i -e 's/"status": "created"/"status": "running"/' -e "s/\"pid\": null/\"pid\": $init/" \
+  -e "s/\"pid_start\": null/\"pid_start\": $start/" "$inst/meta.json"
+cat > "$inst/spec.json" <<SPEC
+{"name": "v2exec", "image": "busybox", "command": ["sleep", "120"],
+ "env": {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+ "workdir": "/", "isolation": null, "resources": {"memory_mib": 128, "vcpus": 1, "pids_max": null}}
+SPEC
+case_ exec sh -c "duet exec v2exec sh -c 'cat /proc/self/cgroup; hostname'; \
+  duet exec v2exec sleep 2 & sleep 1; echo procs=\$(wc -l < $cg/cgroup.procs); wait; \
+  echo after=\$(wc -l < $cg/cgroup.procs)"
+kill -TERM $run_pid
+wait $run_pid
 # No duet/ directory anywhere (an empty one is removed with its last instance).
 case_ leftovers sh -c 'find /sys/fs/cgroup -type d -name duet | wc -l; ls /tmp/duet/instances | wc -l'
