@@ -717,9 +717,10 @@ pub fn exec(dir: &InstanceDir, request: &ExecRequest) -> Result<WorkloadExit, Ex
         pid: helper.pid,
         source,
     })?;
-    drop(helper_guard);
-
+    // Entered before the helper's guard is dropped: no stop signal in between
+    // takes its default action (which would leave the command to its death signal).
     let mut command_guard = signals::RunGuard::enter();
+    drop(helper_guard);
     let command = setup.forked.map(|(pid, pidfd)| {
         command_guard.register(pidfd.as_raw_fd());
         Init {
