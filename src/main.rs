@@ -27,6 +27,8 @@ enum Command {
     /// Manage images: import, ls, rm.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Run a command inside a running instance: `duet exec [-i] [-t] NAME CMD [ARG...]`.
+    Exec(cmd::exec::ExecArgs),
     /// List running instances (-a: also ended, kept and stale ones).
     Ps {
         /// All instances, not only running ones.
@@ -127,6 +129,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Exec(args) => cmd::exec::exec(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),
         Command::Ps { all } => cmd::instances::ps(all).map(|()| 0),
         Command::Rm { force, ids } => cmd::instances::rm(&ids, force).map(|()| 0),

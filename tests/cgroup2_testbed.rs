@@ -70,6 +70,19 @@ fn v2_the_callers_limit_covers_the_container() {
     );
 }
 
+/// `duet exec` joins the instance's (one, v2) cgroup and leaves it again.
+#[test]
+fn v2_exec_joins_the_instance_cgroup() {
+    let Some(c) = get("v2_exec_joins_the_instance_cgroup", "exec") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert_eq!(
+        c.output, "0::/\nv2exec\nprocs=2\nafter=1\n",
+        "exec'd processes outside the instance cgroup, or left in it"
+    );
+}
+
 #[test]
 fn v2_no_cgroups_or_instances_left() {
     let Some(c) = get("v2_no_cgroups_or_instances_left", "leftovers") else {

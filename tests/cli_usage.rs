@@ -17,6 +17,9 @@ fn usage_errors_exit_125() {
         &["run"][..],
         &["run", "--no-such-flag", "busybox"][..],
         &["run", "--memory", "lots", "busybox"][..],
+        &["exec"][..],
+        &["exec", "web"][..],
+        &["exec", "-x", "web", "true"][..],
     ] {
         let o = duet(args);
         assert_eq!(o.status.code(), Some(125), "duet {args:?}: {}", stderr(&o));

@@ -918,3 +918,50 @@ fn instances_are_named_by_name_or_id_prefix() {
     );
     env.assert_clean(&name);
 }
+
+/// A workdir of `/proc/self/fd/N` (an image's WORKDIR, say) must not reach
+/// a directory duet's caller left open as fd N: that cwd would be on the
+/// host, outside the container's root (runc's CVE-2024-21626).
+#[test]
+fn workdir_cannot_reach_an_inherited_fd() {
+    if skip_unless_root("workdir_cannot_reach_an_inherited_fd") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let name = unique("wdfd");
+    let host_dir = env.root().join("host-dir");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::write(host_dir.join("HOST_FILE"), "").unwrap();
+    let spec = env.root().join("w.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"{name}\"\nimage = \"busybox\"\nworkdir = \"/proc/self/fd/9\"\n\
+             command = [\"sh\", \"-c\", \"ls; ls ..\"]\n"
+        ),
+    )
+    .unwrap();
+    let dir = std::fs::File::open(&host_dir).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    let mut cmd = env.cmd(&["run", "--spec", spec.to_str().unwrap()]);
+    // SAFETY: dup2 between fork and exec of the duet child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        !stdout(&o).contains("HOST_FILE") && !stdout(&o).contains("host-dir"),
+        "the workload's cwd is the host's {}:\n{}",
+        host_dir.display(),
+        stdout(&o)
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/proc/self/fd/9"), "{}", stderr(&o));
+    env.assert_clean(&name);
+}

@@ -721,6 +721,117 @@ impl duet_shared::runtime::CgroupLease for Cgroup {
     }
 }
 
+/// One line of `/proc/PID/cgroup`: the process's cgroup in one hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// Hierarchy id (0: the v2 hierarchy).
+    pub hierarchy: u32,
+    /// v1 controllers (or `name=...`), comma-separated; empty for v2.
+    pub controllers: String,
+    /// The cgroup, relative to the reader's cgroup namespace root.
+    pub path: String,
+}
+
+impl Membership {
+    /// v1 or v2.
+    pub fn version(&self) -> CgroupVersion {
+        if self.hierarchy == 0 && self.controllers.is_empty() {
+            CgroupVersion::V2
+        } else {
+            CgroupVersion::V1
+        }
+    }
+}
+
+/// Parses `/proc/PID/cgroup` text (`id:controllers:path` lines).
+pub fn parse_memberships(text: &str) -> Vec<Membership> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            Some(Membership {
+                hierarchy: f.next()?.parse().ok()?,
+                controllers: f.next()?.to_string(),
+                path: f.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The directory of `m` as this process sees the hierarchies mounted
+/// (`mountinfo`: its `/proc/self/mountinfo`): the first cgroup mount of
+/// that hierarchy, not hidden by a later mount, whose root holds the path.
+pub fn membership_dir(m: &Membership, mountinfo: &str) -> Option<PathBuf> {
+    // (root, mount point, fstype, super options), in mount order.
+    let mut mounts: Vec<(String, PathBuf, &str, &str)> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        if fields.len() < 5 || right.len() < 3 {
+            continue;
+        }
+        mounts.push((
+            unescape_mountinfo(fields[3]),
+            PathBuf::from(unescape_mountinfo(fields[4])),
+            right[0],
+            right[2],
+        ));
+    }
+    let wanted: Vec<&str> = m.controllers.split(',').collect();
+    mounts
+        .iter()
+        .enumerate()
+        .find_map(|(i, (root, point, fstype, options))| {
+            let fits = match m.version() {
+                CgroupVersion::V2 => *fstype == "cgroup2",
+                CgroupVersion::V1 => {
+                    *fstype == "cgroup"
+                        && wanted.iter().all(|w| options.split(',').any(|o| o == *w))
+                }
+            };
+            let shadowed = mounts[i + 1..]
+                .iter()
+                .any(|(_, later, _, _)| point.starts_with(later));
+            if !fits || shadowed {
+                return None;
+            }
+            let rest = if root == "/" {
+                m.path.as_str()
+            } else {
+                let rest = m.path.strip_prefix(root.as_str())?;
+                if !rest.is_empty() && !rest.starts_with('/') {
+                    return None;
+                }
+                rest
+            };
+            Some(point.join(rest.trim_start_matches('/')))
+        })
+}
+
+/// The cgroup directories a process must join to be where `target` (its
+/// `/proc/PID/cgroup`) is, given where it is now (`own`, its
+/// `/proc/self/cgroup`): one per hierarchy whose path differs. A hierarchy
+/// that is not mounted here comes back as `Err` with its line.
+pub fn dirs_to_join(target: &str, own: &str, mountinfo: &str) -> Result<Vec<PathBuf>, String> {
+    let own = parse_memberships(own);
+    let mut dirs = Vec::new();
+    for m in parse_memberships(target) {
+        let same = own.iter().any(|o| {
+            o.hierarchy == m.hierarchy && o.controllers == m.controllers && o.path == m.path
+        });
+        if same {
+            continue;
+        }
+        match membership_dir(&m, mountinfo) {
+            Some(d) => dirs.push(d),
+            None => return Err(format!("{}:{}:{}", m.hierarchy, m.controllers, m.path)),
+        }
+    }
+    Ok(dirs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1075,5 +1186,62 @@ mod tests {
             vec![deep.join("duet/x-1")]
         );
         std::mem::forget(cg);
+    }
+
+    #[test]
+    fn memberships_map_to_mounted_dirs() {
+        let target = "\
+9:name=systemd:/
+4:memory:/process_api/abc/duet/web-1
+8:pids:/duet/web-1
+1:cpu:/duet/web-1
+0::/
+";
+        let own = "9:name=systemd:/\n4:memory:/process_api/abc\n8:pids:/\n1:cpu:/\n0::/\n";
+        let mi = HYBRID.to_string()
+            + "42 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n";
+        let ms = parse_memberships(target);
+        assert_eq!(ms.len(), 5);
+        assert_eq!(ms[4].version(), CgroupVersion::V2);
+        assert_eq!(ms[1].version(), CgroupVersion::V1);
+        let dirs = dirs_to_join(target, own, &mi).unwrap();
+        assert_eq!(
+            dirs,
+            [
+                PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/duet/web-1"),
+                PathBuf::from("/sys/fs/cgroup/pids/duet/web-1"),
+                PathBuf::from("/sys/fs/cgroup/cpu/duet/web-1"),
+            ]
+        );
+        // Pure v2: the one line.
+        let dirs = dirs_to_join("0::/user.slice/duet/x\n", "0::/user.slice/sh\n", PURE_V2).unwrap();
+        assert_eq!(dirs, [PathBuf::from("/sys/fs/cgroup/user.slice/duet/x")]);
+        // Co-mounted controllers, and a mount of a sub-tree.
+        let m = Membership {
+            hierarchy: 3,
+            controllers: "cpu,cpuacct".into(),
+            path: "/duet/x".into(),
+        };
+        assert_eq!(
+            membership_dir(&m, COMOUNTED),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/duet/x"))
+        );
+        let sub = "50 1 0:29 /kubepods /cg/cpu rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let m2 = Membership {
+            path: "/kubepods/pod1".into(),
+            ..m.clone()
+        };
+        assert_eq!(
+            membership_dir(&m2, sub),
+            Some(PathBuf::from("/cg/cpu/pod1"))
+        );
+        let m3 = Membership {
+            path: "/kubepodsX".into(),
+            ..m.clone()
+        };
+        assert_eq!(membership_dir(&m3, sub), None);
+        // A hierarchy not mounted here is named.
+        let e = dirs_to_join("5:devices:/duet/x\n", "5:devices:/\n", PURE_V2).unwrap_err();
+        assert_eq!(e, "5:devices:/duet/x");
     }
 }

@@ -49,6 +49,12 @@ pub enum ChildMsg {
     /// The workload's terminal is ready; the pty master travels with this
     /// message as SCM_RIGHTS ([`Channel::send_with_fd`]).
     Console,
+    /// `duet exec`: the command's process was forked into the container's
+    /// pid namespace as duet's child; its pidfd travels with this message.
+    Forked {
+        /// Its host pid.
+        pid: i32,
+    },
 }
 
 /// What the parent tells the child.
@@ -67,6 +73,7 @@ const TAG_GO: u32 = 4;
 const TAG_CONSOLE: u32 = 5;
 const TAG_CREATED: u32 = 6;
 const TAG_START: u32 = 7;
+const TAG_FORKED: u32 = 8;
 
 fn put_u32(b: &mut [u8; MSG_LEN], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -118,6 +125,10 @@ impl ChildMsg {
                 put_u64(&mut b, 8, rootfs_ready);
                 put_u64(&mut b, 16, pivot_done);
             }
+            ChildMsg::Forked { pid } => {
+                put_u32(&mut b, 0, TAG_FORKED);
+                put_u32(&mut b, 4, pid as u32);
+            }
         }
         b
     }
@@ -145,6 +156,9 @@ impl ChildMsg {
             TAG_CREATED => Some(ChildMsg::Created {
                 rootfs_ready: get_u64(b, 8),
                 pivot_done: get_u64(b, 16),
+            }),
+            TAG_FORKED => Some(ChildMsg::Forked {
+                pid: get_u32(b, 4) as i32,
             }),
             _ => None,
         }
@@ -374,6 +388,7 @@ mod tests {
                 interpreter_missing: true,
             },
             ChildMsg::Console,
+            ChildMsg::Forked { pid: 4242 },
         ] {
             assert_eq!(ChildMsg::decode(&m.encode()), Some(m));
         }

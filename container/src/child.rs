@@ -202,6 +202,21 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
         // SAFETY: prctl with integer arguments.
         Step::NoNewPrivs => check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
         Step::Seccomp => crate::seccomp::install_all(&plan.seccomp),
+        Step::AwaitStart => {
+            chan.send_raw(
+                &ChildMsg::Created {
+                    rootfs_ready: stamps.rootfs_ready,
+                    pivot_done: stamps.pivot_done,
+                }
+                .encode(),
+            )?;
+            let mut b = [0u8; MSG_LEN];
+            match chan.recv_raw(&mut b)? {
+                Some(n) if ParentMsg::decode(&b[..n]) == Some(ParentMsg::Start) => Ok(()),
+                // duet deleted the instance (or went away) before starting it.
+                _ => Err(libc::ECANCELED),
+            }
+        }
         // SAFETY: setsid has no arguments.
         Step::NewSession => match unsafe { libc::setsid() } {
             -1 => Err(errno()),
@@ -215,7 +230,113 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
             sent
         }
         Step::CloseInheritedFds => close_inherited_fds(),
+        Step::JoinNamespaces {
+            pidfd,
+            flags,
+            ns_files,
+        } => join_namespaces(*pidfd, *flags, ns_files),
+        Step::ForkIntoPidNamespace => fork_into_pid_namespace(chan),
+        // SAFETY: prctl with integer arguments.
+        Step::NotDumpable => check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }),
+        Step::Stdio(fds) => {
+            for (target, &fd) in fds.iter().enumerate() {
+                // SAFETY: dup2 onto 0-2 of fds the parent opened for this child.
+                if fd != target as i32 && unsafe { libc::dup2(fd, target as i32) } < 0 {
+                    return Err(errno());
+                }
+            }
+            Ok(())
+        }
+        Step::CloseOtherFds => close_other_fds(chan.raw_fd()),
     }
+}
+
+/// setns into every namespace in `flags` of the process behind `pidfd` at
+/// once (Linux 5.8+); on older kernels, which take no pidfd here (EINVAL),
+/// one setns per open `/proc/PID/ns/*` file.
+fn join_namespaces(
+    pidfd: i32,
+    flags: libc::c_int,
+    ns_files: &[(i32, libc::c_int)],
+) -> Result<(), i32> {
+    if pidfd >= 0 {
+        // SAFETY: setns on a pidfd the parent opened, with constant flags.
+        match check(unsafe { libc::setns(pidfd, flags) }) {
+            Err(libc::EINVAL) => {}
+            r => return r,
+        }
+    }
+    for &(fd, nstype) in ns_files {
+        // SAFETY: setns on an open namespace file with its own type.
+        check(unsafe { libc::setns(fd, nstype) })?;
+    }
+    Ok(())
+}
+
+/// Clones (CLONE_PARENT, so the new process is duet's child and duet can
+/// wait for it) into the pid namespace joined before. The new process
+/// returns `Ok` and goes on with the plan; this one sends duet the new
+/// process's pidfd and exits.
+fn fork_into_pid_namespace(chan: &Channel) -> Result<(), i32> {
+    let mut pidfd: libc::c_int = -1;
+    let args = crate::CloneArgs {
+        flags: (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        // clone3 wants 0 with CLONE_PARENT: the child inherits our exit signal (SIGCHLD).
+        exit_signal: 0,
+        ..Default::default()
+    };
+    // SAFETY: fork-style clone3 (no new stack) of a single-threaded process;
+    // the child goes on with the plan's steps, which never allocate.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const crate::CloneArgs,
+            crate::CLONE_ARGS_SIZE_VER0,
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    if r == 0 {
+        // The death signal is not inherited: if duet dies, so does this command.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        return Ok(());
+    }
+    let sent = chan.send_with_fd(&ChildMsg::Forked { pid: r as i32 }.encode(), pidfd);
+    // SAFETY: _exit ends this process without running destructors; the
+    // pidfd closes with it (duet holds its own copy).
+    unsafe { libc::_exit(if sent.is_ok() { 0 } else { SETUP_FAILED_STATUS }) }
+}
+
+/// Closes every fd above 2 except `keep` (the setup channel).
+fn close_other_fds(keep: i32) -> Result<(), i32> {
+    let ranges = [(3, keep - 1), (keep + 1, i32::MAX)];
+    for (lo, hi) in ranges {
+        if lo > hi {
+            continue;
+        }
+        // SAFETY: close_range with integer arguments.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, lo as u32, hi as u32, 0u32) };
+        if r == 0 {
+            continue;
+        }
+        // Kernels before 5.9 lack close_range: close one by one up to the fd limit.
+        // SAFETY: getrlimit writes into a local.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur.min(1 << 20) as i32
+        } else {
+            1 << 16
+        };
+        for fd in lo..hi.min(max - 1) + 1 {
+            // SAFETY: closing a possibly unused fd only returns EBADF.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 /// Marks every fd above 2 close-on-exec: the setup channel still works until
@@ -333,21 +454,6 @@ pub fn child_main(plan: &ChildPlan, chan: &Channel) -> ! {
             // SAFETY: _exit ends the process without running destructors.
             unsafe { libc::_exit(SETUP_FAILED_STATUS) };
         }
-    }
-    let created = ChildMsg::Created {
-        rootfs_ready: stamps.rootfs_ready,
-        pivot_done: stamps.pivot_done,
-    };
-    if chan.send_raw(&created.encode()).is_err() {
-        // SAFETY: as above.
-        unsafe { libc::_exit(SETUP_FAILED_STATUS) };
-    }
-    // Created: wait for start (the parent closing its end means delete).
-    let mut b = [0u8; MSG_LEN];
-    match chan.recv_raw(&mut b) {
-        Ok(Some(n)) if ParentMsg::decode(&b[..n]) == Some(ParentMsg::Start) => {}
-        // SAFETY: as above.
-        _ => unsafe { libc::_exit(SETUP_FAILED_STATUS) },
     }
     let msg = ChildMsg::Stamps {
         rootfs_ready: stamps.rootfs_ready,

@@ -137,7 +137,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// write(2) of all of `buf`, waiting while a non-blocking fd is full.
-fn write_all(fd: i32, mut buf: &[u8]) -> bool {
+pub(crate) fn write_all(fd: i32, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
         // SAFETY: writes from a buffer we own.
         let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
@@ -170,9 +170,11 @@ impl Relay {
         // Only a foreground duet owns the keyboard: a background job that
         // changed the terminal's modes or read it would be stopped (SIGTTOU,
         // SIGTTIN) and would steal input from the shell. In the background
-        // the workload still gets its pty, for its output only.
-        // SAFETY: tcgetpgrp and getpgrp only read process state.
-        let foreground = spec.on[0] && unsafe { libc::tcgetpgrp(0) == libc::getpgrp() };
+        // the workload still gets its pty, for its output only. A stdin
+        // that is no terminal (`duet exec -it` fed from a pipe) is relayed as is.
+        // SAFETY: isatty, tcgetpgrp and getpgrp only read process state.
+        let foreground =
+            spec.on[0] && unsafe { libc::isatty(0) == 0 || libc::tcgetpgrp(0) == libc::getpgrp() };
         let spec = ConsoleSpec {
             on: [foreground, spec.on[1], spec.on[2]],
             ..spec

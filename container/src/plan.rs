@@ -152,6 +152,9 @@ pub enum Step {
     NoNewPrivs,
     /// Install [`ChildPlan::seccomp`].
     Seccomp,
+    /// Tell duet the instance is created (with the phase stamps) and wait
+    /// for [`crate::channel::ParentMsg::Start`] before execve.
+    AwaitStart,
     /// setsid(2): the workload leads a new session, so it has no
     /// controlling terminal but the one [`Step::Console`] gives it.
     NewSession,
@@ -161,6 +164,30 @@ pub enum Step {
     /// Mark every fd above 2 close-on-exec (close_range), so nothing duet's
     /// caller left open reaches the workload.
     CloseInheritedFds,
+    /// `duet exec`: join the namespaces of a running container's init, with
+    /// one setns on its pidfd where the kernel takes that (5.8+), else one
+    /// setns per `/proc/PID/ns/*` file.
+    JoinNamespaces {
+        /// pidfd of the init (-1: use the files only).
+        pidfd: i32,
+        /// CLONE_NEW* flags of every namespace joined.
+        flags: libc::c_int,
+        /// The fallback: open `/proc/PID/ns/*` fds with their CLONE_NEW* flag, in joining order.
+        ns_files: Vec<(i32, libc::c_int)>,
+    },
+    /// `duet exec`: clone3 with CLONE_PARENT, so the following steps run in
+    /// the joined pid namespace as a child of duet itself; the process that
+    /// forked sends duet the new child's pidfd ([`crate::channel::ChildMsg::Forked`]) and exits.
+    ForkIntoPidNamespace,
+    /// PR_SET_DUMPABLE 0 until execve: while it still holds duet's memory
+    /// and fds, the container's processes cannot open its `/proc/PID/*`
+    /// (`exe`, `fd`, `mem`) even after its capabilities are dropped.
+    NotDumpable,
+    /// dup2 these fds onto 0, 1 and 2 (the same number: left as it is).
+    Stdio([i32; 3]),
+    /// Close every fd above 2 except the setup channel, before anything the
+    /// container controls (its workdir, say `/proc/self/fd/N`) is looked up.
+    CloseOtherFds,
 }
 
 fn show(c: &CString) -> String {
@@ -214,9 +241,17 @@ impl Step {
             Step::DropCapabilities => "dropping capabilities".into(),
             Step::NoNewPrivs => "setting no_new_privs".into(),
             Step::Seccomp => "installing the seccomp filter".into(),
+            Step::AwaitStart => "waiting for `start` (the instance is created)".into(),
             Step::NewSession => "starting a new session (setsid)".into(),
             Step::Console(_) => "opening the workload's terminal (/dev/ptmx)".into(),
             Step::CloseInheritedFds => "closing inherited file descriptors".into(),
+            Step::JoinNamespaces { .. } => {
+                "joining the container's mount, pid, uts, ipc, net and cgroup namespaces".into()
+            }
+            Step::ForkIntoPidNamespace => "forking into the container's pid namespace".into(),
+            Step::NotDumpable => "making the process non-dumpable".into(),
+            Step::Stdio(_) => "setting up stdin, stdout and stderr".into(),
+            Step::CloseOtherFds => "closing inherited file descriptors".into(),
         }
     }
 }
@@ -476,6 +511,9 @@ pub fn build(
         s.push(Step::Console(console));
     }
     s.extend([
+        // Before the workdir, the first path the image chooses: a workdir of
+        // `/proc/self/fd/N` must not reach a directory duet's caller left open.
+        Step::CloseOtherFds,
         Step::Workdir(cstr(
             "workdir",
             if r.workdir.is_empty() { "/" } else { r.workdir },
@@ -485,22 +523,39 @@ pub fn build(
         Step::NoNewPrivs,
         Step::CloseInheritedFds,
         Step::Seccomp,
+        // Created: everything is ready; execve waits for `start`.
+        Step::AwaitStart,
     ]);
 
-    let argv = r
-        .command
+    assemble(s, r.command, environment(r.env, r.hostname), caps, seccomp)
+}
+
+/// A plan of `steps` that ends in execve of `command` with `env`.
+pub(crate) fn assemble(
+    steps: Vec<Step>,
+    command: &[String],
+    env: BTreeMap<String, String>,
+    caps: CapabilityPlan,
+    seccomp: Arc<SeccompPrograms>,
+) -> Result<ChildPlan, PlanError> {
+    if command.is_empty() {
+        return Err(PlanError::NoCommand);
+    }
+    let argv = command
         .iter()
         .map(|a| cstr("command", a))
         .collect::<Result<Vec<_>, _>>()?;
-    let env = environment(r.env, r.hostname);
     let envp = env
         .iter()
         .map(|(k, v)| cstr("env", format!("{k}={v}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let search_path = if r.command[0].contains('/') {
+    let search_path = if command[0].contains('/') {
         None
     } else {
-        Some(cstr("env PATH", &env["PATH"])?)
+        Some(cstr(
+            "env PATH",
+            env.get("PATH").map_or(DEFAULT_PATH, String::as_str),
+        )?)
     };
     let argv_ptrs = argv
         .iter()
@@ -513,7 +568,7 @@ pub fn build(
         .chain([std::ptr::null()])
         .collect();
     Ok(ChildPlan {
-        steps: s,
+        steps,
         argv,
         argv_ptrs,
         envp,
@@ -522,6 +577,86 @@ pub fn build(
         caps,
         seccomp,
     })
+}
+
+/// How `duet exec` gives the command its stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStdio {
+    /// A new pty in the container's devpts on all three (`-t`).
+    Console(crate::console::ConsoleSpec),
+    /// These (inherited) fds, dup2'ed onto 0, 1 and 2.
+    Fds([i32; 3]),
+}
+
+/// What `duet exec` runs in a running container, resolved by the parent.
+#[derive(Debug, Clone)]
+pub struct ExecSpec<'a> {
+    /// pidfd of the container's init (-1: join through `ns_files` only).
+    pub pidfd: i32,
+    /// `/proc/PID/ns/*` fds of the init and their CLONE_NEW* flag.
+    pub ns_files: Vec<(i32, libc::c_int)>,
+    /// Hostname of the container (the `HOSTNAME` default).
+    pub hostname: &'a str,
+    /// Working directory inside.
+    pub workdir: &'a str,
+    /// argv.
+    pub command: &'a [String],
+    /// The workload's environment (spec with the image's merged in).
+    pub env: &'a BTreeMap<String, String>,
+    /// `KEY=VALUE` overrides.
+    pub env_overrides: &'a [(String, String)],
+    /// Its stdio.
+    pub stdio: ExecStdio,
+}
+
+/// Namespaces `duet exec` joins: every one the container's init has of its own.
+pub const EXEC_NAMESPACES: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP;
+
+/// The plan of a `duet exec` helper: wait for duet (cgroups joined), join
+/// the init's namespaces, fork into its pid namespace, then the workload's
+/// own restrictions in the same order as [`build`] gives them.
+pub fn build_exec(
+    e: &ExecSpec<'_>,
+    caps: CapabilityPlan,
+    seccomp: Arc<SeccompPrograms>,
+) -> Result<ChildPlan, PlanError> {
+    let mut s = vec![
+        Step::WaitForParent,
+        Step::JoinNamespaces {
+            pidfd: e.pidfd,
+            flags: EXEC_NAMESPACES,
+            ns_files: e.ns_files.clone(),
+        },
+        Step::ForkIntoPidNamespace,
+        Step::NotDumpable,
+        Step::NewSession,
+    ];
+    s.push(match e.stdio {
+        ExecStdio::Console(c) => Step::Console(c),
+        ExecStdio::Fds(fds) => Step::Stdio(fds),
+    });
+    s.extend([
+        Step::CloseOtherFds,
+        Step::Workdir(cstr(
+            "workdir",
+            if e.workdir.is_empty() { "/" } else { e.workdir },
+        )?),
+        Step::Umask(0o022),
+        Step::DropCapabilities,
+        Step::NoNewPrivs,
+        Step::CloseInheritedFds,
+        Step::Seccomp,
+    ]);
+    let mut env = environment(e.env, e.hostname);
+    for (k, v) in e.env_overrides {
+        env.insert(k.clone(), v.clone());
+    }
+    assemble(s, e.command, env, caps, seccomp)
 }
 
 #[cfg(test)]
@@ -612,11 +747,21 @@ mod tests {
         let cgns = position(&p, |s| matches!(s, Step::UnshareCgroupNamespace));
         let caps = position(&p, |s| matches!(s, Step::DropCapabilities));
         let nnp = position(&p, |s| matches!(s, Step::NoNewPrivs));
+        let close = position(&p, |s| matches!(s, Step::CloseOtherFds));
+        let workdir = position(&p, |s| matches!(s, Step::Workdir(_)));
+        assert!(
+            close < workdir,
+            "no inherited fd is open when the workdir is looked up"
+        );
         assert!(overlay < chdir && chdir < proc_ && proc_ < mask && mask < pivot && ro < pivot);
         assert!(pivot < wait && wait < cgns && cgns < caps && caps < nnp);
         assert!(
-            matches!(p.steps.last(), Some(Step::Seccomp)),
-            "seccomp is the last step"
+            matches!(p.steps.last(), Some(Step::AwaitStart)),
+            "the created init waits for start last"
+        );
+        assert!(
+            matches!(p.steps[p.steps.len() - 2], Step::Seccomp),
+            "seccomp is the last setup step"
         );
         match &p.steps[overlay] {
             Step::Mount { target, data, .. } => {
@@ -740,5 +885,98 @@ mod tests {
             .iter()
             .any(|d| d == "changing to workdir `/srv` (spec field `workdir`)"));
         assert!(all.iter().any(|d| d == "creating device dev/null (1:3)"));
+    }
+
+    #[test]
+    fn exec_plan_joins_forks_then_restricts_like_the_workload() {
+        let mut env = BTreeMap::new();
+        env.insert("A".to_string(), "1".to_string());
+        env.insert("B".to_string(), "2".to_string());
+        let cmd = vec!["ls".to_string(), "-l".to_string()];
+        let overrides = vec![
+            ("B".to_string(), "over".to_string()),
+            ("PATH".to_string(), "/opt/bin".to_string()),
+        ];
+        let p = build_exec(
+            &ExecSpec {
+                pidfd: 7,
+                ns_files: vec![(8, libc::CLONE_NEWUTS)],
+                hostname: "web",
+                workdir: "/srv",
+                command: &cmd,
+                env: &env,
+                env_overrides: &overrides,
+                stdio: ExecStdio::Fds([10, 1, 2]),
+            },
+            CapabilityPlan {
+                keep: 1,
+                last_cap: 40,
+            },
+            Arc::new(crate::seccomp::compile().unwrap()),
+        )
+        .unwrap();
+        let at = |f: &dyn Fn(&Step) -> bool| position(&p, f);
+        let join = at(&|s| {
+            matches!(s, Step::JoinNamespaces { pidfd: 7, flags, ns_files }
+                if *flags == EXEC_NAMESPACES && ns_files == &[(8, libc::CLONE_NEWUTS)])
+        });
+        let fork = at(&|s| matches!(s, Step::ForkIntoPidNamespace));
+        let dumpable = at(&|s| matches!(s, Step::NotDumpable));
+        let session = at(&|s| matches!(s, Step::NewSession));
+        let stdio = at(&|s| matches!(s, Step::Stdio([10, 1, 2])));
+        let close = at(&|s| matches!(s, Step::CloseOtherFds));
+        let workdir = at(&|s| matches!(s, Step::Workdir(w) if w.as_bytes() == b"/srv"));
+        let caps = at(&|s| matches!(s, Step::DropCapabilities));
+        let nnp = at(&|s| matches!(s, Step::NoNewPrivs));
+        assert!(matches!(p.steps[0], Step::WaitForParent), "cgroups first");
+        assert!(join < fork && fork + 1 == dumpable && dumpable < session);
+        assert!(session < stdio && stdio < close && close < workdir);
+        assert!(workdir < caps && caps < nnp);
+        assert!(matches!(p.steps.last(), Some(Step::Seccomp)));
+        assert!(!p
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Mount { .. } | Step::PivotRoot | Step::Hostname(_))));
+        let envs: Vec<String> = p.envp.iter().map(show).collect();
+        assert_eq!(
+            envs,
+            [
+                "A=1",
+                "B=over",
+                "HOME=/root",
+                "HOSTNAME=web",
+                "PATH=/opt/bin"
+            ]
+        );
+        assert_eq!(p.search_path.as_ref().unwrap().as_bytes(), b"/opt/bin");
+        let console = ExecStdio::Console(crate::console::ConsoleSpec {
+            on: [true; 3],
+            size: (24, 80),
+        });
+        let p = build_exec(
+            &ExecSpec {
+                pidfd: 7,
+                ns_files: vec![],
+                hostname: "web",
+                workdir: "",
+                command: &cmd,
+                env: &env,
+                env_overrides: &[],
+                stdio: console,
+            },
+            CapabilityPlan {
+                keep: 1,
+                last_cap: 40,
+            },
+            Arc::new(crate::seccomp::compile().unwrap()),
+        )
+        .unwrap();
+        let session = position(&p, |s| matches!(s, Step::NewSession));
+        let pty = position(&p, |s| matches!(s, Step::Console(_)));
+        assert!(session < pty, "the pty becomes the new session's terminal");
+        assert!(p
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Workdir(w) if w.as_bytes() == b"/")));
     }
 }

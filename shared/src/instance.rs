@@ -439,6 +439,8 @@ impl InstanceDir {
 
     /// Records the exit status and whether to keep the writable layer.
     pub fn finish(&mut self, exit_code: Option<i32>, keep: bool) -> Result<(), InstanceError> {
+        self.meta.state.status = Status::Exited;
+        self.meta.state.pid = None;
         self.meta.exit_code = exit_code;
         self.meta.kept = keep;
         self.save()

@@ -27,5 +27,12 @@ echo +memory > /sys/fs/cgroup/caller.slice/cgroup.subtree_control
 echo 50331648 > /sys/fs/cgroup/caller.slice/memory.max
 case_ caller_limit sh -c 'echo $$ > /sys/fs/cgroup/caller.slice/job.scope/cgroup.procs; duet run --name v2caller --memory 512 busybox -- dd if=/dev/zero of=/dev/null bs=200M count=1; echo exit=$?; echo $$ > /sys/fs/cgroup/cgroup.procs; find /sys/fs/cgroup/caller.slice -mindepth 1 -type d'
 rmdir /sys/fs/cgroup/caller.slice/job.scope /sys/fs/cgroup/caller.slice 2>/dev/null
+# duet exec on pure v2: the exec'd command joins the instance's one v2 cgroup.
+"$DUET_EXE" run -d --name v2exec busybox -- sleep 120 </dev/null >/dev/null 2>&1
+cg=$(find /sys/fs/cgroup -type d -name 'v2exec-*' | head -1)
+case_ exec sh -c "duet exec v2exec sh -c 'cat /proc/self/cgroup; hostname'; \
+  duet exec v2exec sleep 2 & sleep 1; echo procs=\$(wc -l < $cg/cgroup.procs); wait; \
+  echo after=\$(wc -l < $cg/cgroup.procs)"
+"$DUET_EXE" rm -f v2exec > /dev/null
 # No duet/ directory anywhere (an empty one is removed with its last instance).
 case_ leftovers sh -c 'find /sys/fs/cgroup -type d -name duet | wc -l; ls /tmp/duet/instances | wc -l'

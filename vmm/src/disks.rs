@@ -194,8 +194,16 @@ pub fn scratch_template(state_root: &Path) -> Result<(PathBuf, bool), DiskError>
 /// the template (allocated: the template's ext4 metadata only).
 pub fn create_scratch(state_root: &Path, instance_dir: &Path) -> Result<Scratch, DiskError> {
     let t0 = Instant::now();
-    let (template, template_built) = scratch_template(state_root)?;
     let path = instance_dir.join(SCRATCH_FILE);
+    // A restarted instance (`--restart`) keeps its writable layer, as in Docker.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+        return Ok(Scratch {
+            path,
+            template_built: false,
+            elapsed: t0.elapsed(),
+        });
+    }
+    let (template, template_built) = scratch_template(state_root)?;
     sparse_copy(&template, &path)?;
     Ok(Scratch {
         path,

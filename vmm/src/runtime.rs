@@ -531,10 +531,14 @@ impl Runtime for VmRuntime {
 
     fn exec(
         &self,
-        _dir: &duet_shared::InstanceDir,
+        dir: &duet_shared::InstanceDir,
         _request: &duet_shared::ExecRequest,
     ) -> Result<WorkloadExit, BackendError> {
-        Err("duet exec into microVMs needs the guest agent (being built, issue 10)".into())
+        Err(format!(
+            "instance `{}` is a microVM: exec into a microVM needs the guest agent, which duet does not have yet",
+            dir.id()
+        )
+        .into())
     }
 
     /// The jailed VMM is a child of duet that dies with it (parent-death
