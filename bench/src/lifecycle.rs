@@ -3,7 +3,7 @@
 //! instance, for duet and for the OCI peers (`runc exec`), measured in one run.
 
 use crate::instances::{IdleInstance, IdleLauncher};
-use crate::startup::{tail, timed_spawn, StartError, StartSample, Starter};
+use crate::startup::{timed_ok, StartError, StartSample, Starter};
 use crate::Kind;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -31,50 +31,14 @@ impl Starter for DetachStarter {
 
     fn start_once(&mut self, _i: usize) -> Result<StartSample, StartError> {
         let mut cmd = Command::new(&self.duet);
-        cmd.args([
-            "run",
-            "-d",
-            "--isolation",
-            &self.isolation,
-            &self.image,
-            "--",
-            "sleep",
-            "1000000",
-        ]);
-        let program = "duet run -d".to_string();
-        let out = timed_spawn(&mut cmd).map_err(|source| StartError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(StartError::Exit {
-                program,
-                status: out.status.to_string(),
-                stderr: tail(&out.stderr),
-            });
-        }
+        cmd.args(["run", "-d", "--isolation", &self.isolation])
+            .args([&self.image, "--", "sleep", "1000000"]);
+        let out = timed_ok(&mut cmd, "duet run -d")?;
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let rm = Command::new(&self.duet)
-            .args(["rm", "-f", &id])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| StartError::Spawn {
-                program: "duet rm -f".into(),
-                source,
-            })?;
-        if !rm.status.success() {
-            return Err(StartError::Exit {
-                program: format!("duet rm -f {id}"),
-                status: rm.status.to_string(),
-                stderr: tail(&rm.stderr),
-            });
-        }
-        Ok(StartSample {
-            wall_ms: (out.exited_ns - out.spawned_ns) as f64 / 1e6,
-            spawn_to_t0_ms: None,
-            last_stamp_to_exit_ms: None,
-            report: None,
-        })
+        let mut rm = Command::new(&self.duet);
+        rm.args(["rm", "-f", &id]).stdin(Stdio::null());
+        timed_ok(&mut rm, &format!("duet rm -f {id}"))?;
+        Ok(StartSample::wall(&out))
     }
 }
 
@@ -119,23 +83,8 @@ impl Starter for ExecStarter {
         let (program, args) = argv.split_first().expect("a program");
         let mut cmd = Command::new(program);
         cmd.args(args);
-        let out = timed_spawn(&mut cmd).map_err(|source| StartError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(StartError::Exit {
-                program: argv.join(" "),
-                status: out.status.to_string(),
-                stderr: tail(&out.stderr),
-            });
-        }
-        Ok(StartSample {
-            wall_ms: (out.exited_ns - out.spawned_ns) as f64 / 1e6,
-            spawn_to_t0_ms: None,
-            last_stamp_to_exit_ms: None,
-            report: None,
-        })
+        let out = timed_ok(&mut cmd, &argv.join(" "))?;
+        Ok(StartSample::wall(&out))
     }
 }
 

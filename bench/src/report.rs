@@ -369,28 +369,10 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
         claim_rows,
     ));
     if !r.startup.is_empty() {
-        let rows = r
-            .startup
-            .iter()
-            .map(|s| {
-                let [a, b, c, d] = summary_cells(s.wall_ms, ms);
-                vec![
-                    s.label.clone(),
-                    s.runs.to_string(),
-                    a,
-                    b,
-                    c,
-                    d,
-                    status_text(&s.status),
-                ]
-            })
-            .collect();
         out.push((
             "Startup (wall time, spawn to exit)".to_string(),
-            ["runner", "runs", "min", "median", "p90", "max", "status"]
-                .map(String::from)
-                .to_vec(),
-            rows,
+            wall_header(),
+            wall_rows(&r.startup),
         ));
         let mut phase_rows = Vec::new();
         for s in &r.startup {
@@ -410,28 +392,10 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
         }
     }
     if !r.lifecycle.is_empty() {
-        let rows = r
-            .lifecycle
-            .iter()
-            .map(|s| {
-                let [a, b, c, d] = summary_cells(s.wall_ms, ms);
-                vec![
-                    s.label.clone(),
-                    s.runs.to_string(),
-                    a,
-                    b,
-                    c,
-                    d,
-                    status_text(&s.status),
-                ]
-            })
-            .collect();
         out.push((
             "Lifecycle (`run -d` until running; `exec ID true` round trip)".to_string(),
-            ["runner", "runs", "min", "median", "p90", "max", "status"]
-                .map(String::from)
-                .to_vec(),
-            rows,
+            wall_header(),
+            wall_rows(&r.lifecycle),
         ));
     }
     if !r.memory.is_empty() {
@@ -561,6 +525,31 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
         ));
     }
     out
+}
+
+/// Columns of a table of wall times per runner.
+fn wall_header() -> Vec<String> {
+    ["runner", "runs", "min", "median", "p90", "max", "status"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// One row per runner: its wall-time distribution and status.
+fn wall_rows(rows: &[StartupResult]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|s| {
+            let [a, b, c, d] = summary_cells(s.wall_ms, ms);
+            vec![
+                s.label.clone(),
+                s.runs.to_string(),
+                a,
+                b,
+                c,
+                d,
+                status_text(&s.status),
+            ]
+        })
+        .collect()
 }
 
 fn header_lines(r: &Report) -> Vec<String> {

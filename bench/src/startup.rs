@@ -327,6 +327,34 @@ fn drain_both(
 }
 
 /// Last few lines of captured output, for error messages.
+/// [`timed_spawn`] of `cmd` that must exit 0; `program` names it in errors.
+pub fn timed_ok(cmd: &mut Command, program: &str) -> Result<TimedOutput, StartError> {
+    let out = timed_spawn(cmd).map_err(|source| StartError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(StartError::Exit {
+            program: program.to_string(),
+            status: out.status.to_string(),
+            stderr: tail(&out.stderr),
+        });
+    }
+    Ok(out)
+}
+
+impl StartSample {
+    /// A sample of only the harness's wall time (peers, lifecycle rows).
+    pub fn wall(out: &TimedOutput) -> StartSample {
+        StartSample {
+            wall_ms: (out.exited_ns - out.spawned_ns) as f64 / 1e6,
+            spawn_to_t0_ms: None,
+            last_stamp_to_exit_ms: None,
+            report: None,
+        }
+    }
+}
+
 pub fn tail(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -661,6 +661,48 @@ fn kill_9_leaves_only_what_gc_removes() {
     assert!(cgroups_of(&id).is_empty(), "gc left {:?}", cgroups_of(&id));
 }
 
+/// What a lifecycle test needs for one instance of the busybox lower.
+struct Fixture {
+    _root: tempfile::TempDir,
+    spec: WorkloadSpec,
+    instance: InstanceDir,
+    image: Image,
+    options: RunOptions,
+}
+
+impl Fixture {
+    fn new(name: &str, command: &[&str]) -> Fixture {
+        let root = tempfile::Builder::new()
+            .prefix("duet-root-")
+            .tempdir()
+            .unwrap();
+        let spec =
+            WorkloadSpec::for_image("busybox", command.iter().map(|s| s.to_string()).collect());
+        let instance = InstanceDir::create(root.path(), name, "busybox", "container").unwrap();
+        Fixture {
+            _root: root,
+            spec,
+            instance,
+            image: Image {
+                name: "busybox".into(),
+                layers: Vec::new(),
+                config: ImageConfig::default(),
+            },
+            options: RunOptions::default(),
+        }
+    }
+
+    fn launch(&self) -> Launch<'_> {
+        Launch {
+            spec: &self.spec,
+            image: &self.image,
+            layers: vec![lower().to_path_buf()],
+            instance: &self.instance,
+            options: &self.options,
+        }
+    }
+}
+
 /// The lifecycle one step at a time: `create` sets everything up but the
 /// workload has not run; `start` execs it; `kill` and `wait` end it;
 /// `delete` leaves nothing.
@@ -668,34 +710,12 @@ fn kill_9_leaves_only_what_gc_removes() {
 fn lifecycle_create_does_not_start_the_workload() {
     require_root!();
     use duet_shared::instance::Status;
-    let root = tempfile::Builder::new()
-        .prefix("duet-root-")
-        .tempdir()
-        .unwrap();
-    let spec = WorkloadSpec::for_image(
-        "busybox",
-        ["sh", "-c", "echo ran > /marker; exec sleep 100"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    );
-    let instance = InstanceDir::create(root.path(), "life", "busybox", "container").unwrap();
-    let image = Image {
-        name: "busybox".into(),
-        layers: Vec::new(),
-        config: ImageConfig::default(),
-    };
-    let options = RunOptions::default();
-    let launch = Launch {
-        spec: &spec,
-        image: &image,
-        layers: vec![lower().to_path_buf()],
-        instance: &instance,
-        options: &options,
-    };
+    let f = Fixture::new("life", &["sh", "-c", "echo ran > /marker; exec sleep 100"]);
+    let instance = &f.instance;
     let mut report = RunReport::start("container", "life", "busybox");
-    let rt = ContainerRuntime::new();
-    let mut c = rt.create(&launch, &mut report).unwrap();
+    let mut c = ContainerRuntime::new()
+        .create(&f.launch(), &mut report)
+        .unwrap();
     assert_eq!(c.state(), Status::Created);
     assert!(report.since_start_ns(Phase::RootfsReady).is_some());
     assert!(
@@ -724,7 +744,7 @@ fn lifecycle_create_does_not_start_the_workload() {
     );
     assert_eq!(c.state(), Status::Exited);
     c.delete().unwrap();
-    assert_nothing_left(&instance);
+    assert_nothing_left(instance);
 }
 
 /// An instance created and deleted without ever starting: the init never
@@ -732,38 +752,14 @@ fn lifecycle_create_does_not_start_the_workload() {
 #[test]
 fn lifecycle_delete_before_start_leaves_nothing() {
     require_root!();
-    let root = tempfile::Builder::new()
-        .prefix("duet-root-")
-        .tempdir()
-        .unwrap();
-    let spec = WorkloadSpec::for_image(
-        "busybox",
-        vec!["sh".into(), "-c".into(), "echo ran > /marker".into()],
-    );
-    let instance = InstanceDir::create(root.path(), "nostart", "busybox", "container").unwrap();
-    let image = Image {
-        name: "busybox".into(),
-        layers: Vec::new(),
-        config: ImageConfig::default(),
-    };
-    let options = RunOptions::default();
-    let launch = Launch {
-        spec: &spec,
-        image: &image,
-        layers: vec![lower().to_path_buf()],
-        instance: &instance,
-        options: &options,
-    };
+    let f = Fixture::new("nostart", &["sh", "-c", "echo ran > /marker"]);
     let mut report = RunReport::start("container", "nostart", "busybox");
     let c = ContainerRuntime::new()
-        .create(&launch, &mut report)
+        .create(&f.launch(), &mut report)
         .unwrap();
     let pid = c.pid();
     c.delete().unwrap();
-    assert!(
-        !Path::new(&format!("/proc/{pid}/stat")).exists()
-            || duet_shared::instance::process_start_time(pid).is_none()
-    );
-    assert!(!instance.upper().join("marker").exists());
-    assert_nothing_left(&instance);
+    assert!(duet_shared::instance::process_start_time(pid).is_none());
+    assert!(!f.instance.upper().join("marker").exists());
+    assert_nothing_left(&f.instance);
 }
