@@ -102,6 +102,7 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
                 serial: "scratch".into(),
             },
         ],
+        agent_socket: None,
     };
     let j = JailConfig::for_instance(dir.path(), &instance, "tiny-0123abcd").unwrap();
     let (uid, gid) = (j.uid, j.gid);
@@ -319,6 +320,7 @@ fn a_failure_inside_the_jail_comes_back_with_its_cause() {
             read_only: true,
             serial: "odd".into(),
         }],
+        agent_socket: None,
     };
     let instance = dir.path().join("instance");
     std::fs::create_dir(&instance).unwrap();

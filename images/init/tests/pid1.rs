@@ -109,6 +109,7 @@ fn workload(script: &str) -> GuestWorkload {
         workdir: "/work/sub".into(),
         hostname: "duet-guest".into(),
         pids_max: None,
+        agent: false,
     }
 }
 
