@@ -26,6 +26,10 @@ enum Command {
     /// Manage images: import, ls, rm.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Run a command in a running instance: `duet exec [-i] [-t] v1 sh`.
+    Exec(cmd::exec::ExecArgs),
+    /// Send a signal to a running instance's workload (default TERM).
+    Kill(cmd::exec::KillArgs),
     /// List instances kept with `--keep` (and running ones).
     Ps,
     /// Remove kept instances.
@@ -73,6 +77,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),
+        Command::Exec(a) => cmd::exec::exec(a),
+        Command::Kill(a) => cmd::exec::kill(a).map(|()| 0),
         Command::Ps => cmd::instances::ps().map(|()| 0),
         Command::Rm { ids } => cmd::instances::rm(&ids).map(|()| 0),
         Command::Gc => cmd::instances::gc().map(|()| 0),

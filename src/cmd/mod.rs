@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod exec;
 pub mod image;
 pub mod instances;
 pub mod probe;
