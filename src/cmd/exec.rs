@@ -33,7 +33,7 @@ pub struct ExecArgs {
 /// 128+N for signal N).
 pub fn exec(args: ExecArgs) -> Result<i32> {
     for e in &args.env {
-        if !e.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+        if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             bail!("-e {e:?}: expected KEY=VALUE");
         }
     }

@@ -157,9 +157,16 @@ impl Conn {
 
     /// Sends `req` and reads the agent's reply.
     fn request(&mut self, req: &Request) -> Result<(), AgentError> {
-        self.stream
-            .write_all(&agent_abi::encode_line(req))
-            .map_err(|e| self.io(e))?;
+        self.request_then(req, None)
+    }
+
+    /// Sends `req` (and `frame` right after it) and reads the agent's reply.
+    fn request_then(&mut self, req: &Request, frame: Option<&Frame>) -> Result<(), AgentError> {
+        let mut msg = agent_abi::encode_line(req);
+        if let Some(f) = frame {
+            msg.extend(agent_abi::encode_frame(f));
+        }
+        self.stream.write_all(&msg).map_err(|e| self.io(e))?;
         let Some(line) = self.line()? else {
             return Err(AgentError::Lost {
                 id: self.id.clone(),
@@ -281,7 +288,14 @@ pub fn exec_with(
     io: ExecIo<'_>,
 ) -> Result<WorkloadExit, AgentError> {
     let mut c = connect_path(id, path, AGENT_WAIT)?;
-    c.request(&Request::Exec(req.clone()))?;
+    // With a tty the terminal's size follows the request at once (0 x 0:
+    // none), so the command starts with it.
+    let size = match (req.tty, io.terminal.and_then(window_size)) {
+        (true, Some((rows, cols))) => Some(Frame::Resize { rows, cols }),
+        (true, None) => Some(Frame::Resize { rows: 0, cols: 0 }),
+        (false, _) => None,
+    };
+    c.request_then(&Request::Exec(req.clone()), size.as_ref())?;
     relay(&mut c, io)
 }
 
@@ -304,10 +318,9 @@ fn window_size(fd: RawFd) -> Option<(u16, u16)> {
 }
 
 fn relay(c: &mut Conn, io: ExecIo<'_>) -> Result<WorkloadExit, AgentError> {
-    let sock = c.stream.as_raw_fd();
     // SIGWINCH -> a byte on a pipe, polled below.
     let winch = match io.terminal {
-        Some(t) => {
+        Some(_) => {
             let mut fds = [0; 2];
             // SAFETY: pipe2 writes two descriptors.
             if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == 0 {
@@ -316,11 +329,9 @@ fn relay(c: &mut Conn, io: ExecIo<'_>) -> Result<WorkloadExit, AgentError> {
                 unsafe {
                     libc::signal(libc::SIGWINCH, on_winch as *const () as libc::sighandler_t)
                 };
-                if let Some((rows, cols)) = window_size(t) {
-                    c.stream
-                        .write_all(&agent_abi::encode_frame(&Frame::Resize { rows, cols }))
-                        .map_err(|e| c.io(e))?;
-                }
+                // A resize between the request and the handler still
+                // counts: the loop sends the size once more.
+                on_winch(libc::SIGWINCH);
                 Some(fds)
             } else {
                 None
@@ -338,7 +349,6 @@ fn relay(c: &mut Conn, io: ExecIo<'_>) -> Result<WorkloadExit, AgentError> {
             libc::close(fds[1]);
         }
     }
-    let _ = sock;
     result
 }
 

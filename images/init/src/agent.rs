@@ -186,6 +186,32 @@ pub fn serve_connection(conn: OwnedFd, ctx: &AgentContext) {
             Ok(n) => dec.push(&buf[..n]),
         }
     };
+    // With a tty the host sends the terminal's size right after the
+    // request, so the command starts with it (no race with a later resize).
+    let mut size = None;
+    if let Request::Exec(r) = &req {
+        if r.tty {
+            let first = loop {
+                match dec.take_frame() {
+                    Ok(Some(f)) => break Some(f),
+                    Ok(None) => {}
+                    Err(_) => break None,
+                }
+                match read_some(fd, &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => dec.push(&buf[..n]),
+                }
+            };
+            match first {
+                Some(Frame::Resize { rows, cols }) => size = Some((rows, cols)),
+                _ => {
+                    let msg = "expected the terminal size after a tty exec request";
+                    let _ = write_all(fd, &agent_abi::encode_line(&Reply::Error(msg.into())));
+                    return;
+                }
+            }
+        }
+    }
     let none = libc::timeval {
         tv_sec: 0,
         tv_usec: 0,
@@ -214,7 +240,7 @@ pub fn serve_connection(conn: OwnedFd, ctx: &AgentContext) {
             };
             let _ = write_all(fd, &agent_abi::encode_line(&reply));
         }
-        Request::Exec(r) => exec(fd, dec, &r, ctx),
+        Request::Exec(r) => exec(fd, dec, &r, size, ctx),
     }
 }
 
@@ -242,6 +268,18 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: two new descriptors nobody else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets a pty's window size (the kernel sends SIGWINCH to its foreground group).
+fn set_size(master: RawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
+    unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
 }
 
 /// A pty pair (master, slave), both close-on-exec.
@@ -272,6 +310,18 @@ fn cstrings(v: &[String]) -> Option<Vec<CString>> {
     v.iter().map(|s| CString::new(s.as_bytes()).ok()).collect()
 }
 
+/// The command's stdio: what it gets as 0, 1, 2 and what the session keeps.
+struct Plumbing {
+    /// Descriptors the child dups to 0, 1 and 2.
+    child: [RawFd; 3],
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    master: Option<RawFd>,
+    /// The child's ends, closed in the session once it forked.
+    keep: Vec<OwnedFd>,
+}
+
 /// The descriptors of a started command.
 struct Started {
     pid: i32,
@@ -285,7 +335,7 @@ struct Started {
     master: Option<RawFd>,
 }
 
-fn start(r: &ExecRequest, ctx: &AgentContext) -> Result<Started, String> {
+fn start(r: &ExecRequest, size: Option<(u16, u16)>, ctx: &AgentContext) -> Result<Started, String> {
     let w = &ctx.workload;
     if r.command.is_empty() || r.command[0].is_empty() {
         return Err("no command given".into());
@@ -305,20 +355,29 @@ fn start(r: &ExecRequest, ctx: &AgentContext) -> Result<Started, String> {
         .find_map(|e| e.strip_prefix("PATH="))
         .map(str::to_string);
     let procs = ctx.cgroup_procs.clone();
-    // (child's stdin, stdout, stderr) and what the session keeps.
-    let (child_fds, stdin, stdout, stderr, master, _keep): (
-        [RawFd; 3],
-        Option<OwnedFd>,
-        OwnedFd,
-        Option<OwnedFd>,
-        Option<RawFd>,
-        Vec<OwnedFd>,
-    ) = if r.tty {
+    let Plumbing {
+        child: child_fds,
+        stdin,
+        stdout,
+        stderr,
+        master,
+        keep: _keep,
+    } = if r.tty {
         let (m, s) = pty().map_err(|e| e.to_string())?;
+        if let Some((rows, cols)) = size.filter(|&(r, c)| r > 0 && c > 0) {
+            set_size(m.as_raw_fd(), rows, cols);
+        }
         let m2 = m.try_clone().map_err(|e| e.to_string())?;
         let sfd = s.as_raw_fd();
         let mraw = m.as_raw_fd();
-        ([sfd, sfd, sfd], Some(m2), m, None, Some(mraw), vec![s])
+        Plumbing {
+            child: [sfd, sfd, sfd],
+            stdin: Some(m2),
+            stdout: m,
+            stderr: None,
+            master: Some(mraw),
+            keep: vec![s],
+        }
     } else {
         let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
         let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
@@ -329,14 +388,14 @@ fn start(r: &ExecRequest, ctx: &AgentContext) -> Result<Started, String> {
             let null = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
             (OwnedFd::from(null), None)
         };
-        (
-            [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-            in_w,
-            out_r,
-            Some(err_r),
-            None,
-            vec![in_r, out_w, err_w],
-        )
+        Plumbing {
+            child: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+            stdin: in_w,
+            stdout: out_r,
+            stderr: Some(err_r),
+            master: None,
+            keep: vec![in_r, out_w, err_w],
+        }
     };
     // SAFETY: the session process is single-threaded; the child only sets
     // up its descriptors and execs (or _exits).
@@ -427,8 +486,14 @@ fn exit_of(status: i32) -> WorkloadExit {
     }
 }
 
-fn exec(conn: RawFd, mut dec: Decoder, r: &ExecRequest, ctx: &AgentContext) {
-    let started = match start(r, ctx) {
+fn exec(
+    conn: RawFd,
+    mut dec: Decoder,
+    r: &ExecRequest,
+    size: Option<(u16, u16)>,
+    ctx: &AgentContext,
+) {
+    let started = match start(r, size, ctx) {
         Ok(s) => s,
         Err(msg) => {
             let _ = write_all(conn, &agent_abi::encode_line(&Reply::Error(msg)));
@@ -548,14 +613,7 @@ fn relay(conn: RawFd, dec: &mut Decoder, s: Started) -> Option<WorkloadExit> {
                     Ok(Some(Frame::StdinEof)) => stdin_eof = true,
                     Ok(Some(Frame::Resize { rows, cols })) => {
                         if let Some(m) = s.master {
-                            let ws = libc::winsize {
-                                ws_row: rows,
-                                ws_col: cols,
-                                ws_xpixel: 0,
-                                ws_ypixel: 0,
-                            };
-                            // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
-                            unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &ws) };
+                            set_size(m, rows, cols);
                         }
                     }
                     Ok(Some(_)) | Err(_) => host_open = false,

@@ -226,3 +226,55 @@ fn bind_replaces_a_stale_socket_and_removes_it_after() {
     assert!(!p.exists());
     drop(fd);
 }
+
+#[test]
+fn exec_tty_follows_the_terminal_size() {
+    let d = tempfile::tempdir().unwrap();
+    let p = fake_vmm(d.path(), 1, true);
+    // A terminal of our own (the CLI's, in real use) of 33 rows, 77 columns.
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty writes two descriptors.
+    assert_eq!(
+        unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        },
+        0
+    );
+    // SAFETY: new descriptors owned here.
+    let (_m, s) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    let ws = libc::winsize {
+        ws_row: 33,
+        ws_col: 77,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize on our pty.
+    assert_eq!(
+        unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    let mut req = cmd(&["stty", "size"]);
+    req.tty = true;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = exec_with(
+        "test-1",
+        &p,
+        &req,
+        ExecIo {
+            stdin: None,
+            stdout: &mut out,
+            stderr: &mut err,
+            terminal: Some(s.as_raw_fd()),
+        },
+    )
+    .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(exit, WorkloadExit::Code(0), "{out}");
+    assert_eq!(out.trim(), "33 77");
+}
