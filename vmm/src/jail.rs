@@ -304,7 +304,8 @@ pub fn describe(mode: JailMode) -> String {
             "jailed: uid/gid {UID_BASE}+ (fresh per VM), no capabilities (all five sets \
              empty), no_new_privs, own mnt/pid/net/ipc/uts namespaces, root = a read-only \
              tmpfs holding only kernel, initrd, disks and /dev/kvm; its instance's cgroup \
-             (guest RAM + headroom); seccomp on the vCPU and console threads"
+             (guest RAM + headroom); seccomp on the vCPU, console and vsock threads; the \
+             agent socket is bound outside and passed in as a descriptor"
         ),
         JailMode::Off => format!(
             "unjailed ({JAIL_ENV}=off): duet's own process, the caller's uid, capabilities \

@@ -3,8 +3,10 @@
 //! [`run_vm`] boots a Linux kernel (ELF vmlinux or bzImage) with an initrd
 //! in a microVM: guest memory, 64-bit entry, in-kernel irqchip and PIT,
 //! COM1, i8042, duet's ready/exit ports (`duet_shared::guest_abi`) and
-//! virtio-blk disks on virtio-mmio ([`devices::virtio`]), with one thread
-//! per vCPU under a seccomp filter. [`Vm`] exposes the
+//! virtio-blk disks and a virtio-vsock device on virtio-mmio
+//! ([`devices::virtio`]; the vsock's host side is the instance's
+//! `agent.sock`, through which [`agent`] runs `duet exec` in the guest),
+//! with one thread per vCPU under a seccomp filter. [`Vm`] exposes the
 //! same boot steps one by one for tiny hand-written guests, and
 //! [`doctor`] tells whether this host's KVM really accelerates.
 
