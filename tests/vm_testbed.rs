@@ -363,6 +363,8 @@ fn vm_jailed_vmm_holds_no_capabilities_own_namespaces_and_only_its_files() {
             || target.starts_with("anon_inode:kvm-vcpu:")
             || target == "anon_inode:[eventfd]"
             || target == "/dev/kvm"
+            // The agent socket's listener (bound outside the jail, issue 10).
+            || target.starts_with("socket:[")
             || (target.starts_with("/disk") && target.contains('-'))
             || target.ends_with("/smaps")
             || target.ends_with("/status");
@@ -609,4 +611,115 @@ fn vm_detached_restart_on_failure_boots_again() {
         "{out}"
     );
     assert!(out.contains("removed"), "{out}");
+}
+
+// --- issue 10: duet exec / duet kill into a running microVM -------------------
+
+#[test]
+fn vm_exec_becomes_ready_on_a_running_vm() {
+    let Some(c) = case("vm_exec_becomes_ready_on_a_running_vm", "exec_ready") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(
+        c.output.contains("agent.sock mode srw-------"),
+        "{}",
+        c.output
+    );
+}
+
+#[test]
+fn vm_exec_echo_prints_hi() {
+    let Some(c) = case("vm_exec_echo_prints_hi", "exec_echo") else {
+        return;
+    };
+    assert_eq!((c.rc, c.output.as_str()), (0, "hi\n"));
+}
+
+#[test]
+fn vm_exec_exit_status_propagates() {
+    let Some(c) = case("vm_exec_exit_status_propagates", "exec_exit7") else {
+        return;
+    };
+    assert_eq!(c.rc, 7, "{}", c.output);
+}
+
+#[test]
+fn vm_exec_missing_command_is_127() {
+    let Some(c) = case("vm_exec_missing_command_is_127", "exec_missing") else {
+        return;
+    };
+    assert_eq!(c.rc, 127, "{}", c.output);
+    assert!(c.output.contains("command not found: nope"), "{}", c.output);
+}
+
+#[test]
+fn vm_exec_tty_gets_a_guest_pty() {
+    let Some(c) = case("vm_exec_tty_gets_a_guest_pty", "exec_tty") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(c.output.trim().starts_with("/dev/pts/"), "{:?}", c.output);
+}
+
+#[test]
+fn vm_exec_sees_the_workloads_root() {
+    let Some(c) = case("vm_exec_sees_the_workloads_root", "exec_root") else {
+        return;
+    };
+    assert_eq!((c.rc, c.output.as_str()), (0, "written-by-the-workload\n"));
+}
+
+#[test]
+fn vm_exec_env_and_workdir() {
+    let Some(c) = case("vm_exec_env_and_workdir", "exec_env_workdir") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    let lines: Vec<&str> = c.output.lines().collect();
+    assert_eq!(lines[..2], ["from-exec", "/tmp"], "{}", c.output);
+    // The workload's environment (the image's PATH) is the base.
+    assert!(lines[2].contains("/bin"), "{}", c.output);
+}
+
+#[test]
+fn vm_exec_relays_stdin_with_i_only() {
+    let Some(c) = case("vm_exec_relays_stdin_with_i_only", "exec_stdin") else {
+        return;
+    };
+    assert_eq!((c.rc, c.output.as_str()), (0, "line1\nline2\nstdin-done\n"));
+    let c = &cases().as_ref().unwrap()["exec_stdin_not_without_i"];
+    assert_eq!(c.output, "rc=0\n");
+}
+
+#[test]
+fn vm_kill_delivers_sigterm_to_the_workload() {
+    let Some(c) = case("vm_kill_delivers_sigterm_to_the_workload", "exec_kill") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(c.output.contains("out: got-term"), "{}", c.output);
+    assert!(c.output.contains("run rc=3"), "{}", c.output);
+}
+
+#[test]
+fn vm_exec_after_the_run_is_not_running_and_nothing_is_left() {
+    let Some(c) = case(
+        "vm_exec_after_the_run_is_not_running_and_nothing_is_left",
+        "exec_after_exit",
+    ) else {
+        return;
+    };
+    assert_eq!(c.rc, 125, "{}", c.output);
+    assert!(
+        c.output.contains("no instance `v1`") || c.output.contains("not running"),
+        "{}",
+        c.output
+    );
+    let l = &cases().as_ref().unwrap()["exec_leftovers"];
+    assert_eq!(
+        l.output, "instances 0\nsockets 0\nvmm processes 0\n",
+        "{}",
+        l.output
+    );
 }

@@ -634,6 +634,32 @@ fn read_setup(chan: &Channel) -> Setup {
     out
 }
 
+/// Sends `signal` to the init of the running container recorded in `dir`
+/// (through a pidfd checked against the recorded start time, so a reused
+/// pid is never signalled).
+pub fn kill(dir: &InstanceDir, signal: i32) -> Result<(), ExecError> {
+    let t = Target::open(dir)?;
+    // SAFETY: pidfd_send_signal on a pidfd we own.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            t.pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(ExecError::Target {
+            instance: dir.id().to_string(),
+            what: format!("signal {signal}"),
+            pid: t.pid,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 /// Runs `request` inside the running container recorded in `dir`.
 pub fn exec(dir: &InstanceDir, request: &ExecRequest) -> Result<WorkloadExit, ExecError> {
     let instance = dir.id().to_string();

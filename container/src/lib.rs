@@ -857,6 +857,14 @@ impl Runtime for ContainerRuntime {
         Ok(exec::exec(dir, request)?)
     }
 
+    fn kill_recorded(
+        &self,
+        dir: &duet_shared::InstanceDir,
+        signal: i32,
+    ) -> Result<(), BackendError> {
+        Ok(exec::kill(dir, signal)?)
+    }
+
     fn gc_instance(&self, id: &str) -> Result<(), BackendError> {
         let layout = CgroupLayout::detect()?;
         cgroup::gc_instance(&layout, id)?;

@@ -23,6 +23,9 @@
 
 use crate::runtime::WorkloadExit;
 
+/// The vsock port duet-init's agent listens on in the guest (`duet exec`
+/// and `Kill` requests, protocol in `crate::agent_abi`); the guest is CID 3.
+pub const AGENT_PORT: u32 = 1024;
 /// Guest writes [`READY_VALUE`] (one byte) here right before it execs the workload.
 pub const READY_PORT: u16 = 0x510;
 /// The byte written to [`READY_PORT`].

@@ -4,6 +4,7 @@
 //! phase timeline ([`RunReport`]) every run records, per-instance state
 //! directories, and the content-addressed image store.
 
+pub mod agent_abi;
 pub mod clock;
 pub mod guest_abi;
 pub mod image;

@@ -133,6 +133,11 @@ pub trait Runtime: Send + Sync {
     /// the workload's namespaces, limits and privileges; its status.
     fn exec(&self, dir: &InstanceDir, request: &ExecRequest) -> Result<WorkloadExit, BackendError>;
 
+    /// Sends `signal` to the workload of the running instance recorded in
+    /// `dir` that this process does not own (a foreground `duet run`'s;
+    /// a detached one's goes through its monitor).
+    fn kill_recorded(&self, dir: &InstanceDir, signal: i32) -> Result<(), BackendError>;
+
     /// Removes what a crashed run of this backend may have left for
     /// instance `id` (cgroups, devices, processes). Used by `duet gc`.
     fn gc_instance(&self, id: &str) -> Result<(), BackendError>;

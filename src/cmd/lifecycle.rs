@@ -75,7 +75,18 @@ pub fn kill(names: &[String], signal: i32) -> Result<()> {
             bail!("instance `{}` is not running", dir.id());
         }
         if ask(&dir, &Request::Kill { signal })?.is_none() {
-            return Err(lost(&dir));
+            // No monitor: a foreground `duet run`'s workload is signalled
+            // directly (through the backend: a pidfd, or the guest agent).
+            if dir.meta().detached || !dir.owner_alive() {
+                return Err(lost(&dir));
+            }
+            let isolation = match dir.meta().isolation.as_str() {
+                "vm" => duet_shared::Isolation::Vm,
+                _ => duet_shared::Isolation::Container,
+            };
+            crate::backends::for_isolation(isolation)
+                .kill_recorded(&dir, signal)
+                .map_err(|e| anyhow::anyhow!(e))?;
         }
         println!("{}", dir.meta().name);
     }

@@ -203,6 +203,60 @@ case_ vm_sigterm vm_stop TERM
 case_ vm_sigint vm_stop INT
 case_ vm_kill9 vm_stop KILL
 
+# --- issue 10: duet exec / duet kill into a running microVM ------------------------
+# One VM (its own state root) serves every exec case: it writes a file in its
+# root, traps TERM, and idles. virtio-vsock + the guest agent in duet-init.
+EXEC_ROOT=/tmp/duet-exec
+xduet() { env DUET_ROOT=$EXEC_ROOT "$DUET_EXE" "$@"; }
+xduet run --isolation vm --name v1 busybox -- sh -c \
+    'echo written-by-the-workload > /root/marker; trap "echo got-term; exit 3" TERM; echo workload-up; while true; do sleep 1; done' \
+    > /tmp/exec-v1.out 2>&1 &
+exec_job=$!
+# A watchdog: the background run must end even if kill does not work.
+( sleep 170; kill -9 $exec_job ) 2>/dev/null &
+exec_watchdog=$!
+exec_ready() {
+    i=0
+    while [ $i -lt 300 ]; do
+        if [ -S $EXEC_ROOT/instances/v1-*/agent.sock ] && timeout 30 "$DUET_EXE" exec v1 true > /tmp/exec-first.out 2>&1; then
+            echo "exec-ready after $i tries"
+            ls -l $EXEC_ROOT/instances/v1-*/agent.sock | awk '{ print "agent.sock mode " $1 }'
+            return 0
+        fi
+        i=$((i + 1))
+        sleep 0.2
+    done
+    cat /tmp/exec-first.out /tmp/exec-v1.out
+    return 1
+}
+export DUET_ROOT_SAVED=$DUET_ROOT
+DUET_ROOT=$EXEC_ROOT
+case_ exec_ready exec_ready
+case_ exec_echo duet exec v1 echo hi
+case_ exec_exit7 duet exec v1 sh -c 'exit 7'
+case_ exec_missing duet exec v1 nope
+case_ exec_tty duet exec -t v1 tty
+case_ exec_root duet exec v1 cat /root/marker
+case_ exec_env_workdir duet exec -e EXTRA=from-exec -w /tmp v1 sh -c 'echo "$EXTRA"; pwd; echo $PATH'
+case_ exec_stdin sh -c "printf 'line1\nline2\n' | timeout 60 $DUET_EXE exec -i v1 sh -c 'cat; echo stdin-done'"
+case_ exec_stdin_not_without_i sh -c "echo dropped | timeout 60 $DUET_EXE exec v1 cat; echo rc=\$?"
+exec_kill() {
+    duet kill -s TERM v1 || return 1
+    wait $exec_job
+    echo "run rc=$?"
+    kill $exec_watchdog 2>/dev/null
+    sed 's/^/out: /' /tmp/exec-v1.out
+}
+case_ exec_kill exec_kill
+case_ exec_after_exit duet exec v1 true
+exec_leftovers() {
+    echo "instances $(ls $EXEC_ROOT/instances 2>/dev/null | wc -l)"
+    echo "sockets $(find $EXEC_ROOT -name agent.sock 2>/dev/null | wc -l)"
+    echo "vmm processes $(for q in /proc/[0-9]*; do grep -l "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $q/status 2>/dev/null; done | wc -l)"
+}
+case_ exec_leftovers exec_leftovers
+DUET_ROOT=$DUET_ROOT_SAVED
+
 # The VM column of `duet bench isolation`: the probe inside a real VM
 # (stdout is the report JSON alone; messages go to a file).
 case_ vm_bench_isolation sh -c 'timeout 300 duet bench isolation --isolation vm --vm-via native --report-json - 2>/tmp/iso.err || { cat /tmp/iso.err; exit 1; }'

@@ -26,6 +26,7 @@ fn main() {
         console: ConsoleMode::Workload,
         stdin: false,
         disks: Vec::new(),
+        agent_socket: None,
     };
     let next = |what: &str, args: &mut dyn Iterator<Item = String>| {
         args.next().unwrap_or_else(|| {

@@ -536,6 +536,7 @@ mod tests {
             workdir: "/".into(),
             hostname: "h".into(),
             pids_max: None,
+            agent: false,
         };
         let dr = DiskRoot { layers: 1 };
         let first = build_initramfs(root.path(), inst.path(), &init, &w, &dr).unwrap();

@@ -23,8 +23,10 @@
 //! 1. parent: `unshare(CLONE_NEWPID)` on its own thread, `fork` (the child
 //!    is PID 1 of a new PID namespace), `setns` back to its PID namespace;
 //! 2. child: parent-death signal SIGKILL (so `kill -9 duet` takes the VMM
-//!    with it); close every inherited descriptor but stdin, stdout, stderr
-//!    and its two pipes (`close_range`: issue 9 class 2); `setsid`, so the
+//!    with it); close every inherited descriptor but stdin, stdout, stderr,
+//!    its two pipes and the agent's listening socket (bound by the parent
+//!    before the fork, [`crate::agent`]; the virtio-vsock device's host
+//!    side) (`close_range`: issue 9 class 2); `setsid`, so the
 //!    caller's terminal is not its controlling terminal (no TIOCSTI);
 //! 3. new mount, IPC, UTS and network namespaces (the VMM has no NIC;
 //!    [`JailConfig::host_network`] keeps the host's for one that will);
@@ -306,7 +308,8 @@ pub fn describe(mode: JailMode) -> String {
             "jailed: uid/gid {UID_BASE}+ (fresh per VM), no capabilities (all five sets \
              empty), no_new_privs, own mnt/pid/net/ipc/uts namespaces, root = a read-only \
              tmpfs holding only kernel, initrd, disks and /dev/kvm; its instance's cgroup \
-             (guest RAM + headroom); seccomp on the vCPU and console threads"
+             (guest RAM + headroom); seccomp on the vCPU, console and vsock threads; the \
+             agent socket is bound outside and passed in as a descriptor"
         ),
         JailMode::Off => format!(
             "unjailed ({JAIL_ENV}=off): duet's own process, the caller's uid, capabilities \
@@ -359,7 +362,18 @@ pub fn run_jailed(
     }
     let (result_rx, result_tx) = pipe()?;
     let (alive_rx, alive_tx) = pipe()?;
-    let plan = JailPlan::new(cfg, jail)?;
+    let mut plan = JailPlan::new(cfg, jail)?;
+    // The agent socket is bound here, by root outside the jail; the VMM
+    // gets the listening descriptor (kept across its fd clean-up), so the
+    // jail needs neither a bind mount nor write access to the instance.
+    let (agent_fd, _agent_file) = match cfg.agent_socket.as_deref() {
+        Some(p) => {
+            let (fd, file) = crate::agent::bind_listener(p)?;
+            (Some(fd), Some(file))
+        }
+        None => (None, None),
+    };
+    plan.agent_fd = agent_fd.as_ref().map(|f| f.as_raw_fd());
     let child_report = report.clone();
     let pid = fork_into_new_pid_namespace()?;
     if pid == 0 {
@@ -369,6 +383,8 @@ pub fn run_jailed(
     }
     drop(result_tx);
     drop(alive_rx);
+    // Only the VMM holds the listener: once it ends, connections are refused.
+    drop(agent_fd);
     if let Some(tx) = &jail.notify_pid {
         let _ = tx.send(pid);
     }
@@ -629,6 +645,8 @@ struct JailPlan {
     files: Vec<JailFile>,
     /// `cfg` with every path rewritten to its place in the jail.
     jailed: VmConfig,
+    /// The agent's listening socket, inherited across the fork.
+    agent_fd: Option<RawFd>,
 }
 
 /// Where /dev/kvm appears inside the jail.
@@ -647,6 +665,8 @@ impl JailPlan {
             Path::new("/").join(name)
         };
         jailed.kernel = add(&cfg.kernel, "kernel".into(), true);
+        // Not a path in the jail: the VMM gets the bound socket (agent_fd).
+        jailed.agent_socket = None;
         if let Some(i) = &cfg.initrd {
             jailed.initrd = Some(add(i, "initrd".into(), true));
         }
@@ -667,6 +687,7 @@ impl JailPlan {
             host_network: jail.host_network,
             files,
             jailed,
+            agent_fd: None,
         })
     }
 }
@@ -730,7 +751,12 @@ fn child_run(
         "PR_SET_PDEATHSIG",
     )?;
     parent_alive(alive)?;
-    close_inherited_fds(&[result.as_raw_fd(), alive.as_raw_fd()])?;
+    let mut keep = vec![result.as_raw_fd(), alive.as_raw_fd()];
+    keep.extend(plan.agent_fd);
+    close_inherited_fds(&keep)?;
+    // SAFETY: the parent's listening socket, inherited by the fork and kept
+    // open above; this process owns its copy and never returns to the caller.
+    let agent = plan.agent_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     // A session of its own: the caller's terminal (still its stdin/stdout)
     // is no longer its controlling terminal, so a VMM taken over by the
     // guest cannot push input into the caller's shell with TIOCSTI. duet
@@ -778,6 +804,7 @@ fn child_run(
             before_vcpus: &mut drop_now,
             proc_files: Some(&proc_files),
         }),
+        agent,
     )
     .map_err(|e| crate::error_with_causes(&e))?;
     report.counters.insert("jail_uid".into(), u64::from(uid));
@@ -1229,6 +1256,7 @@ mod tests {
                 &["/state/layers/sha256/ab/layer.erofs".into()],
                 Path::new("/state/instances/x/scratch.ext4"),
             ),
+            agent_socket: None,
         };
         let state = tempfile::tempdir().unwrap();
         let jail =

@@ -3,11 +3,14 @@
 //! [`run_vm`] boots a Linux kernel (ELF vmlinux or bzImage) with an initrd
 //! in a microVM: guest memory, 64-bit entry, in-kernel irqchip and PIT,
 //! COM1, i8042, duet's ready/exit ports (`duet_shared::guest_abi`) and
-//! virtio-blk disks on virtio-mmio ([`devices::virtio`]), with one thread
-//! per vCPU under a seccomp filter. [`Vm`] exposes the
+//! virtio-blk disks and a virtio-vsock device on virtio-mmio
+//! ([`devices::virtio`]; the vsock's host side is the instance's
+//! `agent.sock`, through which [`agent`] runs `duet exec` in the guest),
+//! with one thread per vCPU under a seccomp filter. [`Vm`] exposes the
 //! same boot steps one by one for tiny hand-written guests, and
 //! [`doctor`] tells whether this host's KVM really accelerates.
 
+pub mod agent;
 pub mod boot_params;
 pub mod bus;
 pub mod console;
@@ -75,6 +78,11 @@ pub struct VmConfig {
     /// virtio-blk disks, announced on the command line in this order
     /// (the guest finds them by serial, not by order).
     pub disks: Vec<devices::virtio::BlockConfig>,
+    /// Where the VMM listens for host connections to guest vsock ports
+    /// (`<instance>/agent.sock`, [`agent::SOCKET`]): with it the VM gets a
+    /// virtio-vsock device. The socket is bound before the VM boots (by the
+    /// jail's parent, outside the jail) and removed when the run ends.
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// `e` and its causes, `: `-separated, as the CLI prints a chain (for
@@ -257,7 +265,16 @@ pub fn run_vm_with_sink(
     report: &mut RunReport,
     sink: Box<dyn Write + Send>,
 ) -> Result<VmOutcome, VmmError> {
-    boot_and_run(cfg, report, sink, None)
+    let agent = cfg
+        .agent_socket
+        .as_deref()
+        .map(agent::bind_listener)
+        .transpose()?;
+    let (fd, _socket_file) = match agent {
+        Some((fd, file)) => (Some(fd), Some(file)),
+        None => (None, None),
+    };
+    boot_and_run(cfg, report, sink, None, fd)
 }
 
 /// What the jailed VMM ([`jail`]) adds to a run.
@@ -275,6 +292,7 @@ pub(crate) fn boot_and_run(
     report: &mut RunReport,
     sink: Box<dyn Write + Send>,
     mut hooks: Option<RunHooks<'_>>,
+    agent_listener: Option<std::os::fd::OwnedFd>,
 ) -> Result<VmOutcome, VmmError> {
     check_config(cfg)?;
     let mut vm = Vm::new(VmOptions {
@@ -293,11 +311,18 @@ pub(crate) fn boot_and_run(
             ConsoleInput::None
         },
     })?;
-    let disk_options = vm.attach_disks(&cfg.disks)?;
-    let cmdline = if disk_options.is_empty() {
+    let mut device_options = vm.attach_disks(&cfg.disks)?;
+    if let Some(l) = agent_listener {
+        let o = vm.attach_vsock(l)?;
+        if !device_options.is_empty() {
+            device_options.push(' ');
+        }
+        device_options.push_str(&o);
+    }
+    let cmdline = if device_options.is_empty() {
         cfg.cmdline.clone()
     } else {
-        format!("{} {disk_options}", cfg.cmdline)
+        format!("{} {device_options}", cfg.cmdline)
     };
     let kernel = vm.load_linux(&cfg.kernel, cfg.initrd.as_deref(), &cmdline)?;
     report.mark(Phase::KernelLoaded);

@@ -177,6 +177,8 @@ impl VmRuntime {
             },
             stdin: true,
             disks: Vec::new(),
+            // Every VM run has an instance: `duet exec` reaches its guest agent here.
+            agent_socket: Some(launch.instance.path().join(crate::agent::SOCKET)),
         };
         // A missing or bad kernel, or too little memory for it, fails before any work.
         crate::check_config(&cfg)?;
@@ -222,6 +224,7 @@ impl VmRuntime {
             thread: None,
             pid: 0,
             exit: None,
+            instance: launch.instance.clone(),
             killed_with: std::sync::atomic::AtomicI32::new(0),
         };
         match jail::JailMode::from_env().map_err(VmmError::from)? {
@@ -279,6 +282,10 @@ impl VmRuntime {
     }
 }
 
+/// How long [`Instance::kill`] waits for the guest agent before it
+/// signals the VMM instead.
+const KILL_AGENT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What the VM's thread hands back: the outcome and the timeline it stamped.
 type VmThreadResult = (Result<crate::VmOutcome, VmmError>, RunReport);
 
@@ -295,6 +302,8 @@ pub struct Vm {
     thread: Option<std::thread::JoinHandle<VmThreadResult>>,
     pid: i32,
     exit: Option<WorkloadExit>,
+    /// Its instance (for the guest agent's socket).
+    instance: duet_shared::InstanceDir,
     /// The last signal [`Instance::kill`] sent the VMM (0: none): a VMM
     /// that then dies without a result ended by that signal.
     killed_with: std::sync::atomic::AtomicI32,
@@ -401,6 +410,12 @@ impl Instance for Vm {
 
     fn kill(&self, signal: i32) -> Result<(), BackendError> {
         if self.thread.is_none() || self.exit.is_some() {
+            return Ok(());
+        }
+        // The workload gets the signal inside the guest, from the agent; a
+        // guest whose agent does not answer soon (still booting) is
+        // stopped by signalling the VMM instead.
+        if crate::agent::kill_within(&self.instance, signal, KILL_AGENT_WAIT).is_ok() {
             return Ok(());
         }
         if self.jail.is_none() {
@@ -532,13 +547,17 @@ impl Runtime for VmRuntime {
     fn exec(
         &self,
         dir: &duet_shared::InstanceDir,
-        _request: &duet_shared::ExecRequest,
+        request: &duet_shared::ExecRequest,
     ) -> Result<WorkloadExit, BackendError> {
-        Err(format!(
-            "instance `{}` is a microVM: exec into a microVM needs the guest agent, which duet does not have yet",
-            dir.id()
-        )
-        .into())
+        Ok(crate::agent::exec(dir, request)?)
+    }
+
+    fn kill_recorded(
+        &self,
+        dir: &duet_shared::InstanceDir,
+        signal: i32,
+    ) -> Result<(), BackendError> {
+        Ok(crate::agent::kill(dir, signal)?)
     }
 
     /// The jailed VMM is a child of duet that dies with it (parent-death

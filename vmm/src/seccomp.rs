@@ -3,7 +3,8 @@
 //!
 //! Allow-list: KVM_RUN (plus KVM_GET_REGS/SREGS for error reports) as the
 //! only ioctls; read/write/poll for the console and eventfds; preadv/pwritev/fdatasync
-//! for virtio-blk disks; futex and
+//! for virtio-blk disks; accept4 and sendto for virtio-vsock's Unix socket side
+//! (its thread, and vCPU threads forwarding guest data); futex and
 //! memory management for Rust's runtime (mprotect without PROT_EXEC); signal return for the kick signal;
 //! thread exit. Anything else kills the process (SIGSYS).
 
@@ -47,6 +48,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_fdatasync,
     libc::SYS_poll,
     libc::SYS_ppoll,
+    // virtio-vsock's host side: its thread accepts connections on the
+    // agent socket; data goes out with send(MSG_NOSIGNAL) (no SIGPIPE).
+    libc::SYS_accept4,
+    libc::SYS_sendto,
     libc::SYS_futex,
     libc::SYS_sched_yield,
     libc::SYS_clock_gettime,

@@ -7,7 +7,8 @@
 use crate::boot_params::{self, BootInfo, BootParamsError};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::console::{Console, ConsoleMode};
-use crate::devices::virtio::{self, Block, BlockConfig, MmioTransport};
+use crate::devices::virtio::vsock::host::VsockThread;
+use crate::devices::virtio::{self, Block, BlockConfig, MmioTransport, Vsock};
 use crate::devices::{serial, ExitPort, SerialDevice, I8042};
 use crate::event::{VcpuStop, VmEvent};
 use crate::gdt::{self, GdtError};
@@ -137,6 +138,18 @@ pub enum VmmError {
     /// The console input thread could not start.
     #[error("spawning the console input thread")]
     InputThread(#[source] std::io::Error),
+    /// The vsock device's host thread could not start.
+    #[error("spawning the virtio-vsock host thread")]
+    VsockThread(#[source] std::io::Error),
+    /// The agent socket could not be bound.
+    #[error("binding the agent socket {}", path.display())]
+    AgentSocket {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A virtio-blk disk could not be opened.
     #[error("attaching a virtio-blk disk")]
     Block(#[from] virtio::block::BlockError),
@@ -229,6 +242,7 @@ pub struct Vm {
     serial: Option<Arc<Mutex<SerialDevice>>>,
     input: ConsoleInput,
     disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
+    vsock: Option<Arc<Mutex<MmioTransport<Vsock>>>>,
 }
 
 impl Vm {
@@ -267,6 +281,7 @@ impl Vm {
             serial: None,
             input: ConsoleInput::None,
             disks: Vec::new(),
+            vsock: None,
         })
     }
 
@@ -351,13 +366,13 @@ impl Vm {
         if !self.options.irqchip {
             return Err(VmmError::NoIrqchip);
         }
-        let wanted = self.disks.len() + disks.len();
+        let wanted = self.virtio_devices() + disks.len();
         if wanted > virtio::MAX_DEVICES {
             return Err(VmmError::TooManyDevices { wanted });
         }
         let mut options = Vec::new();
         for cfg in disks {
-            let (base, irq) = virtio::slot(self.disks.len()).expect("count checked above");
+            let (base, irq) = virtio::slot(self.virtio_devices()).expect("count checked above");
             let block = Block::open(cfg)?;
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
                 device: "virtio-blk",
@@ -382,6 +397,50 @@ impl Vm {
             options.push(virtio::cmdline_option(base, irq));
         }
         Ok(options.join(" "))
+    }
+
+    fn virtio_devices(&self) -> usize {
+        self.disks.len() + usize::from(self.vsock.is_some())
+    }
+
+    /// Step 4c: the virtio-vsock device (guest CID 3), whose host side is
+    /// `listener`, a listening Unix stream socket (see
+    /// [`virtio::vsock`]). Returns the kernel command line option announcing it.
+    pub fn attach_vsock(&mut self, listener: OwnedFd) -> Result<String, VmmError> {
+        if !self.options.irqchip {
+            return Err(VmmError::NoIrqchip);
+        }
+        if self.vsock.is_some() {
+            return Err(VmmError::DevicesAttached);
+        }
+        let wanted = self.virtio_devices() + 1;
+        let Some((base, irq)) = virtio::slot(self.virtio_devices()) else {
+            return Err(VmmError::TooManyDevices { wanted });
+        };
+        let device = Vsock::new(listener).map_err(|source| VmmError::EventFd {
+            device: "virtio-vsock",
+            source,
+        })?;
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
+            device: "virtio-vsock",
+            source,
+        })?;
+        self.fd
+            .register_irqfd(&evt, irq)
+            .map_err(|source| VmmError::Irqfd {
+                device: "virtio-vsock",
+                gsi: irq,
+                source,
+            })?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            self.memory.clone(),
+            evt,
+        )));
+        self.mmio_bus
+            .insert("virtio-vsock", base, virtio::MMIO_SIZE, transport.clone())?;
+        self.vsock = Some(transport);
+        Ok(virtio::cmdline_option(base, irq))
     }
 
     /// Adds a port I/O device at `base..base+len`.
@@ -513,9 +572,15 @@ impl Vm {
         let input = match std::mem::take(&mut self.input) {
             ConsoleInput::None => None,
             source => match &self.serial {
-                Some(serial) => Some(InputThread::spawn(source, serial.clone(), filter)?),
+                Some(serial) => Some(InputThread::spawn(source, serial.clone(), filter.clone())?),
                 None => None,
             },
+        };
+        let vsock = match &self.vsock {
+            Some(t) => {
+                Some(VsockThread::spawn(t.clone(), filter.clone()).map_err(VmmError::VsockThread)?)
+            }
+            None => None,
         };
         let mut handles: Vec<(u32, JoinHandle<()>)> = Vec::new();
         let started = Instant::now();
@@ -528,6 +593,9 @@ impl Vm {
                 Ok(h) => handles.push((id, h)),
                 Err(e) => {
                     let _ = stop_vcpus(&self.stop, handles);
+                    if let Some(v) = vsock {
+                        v.stop();
+                    }
                     return Err(e.into());
                 }
             }
@@ -539,6 +607,9 @@ impl Vm {
         if let Some(input) = input {
             input.stop();
         }
+        if let Some(v) = vsock {
+            v.stop();
+        }
         stopped?;
 
         let mut counters: BTreeMap<String, u64> = BTreeMap::new();
@@ -546,6 +617,9 @@ impl Vm {
         counters.extend(mmio_bus.counters());
         for disk in &self.disks {
             counters.extend(disk.lock().unwrap_or_else(|p| p.into_inner()).counters());
+        }
+        if let Some(v) = &self.vsock {
+            counters.extend(v.lock().unwrap_or_else(|p| p.into_inner()).counters());
         }
         counters.insert(
             "vm_exits.total".into(),

@@ -102,6 +102,7 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
                 serial: "scratch".into(),
             },
         ],
+        agent_socket: Some(instance.join(duet_vmm::agent::SOCKET)),
     };
     let j = JailConfig::for_instance(dir.path(), &instance, "tiny-0123abcd").unwrap();
     let (uid, gid) = (j.uid, j.gid);
@@ -147,6 +148,14 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let jailed_after = started.elapsed();
+
+    // The agent socket: bound outside the jail, served inside by the vsock
+    // thread (accept4 under the seccomp filter: a refused syscall would
+    // kill the VMM with SIGSYS). This guest has no vsock driver, so the
+    // connection only waits.
+    let sock = instance.join(duet_vmm::agent::SOCKET);
+    let mut client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    std::io::Write::write_all(&mut client, b"CONNECT 1024\n").unwrap();
 
     // Credentials: exact ids, no groups, every capability set empty.
     let field = |name: &str| {
@@ -226,6 +235,7 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
             || target == "/dev/kvm"
             || target == "/disk0-layer.img"
             || target == "/disk1-scratch.img"
+            || target.starts_with("socket:[")
             || target.ends_with("/smaps")
             || target.ends_with("/status");
         assert!(expected, "unexpected fd {n} -> {target}: {fds:?}");
@@ -244,6 +254,15 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
     let (outcome, report) = vm.join().unwrap();
     let outcome = outcome.unwrap();
     assert_eq!(outcome.end, VmEnd::Interrupted(libc::SIGTERM));
+    // The socket went with the run; the waiting client was closed.
+    assert!(!sock.exists(), "{} left behind", sock.display());
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut client, &mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        fds.iter().any(|(_, t)| t.starts_with("socket:[")),
+        "the agent socket did not reach the jail: {fds:?}"
+    );
     for phase in [
         Phase::VmCreated,
         Phase::KernelLoaded,
@@ -319,6 +338,7 @@ fn a_failure_inside_the_jail_comes_back_with_its_cause() {
             read_only: true,
             serial: "odd".into(),
         }],
+        agent_socket: None,
     };
     let instance = dir.path().join("instance");
     std::fs::create_dir(&instance).unwrap();

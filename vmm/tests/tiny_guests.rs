@@ -390,6 +390,7 @@ fn run_vm_boots_an_elf_kernel_the_linux_way() {
         console: ConsoleMode::Workload,
         stdin: false,
         disks: Vec::new(),
+        agent_socket: None,
     };
     let out = SharedBuffer::default();
     let mut report = RunReport::start("vm", "elf", "none");
@@ -425,6 +426,7 @@ fn bad_inputs_give_clear_errors() {
         console: ConsoleMode::Workload,
         stdin: false,
         disks: Vec::new(),
+        agent_socket: None,
     };
     let chain = |e: &dyn std::error::Error| {
         let mut s = e.to_string();

@@ -31,6 +31,10 @@ pub struct GuestWorkload {
     /// Limit on the number of workload processes (cgroup `pids.max`).
     #[serde(default)]
     pub pids_max: Option<u64>,
+    /// Run the guest agent (`duet exec`, `crate::agent`) on vsock port
+    /// `duet_shared::guest_abi::AGENT_PORT` beside the workload.
+    #[serde(default)]
+    pub agent: bool,
 }
 
 /// Why a workload config cannot be used; each message names the config file.
@@ -172,6 +176,7 @@ mod tests {
             workdir: "/tmp".into(),
             hostname: "duet".into(),
             pids_max: Some(64),
+            agent: true,
         }
     }
 

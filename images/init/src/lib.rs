@@ -5,8 +5,10 @@
 //! on the host and so duet-vmm writes the very config struct the init reads:
 //! the workload config ([`config`]), the disk root's names and mounts
 //! ([`disk_root`]), command lookup ([`command`]), the
-//! exit-port encoding ([`status`]) and port access ([`ports`]).
+//! exit-port encoding ([`status`]), port access ([`ports`]) and the guest
+//! agent that serves `duet exec` ([`agent`]).
 
+pub mod agent;
 pub mod command;
 pub mod config;
 pub mod disk_root;

@@ -8,7 +8,8 @@
 //! 4. mount /proc, /sys, /dev/pts, /dev/shm, /run; create /tmp if absent;
 //!    set the hostname, apply pids_max (cgroup v2);
 //! 5. fork: the child joins the cgroup, chdirs, writes "ready", resolves the
-//!    command and execs it with stdio on the console;
+//!    command and execs it with stdio on the console; then, if the config
+//!    asks, fork the exec agent (duet_init::agent, vsock port 1024);
 //! 6. PID 1 reaps every process (orphans re-parent to it) until the
 //!    workload's own process exits, drains the console, syncs (the scratch
 //!    disk must hold the workload's writes), writes the exit status, and reboots (`reboot=k`: an i8042 reset the VMM treats as stop).
@@ -341,6 +342,9 @@ fn run_workload(w: &GuestWorkload, ports: &GuestPorts) -> Result<u32, InitError>
         }
         ForkResult::Parent { child } => {
             drop(wr);
+            if w.agent {
+                start_agent(w, child, ports);
+            }
             let mut setup_failed = [0u8; 1];
             let n = std::fs::File::from(rd).read(&mut setup_failed).unwrap_or(0);
             let status = wait_for(child)?;
@@ -351,6 +355,38 @@ fn run_workload(w: &GuestWorkload, ports: &GuestPorts) -> Result<u32, InitError>
             }
             Ok(status::encode_wait(status))
         }
+    }
+}
+
+/// Forks the guest agent (`duet exec`, duet_init::agent). Its failures are
+/// printed and leave the workload alone: it runs whether or not exec works.
+fn start_agent(w: &GuestWorkload, workload: Pid, ports: &GuestPorts) {
+    let ctx = duet_init::agent::AgentContext {
+        workload: w.clone(),
+        workload_pid: workload.as_raw(),
+        cgroup_procs: w
+            .pids_max
+            .map(|_| format!("{WORKLOAD_CGROUP}/cgroup.procs")),
+    };
+    // SAFETY: PID 1 is single-threaded; the child runs only the agent,
+    // which never returns.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // Neither the agent nor what it runs may write duet's ports.
+            ports.release();
+            // Out of the console's session: ^C on the console is the workload's.
+            let _ = nix::unistd::setsid();
+            match duet_init::agent::listen_vsock(duet_shared::guest_abi::AGENT_PORT) {
+                Ok(l) => duet_init::agent::serve(l, &ctx),
+                Err(e) => {
+                    eprintln!("duet-init: the exec agent cannot listen: {e}");
+                    // SAFETY: ends the forked agent without PID 1's destructors.
+                    unsafe { libc::_exit(1) }
+                }
+            }
+        }
+        Ok(ForkResult::Parent { .. }) => {}
+        Err(e) => eprintln!("duet-init: cannot fork the exec agent: {e}"),
     }
 }
 

@@ -109,6 +109,7 @@ fn workload(script: &str) -> GuestWorkload {
         workdir: "/work/sub".into(),
         hostname: "duet-guest".into(),
         pids_max: None,
+        agent: false,
     }
 }
 
@@ -291,4 +292,20 @@ fn refuses_to_run_unless_pid_1() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("only as PID 1"));
+}
+
+#[test]
+fn the_exec_agent_leaves_the_workload_and_its_exit_status_alone() {
+    skip_unless_possible!();
+    // With the agent on, the init forks it after the workload: the workload
+    // is still PID 2, the exit status is still the workload's, and the run
+    // ends when the workload does (whether or not this host has vsock for
+    // the agent to listen on).
+    let mut w = workload("echo $$; sleep 0.2; exit 5");
+    w.agent = true;
+    let t = std::time::Instant::now();
+    let o = run(&w);
+    assert_eq!(o.stdout.lines().next(), Some("2"), "stderr: {}", o.stderr);
+    assert_eq!(o.ports, "ready\nexit 0x5\n", "stderr: {}", o.stderr);
+    assert!(t.elapsed() < std::time::Duration::from_secs(20));
 }

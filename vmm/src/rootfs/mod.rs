@@ -242,6 +242,8 @@ pub fn guest_workload(spec: &WorkloadSpec) -> GuestWorkload {
         workdir: spec.workdir.clone().unwrap_or_else(|| "/".into()),
         hostname: spec.name.clone(),
         pids_max: spec.resources.pids_max,
+        // The VM has a vsock device (runtime.rs): `duet exec` reaches it.
+        agent: true,
     }
 }
 

@@ -98,6 +98,7 @@ fn sample_workload() -> GuestWorkload {
         workdir: "/tmp".into(),
         hostname: "vm1".into(),
         pids_max: Some(32),
+        agent: false,
     }
 }
 
@@ -612,6 +613,7 @@ fn unpacked_initramfs_boots_duet_init_in_namespaces() {
         workdir: "/etc".into(),
         hostname: "e2e".into(),
         pids_max: None,
+        agent: false,
     };
     let info = build_initramfs(
         t.path(),

@@ -395,7 +395,7 @@ impl Block {
 /// index outside the table, after `size` descriptors (a loop), before the
 /// chain passes 2^32 bytes, or with an indirect descriptor (returned last,
 /// so the caller sees it).
-fn direct_chain(
+pub(super) fn direct_chain(
     mem: &GuestMemory,
     table: GuestAddress,
     size: u16,
@@ -599,7 +599,38 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
     }
 
-    fn process_queue(
+    fn process(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemory,
+    ) -> Result<QueueOutcome, QueueFailure> {
+        match queues.get_mut(index) {
+            Some(q) => self.process_queue(index, q, mem),
+            None => Ok(QueueOutcome::default()),
+        }
+    }
+
+    fn counters(&self) -> BTreeMap<String, u64> {
+        let s = self.stats;
+        [
+            ("requests", s.requests),
+            ("read_bytes", s.read_bytes),
+            ("write_bytes", s.write_bytes),
+            ("flushes", s.flushes),
+            ("errors", s.errors),
+            ("malformed", s.malformed),
+            ("budget_yields", s.budget_yields),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("virtio.{}.{k}", self.name), v))
+        .collect()
+    }
+}
+
+impl Block {
+    /// Serves queue `index` (the one request queue): one bounded pass.
+    pub fn process_queue(
         &mut self,
         index: usize,
         queue: &mut Queue,
@@ -663,22 +694,6 @@ impl VirtioDevice for Block {
             interrupt: wanted || (more && used_any),
             more,
         })
-    }
-
-    fn counters(&self) -> BTreeMap<String, u64> {
-        let s = self.stats;
-        [
-            ("requests", s.requests),
-            ("read_bytes", s.read_bytes),
-            ("write_bytes", s.write_bytes),
-            ("flushes", s.flushes),
-            ("errors", s.errors),
-            ("malformed", s.malformed),
-            ("budget_yields", s.budget_yields),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("virtio.{}.{k}", self.name), v))
-        .collect()
     }
 }
 

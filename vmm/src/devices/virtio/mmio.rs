@@ -97,6 +97,24 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    /// The device, for work that does not come from the driver (a host-side
+    /// event); queue work goes through [`MmioTransport::process_from_host`].
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// One bounded pass over queue `index` started by the host side (a
+    /// socket became readable), not by a QueueNotify: nothing happens unless
+    /// the device is live and the queue ready; the driver is interrupted if
+    /// the pass asks for it. Returns whether work is left (call again).
+    pub fn process_from_host(&mut self, index: usize) -> bool {
+        if !self.live() || self.queues.get(index).is_none_or(|q| !q.ready()) {
+            return false;
+        }
+        self.run_queue(index);
+        self.pending.get(index).copied().unwrap_or(false)
+    }
+
     /// The device status register (ACKNOWLEDGE, DRIVER, FEATURES_OK, ...).
     pub fn status(&self) -> u32 {
         self.status
@@ -226,7 +244,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     /// One bounded pass of the device over queue `i` (live and ready).
     fn run_queue(&mut self, i: usize) {
-        match self.device.process_queue(i, &mut self.queues[i], &self.mem) {
+        match self.device.process(i, &mut self.queues, &self.mem) {
             Ok(out) => {
                 self.pending[i] = out.more;
                 if out.interrupt {

@@ -6,6 +6,9 @@
 //!   EventFd registered with KVM as an irqfd, so raising it costs no exit).
 //! - [`block::Block`]: a virtio-blk disk backed by a file, read-only or
 //!   read-write, with flush and a serial number (GET_ID).
+//! - [`vsock::Vsock`]: virtio-vsock, guest stream sockets reached from the
+//!   host through a Unix socket (Firecracker's hybrid design), served by a
+//!   host-side thread of its own besides the vCPU exits.
 //!
 //! Devices are placed at [`MMIO_BASE`] + n * [`MMIO_SIZE`] on IRQ
 //! [`FIRST_IRQ`] + n and announced to Linux with
@@ -33,9 +36,11 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vsock;
 
 pub use block::{Block, BlockConfig};
 pub use mmio::MmioTransport;
+pub use vsock::Vsock;
 
 use std::collections::BTreeMap;
 use virtio_queue::Queue;
@@ -53,6 +58,8 @@ pub const MAX_DEVICES: usize = (LAST_IRQ - FIRST_IRQ + 1) as usize;
 
 /// virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+/// virtio device type of a socket (vsock) device.
+pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 
 /// Feature bit: the device follows virtio 1.x (required by the modern transport).
 pub const F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -114,11 +121,13 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device.
     fn reset(&mut self);
     /// Processes what the driver made available on queue `index`, up to a
-    /// bounded amount of work per call (see [`QueueOutcome::more`]).
-    fn process_queue(
+    /// bounded amount of work per call (see [`QueueOutcome::more`]). A
+    /// device may use its other queues too (vsock answers on its rx queue
+    /// what arrives on tx): it must touch only those that are `ready()`.
+    fn process(
         &mut self,
         index: usize,
-        queue: &mut Queue,
+        queues: &mut [Queue],
         mem: &crate::memory::GuestMemory,
     ) -> Result<QueueOutcome, QueueFailure>;
     /// Device counters (`virtio.<name>.requests`, ...).
