@@ -264,14 +264,19 @@ case_ vm_bench_isolation sh -c 'timeout 300 duet bench isolation --isolation vm 
 # --- issue 10: detached microVMs (run -d, ps, logs, stop, wait, rm; a lost monitor) ---
 meta_field() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$DUET_ROOT"/instances/"$1"-*/meta.json | head -1; }
 vm_detached() {
-    "$DUET_EXE" run -d --isolation vm --name vmd busybox -- sh -c 'echo vm-up; while true; do sleep 1; done' || return 1
+    "$DUET_EXE" run -d --isolation vm --name vmd busybox -- sh -c "trap '' TERM; echo vm-up; while true; do sleep 1; done" || return 1
     "$DUET_EXE" ps | grep "^vmd " | sed 's/^/ps: /'
     i=0
     until "$DUET_EXE" logs vmd 2>/dev/null | grep -q vm-up || [ $i -ge 300 ]; do i=$((i + 1)); sleep 0.2; done
     "$DUET_EXE" logs vmd | sed 's/^/logs: /'
     vmm=$(meta_field vmd pid)
     [ -d /proc/"$vmm" ] && echo vmm-running
-    "$DUET_EXE" stop -t 5 vmd > /dev/null && echo stopped
+    echo "exec: $("$DUET_EXE" exec vmd echo hi-from-exec)"
+    "$DUET_EXE" exec vmd sh -c 'exit 7'
+    echo "exec-rc $?"
+    t0=$(date +%s)
+    "$DUET_EXE" stop -t 3 vmd > /dev/null && echo stopped
+    echo "stop-took $(($(date +%s) - t0))"
     [ -d /proc/"$vmm" ] && echo "vmm-left $vmm" || echo vmm-gone
     echo "wait: $("$DUET_EXE" wait vmd)"
     "$DUET_EXE" ps -a | grep "^vmd " | sed 's/^/ps-a: /'
