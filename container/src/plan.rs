@@ -510,24 +510,31 @@ pub fn build(
     if let Some(console) = r.console {
         s.push(Step::Console(console));
     }
-    s.extend([
-        // Before the workdir, the first path the image chooses: a workdir of
-        // `/proc/self/fd/N` must not reach a directory duet's caller left open.
+    s.extend(restrictions(r.workdir)?);
+    // Created: everything is ready; execve waits for `start`.
+    s.push(Step::AwaitStart);
+
+    assemble(s, r.command, environment(r.env, r.hostname), caps, seccomp)
+}
+
+/// The last steps before execve, the same for a run's workload and for an
+/// exec'd command, so exec never gets more than the workload has: no fd
+/// but 0-2 (closed before the workdir, the first path the image chooses:
+/// a workdir of `/proc/self/fd/N` must not reach a directory duet's caller
+/// left open), the workdir, umask, capabilities, no_new_privs, seccomp.
+fn restrictions(workdir: &str) -> Result<[Step; 7], PlanError> {
+    Ok([
         Step::CloseOtherFds,
         Step::Workdir(cstr(
             "workdir",
-            if r.workdir.is_empty() { "/" } else { r.workdir },
+            if workdir.is_empty() { "/" } else { workdir },
         )?),
         Step::Umask(0o022),
         Step::DropCapabilities,
         Step::NoNewPrivs,
         Step::CloseInheritedFds,
         Step::Seccomp,
-        // Created: everything is ready; execve waits for `start`.
-        Step::AwaitStart,
-    ]);
-
-    assemble(s, r.command, environment(r.env, r.hostname), caps, seccomp)
+    ])
 }
 
 /// A plan of `steps` that ends in execve of `command` with `env`.
@@ -640,18 +647,7 @@ pub fn build_exec(
         ExecStdio::Console(c) => Step::Console(c),
         ExecStdio::Fds(fds) => Step::Stdio(fds),
     });
-    s.extend([
-        Step::CloseOtherFds,
-        Step::Workdir(cstr(
-            "workdir",
-            if e.workdir.is_empty() { "/" } else { e.workdir },
-        )?),
-        Step::Umask(0o022),
-        Step::DropCapabilities,
-        Step::NoNewPrivs,
-        Step::CloseInheritedFds,
-        Step::Seccomp,
-    ]);
+    s.extend(restrictions(e.workdir)?);
     let mut env = environment(e.env, e.hostname);
     for (k, v) in e.env_overrides {
         env.insert(k.clone(), v.clone());
