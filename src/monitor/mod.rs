@@ -166,13 +166,12 @@ pub fn spawn(dir: &InstanceDir) -> Result<()> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("starting the instance's monitor")?;
+    // The monitor stays (reparented to init or the subreaper once duet
+    // exits); its status is reaped there.
+    let _child = cmd.spawn().context("starting the instance's monitor")?;
     drop(tx);
     let mut answer = String::new();
     let _ = std::fs::File::from(rx).read_to_string(&mut answer);
-    // The monitor stays (reparented to init or the subreaper); its status
-    // is reaped there. Reap it here only if it already died.
-    let died = matches!(child.try_wait(), Ok(Some(_)));
     let answer = answer.trim();
     if answer == "ok" {
         return Ok(());
@@ -187,7 +186,6 @@ pub fn spawn(dir: &InstanceDir) -> Result<()> {
             message: msg.to_string()
         });
     }
-    let _ = died;
     bail!(
         "the monitor of instance `{}` ended before the workload started (see `duet logs {}`)",
         dir.id(),
