@@ -96,6 +96,30 @@ fn bench_startup_writes_json_markdown_and_html() {
             crun.label
         );
     }
+    // Lifecycle rows: `run -d` to running and the exec round trip, with
+    // runc's exec beside them (measured, or a row that says why not).
+    for label in [
+        "duet run -d container (to running)",
+        "duet exec container (true)",
+    ] {
+        let row = r
+            .lifecycle
+            .iter()
+            .find(|s| s.label == label)
+            .unwrap_or_else(|| panic!("no `{label}` row: {:?}", r.lifecycle));
+        assert_eq!(row.status, RowStatus::Measured, "{row:?}");
+        assert_eq!(row.samples_ms.len(), 3, "{row:?}");
+    }
+    let runc_exec = r
+        .lifecycle
+        .iter()
+        .find(|s| s.label.starts_with("runc") && s.label.ends_with("exec (true)"))
+        .unwrap_or_else(|| panic!("no runc exec row: {:?}", r.lifecycle));
+    if let RowStatus::Unavailable(why) | RowStatus::Failed(why) = &runc_exec.status {
+        assert!(!why.is_empty(), "{runc_exec:?}");
+    }
+    let lifecycle_md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(lifecycle_md.contains("Lifecycle"), "{lifecycle_md}");
     // Only containers were asked for: no VM row, no testbed.
     assert!(r.startup.iter().all(|s| s.kind != duet_bench::Kind::Vm));
     let h = r.harness.expect("harness overhead measured");
@@ -334,6 +358,19 @@ fn bench_vm_rows_come_from_the_testbed() {
             "no {phase}: {:?}",
             vm.segments
         );
+    }
+    // The lifecycle rows of a microVM, from the same testbed boot.
+    for label in [
+        "duet run -d vm (to running) (testbed)",
+        "duet exec vm (true) (testbed)",
+    ] {
+        let row = r
+            .lifecycle
+            .iter()
+            .find(|s| s.label == label)
+            .unwrap_or_else(|| panic!("no `{label}` row: {:?}\n{err}", r.lifecycle));
+        assert_eq!(row.status, RowStatus::Measured, "{row:?}\n{err}");
+        assert_eq!(row.samples_ms.len(), 1, "{row:?}");
     }
     // No container was asked for: no native container row.
     assert!(!r.startup.iter().any(|s| s.label == "duet container"));

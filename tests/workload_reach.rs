@@ -191,43 +191,60 @@ fn run_on_a_terminal(env: &Env, args: &[&str]) -> (Option<i32>, String, String) 
     )
 }
 
+/// TIOCSTI from the workload, run from a terminal with `extra` flags:
+/// returns what the probe printed; fails if anything reached the caller's
+/// terminal's input queue.
+fn tiocsti_from_a_terminal(test: &str, extra: &[&str]) -> String {
+    let env = Env::new();
+    let name = unique("tiocsti");
+    let mut args = vec!["run", "--name", &name];
+    args.extend_from_slice(extra);
+    args.extend([
+        "busybox",
+        "--",
+        "/bin/duet-probe",
+        "--tiocsti",
+        "echo PWNED\n",
+    ]);
+    let (code, shown, pending) = run_on_a_terminal(&env, &args);
+    assert!(
+        !pending.contains("PWNED"),
+        "{test}: the workload typed into the caller's terminal: {pending:?}\n{shown}"
+    );
+    env.assert_clean(&name);
+    format!("{code:?} {shown}")
+}
+
+/// Without -t the workload's stdin is a pipe where duet's is a terminal:
+/// there is no terminal to push input into.
 #[test]
-fn tiocsti_cannot_type_into_the_callers_terminal() {
-    let test = "tiocsti_cannot_type_into_the_callers_terminal";
+fn tiocsti_cannot_type_into_the_callers_terminal_through_pipes() {
+    let test = "tiocsti_cannot_type_into_the_callers_terminal_through_pipes";
     if skip_unless_root_and_probe(test) {
         return;
     }
-    let env = Env::new();
-    let name = unique("tiocsti");
-    let (code, shown, pending) = run_on_a_terminal(
-        &env,
-        &[
-            "run",
-            "--name",
-            &name,
-            "busybox",
-            "--",
-            "/bin/duet-probe",
-            "--tiocsti",
-            "echo PWNED\n",
-        ],
-    );
-    assert_eq!(
-        code,
-        Some(0),
-        "the probe could not even use its own terminal:\n{shown}"
-    );
-    assert!(shown.contains("tiocsti: ok"), "{shown}");
+    let shown = tiocsti_from_a_terminal(test, &[]);
+    // errno 25: ENOTTY.
+    assert!(shown.contains("tiocsti: errno 25"), "{shown}");
+}
+
+/// With -t the workload can type, but only into its own pty.
+#[test]
+fn tiocsti_cannot_type_into_the_callers_terminal_through_its_own_pty() {
+    let test = "tiocsti_cannot_type_into_the_callers_terminal_through_its_own_pty";
+    if skip_unless_root_and_probe(test) {
+        return;
+    }
+    let shown = tiocsti_from_a_terminal(test, &["-t"]);
     assert!(
-        !pending.contains("PWNED"),
-        "the workload typed into the caller's terminal: {pending:?}\n{shown}"
+        shown.starts_with("Some(0) ") && shown.contains("tiocsti: ok"),
+        "the probe could not even use its own terminal: {shown}"
     );
-    env.assert_clean(&name);
 }
 
 #[test]
-fn a_terminal_gets_a_pty_of_its_own_and_is_restored() {
-    let test = "a_terminal_gets_a_pty_of_its_own_and_is_restored";
+fn dash_t_on_a_terminal_gives_a_pty_of_its_own_and_restores_the_terminal() {
+    let test = "dash_t_on_a_terminal_gives_a_pty_of_its_own_and_restores_the_terminal";
     if skip_unless_root(test) {
         return;
     }
@@ -237,6 +254,7 @@ fn a_terminal_gets_a_pty_of_its_own_and_is_restored() {
         &env,
         &[
             "run",
+            "-t",
             "--name",
             &name,
             "busybox",
@@ -249,6 +267,38 @@ fn a_terminal_gets_a_pty_of_its_own_and_is_restored() {
     assert_eq!(code, Some(3), "{shown}");
     // The container's own devpts: its first pty, not the caller's /dev/pts/N.
     assert!(shown.contains("/dev/pts/0"), "{shown}");
+    env.assert_clean(&name);
+}
+
+/// Without -t, as in Docker, a workload started from a terminal gets pipes
+/// on all three fds, and its output still reaches the terminal.
+#[test]
+fn without_dash_t_a_terminal_reaches_the_workload_as_pipes() {
+    let test = "without_dash_t_a_terminal_reaches_the_workload_as_pipes";
+    if skip_unless_root(test) {
+        return;
+    }
+    let env = Env::new();
+    let name = unique("pipes");
+    let (code, shown, _) = run_on_a_terminal(
+        &env,
+        &[
+            "run",
+            "--name",
+            &name,
+            "busybox",
+            "--",
+            "sh",
+            "-c",
+            "for fd in 0 1 2; do test -t $fd && echo fd$fd-is-a-tty; \
+             readlink /proc/self/fd/$fd | sed \"s/^/fd$fd=/; s/:.*//\"; done; exit 4",
+        ],
+    );
+    assert_eq!(code, Some(4), "{shown}");
+    assert!(!shown.contains("-is-a-tty"), "{shown}");
+    for fd in 0..3 {
+        assert!(shown.contains(&format!("fd{fd}=pipe")), "fd {fd}: {shown}");
+    }
     env.assert_clean(&name);
 }
 

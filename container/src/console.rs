@@ -1,18 +1,17 @@
-//! The workload's terminal: a pty of its own, never the caller's.
+//! The workload's terminal with `-t`: a pty of its own, never the caller's.
 //!
 //! A workload that holds the terminal duet was started from could type into
 //! the caller's shell (TIOCSTI), change its modes or read what the user
-//! types after duet exits. So, as `docker run -t` does, when any of duet's
-//! stdin, stdout or stderr is a terminal the container's init opens a new
-//! pty *inside* the container's own devpts (so `tty` and ttyname work there),
-//! makes it the controlling terminal of the workload's new session, puts it
-//! on those of fds 0-2 that were terminals, and sends the master to duet
-//! over the setup channel. duet relays bytes between its own terminal and
-//! the master ([`Relay`]); when stdin is a terminal it is put in raw mode for
-//! the run, so keys (Ctrl-C too) go to the workload's pty, which turns them
-//! into signals for the workload's foreground process group, as in Docker.
-//! Descriptors that are not terminals are passed through unchanged (pipes
-//! and files cannot be used to type into anything).
+//! types after duet exits. So, as `docker run -t` does, the container's init
+//! opens a new pty *inside* the container's own devpts (so `tty` and ttyname
+//! work there), makes it the controlling terminal of the workload's new
+//! session, puts it on those of fds 0-2 that were terminals (all three when
+//! none was), and sends the master to duet over the setup channel. duet
+//! relays bytes between its own terminal and the master ([`Relay`]); when
+//! stdin is a terminal it is put in raw mode for the run, so keys (Ctrl-C
+//! too) go to the workload's pty, which turns them into signals for the
+//! workload's foreground process group, as in Docker. Without `-t`,
+//! [`crate::stdio`] puts relayed pipes where duet has terminals.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

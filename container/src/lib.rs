@@ -41,6 +41,7 @@ pub mod exec;
 pub mod plan;
 pub mod seccomp;
 pub mod signals;
+pub mod stdio;
 
 use crate::capabilities::CapabilityPlan;
 use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupVersion, Controller, Hierarchy};
@@ -69,6 +70,9 @@ pub enum ContainerError {
     /// The parent/child socketpair could not be made.
     #[error("creating the container's sync socketpair")]
     Channel(#[source] io::Error),
+    /// Making the pipes that stand in for duet's terminals.
+    #[error("making the workload's stdin, stdout and stderr")]
+    Stdio(#[source] io::Error),
     /// clone3 failed.
     #[error("cloning the container init into new mount/pid/uts/ipc/net namespaces")]
     Clone(#[source] io::Error),
@@ -454,6 +458,8 @@ impl ContainerRuntime {
         let spec = launch.spec;
         let explain = launch.options.explain;
         let workdir = spec.workdir.as_deref().unwrap_or("/");
+        let stdio =
+            stdio::StdioSetup::for_run(launch.options.tty).map_err(ContainerError::Stdio)?;
         let plan = plan::build(
             &RootfsSpec {
                 layers: &launch.layers,
@@ -464,14 +470,11 @@ impl ContainerRuntime {
                 workdir,
                 command: &spec.command,
                 env: &spec.env,
-                console: console::ConsoleSpec::detect().or_else(|| {
-                    // -t without a terminal (e.g. `run -d -t`): the pty's
-                    // output goes to duet's stdout (a monitor's log).
-                    launch.options.tty.then_some(console::ConsoleSpec {
-                        on: [true, true, true],
-                        size: (24, 80),
-                    })
-                }),
+                stdio: match stdio.plan {
+                    // Nothing to replace: the init keeps duet's fds 0-2.
+                    plan::ChildStdio::Fds([0, 1, 2]) => None,
+                    other => Some(other),
+                },
             },
             CapabilityPlan::for_this_process(),
             Arc::new(seccomp::compile()?),
@@ -540,6 +543,7 @@ impl ContainerRuntime {
             }
         };
         drop(child_end);
+        drop(stdio.child_ends);
         guard.register(init.pidfd.as_raw_fd());
         report.mark(Phase::CgroupApplied);
         let mut c = Container {
@@ -554,6 +558,8 @@ impl ContainerRuntime {
             console: None,
             plan_console,
             relay: None,
+            pipe_copies: stdio.copies,
+            pipes: None,
             exit: None,
             started: false,
         };
@@ -612,6 +618,9 @@ pub struct Container {
     console: Option<OwnedFd>,
     plan_console: Option<console::ConsoleSpec>,
     relay: Option<console::Relay>,
+    /// duet's ends of the pipes that stand in for its terminals, relayed from start.
+    pipe_copies: Vec<(i32, OwnedFd, stdio::Direction)>,
+    pipes: Option<stdio::PipeRelay>,
     /// Known before wait: the run ended during setup or exec.
     exit: Option<WorkloadExit>,
     started: bool,
@@ -679,6 +688,13 @@ impl Container {
             },
             _ => None,
         };
+        self.pipes = match stdio::PipeRelay::start(std::mem::take(&mut self.pipe_copies)) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("duet: cannot relay the workload's stdio: {e}");
+                None
+            }
+        };
         Ok(())
     }
 
@@ -708,6 +724,9 @@ impl Container {
             // The pty's last output is copied before duet prints anything more.
             relay.finish(Duration::from_millis(500));
         }
+        if let Some(pipes) = self.pipes.take() {
+            pipes.finish(Duration::from_millis(500));
+        }
         if let Some(sig) = signals::received() {
             report
                 .counters
@@ -729,6 +748,9 @@ impl Container {
         }
         if let Some(relay) = self.relay.take() {
             relay.finish(Duration::from_millis(100));
+        }
+        if let Some(pipes) = self.pipes.take() {
+            pipes.finish(Duration::from_millis(100));
         }
         match self.cgroup.take() {
             Some(cg) => Ok(cg.destroy()?),

@@ -316,8 +316,9 @@ pub struct RootfsSpec<'a> {
     pub command: &'a [String],
     /// Environment.
     pub env: &'a BTreeMap<String, String>,
-    /// Which of fds 0-2 get a new pty (when duet's are terminals).
-    pub console: Option<crate::console::ConsoleSpec>,
+    /// The workload's fds 0-2: a new pty, or pipes dup2'ed over the ones
+    /// that are terminals; `None`: duet's own, inherited.
+    pub stdio: Option<ChildStdio>,
 }
 
 fn cstr(what: &'static str, s: impl AsRef<[u8]>) -> Result<CString, PlanError> {
@@ -507,8 +508,10 @@ pub fn build(
         Step::UnshareCgroupNamespace,
         Step::NewSession,
     ]);
-    if let Some(console) = r.console {
-        s.push(Step::Console(console));
+    match r.stdio {
+        Some(ChildStdio::Console(c)) => s.push(Step::Console(c)),
+        Some(ChildStdio::Fds(fds)) => s.push(Step::Stdio(fds)),
+        None => {}
     }
     s.extend(restrictions(r.workdir)?);
     // Created: everything is ready; execve waits for `start`.
@@ -586,9 +589,10 @@ pub(crate) fn assemble(
     })
 }
 
-/// How `duet exec` gives the command its stdin, stdout and stderr.
+/// How a workload or an exec'd command gets its stdin, stdout and stderr
+/// (see [`crate::stdio`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecStdio {
+pub enum ChildStdio {
     /// A new pty in the container's devpts on all three (`-t`).
     Console(crate::console::ConsoleSpec),
     /// These (inherited) fds, dup2'ed onto 0, 1 and 2.
@@ -613,7 +617,7 @@ pub struct ExecSpec<'a> {
     /// `KEY=VALUE` overrides.
     pub env_overrides: &'a [(String, String)],
     /// Its stdio.
-    pub stdio: ExecStdio,
+    pub stdio: ChildStdio,
 }
 
 /// Namespaces `duet exec` joins: every one the container's init has of its own.
@@ -644,8 +648,8 @@ pub fn build_exec(
         Step::NewSession,
     ];
     s.push(match e.stdio {
-        ExecStdio::Console(c) => Step::Console(c),
-        ExecStdio::Fds(fds) => Step::Stdio(fds),
+        ChildStdio::Console(c) => Step::Console(c),
+        ChildStdio::Fds(fds) => Step::Stdio(fds),
     });
     s.extend(restrictions(e.workdir)?);
     let mut env = environment(e.env, e.hostname);
@@ -670,7 +674,7 @@ mod tests {
             workdir: "/srv",
             command,
             env,
-            console: None,
+            stdio: None,
         };
         build(
             &r,
@@ -857,7 +861,7 @@ mod tests {
             workdir: "/",
             command: &cmd,
             env: &env,
-            console: None,
+            stdio: None,
         };
         let caps = CapabilityPlan {
             keep: 0,
@@ -902,7 +906,7 @@ mod tests {
                 command: &cmd,
                 env: &env,
                 env_overrides: &overrides,
-                stdio: ExecStdio::Fds([10, 1, 2]),
+                stdio: ChildStdio::Fds([10, 1, 2]),
             },
             CapabilityPlan {
                 keep: 1,
@@ -945,7 +949,7 @@ mod tests {
             ]
         );
         assert_eq!(p.search_path.as_ref().unwrap().as_bytes(), b"/opt/bin");
-        let console = ExecStdio::Console(crate::console::ConsoleSpec {
+        let console = ChildStdio::Console(crate::console::ConsoleSpec {
             on: [true; 3],
             size: (24, 80),
         });

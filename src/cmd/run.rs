@@ -68,8 +68,9 @@ pub struct RunArgs {
     /// hierarchy) instead of under the cgroup duet runs in.
     #[arg(long, value_name = "CGROUP")]
     pub cgroup_parent: Option<PathBuf>,
-    /// Give the workload a pty of its own (container; it gets one anyway
-    /// when duet's stdin, stdout or stderr is a terminal).
+    /// Give the workload a pty of its own (container). Without it, those of
+    /// duet's stdin, stdout and stderr that are terminals reach the workload
+    /// as pipes that duet relays, as in Docker.
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Keep stdin open for the workload (the default in the foreground; a

@@ -607,9 +607,28 @@ impl Bench {
                 &iso.to_string(),
                 "busybox",
             );
-            let r = run_density(&cfg, &mut l, &mut self.bars);
+            // The monitor process alone (its tree less the init or VMM):
+            // what detaching costs per instance, in each isolation.
+            let mut alone = None;
+            let r = run_density_observed(&cfg, &mut l, &mut self.bars, &mut |p, insts| {
+                let pss: u64 = insts
+                    .iter()
+                    .flat_map(|i| i.root_pids())
+                    .filter_map(|pid| duet_bench::memory::rollup_of(pid).ok())
+                    .map(|r| r.pss_kib)
+                    .sum();
+                alone = Some((p.k, pss as f64 / p.k.max(1) as f64));
+            });
             self.bars.clear();
             say_density(&r);
+            if let Some((k, kib)) = alone {
+                let note = format!(
+                    "{}: the monitor process alone is {kib:.0} KiB PSS per instance ({k} instances)",
+                    r.label
+                );
+                eprintln!("  {note}");
+                self.report.notes.push(note);
+            }
             self.report.density.push(r);
         }
         let mut launchers: Vec<Box<dyn IdleLauncher>> = Vec::new();
@@ -958,6 +977,10 @@ fn add_vm_missing(
     if plan.startup.is_some() {
         r.startup
             .push(StartupResult::unavailable(label, Kind::Vm, why));
+        for l in ["duet run -d vm (to running)", "duet exec vm (true)"] {
+            r.lifecycle
+                .push(StartupResult::unavailable(l, Kind::Vm, why));
+        }
         if peers {
             let q = StartupResult::unavailable(&qemu::detect().label(), Kind::Vm, why);
             say_startup(&q);

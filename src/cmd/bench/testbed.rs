@@ -379,7 +379,9 @@ pub(super) fn vm_in_testbed(
         // The same container start inside the same emulated machine: the only
         // fair ratio against a VM measured there.
         add("startup", "container", extra);
-        boots += runs + 1;
+        // The VM start rows, then the lifecycle rows: `run -d` (warm-up and
+        // runs) and one instance to exec into.
+        boots += runs + 1 + runs + 2;
         if qemu_row {
             // duet run --keep for the initramfs, QEMU's warm-up and runs.
             boots += runs + 2;
@@ -438,6 +440,11 @@ pub(super) fn vm_in_testbed(
             s.label = format!("{} (testbed)", s.label);
             say_startup(&s);
             b.report.startup.push(s);
+        }
+        for mut s in inner.lifecycle {
+            s.label = format!("{} (testbed)", s.label);
+            say_startup(&s);
+            b.report.lifecycle.push(s);
         }
         for mut m in inner.memory {
             m.label = format!("{} (testbed)", m.label);
