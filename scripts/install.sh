@@ -51,6 +51,11 @@ if [ "$files_only" = 0 ]; then
     apt-get update -q >&2
     # shellcheck disable=SC2046
     apt-get install -y -q $(printf '%s\n' "${packages[@]}" | sed 's/#.*//' | tr -s ' \n' ' ') >&2
+    # Docker's engine, for duet as Docker's OCI runtime and the `docker exec`
+    # bench row: tests and benches start a private dockerd of their own.
+    # Without recommends: docker.io recommends cgroupfs-mount, whose init
+    # script would mount cgroup hierarchies on a host that has them its way.
+    apt-get install -y -q --no-install-recommends docker.io containerd >&2
 
     if ! command -v cargo >/dev/null; then
         [ -x "$HOME/.cargo/bin/cargo" ] || {

@@ -120,6 +120,16 @@ fn bench_startup_writes_json_markdown_and_html() {
     }
     let lifecycle_md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(lifecycle_md.contains("Lifecycle"), "{lifecycle_md}");
+    // docker exec, through a private dockerd where the engine is installed.
+    let docker_exec = r
+        .lifecycle
+        .iter()
+        .find(|s| s.label.starts_with("docker") && s.label.ends_with("exec (true)"))
+        .unwrap_or_else(|| panic!("no docker exec row: {:?}", r.lifecycle));
+    match duet_bench::docker::unavailable() {
+        None => assert_eq!(docker_exec.status, RowStatus::Measured, "{docker_exec:?}"),
+        Some(why) => assert_eq!(docker_exec.status, RowStatus::Unavailable(why)),
+    }
     // Only containers were asked for: no VM row, no testbed.
     assert!(r.startup.iter().all(|s| s.kind != duet_bench::Kind::Vm));
     let h = r.harness.expect("harness overhead measured");

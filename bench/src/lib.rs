@@ -21,6 +21,7 @@
 pub mod charts;
 pub mod detached;
 pub mod disk;
+pub mod docker;
 pub mod host;
 pub mod instances;
 pub mod isolation;

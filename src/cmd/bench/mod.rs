@@ -478,6 +478,18 @@ impl Bench {
                     duet_bench::error_chain(&e)
                 )),
             }
+            match self.docker_exec_starter() {
+                Ok(st) => starters.push(st),
+                Err(why) => {
+                    let r = StartupResult::unavailable(
+                        "docker exec (true)",
+                        duet_bench::Kind::Container,
+                        &why,
+                    );
+                    say_startup(&r);
+                    self.report.lifecycle.push(r);
+                }
+            }
         }
         for mut st in starters {
             if interrupt::requested() {
@@ -488,6 +500,37 @@ impl Bench {
             say_startup(&r);
             self.report.lifecycle.push(r);
         }
+    }
+
+    /// `docker exec ID true` into an idle busybox container of a private
+    /// dockerd (runc), or why there is none.
+    fn docker_exec_starter(&self) -> Result<Box<dyn startup::Starter>, String> {
+        use duet_bench::docker::{self, DockerIdle, Dockerd};
+        if let Some(why) = docker::unavailable() {
+            return Err(why);
+        }
+        let engine = Dockerd::start(&[]).map_err(|e| duet_bench::error_chain(&e))?;
+        engine
+            .import_rootfs(&self.image.busybox_rootfs(), "duet-bench-busybox")
+            .map_err(|e| duet_bench::error_chain(&e))?;
+        let label = format!("docker {} exec (true)", engine.version());
+        let host = engine.host_flag();
+        let engine = std::rc::Rc::new(engine);
+        Ok(Box::new(duet_bench::lifecycle::ExecStarter {
+            label: label.clone(),
+            launcher: Box::new(DockerIdle {
+                engine,
+                image: "duet-bench-busybox".into(),
+                runtime: None,
+                label,
+            }),
+            argv: Box::new(move |id| {
+                ["docker", &host, "exec", id, "true"]
+                    .map(String::from)
+                    .to_vec()
+            }),
+            instance: None,
+        }))
     }
 
     /// The guest `duet run --isolation vm busybox -- true` boots, for QEMU.
