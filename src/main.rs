@@ -5,6 +5,7 @@
 mod backends;
 mod cmd;
 mod monitor;
+mod oci;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -116,6 +117,9 @@ enum Command {
 const DUET_FAILED: u8 = 125;
 
 fn main() -> ExitCode {
+    if oci::invoked_as_runtime() {
+        return oci::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -260,46 +260,7 @@ impl Channel {
 
     /// Sends one message with `fd` attached (SCM_RIGHTS). No allocation.
     pub fn send_with_fd(&self, b: &[u8; MSG_LEN], fd: i32) -> Result<(), i32> {
-        // A cmsg buffer for one fd, aligned for cmsghdr.
-        #[repr(C)]
-        struct CmsgBuf {
-            _align: [libc::cmsghdr; 0],
-            bytes: [u8; 64],
-        }
-        let mut cbuf = CmsgBuf {
-            _align: [],
-            bytes: [0; 64],
-        };
-        let mut iov = libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: MSG_LEN,
-        };
-        // SAFETY: msghdr is plain data; every pointer in it points at locals
-        // that outlive the sendmsg call, and CMSG_* stay inside `cbuf`.
-        unsafe {
-            let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
-            msg.msg_controllen = space;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
-            loop {
-                let n = libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
-                if n == MSG_LEN as isize {
-                    return Ok(());
-                }
-                let e = crate::capabilities::errno();
-                if n < 0 && e == libc::EINTR {
-                    continue;
-                }
-                return Err(if n < 0 { e } else { libc::EPROTO });
-            }
-        }
+        send_fd(self.fd.as_raw_fd(), b, fd)
     }
 
     /// Parent side: next message from the child, `None` at end-of-file.
@@ -364,6 +325,50 @@ impl Channel {
     /// Raw fd (for the child, which must not drop the `OwnedFd` before exec).
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
+    }
+}
+
+/// Sends `b` with `fd` attached (SCM_RIGHTS) on the socket `sock`. No allocation.
+pub fn send_fd(sock: i32, b: &[u8], fd: i32) -> Result<(), i32> {
+    // A cmsg buffer for one fd, aligned for cmsghdr.
+    #[repr(C)]
+    struct CmsgBuf {
+        _align: [libc::cmsghdr; 0],
+        bytes: [u8; 64],
+    }
+    let mut cbuf = CmsgBuf {
+        _align: [],
+        bytes: [0; 64],
+    };
+    let mut iov = libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer in it points at locals
+    // that outlive the sendmsg call, and CMSG_* stay inside `cbuf`.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        loop {
+            let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+            if n == b.len() as isize {
+                return Ok(());
+            }
+            let e = crate::capabilities::errno();
+            if n < 0 && e == libc::EINTR {
+                continue;
+            }
+            return Err(if n < 0 { e } else { libc::EPROTO });
+        }
     }
 }
 

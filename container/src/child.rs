@@ -19,7 +19,7 @@ pub const NOT_FOUND_STATUS: i32 = 127;
 /// Exit status when the command was found but could not be executed.
 pub const CANNOT_EXECUTE_STATUS: i32 = 126;
 
-fn check(r: libc::c_int) -> Result<(), i32> {
+pub(crate) fn check(r: libc::c_int) -> Result<(), i32> {
     if r == 0 {
         Ok(())
     } else {
@@ -28,7 +28,7 @@ fn check(r: libc::c_int) -> Result<(), i32> {
 }
 
 /// mount(2) with an optional data string.
-fn mount(
+pub(crate) fn mount(
     source: &CStr,
     target: &CStr,
     fstype: Option<&CStr>,
@@ -247,7 +247,10 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
             }
             Ok(())
         }
-        Step::CloseOtherFds => close_other_fds(chan.raw_fd()),
+        Step::CloseOtherFds => close_other_fds(chan.raw_fd(), plan.keep_fd),
+        Step::Oci(o) => {
+            crate::child_oci::run(o, plan, chan, stamps.rootfs_ready, stamps.pivot_done)
+        }
     }
 }
 
@@ -310,9 +313,14 @@ fn fork_into_pid_namespace(chan: &Channel) -> Result<(), i32> {
     unsafe { libc::_exit(if sent.is_ok() { 0 } else { SETUP_FAILED_STATUS }) }
 }
 
-/// Closes every fd above 2 except `keep` (the setup channel).
-fn close_other_fds(keep: i32) -> Result<(), i32> {
-    let ranges = [(3, keep - 1), (keep + 1, i32::MAX)];
+/// Closes every fd above 2 except `keep` (the setup channel) and `also` (-1: none).
+fn close_other_fds(keep: i32, also: i32) -> Result<(), i32> {
+    let (a, b) = if also < 0 || also == keep {
+        (keep, keep)
+    } else {
+        (keep.min(also), keep.max(also))
+    };
+    let ranges = [(3, a - 1), (a + 1, b - 1), (b + 1, i32::MAX)];
     for (lo, hi) in ranges {
         if lo > hi {
             continue;
@@ -391,7 +399,7 @@ fn reset_signals() {
 
 /// execve of the workload, searching `plan.search_path` when argv\[0\] has
 /// no `/`. Returns only on failure: (errno, interpreter_missing).
-fn exec(plan: &ChildPlan) -> (i32, bool) {
+pub(crate) fn exec(plan: &ChildPlan) -> (i32, bool) {
     let cmd = plan.argv[0].as_bytes();
     let try_one = |path: *const libc::c_char| -> (i32, bool) {
         // SAFETY: path, argv and envp are NUL-terminated strings / NULL-terminated arrays we own.
@@ -435,8 +443,10 @@ fn exec(plan: &ChildPlan) -> (i32, bool) {
 
 /// The container's init: set up, report, exec. Never returns.
 pub fn child_main(plan: &ChildPlan, chan: &Channel) -> ! {
-    // SAFETY: prctl with integer arguments; if duet dies, so does the container.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if !plan.outlives_parent {
+        // SAFETY: prctl with integer arguments; if duet dies, so does the container.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    }
     reset_signals();
     let mut stamps = Stamps {
         rootfs_ready: 0,
@@ -460,7 +470,7 @@ pub fn child_main(plan: &ChildPlan, chan: &Channel) -> ! {
         pivot_done: stamps.pivot_done,
         ready: monotonic_ns(),
     };
-    if chan.send_raw(&msg.encode()).is_err() {
+    if chan.send_raw(&msg.encode()).is_err() && !plan.outlives_parent {
         // SAFETY: as above.
         unsafe { libc::_exit(SETUP_FAILED_STATUS) };
     }

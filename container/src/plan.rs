@@ -188,6 +188,8 @@ pub enum Step {
     /// Close every fd above 2 except the setup channel, before anything the
     /// container controls (its workdir, say `/proc/self/fd/N`) is looked up.
     CloseOtherFds,
+    /// The steps only an OCI bundle needs ([`crate::child_oci`]).
+    Oci(crate::child_oci::OciStep),
 }
 
 fn show(c: &CString) -> String {
@@ -252,6 +254,7 @@ impl Step {
             Step::NotDumpable => "making the process non-dumpable".into(),
             Step::Stdio(_) => "setting up stdin, stdout and stderr".into(),
             Step::CloseOtherFds => "closing inherited file descriptors".into(),
+            Step::Oci(o) => o.describe(),
         }
     }
 }
@@ -272,6 +275,12 @@ pub struct ChildPlan {
     pub caps: CapabilityPlan,
     /// Seccomp programs installed last.
     pub seccomp: Arc<SeccompPrograms>,
+    /// An OCI `create`: the init outlives the process that cloned it (no
+    /// parent-death signal) and, once `start` has released it, reports
+    /// nothing more over the setup channel (nobody reads it then).
+    pub outlives_parent: bool,
+    /// One more fd [`Step::CloseOtherFds`] keeps (the OCI start fifo), or -1.
+    pub keep_fd: i32,
 }
 
 impl std::fmt::Debug for ChildPlan {
@@ -586,6 +595,8 @@ pub(crate) fn assemble(
         search_path,
         caps,
         seccomp,
+        outlives_parent: false,
+        keep_fd: -1,
     })
 }
 

@@ -81,10 +81,18 @@ pub const DENIED_SYSCALLS: &[(&str, libc::c_long)] = &[
 /// The compiled programs, installed in this order.
 #[derive(Debug, Clone)]
 pub struct SeccompPrograms {
-    /// EPERM for [`DENIED_SYSCALLS`] and for `clone` with CLONE_NEWUSER.
-    pub eperm: BpfProgram,
-    /// ENOSYS for `clone3`.
-    pub enosys: BpfProgram,
+    /// Installed in this order (the kernel runs the last one installed
+    /// first; among equal actions the first result it sees wins).
+    pub programs: Vec<BpfProgram>,
+}
+
+impl SeccompPrograms {
+    /// No filter at all (an OCI config without `linux.seccomp`).
+    pub fn none() -> SeccompPrograms {
+        SeccompPrograms {
+            programs: Vec::new(),
+        }
+    }
 }
 
 fn arch() -> TargetArch {
@@ -124,9 +132,13 @@ pub fn compile() -> Result<SeccompPrograms, SeccompError> {
         arch(),
     )
     .map_err(build("clone3"))?;
+    // ENOSYS for clone3, then EPERM for the denied list (and clone with
+    // CLONE_NEWUSER).
     Ok(SeccompPrograms {
-        eperm: eperm.try_into().map_err(build("EPERM list"))?,
-        enosys: enosys.try_into().map_err(build("clone3"))?,
+        programs: vec![
+            enosys.try_into().map_err(build("clone3"))?,
+            eperm.try_into().map_err(build("EPERM list"))?,
+        ],
     })
 }
 
@@ -155,10 +167,12 @@ pub fn install(program: &BpfProgram) -> Result<(), i32> {
     Ok(())
 }
 
-/// Installs both programs after setting no_new_privs.
+/// Installs every program, in order (after no_new_privs, or with CAP_SYS_ADMIN).
 pub fn install_all(p: &SeccompPrograms) -> Result<(), i32> {
-    install(&p.enosys)?;
-    install(&p.eperm)
+    for program in &p.programs {
+        install(program)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,444 @@
+//! `linux.cgroupsPath` and `linux.resources` of an OCI bundle, in every
+//! mounted hierarchy (v1 controllers, the v2 unified tree, or both on a
+//! hybrid host), as runc's cgroupfs driver places them.
+//!
+//! An absolute `cgroupsPath` (`/docker/<id>`, what dockerd and containerd
+//! pass with the cgroupfs driver) is taken below each hierarchy's root; a
+//! relative one below `duet/`; none gives `duet/<id>`. The systemd form
+//! (`slice:prefix:name`) is refused. `..` never appears in a path written to.
+
+use crate::cgroup::{remove_cgroup_dir, CgroupLayout, CgroupVersion};
+use oci_spec::runtime::LinuxResources;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+/// Errors, each naming the config field or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OciCgroupError {
+    /// A path that is not a plain cgroup path.
+    #[error("linux.cgroupsPath `{0}`: {1}")]
+    BadPath(String, &'static str),
+    /// A limit duet cannot set.
+    #[error("linux.resources.{0}: {1}")]
+    Unsupported(&'static str, String),
+    /// A cgroup file could not be written.
+    #[error("{action} {path}")]
+    Io {
+        /// What.
+        action: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Layout detection or removal failed.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+/// The cgroup path (relative to each hierarchy's root) for a container.
+pub fn relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, OciCgroupError> {
+    let Some(p) = cgroups_path else {
+        return Ok(PathBuf::from("duet").join(id));
+    };
+    let shown = p.display().to_string();
+    if shown.contains(':') && !shown.starts_with('/') {
+        return Err(OciCgroupError::BadPath(
+            shown,
+            "the systemd driver's slice:prefix:name form is not supported (duet uses cgroupfs paths)",
+        ));
+    }
+    let mut out = PathBuf::new();
+    if p.is_relative() {
+        out.push("duet");
+    }
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(OciCgroupError::BadPath(shown, "`..` is not allowed"))
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(OciCgroupError::BadPath(
+            shown,
+            "the root cgroup is not a container's",
+        ));
+    }
+    Ok(out)
+}
+
+/// The container's directories, one per hierarchy; removed by [`OciCgroup::destroy`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OciCgroup {
+    /// (v2?, directory) per hierarchy.
+    pub dirs: Vec<(bool, PathBuf)>,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), OciCgroupError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| OciCgroupError::Io {
+            action: "opening",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    f.write_all(value.as_bytes())
+        .map_err(|source| OciCgroupError::Io {
+            action: "writing",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// `(controller, file, value)` writes for `r`, v1 or v2 names.
+fn limit_writes(
+    r: &LinuxResources,
+    v2: bool,
+) -> Result<Vec<(&'static str, &'static str, String)>, OciCgroupError> {
+    let mut w = Vec::new();
+    if let Some(m) = r.memory() {
+        if let Some(limit) = m.limit().filter(|&l| l > 0) {
+            w.push((
+                "memory",
+                if v2 {
+                    "memory.max"
+                } else {
+                    "memory.limit_in_bytes"
+                },
+                limit.to_string(),
+            ));
+            if let Some(swap) = m.swap().filter(|&s| s > 0) {
+                if v2 {
+                    // v2 counts swap alone; OCI's swap is memory + swap.
+                    let only = (swap - limit).max(0);
+                    w.push(("memory", "memory.swap.max", only.to_string()));
+                } else {
+                    w.push(("memory", "memory.memsw.limit_in_bytes", swap.to_string()));
+                }
+            }
+        }
+        if let Some(res) = m.reservation().filter(|&r| r > 0) {
+            w.push((
+                "memory",
+                if v2 {
+                    "memory.low"
+                } else {
+                    "memory.soft_limit_in_bytes"
+                },
+                res.to_string(),
+            ));
+        }
+        if m.kernel().is_some_and(|k| k > 0) || m.kernel_tcp().is_some_and(|k| k > 0) {
+            return Err(OciCgroupError::Unsupported(
+                "memory.kernel",
+                "kernel memory limits are not supported (deprecated in the kernel)".into(),
+            ));
+        }
+    }
+    if let Some(c) = r.cpu() {
+        if let Some(shares) = c.shares().filter(|&s| s > 0) {
+            if v2 {
+                // runc's conversion of shares (2-262144) to weight (1-10000).
+                let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+                w.push(("cpu", "cpu.weight", weight.to_string()));
+            } else {
+                w.push(("cpu", "cpu.shares", shares.to_string()));
+            }
+        }
+        let period = c.period().filter(|&p| p > 0);
+        if let Some(quota) = c.quota().filter(|&q| q != 0) {
+            let period = period.unwrap_or(100_000);
+            if v2 {
+                let q = if quota < 0 {
+                    "max".to_string()
+                } else {
+                    quota.to_string()
+                };
+                w.push(("cpu", "cpu.max", format!("{q} {period}")));
+            } else {
+                w.push(("cpu", "cpu.cfs_period_us", period.to_string()));
+                w.push(("cpu", "cpu.cfs_quota_us", quota.to_string()));
+            }
+        }
+        if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+            w.push(("cpuset", "cpuset.cpus", cpus.to_string()));
+        }
+        if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+            w.push(("cpuset", "cpuset.mems", mems.to_string()));
+        }
+        if c.realtime_runtime().is_some_and(|r| r != 0) {
+            return Err(OciCgroupError::Unsupported(
+                "cpu.realtimeRuntime",
+                "real-time scheduling budgets are not supported".into(),
+            ));
+        }
+    }
+    if let Some(p) = r.pids() {
+        let v = if p.limit() > 0 {
+            p.limit().to_string()
+        } else {
+            "max".into()
+        };
+        w.push(("pids", "pids.max", v));
+    }
+    if !v2 {
+        for d in r.devices().iter().flatten() {
+            let file = if d.allow() {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            let typ = d.typ().map_or("a".to_string(), |t| t.as_str().to_string());
+            let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
+            let rule = if typ == "a" {
+                "a".to_string()
+            } else {
+                format!(
+                    "{typ} {}:{} {}",
+                    num(d.major()),
+                    num(d.minor()),
+                    d.access().as_deref().unwrap_or("rwm")
+                )
+            };
+            w.push(("devices", file, rule));
+        }
+    }
+    if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err(OciCgroupError::Unsupported(
+            "hugepageLimits",
+            "not supported".into(),
+        ));
+    }
+    if r.rdma().as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err(OciCgroupError::Unsupported("rdma", "not supported".into()));
+    }
+    if r.unified().as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err(OciCgroupError::Unsupported(
+            "unified",
+            "not supported".into(),
+        ));
+    }
+    Ok(w)
+}
+
+/// Whether a v1 mount carries `controller` (its mount point's last name
+/// lists the controllers, as `cpu,cpuacct`).
+fn carries(mount: &Path, controllers: &[String], controller: &str) -> bool {
+    controllers.iter().any(|c| c == controller)
+        || mount
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.split(',').any(|c| c == controller))
+}
+
+impl OciCgroup {
+    /// Makes `rel` in every hierarchy and writes the limits of `r`.
+    /// On error, what was made is removed again.
+    /// `devices_allowed`: v1 devices rules written after the config's
+    /// (the nodes the runtime itself makes, as runc allows its defaults).
+    pub fn create(
+        rel: &Path,
+        r: Option<&LinuxResources>,
+        devices_allowed: &[String],
+    ) -> Result<OciCgroup, OciCgroupError> {
+        let layout = CgroupLayout::detect()?;
+        let mut cg = OciCgroup { dirs: Vec::new() };
+        let made = cg.make_all(&layout, rel, r, devices_allowed);
+        if let Err(e) = made {
+            let _ = cg.clone().destroy();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn make_all(
+        &mut self,
+        layout: &CgroupLayout,
+        rel: &Path,
+        r: Option<&LinuxResources>,
+        devices_allowed: &[String],
+    ) -> Result<(), OciCgroupError> {
+        let mut v1_writes = r
+            .map(|r| limit_writes(r, false))
+            .transpose()?
+            .unwrap_or_default();
+        v1_writes.extend(
+            devices_allowed
+                .iter()
+                .map(|d| ("devices", "devices.allow", d.clone())),
+        );
+        let v2_writes = r
+            .map(|r| limit_writes(r, true))
+            .transpose()?
+            .unwrap_or_default();
+        for (mount, controllers) in &layout.v1 {
+            // Named hierarchies without controllers (name=systemd) are skipped.
+            if controllers.iter().all(|c| c.starts_with("name=")) {
+                continue;
+            }
+            let dir = mount.join(rel);
+            std::fs::create_dir_all(&dir).map_err(|source| OciCgroupError::Io {
+                action: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+            self.dirs.push((false, dir.clone()));
+            if carries(mount, controllers, "cpuset") {
+                // A new v1 cpuset is empty: inherit the parent's before joining.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    inherit_cpuset(mount, rel, f)?;
+                }
+            }
+            for (ctl, file, value) in &v1_writes {
+                if carries(mount, controllers, ctl) {
+                    write(&dir.join(file), value)?;
+                }
+            }
+        }
+        if let Some(mount) = &layout.v2 {
+            let available =
+                std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+            let wanted: Vec<&str> = v2_writes
+                .iter()
+                .map(|(c, _, _)| *c)
+                .filter(|c| available.split_whitespace().any(|a| a == *c))
+                .collect();
+            // Every level from the root down passes the controllers on.
+            let mut level = mount.clone();
+            for c in rel.components() {
+                for ctl in &wanted {
+                    let sc = level.join("cgroup.subtree_control");
+                    let have = std::fs::read_to_string(&sc).unwrap_or_default();
+                    if !have.split_whitespace().any(|h| h == *ctl) {
+                        write(&sc, &format!("+{ctl}"))?;
+                    }
+                }
+                level.push(c);
+                if !level.is_dir() {
+                    std::fs::create_dir(&level).map_err(|source| OciCgroupError::Io {
+                        action: "creating",
+                        path: level.clone(),
+                        source,
+                    })?;
+                }
+            }
+            self.dirs.push((true, level.clone()));
+            for (ctl, file, value) in &v2_writes {
+                if wanted.contains(ctl) {
+                    write(&level.join(file), value)?;
+                } else if layout.v1.is_empty() {
+                    return Err(OciCgroupError::Unsupported(
+                        "(cgroup v2)",
+                        format!(
+                            "controller `{ctl}` is not enabled at {} (for {file})",
+                            mount.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` into every directory.
+    pub fn add_pid(&self, pid: i32) -> Result<(), OciCgroupError> {
+        for (_, d) in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The pids in the container's cgroup (v2 if there, else the first v1 one).
+    pub fn pids(&self) -> Vec<i32> {
+        let dir = self.dirs.iter().find(|(v2, _)| *v2).or(self.dirs.first());
+        dir.map(|(_, d)| crate::cgroup::cgroup_pids(d).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Kills what is left and removes every directory.
+    pub fn destroy(self) -> Result<(), OciCgroupError> {
+        let mut first = None;
+        for (v2, d) in self.dirs.iter().rev() {
+            let v = if *v2 {
+                CgroupVersion::V2
+            } else {
+                CgroupVersion::V1
+            };
+            if let Err(e) = remove_cgroup_dir(v, d) {
+                first.get_or_insert(OciCgroupError::from(e));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Copies `file` from the nearest configured ancestor down to `rel` (v1 cpuset).
+fn inherit_cpuset(mount: &Path, rel: &Path, file: &str) -> Result<(), OciCgroupError> {
+    let mut level = mount.to_path_buf();
+    let mut value = std::fs::read_to_string(level.join(file)).unwrap_or_default();
+    for c in rel.components() {
+        level.push(c);
+        let here = std::fs::read_to_string(level.join(file)).unwrap_or_default();
+        if here.trim().is_empty() && !value.trim().is_empty() {
+            write(&level.join(file), value.trim())?;
+        } else {
+            value = here;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroups_paths_stay_below_the_hierarchy() {
+        assert_eq!(relative_path(None, "c1").unwrap(), PathBuf::from("duet/c1"));
+        assert_eq!(
+            relative_path(Some(Path::new("/docker/abc")), "abc").unwrap(),
+            PathBuf::from("docker/abc")
+        );
+        assert_eq!(
+            relative_path(Some(Path::new("k8s/pod1")), "x").unwrap(),
+            PathBuf::from("duet/k8s/pod1")
+        );
+        for bad in ["/a/../../etc", "../x", "/"] {
+            let e = relative_path(Some(Path::new(bad)), "x")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("linux.cgroupsPath `{bad}`")), "{e}");
+        }
+        let e = relative_path(Some(Path::new("system.slice:docker:abc")), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("systemd"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_v1_and_v2_names() {
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":33554432,"swap":67108864},"cpu":{"shares":1024,"quota":50000,"period":100000},"pids":{"limit":64},
+               "devices":[{"allow":false,"access":"rwm"},{"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"}]}"#,
+        )
+        .unwrap();
+        let v1 = limit_writes(&r, false).unwrap();
+        assert!(v1.contains(&("memory", "memory.limit_in_bytes", "33554432".into())));
+        assert!(v1.contains(&("memory", "memory.memsw.limit_in_bytes", "67108864".into())));
+        assert!(v1.contains(&("cpu", "cpu.cfs_quota_us", "50000".into())));
+        assert!(v1.contains(&("pids", "pids.max", "64".into())));
+        assert!(v1.contains(&("devices", "devices.deny", "a".into())));
+        assert!(v1.contains(&("devices", "devices.allow", "c 1:3 rwm".into())));
+        let v2 = limit_writes(&r, true).unwrap();
+        assert!(v2.contains(&("memory", "memory.max", "33554432".into())));
+        assert!(v2.contains(&("memory", "memory.swap.max", "33554432".into())));
+        assert!(v2.contains(&("cpu", "cpu.max", "50000 100000".into())));
+        assert!(v2.contains(&("cpu", "cpu.weight", "39".into())));
+        assert!(!v2.iter().any(|(c, _, _)| *c == "devices"));
+    }
+}

@@ -1,0 +1,580 @@
+//! duet as an OCI runtime: the command line dockerd and containerd's
+//! `io.containerd.runc.v2` shim speak to runc, when the binary is started
+//! as `duet-runc` (a symlink to `duet`; `scripts/install.sh` makes one).
+//!
+//! `duet-runc [--root DIR] [--log F] [--log-format text|json]
+//! [--isolation container|vm] COMMAND ...` with the commands of the OCI
+//! runtime command line (create, start, state, kill, delete) and runc's
+//! (exec, ps, features, pause/resume: refused). Argument structs come from
+//! `liboci-cli` (youki's), the config from `oci-spec`; the container work
+//! is in `duet_container::oci*`.
+//!
+//! Isolation: `--isolation` (dockerd's `runtimeArgs`), else the bundle's
+//! annotation `io.duet.isolation`; default container.
+
+mod state;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use duet_container::oci_runtime::{self, CreateRequest, OciRunError};
+use oci_spec::runtime::Spec;
+use state::{Dir, Record};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The annotation that picks the isolation per container.
+pub const ISOLATION_ANNOTATION: &str = "io.duet.isolation";
+
+/// Default `--root`.
+const DEFAULT_ROOT: &str = "/run/duet-runc";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "duet-runc",
+    version,
+    about = "duet as an OCI runtime (runc's command line)"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: liboci_cli::GlobalOpts,
+    /// container (namespaces on the host kernel) or vm (a microVM).
+    #[arg(long, global = true)]
+    isolation: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    #[command(flatten)]
+    Standard(liboci_cli::StandardCmd),
+    #[command(flatten)]
+    Common(Box<liboci_cli::CommonCmd>),
+}
+
+/// Where errors go: stderr, and `--log` in the format asked.
+struct Log {
+    file: Option<PathBuf>,
+    json: bool,
+}
+
+impl Log {
+    fn error(&self, msg: &str) {
+        eprintln!("duet-runc: {msg}");
+        let Some(p) = &self.file else { return };
+        let line = if self.json {
+            serde_json::json!({"level": "error", "msg": msg, "time": state::now_rfc3339()})
+                .to_string()
+        } else {
+            format!("time=\"{}\" level=error msg={msg:?}", state::now_rfc3339())
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Whether this process was started as the OCI runtime.
+pub fn invoked_as_runtime() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .is_some_and(|n| n.starts_with("duet-runc"))
+}
+
+/// The OCI runtime's main.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    let log = Log {
+        file: cli.global.log.clone(),
+        json: cli.global.log_format.as_deref() == Some("json"),
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            log.error(&crate::cmd::error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    if cli.global.systemd_cgroup {
+        bail!("--systemd-cgroup: duet manages cgroups through cgroupfs only (configure the engine's cgroup driver as cgroupfs)");
+    }
+    if let Some(f) = cli.global.log_format.as_deref() {
+        if f != "json" && f != "text" {
+            bail!("--log-format `{f}`: use text or json");
+        }
+    }
+    let root = cli
+        .global
+        .root
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ROOT.into());
+    use liboci_cli::StandardCmd as S;
+    match cli.command {
+        Cmd::Standard(S::Create(a)) => create(&root, cli.isolation.as_deref(), &a),
+        Cmd::Standard(S::Start(a)) => start(&root, &a.container_id),
+        Cmd::Standard(S::State(a)) => {
+            let dir = Dir::of(&root, &a.container_id)?;
+            let r = dir.load(&a.container_id)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&state::state_json(&dir, &r))?
+            );
+            Ok(0)
+        }
+        Cmd::Standard(S::Kill(a)) => kill(&root, &a.container_id, &a.signal, a.all),
+        Cmd::Standard(S::Delete(a)) => delete(&root, &a.container_id, a.force),
+        Cmd::Common(c) => common(&root, *c),
+    }
+}
+
+fn common(root: &Path, c: liboci_cli::CommonCmd) -> Result<u8> {
+    use liboci_cli::CommonCmd as C;
+    let root = root.to_path_buf();
+    match c {
+        C::Features(_) => {
+            println!("{}", serde_json::to_string_pretty(&features())?);
+            Ok(0)
+        }
+        C::Ps(a) => {
+            let dir = Dir::of(&root, &a.container_id)?;
+            let r = dir.load(&a.container_id)?;
+            if a.format != "json" {
+                bail!("ps --format {}: duet prints json only", a.format);
+            }
+            println!("{}", serde_json::to_string(&r.cgroup.pids())?);
+            Ok(0)
+        }
+        C::List(_) => {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if let Ok(dir) = Dir::of(&root, &id) {
+                    if let Ok(r) = dir.load(&id) {
+                        println!("{id}\t{}\t{}", r.pid, state::status(&dir, &r));
+                    }
+                }
+            }
+            Ok(0)
+        }
+        C::Pause(_) | C::Resume(_) => {
+            bail!("pause/resume: not supported by duet yet (no cgroup freezer)")
+        }
+        other => bail!("{}: not supported by duet", command_name(&other)),
+    }
+}
+
+fn command_name(c: &liboci_cli::CommonCmd) -> &'static str {
+    use liboci_cli::CommonCmd as C;
+    match c {
+        C::Checkpointt(_) => "checkpoint",
+        C::Events(_) => "events",
+        C::Exec(_) => "exec",
+        C::Features(_) => "features",
+        C::List(_) => "list",
+        C::Pause(_) => "pause",
+        C::Ps(_) => "ps",
+        C::Resume(_) => "resume",
+        C::Run(_) => "run",
+        C::Update(_) => "update",
+        C::Spec(_) => "spec",
+    }
+}
+
+/// `features`: what this runtime honours (runtime-spec features.md).
+fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": state::OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync",
+            "async", "dirsync", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime",
+            "relatime", "norelatime", "strictatime", "nostrictatime", "silent", "loud", "bind",
+            "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable",
+            "runbindable"],
+        "linux": {
+            "namespaces": ["mount", "pid", "network", "ipc", "uts", "cgroup"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": true},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {"io.duet.isolation": "container"}
+    })
+}
+
+fn load_spec(bundle: &Path) -> Result<Spec> {
+    let p = bundle.join("config.json");
+    Spec::load(&p).with_context(|| format!("bundle {}: config.json", bundle.display()))
+}
+
+/// Runs the hooks of `kind` with the state on stdin (runtime-spec config.md#posix-platform-hooks).
+fn run_hooks(spec: &Spec, kind: &'static str, state: &state::StateJson) -> Result<(), OciRunError> {
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return Ok(());
+    };
+    let list = match kind {
+        "prestart" => hooks.prestart(),
+        "createRuntime" => hooks.create_runtime(),
+        "poststart" => hooks.poststart(),
+        "poststop" => hooks.poststop(),
+        _ => &None,
+    };
+    let input = serde_json::to_vec(state).unwrap_or_default();
+    for (index, h) in list.iter().flatten().enumerate() {
+        let path = h.path().display().to_string();
+        let fail = |why: String| OciRunError::Hook {
+            kind,
+            index,
+            path: path.clone(),
+            why,
+        };
+        let mut cmd = std::process::Command::new(h.path());
+        if let Some(args) = h.args() {
+            if let Some((first, rest)) = args.split_first() {
+                use std::os::unix::process::CommandExt;
+                cmd.arg0(first).args(rest);
+            }
+        }
+        cmd.env_clear();
+        for kv in h.env().iter().flatten() {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&input);
+        }
+        let deadline = h
+            .timeout()
+            .map(|t| Instant::now() + Duration::from_secs(t.max(1) as u64));
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
+                if !status.success() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    return Err(fail(format!("{status}: {}", err.trim())));
+                }
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "timed out after {}s",
+                    h.timeout().unwrap_or(0)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+fn create(root: &Path, isolation: Option<&str>, a: &liboci_cli::Create) -> Result<u8> {
+    let bundle = a
+        .bundle
+        .canonicalize()
+        .with_context(|| format!("bundle {}", a.bundle.display()))?;
+    let spec = load_spec(&bundle)?;
+    let annotations: std::collections::BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let isolation = isolation
+        .map(str::to_string)
+        .or_else(|| annotations.get(ISOLATION_ANNOTATION).cloned())
+        .unwrap_or_else(|| "container".into());
+    match isolation.as_str() {
+        "container" => {}
+        "vm" => bail!(
+            "isolation vm: duet's OCI runtime runs bundles as containers only so far \
+             (the microVM needs the bundle's root over virtio-fs, which is not built yet)"
+        ),
+        other => bail!("isolation `{other}` (--isolation or annotation {ISOLATION_ANNOTATION}): use container or vm"),
+    }
+    if a.preserve_fds > 0 {
+        bail!("--preserve-fds {}: not supported by duet", a.preserve_fds);
+    }
+    let dir = Dir::of(root, &a.container_id)?;
+    std::fs::create_dir_all(root).with_context(|| format!("--root {}", root.display()))?;
+    match std::fs::create_dir(&dir.path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("container with id \"{}\" already exists", a.container_id)
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.path.display())),
+    }
+    let made = create_in(&dir, &bundle, &spec, annotations, a);
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&dir.path);
+    }
+    made
+}
+
+fn create_in(
+    dir: &Dir,
+    bundle: &Path,
+    spec: &Spec,
+    annotations: std::collections::BTreeMap<String, String>,
+    a: &liboci_cli::Create,
+) -> Result<u8> {
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => {
+            let c = compile_seccomp(s)?;
+            Some(std::sync::Arc::new(c))
+        }
+        None => None,
+    };
+    let rootfs = spec
+        .root()
+        .as_ref()
+        .map(|r| bundle.join(r.path()))
+        .unwrap_or_default();
+    let created = state::now_rfc3339();
+    let hook_state = |pid: i32| state::StateJson {
+        oci_version: state::OCI_VERSION.into(),
+        id: a.container_id.clone(),
+        status: "creating".into(),
+        pid,
+        bundle: bundle.to_path_buf(),
+        rootfs: rootfs.clone(),
+        created: created.clone(),
+        annotations: annotations.clone(),
+    };
+    let hooks = |kind: &'static str, pid: i32| run_hooks(spec, kind, &hook_state(pid));
+    let fifo = dir.fifo();
+    let c = oci_runtime::create(&CreateRequest {
+        id: &a.container_id,
+        bundle,
+        spec,
+        fifo: &fifo,
+        console_socket: a.console_socket.as_deref(),
+        hooks: &hooks,
+        seccomp,
+        timeout: Duration::from_secs(60),
+    })?;
+    let record = Record {
+        id: a.container_id.clone(),
+        pid: c.pid,
+        pid_start: duet_shared::instance::process_start_time(c.pid),
+        bundle: bundle.to_path_buf(),
+        rootfs,
+        annotations,
+        created,
+        cgroup: c.cgroup,
+        isolation: "container".into(),
+    };
+    let saved = dir.save(&record).and_then(|()| match &a.pid_file {
+        Some(p) => write_pid_file(p, c.pid),
+        None => Ok(()),
+    });
+    if let Err(e) = saved {
+        kill_all(&record, libc::SIGKILL);
+        let _ = record.cgroup.destroy();
+        return Err(e);
+    }
+    Ok(0)
+}
+
+/// Writes the pid file atomically (containerd reads it as soon as it exists).
+fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
+    let tmp = p.with_extension("duet-tmp");
+    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("--pid-file {}", p.display()))?;
+    std::fs::rename(&tmp, p).with_context(|| format!("--pid-file {}", p.display()))
+}
+
+fn start(root: &Path, id: &str) -> Result<u8> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load(id)?;
+    match state::status(&dir, &r) {
+        "created" => {}
+        s => bail!("cannot start container \"{id}\": it is {s}, not created"),
+    }
+    let fifo = dir.fifo();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open(&fifo)
+        .with_context(|| format!("opening {}", fifo.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = false;
+    while Instant::now() < deadline {
+        let mut b = [0u8; 1];
+        // SAFETY: read into a local byte from the fifo we opened.
+        let n = unsafe { libc::read(f.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        if n == 1 {
+            got = true;
+            break;
+        }
+        if !state::alive(&r) {
+            break;
+        }
+        let mut p = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own.
+        unsafe { libc::poll(&mut p, 1, 20) };
+    }
+    let _ = std::fs::remove_file(&fifo);
+    if !got {
+        bail!("cannot start container \"{id}\": its init is gone");
+    }
+    let spec = load_spec(&r.bundle).ok();
+    if let Some(spec) = spec {
+        let st = state::state_json(&dir, &r);
+        // poststart failures are logged, not fatal (runtime-spec).
+        if let Err(e) = run_hooks(&spec, "poststart", &st) {
+            eprintln!("duet-runc: {e}");
+        }
+    }
+    Ok(0)
+}
+
+/// Signals the init, or (`all`) every process in its cgroup.
+fn kill_all(r: &Record, sig: i32) {
+    for pid in r.cgroup.pids() {
+        // SAFETY: kill(2) with a pid read from the container's own cgroup.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn signal_init(r: &Record, sig: i32) -> Result<()> {
+    // SAFETY: pidfd_open with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, r.pid, 0) };
+    if fd < 0 {
+        bail!("container \"{}\" is not running", r.id);
+    }
+    // SAFETY: the pidfd is new and ours.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // The pidfd was opened before this check: if the start time matches, it is the init.
+    if !state::alive(r) {
+        bail!("container \"{}\" is not running", r.id);
+    }
+    // SAFETY: pidfd_send_signal on our pidfd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("signalling container \"{}\"", r.id));
+    }
+    Ok(())
+}
+
+fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<u8> {
+    let sig = crate::cmd::lifecycle::parse_signal(signal).map_err(anyhow::Error::msg)?;
+    let dir = Dir::of(root, id)?;
+    let r = dir.load(id)?;
+    if all {
+        kill_all(&r, sig);
+        return Ok(0);
+    }
+    signal_init(&r, sig)?;
+    Ok(0)
+}
+
+fn delete(root: &Path, id: &str, force: bool) -> Result<u8> {
+    let dir = Dir::of(root, id)?;
+    let r = match dir.load(id) {
+        Ok(r) => r,
+        // A directory left without a record (a crash between mkdir and save).
+        Err(e) if dir.path.is_dir() && !dir.path.join("state.json").exists() => {
+            let _ = e;
+            std::fs::remove_dir_all(&dir.path)?;
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
+    let status = state::status(&dir, &r);
+    if status != "stopped" {
+        if !force {
+            bail!("cannot delete container \"{id}\" that is not stopped: {status}");
+        }
+        kill_all(&r, libc::SIGKILL);
+        let _ = signal_init(&r, libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state::alive(&r) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    r.cgroup
+        .clone()
+        .destroy()
+        .with_context(|| format!("removing the cgroups of container \"{id}\""))?;
+    if let Ok(spec) = load_spec(&r.bundle) {
+        let mut st = state::state_json(&dir, &r);
+        st.status = "stopped".into();
+        if let Err(e) = run_hooks(&spec, "poststop", &st) {
+            eprintln!("duet-runc: {e}");
+        }
+    }
+    std::fs::remove_dir_all(&dir.path)
+        .with_context(|| format!("removing {}", dir.path.display()))?;
+    Ok(0)
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// `linux.seccomp` as the init's seccomp programs; what cannot be applied is logged.
+fn compile_seccomp(
+    s: &oci_spec::runtime::LinuxSeccomp,
+) -> Result<duet_container::seccomp::SeccompPrograms> {
+    let f = duet_container::oci_seccomp::translate(s).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !f.skipped_syscalls.is_empty() {
+        eprintln!(
+            "duet-runc: linux.seccomp: system calls this x86_64 table does not know, skipped: {}",
+            f.skipped_syscalls.join(", ")
+        );
+    }
+    Ok(f.programs)
+}
