@@ -78,6 +78,8 @@ for f in duet duet-init duet-probe; do
     [ -f "$bin_dir/$f" ] || { echo "install.sh: $bin_dir/$f is not built (cargo build --release --workspace)" >&2; exit 1; }
 done
 install -D -m 0755 "$bin_dir/duet" "$bin/duet"
+# duet as an OCI runtime (runc's command line) for dockerd and containerd.
+ln -sf duet "$bin/duet-runc"
 install -D -m 0755 "$bin_dir/duet-init" "$lib/duet-init"
 install -D -m 0755 "$bin_dir/duet-probe" "$lib/duet-probe"
 kernel="${XDG_CACHE_HOME:-$HOME/.cache}/duet/kernel/current/vmlinux"

@@ -235,7 +235,7 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
             flags,
             ns_files,
         } => join_namespaces(*pidfd, *flags, ns_files),
-        Step::ForkIntoPidNamespace => fork_into_pid_namespace(chan),
+        Step::ForkIntoPidNamespace => fork_into_pid_namespace(chan, plan.outlives_parent),
         // SAFETY: prctl with integer arguments.
         Step::NotDumpable => check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }),
         Step::Stdio(fds) => {
@@ -280,7 +280,7 @@ fn join_namespaces(
 /// wait for it) into the pid namespace joined before. The new process
 /// returns `Ok` and goes on with the plan; this one sends duet the new
 /// process's pidfd and exits.
-fn fork_into_pid_namespace(chan: &Channel) -> Result<(), i32> {
+fn fork_into_pid_namespace(chan: &Channel, outlives_parent: bool) -> Result<(), i32> {
     let mut pidfd: libc::c_int = -1;
     let args = crate::CloneArgs {
         flags: (libc::CLONE_PARENT | libc::CLONE_PIDFD) as u64,
@@ -302,9 +302,12 @@ fn fork_into_pid_namespace(chan: &Channel) -> Result<(), i32> {
         return Err(errno());
     }
     if r == 0 {
-        // The death signal is not inherited: if duet dies, so does this command.
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        // The death signal is not inherited: if duet dies, so does this
+        // command (unless it is an OCI `exec --detach`, left to the shim).
+        if !outlives_parent {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        }
         return Ok(());
     }
     let sent = chan.send_with_fd(&ChildMsg::Forked { pid: r as i32 }.encode(), pidfd);

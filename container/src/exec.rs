@@ -228,10 +228,10 @@ const NS_FILES: [(&str, libc::c_int); 6] = [
 const RELAY_GRACE: Duration = Duration::from_millis(500);
 
 /// The running init, checked to be the recorded process.
-struct Target {
-    pid: i32,
-    pidfd: OwnedFd,
-    ns_files: Vec<(OwnedFd, libc::c_int)>,
+pub(crate) struct Target {
+    pub(crate) pid: i32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) ns_files: Vec<(OwnedFd, libc::c_int)>,
 }
 
 fn status_name(s: Status) -> &'static str {
@@ -303,6 +303,12 @@ impl Target {
                 status: "running, but no init pid recorded",
             });
         };
+        Target::open_pid(&instance, pid, start)
+    }
+
+    /// The process `pid`, checked to have started at `start` (clock ticks).
+    pub(crate) fn open_pid(instance: &str, pid: i32, start: u64) -> Result<Target, ExecError> {
+        let instance = instance.to_string();
         let gone = || ExecError::InitGone {
             instance: instance.clone(),
             pid,
@@ -378,17 +384,17 @@ fn cgroups_to_join(instance: &str, pid: i32) -> Result<Vec<PathBuf>, ExecError> 
 
 /// What the helper and the command's process said during setup.
 #[derive(Default)]
-struct Setup {
-    forked: Option<(i32, OwnedFd)>,
-    console: Option<OwnedFd>,
-    step_failed: Option<(u32, i32)>,
-    exec_failed: Option<(i32, bool)>,
-    ready: bool,
+pub(crate) struct Setup {
+    pub(crate) forked: Option<(i32, OwnedFd)>,
+    pub(crate) console: Option<OwnedFd>,
+    pub(crate) step_failed: Option<(u32, i32)>,
+    pub(crate) exec_failed: Option<(i32, bool)>,
+    pub(crate) ready: bool,
 }
 
 /// Reads messages until every holder of the child end has closed it (the
 /// helper exited, the command exec'd or died).
-fn read_setup(chan: &Channel) -> Setup {
+pub(crate) fn read_setup(chan: &Channel) -> Setup {
     let mut out = Setup::default();
     while let Ok(Some((msg, fd))) = chan.recv_child_with_fd() {
         match msg {

@@ -14,9 +14,11 @@
 //!    order, each destination resolved inside the root without following a
 //!    symlink out of it ([`crate::child_oci`]); the default devices and
 //!    `linux.devices`, the `/dev/fd` symlinks; `/dev` remounted read-only;
-//!    `pivot_root`; `maskedPaths`, `readonlyPaths`, `root.readonly`;
-//! 3. hostname, sysctls, `lo` up in a new network namespace, a new
-//!    session, the terminal (`--console-socket`), `oomScoreAdj`, rlimits;
+//!    `pivot_root`;
+//! 3. hostname, sysctls, then `maskedPaths`, `readonlyPaths` (`/proc/sys`
+//!    among them) and `root.readonly`; `lo` up in a new network namespace,
+//!    a new session, the terminal (`--console-socket`), `oomScoreAdj`,
+//!    rlimits;
 //! 4. every fd but 0-2, the setup channel and the start fifo closed; the
 //!    bounding set; seccomp here unless `noNewPrivileges` (installing it
 //!    later would need CAP_SYS_ADMIN); `process.user`; `cwd`; the other
@@ -801,22 +803,6 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
     steps.push(Step::StampRootfsReady);
     steps.push(Step::PivotRoot);
     steps.push(Step::StampPivotDone);
-    for p in linux.masked_paths().iter().flatten() {
-        steps.push(Step::Mask(cs(
-            "linux.maskedPaths",
-            p.trim_start_matches('/'),
-        )?));
-    }
-    for p in linux.readonly_paths().iter().flatten() {
-        steps.push(Step::ReadOnly(cs(
-            "linux.readonlyPaths",
-            p.trim_start_matches('/'),
-        )?));
-    }
-    if root.readonly().unwrap_or(false) {
-        steps.push(Step::Oci(OciStep::RootReadOnly));
-    }
-
     // The process's surroundings.
     if let Some(h) = spec.hostname().as_deref() {
         if new_ns & libc::CLONE_NEWUTS == 0 && joined & libc::CLONE_NEWUTS == 0 {
@@ -849,6 +835,23 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
             value: cs("linux.sysctl", v)?,
         }));
     }
+    // Masked and read-only paths last: /proc/sys is read-only after them.
+    for p in linux.masked_paths().iter().flatten() {
+        steps.push(Step::Mask(cs(
+            "linux.maskedPaths",
+            p.trim_start_matches('/'),
+        )?));
+    }
+    for p in linux.readonly_paths().iter().flatten() {
+        steps.push(Step::ReadOnly(cs(
+            "linux.readonlyPaths",
+            p.trim_start_matches('/'),
+        )?));
+    }
+    if root.readonly().unwrap_or(false) {
+        steps.push(Step::Oci(OciStep::RootReadOnly));
+    }
+
     if new_ns & libc::CLONE_NEWNET != 0 {
         steps.push(Step::LoopbackUp);
     }
