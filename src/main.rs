@@ -116,20 +116,26 @@ enum Command {
 /// the workload), as the README promises; the same as docker's and runc's.
 const DUET_FAILED: u8 = 125;
 
+/// The command line, or the exit code after clap printed help, the
+/// version (0) or a usage error (`usage_error`).
+fn parse_args<C: Parser>(usage_error: u8) -> Result<C, ExitCode> {
+    C::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        let _ = e.print();
+        match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+            _ => ExitCode::from(usage_error),
+        }
+    })
+}
+
 fn main() -> ExitCode {
     if oci::invoked_as_runtime() {
         return oci::main();
     }
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match parse_args(DUET_FAILED) {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let _ = e.print();
-            return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(DUET_FAILED),
-            };
-        }
+        Err(code) => return code,
     };
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),

@@ -588,26 +588,10 @@ fn header_lines(r: &Report) -> Vec<String> {
     h
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch (proleptic
-/// Gregorian calendar; days to civil date as in H. Hinnant's `civil_from_days`).
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the epoch.
 pub fn utc_date_time(unix_s: u64) -> String {
-    let days = (unix_s / 86_400) as i64;
-    let secs = unix_s % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let (year, month, day, h, m, sec) = duet_shared::clock::civil_utc(unix_s);
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{sec:02} UTC")
 }
 
 /// The report as Markdown.

@@ -403,7 +403,6 @@ fn reset_signals() {
 /// execve of the workload, searching `plan.search_path` when argv\[0\] has
 /// no `/`. Returns only on failure: (errno, interpreter_missing).
 pub(crate) fn exec(plan: &ChildPlan) -> (i32, bool) {
-    let cmd = plan.argv[0].as_bytes();
     let try_one = |path: *const libc::c_char| -> (i32, bool) {
         // SAFETY: path, argv and envp are NUL-terminated strings / NULL-terminated arrays we own.
         unsafe { libc::execve(path, plan.argv_ptr(), plan.envp_ptr()) };
@@ -413,9 +412,33 @@ pub(crate) fn exec(plan: &ChildPlan) -> (i32, bool) {
         let exists = e == libc::ENOENT && unsafe { libc::access(path, libc::F_OK) } == 0;
         (e, exists)
     };
+    search_command(plan, |path| match try_one(path) {
+        (
+            e @ (libc::EACCES
+            | libc::ENOENT
+            | libc::ENOTDIR
+            | libc::ESTALE
+            | libc::ENODEV
+            | libc::ETIMEDOUT),
+            false,
+        ) => Err(e),
+        other => Ok(other),
+    })
+    .unwrap_or_else(|e| (e, false))
+}
+
+/// Tries argv\[0\] as it is when it has a `/`, else each of the plan's
+/// PATH directories joined with it, until `try_one` returns `Ok`. An `Err`
+/// of EACCES is remembered (the shell's rule: "permission denied" beats
+/// "not found"), any other `Err` means "try the next". No allocation.
+pub(crate) fn search_command<R>(
+    plan: &ChildPlan,
+    mut try_one: impl FnMut(*const libc::c_char) -> Result<R, i32>,
+) -> Result<R, i32> {
     let Some(search) = &plan.search_path else {
         return try_one(plan.argv[0].as_ptr());
     };
+    let cmd = plan.argv[0].as_bytes();
     let mut buf = [0u8; 4096];
     let mut seen_eacces = false;
     for dir in search.as_bytes().split(|&b| b == b':') {
@@ -429,19 +452,16 @@ pub(crate) fn exec(plan: &ChildPlan) -> (i32, bool) {
         buf[dir.len() + 1..len].copy_from_slice(cmd);
         buf[len] = 0;
         match try_one(buf.as_ptr().cast()) {
-            (libc::EACCES, _) => seen_eacces = true,
-            (
-                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT,
-                false,
-            ) => {}
-            other => return other,
+            Ok(r) => return Ok(r),
+            Err(libc::EACCES) => seen_eacces = true,
+            Err(_) => {}
         }
     }
-    if seen_eacces {
-        (libc::EACCES, false)
+    Err(if seen_eacces {
+        libc::EACCES
     } else {
-        (libc::ENOENT, false)
-    }
+        libc::ENOENT
+    })
 }
 
 /// The container's init: set up, report, exec. Never returns.

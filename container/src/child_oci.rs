@@ -611,29 +611,7 @@ fn check_executable(plan: &ChildPlan) -> Result<(), i32> {
             check(libc::access(path, libc::X_OK))
         }
     };
-    let cmd = plan.argv[0].as_bytes();
-    let Some(search) = &plan.search_path else {
-        return ok(plan.argv[0].as_ptr());
-    };
-    let mut buf = [0u8; 4096];
-    let mut seen = libc::ENOENT;
-    for dir in search.as_bytes().split(|&b| b == b':') {
-        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
-        let len = dir.len() + 1 + cmd.len();
-        if len + 1 > buf.len() {
-            continue;
-        }
-        buf[..dir.len()].copy_from_slice(dir);
-        buf[dir.len()] = b'/';
-        buf[dir.len() + 1..len].copy_from_slice(cmd);
-        buf[len] = 0;
-        match ok(buf.as_ptr().cast()) {
-            Ok(()) => return Ok(()),
-            Err(libc::EACCES) => seen = libc::EACCES,
-            Err(_) => {}
-        }
-    }
-    Err(seen)
+    crate::child::search_command(plan, ok)
 }
 
 fn await_start(fifo: i32, chan: &Channel, rootfs_ready: u64, pivot_done: u64) -> Result<(), i32> {

@@ -412,27 +412,25 @@ fn namespaced_sysctl(
     Err("not a namespaced sysctl: it would change the host".into())
 }
 
-fn rlimit_number(name: &str) -> Option<u32> {
-    Some(match name {
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-        _ => return None,
-    })
-}
+/// `process.rlimits[].type` names and their RLIMIT_* numbers.
+const RLIMITS: &[(&str, libc::__rlimit_resource_t)] = &[
+    ("RLIMIT_CPU", libc::RLIMIT_CPU),
+    ("RLIMIT_FSIZE", libc::RLIMIT_FSIZE),
+    ("RLIMIT_DATA", libc::RLIMIT_DATA),
+    ("RLIMIT_STACK", libc::RLIMIT_STACK),
+    ("RLIMIT_CORE", libc::RLIMIT_CORE),
+    ("RLIMIT_RSS", libc::RLIMIT_RSS),
+    ("RLIMIT_NPROC", libc::RLIMIT_NPROC),
+    ("RLIMIT_NOFILE", libc::RLIMIT_NOFILE),
+    ("RLIMIT_MEMLOCK", libc::RLIMIT_MEMLOCK),
+    ("RLIMIT_AS", libc::RLIMIT_AS),
+    ("RLIMIT_LOCKS", libc::RLIMIT_LOCKS),
+    ("RLIMIT_SIGPENDING", libc::RLIMIT_SIGPENDING),
+    ("RLIMIT_MSGQUEUE", libc::RLIMIT_MSGQUEUE),
+    ("RLIMIT_NICE", libc::RLIMIT_NICE),
+    ("RLIMIT_RTPRIO", libc::RLIMIT_RTPRIO),
+    ("RLIMIT_RTTIME", libc::RLIMIT_RTTIME),
+];
 
 fn cap_mask(field: &str, set: Option<&oci_spec::runtime::Capabilities>) -> Result<u64, OciError> {
     use std::str::FromStr;
@@ -885,8 +883,8 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
                 name.trim_start_matches("Rlimit").to_ascii_uppercase()
             )
         };
-        let (resource, name) = match rlimit_number(&key) {
-            Some(n) => (n, leak_name(&key)),
+        let (name, resource) = match RLIMITS.iter().find(|(n, _)| *n == key) {
+            Some(&(n, r)) => (n, r),
             None => {
                 return Err(unsupported(
                     format!("process.rlimits[{i}].type"),
@@ -989,33 +987,6 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
         clone_flags,
         fds,
     })
-}
-
-fn leak_name(key: &str) -> &'static str {
-    // The few RLIMIT_* names, as statics (no leak): looked up again.
-    const NAMES: &[&str] = &[
-        "RLIMIT_CPU",
-        "RLIMIT_FSIZE",
-        "RLIMIT_DATA",
-        "RLIMIT_STACK",
-        "RLIMIT_CORE",
-        "RLIMIT_RSS",
-        "RLIMIT_NPROC",
-        "RLIMIT_NOFILE",
-        "RLIMIT_MEMLOCK",
-        "RLIMIT_AS",
-        "RLIMIT_LOCKS",
-        "RLIMIT_SIGPENDING",
-        "RLIMIT_MSGQUEUE",
-        "RLIMIT_NICE",
-        "RLIMIT_RTPRIO",
-        "RLIMIT_RTTIME",
-    ];
-    NAMES
-        .iter()
-        .find(|n| **n == key)
-        .copied()
-        .unwrap_or("RLIMIT_?")
 }
 
 /// A `cgroup` mount: cgroup2 itself on a pure-v2 host (the cgroup

@@ -95,16 +95,9 @@ pub fn invoked_as_runtime() -> bool {
 
 /// The OCI runtime's main.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match crate::parse_args(2) {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let _ = e.print();
-            return match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(2),
-            };
-        }
+        Err(code) => return code,
     };
     let log = Log {
         file: cli.global.log.clone(),
