@@ -41,6 +41,7 @@ pub mod console;
 pub mod exec;
 pub mod oci;
 pub mod oci_cgroup;
+pub mod oci_exec;
 pub mod oci_runtime;
 pub mod oci_seccomp;
 pub mod plan;

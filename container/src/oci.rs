@@ -37,7 +37,7 @@ use crate::capabilities::CapabilityPlan;
 use crate::child_oci::{CapSets, InRoot, Leaf, OciDevice, OciMount, OciStep};
 use crate::plan::{self, ChildPlan, PlanError, Step};
 use crate::seccomp::SeccompPrograms;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -450,45 +450,15 @@ fn cap_mask(field: &str, set: Option<&oci_spec::runtime::Capabilities>) -> Resul
     Ok(m)
 }
 
-/// The init's plan for `spec`.
-pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| unsupported("process", "missing (duet runs a process)"))?;
-    let args = process.args().clone().unwrap_or_default();
-    if args.is_empty() {
+/// What duet cannot do for a process (of `create` or `exec`), refused by field.
+fn check_process(process: &Process) -> Result<(), OciError> {
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(unsupported("process.args", "empty"));
     }
     if process.command_line().is_some() {
         return Err(unsupported("process.commandLine", "Windows only"));
     }
-    let linux = spec
-        .linux()
-        .as_ref()
-        .ok_or_else(|| unsupported("linux", "missing"))?;
     for (field, set) in [
-        (
-            "linux.uidMappings",
-            linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
-        ),
-        (
-            "linux.gidMappings",
-            linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
-        ),
-        ("linux.intelRdt", linux.intel_rdt().is_some()),
-        ("linux.memoryPolicy", linux.memory_policy().is_some()),
-        ("linux.personality", linux.personality().is_some()),
-        ("linux.timeOffsets", linux.time_offsets().is_some()),
-        (
-            "linux.netDevices",
-            linux.net_devices().as_ref().is_some_and(|m| !m.is_empty()),
-        ),
-        (
-            "linux.mountLabel",
-            linux.mount_label().as_ref().is_some_and(|m| !m.is_empty()),
-        ),
         (
             "process.selinuxLabel",
             process
@@ -522,6 +492,205 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
             ));
         }
     }
+
+    Ok(())
+}
+
+/// The steps that make the process itself, from its own session to the
+/// argv\[0\] check: shared by `create`'s init and `exec`.
+pub(crate) struct ProcessSteps {
+    /// The steps, in order.
+    pub(crate) steps: Vec<Step>,
+    /// Fds the steps use (the console socket).
+    pub(crate) fds: Vec<OwnedFd>,
+    /// `process.env`.
+    pub(crate) env: BTreeMap<String, String>,
+    /// The capabilities kept.
+    pub(crate) caps: CapabilityPlan,
+    /// `process.noNewPrivileges`: seccomp then goes last, after the caller's own steps.
+    pub(crate) nnp: bool,
+}
+
+/// A new session, the terminal (`console`, required when
+/// `process.terminal`), `oomScoreAdj`, rlimits, every other fd closed, the
+/// bounding set, seccomp (unless `noNewPrivileges`: the caller then
+/// installs it last), the user, `cwd`, the other capability sets,
+/// no_new_privs, argv\[0\] looked up.
+pub(crate) fn process_steps(
+    process: &Process,
+    console: Option<OwnedFd>,
+    has_seccomp: bool,
+    last_cap: u32,
+) -> Result<ProcessSteps, OciError> {
+    check_process(process)?;
+    let mut steps = Vec::new();
+    let mut fds = Vec::new();
+    steps.push(Step::NewSession);
+    if process.terminal().unwrap_or(false) {
+        let sock = console.ok_or_else(|| {
+            unsupported("process.terminal", "set, but no --console-socket was given")
+        })?;
+        let size = process
+            .console_size()
+            .map_or((24, 80), |b| (b.height() as u16, b.width() as u16));
+        steps.push(Step::Oci(OciStep::ConsoleSocket {
+            sock: sock.as_raw_fd(),
+            size,
+        }));
+        fds.push(sock);
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        steps.push(Step::Oci(OciStep::WriteFile {
+            path: cs("process.oomScoreAdj", "/proc/self/oom_score_adj")?,
+            value: cs("process.oomScoreAdj", adj.to_string())?,
+        }));
+    }
+    for (i, r) in process.rlimits().iter().flatten().enumerate() {
+        let name = r.typ().to_string();
+        let key = if name.starts_with("RLIMIT_") {
+            name.clone()
+        } else {
+            format!(
+                "RLIMIT_{}",
+                name.trim_start_matches("Rlimit").to_ascii_uppercase()
+            )
+        };
+        let (name, resource) = match RLIMITS.iter().find(|(n, _)| *n == key) {
+            Some(&(n, r)) => (n, r),
+            None => {
+                return Err(unsupported(
+                    format!("process.rlimits[{i}].type"),
+                    format!("unknown {name}"),
+                ))
+            }
+        };
+        steps.push(Step::Oci(OciStep::Rlimit {
+            resource,
+            soft: r.soft(),
+            hard: r.hard(),
+            name,
+        }));
+    }
+
+    // Privileges.
+    let c = process.capabilities().as_ref();
+    let sets = CapSets {
+        bounding: cap_mask(
+            "process.capabilities.bounding",
+            c.and_then(|c| c.bounding().as_ref()),
+        )?,
+        effective: cap_mask(
+            "process.capabilities.effective",
+            c.and_then(|c| c.effective().as_ref()),
+        )?,
+        permitted: cap_mask(
+            "process.capabilities.permitted",
+            c.and_then(|c| c.permitted().as_ref()),
+        )?,
+        inheritable: cap_mask(
+            "process.capabilities.inheritable",
+            c.and_then(|c| c.inheritable().as_ref()),
+        )?,
+        ambient: cap_mask(
+            "process.capabilities.ambient",
+            c.and_then(|c| c.ambient().as_ref()),
+        )?,
+        last_cap: last_cap,
+    };
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    steps.push(Step::CloseOtherFds);
+    steps.push(Step::Oci(OciStep::DropBounding(sets)));
+    if has_seccomp && !nnp {
+        steps.push(Step::Seccomp);
+    }
+    let user = process.user();
+    steps.push(Step::Oci(OciStep::SetUser {
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+    }));
+    let cwd = process.cwd();
+    if !cwd.is_absolute() {
+        return Err(unsupported(
+            "process.cwd",
+            format!("`{}` is not absolute", cwd.display()),
+        ));
+    }
+    steps.push(Step::Workdir(cs(
+        "process.cwd",
+        cwd.as_os_str().as_encoded_bytes(),
+    )?));
+    steps.push(Step::Umask(0o022));
+    steps.push(Step::Oci(OciStep::SetCaps(sets)));
+    if nnp {
+        steps.push(Step::NoNewPrivs);
+    }
+    steps.push(Step::CloseInheritedFds);
+    steps.push(Step::Oci(OciStep::CheckExecutable));
+    let mut env = BTreeMap::new();
+    for (i, kv) in process.env().iter().flatten().enumerate() {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            unsupported(
+                format!("process.env[{i}]"),
+                format!("`{kv}` is not KEY=VALUE"),
+            )
+        })?;
+        env.insert(k.to_string(), v.to_string());
+    }
+    // OCI gives the environment whole: no HOSTNAME/HOME defaults are added,
+    // but argv[0] is searched in its PATH (or the default one).
+    let caps = CapabilityPlan {
+        keep: sets.permitted,
+        last_cap,
+    };
+    Ok(ProcessSteps {
+        steps,
+        fds,
+        env,
+        caps,
+        nnp,
+    })
+}
+
+/// The init's plan for `spec`.
+pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| unsupported("process", "missing (duet runs a process)"))?;
+    let args = process.args().clone().unwrap_or_default();
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| unsupported("linux", "missing"))?;
+    for (field, set) in [
+        (
+            "linux.uidMappings",
+            linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
+        ),
+        (
+            "linux.gidMappings",
+            linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty()),
+        ),
+        ("linux.intelRdt", linux.intel_rdt().is_some()),
+        ("linux.memoryPolicy", linux.memory_policy().is_some()),
+        ("linux.personality", linux.personality().is_some()),
+        ("linux.timeOffsets", linux.time_offsets().is_some()),
+        (
+            "linux.netDevices",
+            linux.net_devices().as_ref().is_some_and(|m| !m.is_empty()),
+        ),
+        (
+            "linux.mountLabel",
+            linux.mount_label().as_ref().is_some_and(|m| !m.is_empty()),
+        ),
+    ] {
+        if set {
+            return Err(unsupported(field, "not supported by duet"));
+        }
+    }
+    check_process(process)?;
 
     // Namespaces.
     let mut clone_flags: u64 = 0;
@@ -853,133 +1022,17 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
     if new_ns & libc::CLONE_NEWNET != 0 {
         steps.push(Step::LoopbackUp);
     }
-    steps.push(Step::NewSession);
-    if process.terminal().unwrap_or(false) {
-        let sock = inputs.console.ok_or_else(|| {
-            unsupported("process.terminal", "set, but no --console-socket was given")
-        })?;
-        let size = process
-            .console_size()
-            .map_or((24, 80), |b| (b.height() as u16, b.width() as u16));
-        steps.push(Step::Oci(OciStep::ConsoleSocket {
-            sock: sock.as_raw_fd(),
-            size,
-        }));
-        fds.push(sock);
-    }
-    if let Some(adj) = process.oom_score_adj() {
-        steps.push(Step::Oci(OciStep::WriteFile {
-            path: cs("process.oomScoreAdj", "/proc/self/oom_score_adj")?,
-            value: cs("process.oomScoreAdj", adj.to_string())?,
-        }));
-    }
-    for (i, r) in process.rlimits().iter().flatten().enumerate() {
-        let name = r.typ().to_string();
-        let key = if name.starts_with("RLIMIT_") {
-            name.clone()
-        } else {
-            format!(
-                "RLIMIT_{}",
-                name.trim_start_matches("Rlimit").to_ascii_uppercase()
-            )
-        };
-        let (name, resource) = match RLIMITS.iter().find(|(n, _)| *n == key) {
-            Some(&(n, r)) => (n, r),
-            None => {
-                return Err(unsupported(
-                    format!("process.rlimits[{i}].type"),
-                    format!("unknown {name}"),
-                ))
-            }
-        };
-        steps.push(Step::Oci(OciStep::Rlimit {
-            resource,
-            soft: r.soft(),
-            hard: r.hard(),
-            name,
-        }));
-    }
-
-    // Privileges.
-    let c = process.capabilities().as_ref();
-    let sets = CapSets {
-        bounding: cap_mask(
-            "process.capabilities.bounding",
-            c.and_then(|c| c.bounding().as_ref()),
-        )?,
-        effective: cap_mask(
-            "process.capabilities.effective",
-            c.and_then(|c| c.effective().as_ref()),
-        )?,
-        permitted: cap_mask(
-            "process.capabilities.permitted",
-            c.and_then(|c| c.permitted().as_ref()),
-        )?,
-        inheritable: cap_mask(
-            "process.capabilities.inheritable",
-            c.and_then(|c| c.inheritable().as_ref()),
-        )?,
-        ambient: cap_mask(
-            "process.capabilities.ambient",
-            c.and_then(|c| c.ambient().as_ref()),
-        )?,
-        last_cap: inputs.last_cap,
-    };
-    let nnp = process.no_new_privileges().unwrap_or(false);
-    steps.push(Step::CloseOtherFds);
-    steps.push(Step::Oci(OciStep::DropBounding(sets)));
-    if inputs.has_seccomp && !nnp {
-        steps.push(Step::Seccomp);
-    }
-    let user = process.user();
-    steps.push(Step::Oci(OciStep::SetUser {
-        uid: user.uid(),
-        gid: user.gid(),
-        groups: user.additional_gids().clone().unwrap_or_default(),
-    }));
-    let cwd = process.cwd();
-    if !cwd.is_absolute() {
-        return Err(unsupported(
-            "process.cwd",
-            format!("`{}` is not absolute", cwd.display()),
-        ));
-    }
-    steps.push(Step::Workdir(cs(
-        "process.cwd",
-        cwd.as_os_str().as_encoded_bytes(),
-    )?));
-    steps.push(Step::Umask(0o022));
-    steps.push(Step::Oci(OciStep::SetCaps(sets)));
-    if nnp {
-        steps.push(Step::NoNewPrivs);
-    }
-    steps.push(Step::CloseInheritedFds);
-    steps.push(Step::Oci(OciStep::CheckExecutable));
+    let tail = process_steps(process, inputs.console, inputs.has_seccomp, inputs.last_cap)?;
+    steps.extend(tail.steps);
+    fds.extend(tail.fds);
     let fifo = inputs.fifo;
     steps.push(Step::Oci(OciStep::AwaitStartFifo(fifo.as_raw_fd())));
-    if inputs.has_seccomp && nnp {
+    if inputs.has_seccomp && tail.nnp {
         steps.push(Step::Seccomp);
     }
     let keep_fd = fifo.as_raw_fd();
     fds.push(fifo);
-
-    let mut env = BTreeMap::new();
-    for (i, kv) in process.env().iter().flatten().enumerate() {
-        let (k, v) = kv.split_once('=').ok_or_else(|| {
-            unsupported(
-                format!("process.env[{i}]"),
-                format!("`{kv}` is not KEY=VALUE"),
-            )
-        })?;
-        env.insert(k.to_string(), v.to_string());
-    }
-    // OCI gives the environment whole: no HOSTNAME/HOME defaults are added,
-    // but argv[0] is searched in its PATH (or the default one).
-    let caps = CapabilityPlan {
-        keep: sets.permitted,
-        last_cap: inputs.last_cap,
-    };
-    let mut plan = plan::assemble(steps, &args, env, caps, inputs.seccomp)?;
+    let mut plan = plan::assemble(steps, &args, tail.env, tail.caps, inputs.seccomp)?;
     plan.outlives_parent = true;
     plan.keep_fd = keep_fd;
     Ok(OciInit {

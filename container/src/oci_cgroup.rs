@@ -319,12 +319,17 @@ impl OciCgroup {
                     }
                 }
                 level.push(c);
-                if !level.is_dir() {
-                    std::fs::create_dir(&level).map_err(|source| OciCgroupError::Io {
-                        action: "creating",
-                        path: level.clone(),
-                        source,
-                    })?;
+                // Another create may make a shared parent (`duet/`) at the same time.
+                match std::fs::create_dir(&level) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(source) => {
+                        return Err(OciCgroupError::Io {
+                            action: "creating",
+                            path: level.clone(),
+                            source,
+                        })
+                    }
                 }
             }
             self.dirs.push((true, level.clone()));
@@ -358,6 +363,79 @@ impl OciCgroup {
         let dir = self.dirs.iter().find(|(v2, _)| *v2).or(self.dirs.first());
         dir.map(|(_, d)| crate::cgroup::cgroup_pids(d).unwrap_or_default())
             .unwrap_or_default()
+    }
+
+    /// The directory and file that freeze the container: the v1 freezer
+    /// controller where one is mounted (hybrid hosts, where engines use
+    /// it), else the v2 cgroup's own `cgroup.freeze`.
+    fn freezer(&self) -> Option<(bool, PathBuf)> {
+        let v1 = self
+            .dirs
+            .iter()
+            .find(|(v2, d)| !*v2 && d.join("freezer.state").exists());
+        let v2 = self
+            .dirs
+            .iter()
+            .find(|(v2, d)| *v2 && d.join("cgroup.freeze").exists());
+        v1.or(v2).cloned()
+    }
+
+    /// Whether the container's processes are frozen.
+    pub fn frozen(&self) -> bool {
+        match self.freezer() {
+            Some((false, d)) => {
+                std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+            }
+            Some((true, d)) => std::fs::read_to_string(d.join("cgroup.events"))
+                .is_ok_and(|s| s.lines().any(|l| l == "frozen 1")),
+            None => false,
+        }
+    }
+
+    /// Freezes (`true`) or thaws every process of the container, and waits
+    /// until the kernel says it is done (up to 10 s).
+    pub fn freeze(&self, freeze: bool) -> Result<(), OciCgroupError> {
+        let Some((v2, d)) = self.freezer() else {
+            return Err(OciCgroupError::Io {
+                action: "finding a freezer for",
+                path: self
+                    .dirs
+                    .first()
+                    .map(|(_, d)| d.clone())
+                    .unwrap_or_default(),
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+            });
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if v2 {
+                write(&d.join("cgroup.freeze"), if freeze { "1" } else { "0" })?;
+            } else {
+                write(
+                    &d.join("freezer.state"),
+                    if freeze { "FROZEN" } else { "THAWED" },
+                )?;
+            }
+            let done = if v2 {
+                let want = if freeze { "frozen 1" } else { "frozen 0" };
+                std::fs::read_to_string(d.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l == want))
+            } else {
+                let want = if freeze { "FROZEN" } else { "THAWED" };
+                std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == want)
+            };
+            if done {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(OciCgroupError::Io {
+                    action: "waiting for the freezer of",
+                    path: d,
+                    source: std::io::Error::from_raw_os_error(libc::ETIMEDOUT),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// Kills what is left and removes every directory.

@@ -56,6 +56,9 @@ pub enum OciRunError {
         #[source]
         source: io::Error,
     },
+    /// The container is not running (exec into it).
+    #[error("{0}")]
+    NotRunning(String),
     /// The init ended before it was created.
     #[error("container init died during setup ({0})")]
     InitDied(String),

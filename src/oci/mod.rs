@@ -12,6 +12,7 @@
 //! Isolation: `--isolation` (dockerd's `runtimeArgs`), else the bundle's
 //! annotation `io.duet.isolation`; default container.
 
+mod exec;
 mod state;
 
 use anyhow::{bail, Context, Result};
@@ -173,9 +174,9 @@ fn common(root: &Path, c: liboci_cli::CommonCmd) -> Result<u8> {
             }
             Ok(0)
         }
-        C::Pause(_) | C::Resume(_) => {
-            bail!("pause/resume: not supported by duet yet (no cgroup freezer)")
-        }
+        C::Exec(a) => exec::exec(&root, &a),
+        C::Pause(a) => pause(&root, &a.container_id, true),
+        C::Resume(a) => pause(&root, &a.container_id, false),
         other => bail!("{}: not supported by duet", command_name(&other)),
     }
 }
@@ -458,6 +459,21 @@ fn start(root: &Path, id: &str) -> Result<u8> {
     Ok(0)
 }
 
+/// `pause` (freeze every process of the container) or `resume`.
+fn pause(root: &Path, id: &str, freeze: bool) -> Result<u8> {
+    let dir = Dir::of(root, id)?;
+    let r = dir.load(id)?;
+    match (state::status(&dir, &r), freeze) {
+        ("running", true) | ("paused", false) => {}
+        (s, true) => bail!("cannot pause container \"{id}\": it is {s}, not running"),
+        (s, false) => bail!("cannot resume container \"{id}\": it is {s}, not paused"),
+    }
+    r.cgroup
+        .freeze(freeze)
+        .with_context(|| format!("container \"{id}\": the cgroup freezer"))?;
+    Ok(0)
+}
+
 /// Signals the init, or (`all`) every process in its cgroup.
 fn kill_all(r: &Record, sig: i32) {
     for pid in r.cgroup.pids() {
@@ -526,6 +542,10 @@ fn delete(root: &Path, id: &str, force: bool) -> Result<u8> {
         }
         kill_all(&r, libc::SIGKILL);
         let _ = signal_init(&r, libc::SIGKILL);
+        // A frozen (v1) process takes the kill only once thawed.
+        if r.cgroup.frozen() {
+            let _ = r.cgroup.freeze(false);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while state::alive(&r) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

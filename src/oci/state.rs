@@ -43,7 +43,7 @@ pub struct StateJson {
     pub oci_version: String,
     /// Id.
     pub id: String,
-    /// creating, created, running or stopped.
+    /// creating, created, running, paused or stopped.
     pub status: String,
     /// Init pid (0 once stopped).
     pub pid: i32,
@@ -111,6 +111,8 @@ pub fn status(dir: &Dir, r: &Record) -> &'static str {
         "stopped"
     } else if dir.fifo().exists() {
         "created"
+    } else if r.cgroup.frozen() {
+        "paused"
     } else {
         "running"
     }
