@@ -595,7 +595,7 @@ pub(crate) fn process_steps(
             "process.capabilities.ambient",
             c.and_then(|c| c.ambient().as_ref()),
         )?,
-        last_cap: last_cap,
+        last_cap,
     };
     let nnp = process.no_new_privileges().unwrap_or(false);
     steps.push(Step::CloseOtherFds);
