@@ -58,7 +58,7 @@ fn oci_exec_joins_the_container_with_its_own_process_settings() {
             "1000",
             "1001",
             "/dev",
-            "sleep\01000\0"
+            "sleep\u{0}1000\u{0}"
         ],
         "{out}"
     );
