@@ -214,6 +214,16 @@ impl Dockerd {
 
     /// `docker import` of a root file system directory as `name`.
     pub fn import_rootfs(&self, rootfs: &Path, name: &str) -> Result<(), DockerError> {
+        self.import_rootfs_with(rootfs, name, &[])
+    }
+
+    /// `docker import --change C...` (Dockerfile lines such as `ENV A=1`).
+    pub fn import_rootfs_with(
+        &self,
+        rootfs: &Path,
+        name: &str,
+        changes: &[&str],
+    ) -> Result<(), DockerError> {
         let what = format!("docker import of {} as {name}", rootfs.display());
         let mut tar = Command::new("tar")
             .arg("-C")
@@ -222,8 +232,13 @@ impl Dockerd {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(io_err(format!("{what}: spawning tar")))?;
+        let mut args = vec!["import"];
+        for c in changes {
+            args.extend(["--change", c]);
+        }
+        args.extend(["-", name]);
         let out = self
-            .cmd(&["import", "-", name])
+            .cmd(&args)
             .stdin(tar.stdout.take().expect("piped"))
             .output()
             .map_err(io_err(format!("{what}: spawning docker")))?;
