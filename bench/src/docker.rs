@@ -443,3 +443,46 @@ impl Drop for DockerInstance {
         let _ = self.stop();
     }
 }
+
+/// `docker run --rm --network none --runtime R IMAGE true`, timed from the
+/// client's spawn to its exit: what a Docker user waits for per container,
+/// with the engine's OCI runtime picked by name (runc or duet).
+pub struct DockerRunStarter {
+    /// The engine.
+    pub engine: Rc<Dockerd>,
+    /// Image (imported with [`Dockerd::import_rootfs`]).
+    pub image: String,
+    /// `--runtime NAME`.
+    pub runtime: String,
+    /// Row label.
+    pub label: String,
+}
+
+impl crate::startup::Starter for DockerRunStarter {
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Container
+    }
+
+    fn start_once(
+        &mut self,
+        _i: usize,
+    ) -> Result<crate::startup::StartSample, crate::startup::StartError> {
+        let mut cmd = self.engine.cmd(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--runtime",
+            &self.runtime,
+            &self.image,
+            "true",
+        ]);
+        let out =
+            crate::startup::timed_ok(&mut cmd, &format!("docker run --runtime {}", self.runtime))?;
+        Ok(crate::startup::StartSample::wall(&out))
+    }
+}

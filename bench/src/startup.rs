@@ -237,6 +237,51 @@ pub fn run(
     }
 }
 
+/// Like [`run`] for several starters at once, interleaved: run `i` of
+/// every starter before run `i + 1` of any, so drift of a noisy machine
+/// (frequency, page cache, other load) falls on all rows alike. A failed
+/// row stops; the others go on.
+pub fn run_interleaved(
+    cfg: &StartupConfig,
+    starters: &mut [Box<dyn Starter>],
+    progress: &mut dyn Progress,
+) -> Vec<StartupResult> {
+    let total = cfg.warmup + cfg.runs;
+    let mut samples: Vec<Vec<StartSample>> = starters.iter().map(|_| Vec::new()).collect();
+    let mut status: Vec<RowStatus> = starters.iter().map(|_| RowStatus::Measured).collect();
+    for i in 0..total {
+        for (k, st) in starters.iter_mut().enumerate() {
+            if status[k] != RowStatus::Measured {
+                continue;
+            }
+            match st.start_once(i) {
+                Ok(s) if i >= cfg.warmup => samples[k].push(s),
+                Ok(_) => {}
+                Err(e) => status[k] = RowStatus::Failed(crate::error_chain(&e)),
+            }
+            progress.tick(&st.label(), i + 1, total);
+        }
+    }
+    starters
+        .iter()
+        .zip(samples)
+        .zip(status)
+        .map(|((st, samples), status)| {
+            let samples_ms: Vec<f64> = samples.iter().map(|s| s.wall_ms).collect();
+            StartupResult {
+                label: st.label(),
+                kind: st.kind(),
+                status,
+                runs: cfg.runs,
+                warmup: cfg.warmup,
+                wall_ms: summarize(&samples_ms),
+                segments: segments_of(&samples),
+                samples_ms,
+            }
+        })
+        .collect()
+}
+
 /// What [`timed_spawn`] saw.
 pub struct TimedOutput {
     /// `CLOCK_MONOTONIC` ns just before spawn.

@@ -376,6 +376,9 @@ impl Bench {
             }
         }
         self.lifecycle_rows(&cfg, isolations, peers);
+        if peers && isolations.contains(&Isolation::Container) && !interrupt::requested() {
+            self.docker_run_rows(&cfg);
+        }
         if peers {
             let rows = oci::peer_startup(
                 &cfg,
@@ -499,6 +502,66 @@ impl Bench {
             self.bars.clear();
             say_startup(&r);
             self.report.lifecycle.push(r);
+        }
+    }
+
+    /// `docker run --rm IMAGE true` of one private dockerd with runc and
+    /// with duet (`duet-runc`) as its OCI runtime, interleaved run by run.
+    fn docker_run_rows(&mut self, cfg: &StartupConfig) {
+        use duet_bench::docker::{self, DockerRunStarter, Dockerd, RuntimeEntry};
+        let labels = ["runc", "duet"];
+        let engine = docker::unavailable().map_or_else(
+            || {
+                let link = self.scratch.path().join("duet-runc");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&self.exe, &link)
+                    .map_err(|e| format!("symlink {}: {e}", link.display()))?;
+                let engine = Dockerd::start(&[RuntimeEntry {
+                    name: "duet".into(),
+                    path: link,
+                    args: vec![],
+                }])
+                .map_err(|e| duet_bench::error_chain(&e))?;
+                engine
+                    .import_rootfs(&self.image.busybox_rootfs(), "duet-bench-busybox")
+                    .map_err(|e| duet_bench::error_chain(&e))?;
+                Ok(engine)
+            },
+            Err,
+        );
+        let engine = match engine {
+            Ok(e) => std::rc::Rc::new(e),
+            Err(why) => {
+                for l in labels {
+                    let r = StartupResult::unavailable(
+                        &format!("docker run --rm --runtime {l} (true)"),
+                        duet_bench::Kind::Container,
+                        &why,
+                    );
+                    say_startup(&r);
+                    self.report.startup.push(r);
+                }
+                return;
+            }
+        };
+        let version = engine.version();
+        let mut starters: Vec<Box<dyn startup::Starter>> = labels
+            .iter()
+            .map(|l| {
+                Box::new(DockerRunStarter {
+                    engine: std::rc::Rc::clone(&engine),
+                    image: "duet-bench-busybox".into(),
+                    runtime: l.to_string(),
+                    label: format!("docker {version} run --rm --runtime {l} (true)"),
+                }) as Box<dyn startup::Starter>
+            })
+            .collect();
+        let rows = startup::run_interleaved(cfg, &mut starters, &mut self.bars);
+        self.bars.clear();
+        drop(starters);
+        for r in rows {
+            say_startup(&r);
+            self.report.startup.push(r);
         }
     }
 
