@@ -45,6 +45,7 @@ if [ "$files_only" = 0 ]; then
         lz4                       # the guest kernel is LZ4-compressed
         erofs-utils e2fsprogs     # layer images for VMs
         iproute2 procps util-linux curl ca-certificates
+        protobuf-compiler         # protoc, for the CRI test's gRPC bindings (k8s-cri)
     )
     echo "== apt-get install ${packages[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -374,3 +374,70 @@ fn oci_mount_destinations_cannot_follow_symlinks_out_of_the_root() {
         mounts_under(&b)
     );
 }
+
+/// Whether this process may lower its oom_score_adj (CAP_SYS_RESOURCE;
+/// some sandboxes lack it even for root).
+fn has_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << 24) != 0
+}
+
+/// `process.oomScoreAdj` is applied by the init: raised always, lowered
+/// (CRI's pause container asks for -998) where the caller may.
+#[test]
+fn oci_oom_score_adj_is_applied() {
+    let test = "oci_oom_score_adj_is_applied";
+    if skip_unless_root(test) {
+        return;
+    }
+    let rt = Rt::new();
+    let mut values: Vec<i32> = vec![500];
+    if has_sys_resource() {
+        values.push(-998);
+    } else {
+        eprintln!("{test}: lowering left out: this host's root lacks CAP_SYS_RESOURCE");
+    }
+    for v in values {
+        let b = rt.bundle(
+            &format!("b{v}"),
+            &["cat", "/proc/self/oom_score_adj"],
+            |c| {
+                c["process"]["oomScoreAdj"] = v.into();
+            },
+        );
+        let id = unique(&format!("ocioom{}", v.unsigned_abs()));
+        let out = rt.dir.path().join(format!("oom{v}.out"));
+        let pid_file = rt.dir.path().join(format!("pid{v}"));
+        let mut cmd = rt.cmd(&[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+        ]);
+        // Files, not pipes: the init holds them until it ends.
+        let err = rt.dir.path().join(format!("oom{v}.err"));
+        let status = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "create: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        let pid = common::oci::read_pid(&pid_file);
+        rt.ok(&["start", &id]);
+        assert_eq!(reap(pid, Duration::from_secs(10)), Some(0));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), format!("{v}\n"));
+        rt.ok(&["delete", &id]);
+    }
+}

@@ -219,6 +219,10 @@ pub struct OciInit {
     pub clone_flags: u64,
     /// fds the plan refers to (namespace files, console socket, fifo); kept open until clone.
     pub fds: Vec<OwnedFd>,
+    /// A pid namespace to join (`linux.namespaces` pid with a path, as a
+    /// pod sharing its process namespace has): entered by the creating
+    /// thread (setns) right before the clone, so the init is born in it.
+    pub join_pid: Option<OwnedFd>,
 }
 
 /// Inputs besides the config.
@@ -698,6 +702,7 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
     let mut new_ns = 0;
     let mut joined = 0;
     let mut cgroup_ns = false;
+    let mut join_pid = None;
     for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
         let field = format!("linux.namespaces[{i}]");
         let flag = ns_flag(ns.typ());
@@ -708,10 +713,16 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
                     format!("{:?} namespaces are not supported by duet", ns.typ()),
                 ))
             }
-            (
-                LinuxNamespaceType::Pid | LinuxNamespaceType::Mount | LinuxNamespaceType::Cgroup,
-                Some(p),
-            ) => {
+            (LinuxNamespaceType::Pid, Some(p)) => {
+                let f = std::fs::File::open(p).map_err(|source| OciError::Open {
+                    field: format!("{field}.path"),
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                join_pid = Some(OwnedFd::from(f));
+                joined |= flag;
+            }
+            (LinuxNamespaceType::Mount | LinuxNamespaceType::Cgroup, Some(p)) => {
                 return Err(unsupported(
                     field,
                     format!(
@@ -1039,6 +1050,7 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
         plan,
         clone_flags,
         fds,
+        join_pid,
     })
 }
 

@@ -140,6 +140,24 @@ fn connect(path: &Path) -> Result<OwnedFd, OciRunError> {
     Ok(s.into())
 }
 
+/// Runs `f` (a clone) with this thread's children's pid namespace set to
+/// `ns`, then back to its own.
+fn in_pid_namespace<T>(ns: &OwnedFd, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use std::os::fd::AsRawFd;
+    let own = crate::exec::open_cloexec(Path::new("/proc/thread-self/ns/pid"), libc::O_RDONLY)?;
+    // SAFETY: setns on fds we own; CLONE_NEWPID only changes the namespace
+    // of this thread's future children.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let r = f();
+    // SAFETY: as above, back to this thread's own.
+    if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) } != 0 && r.is_ok() {
+        return Err(io::Error::last_os_error());
+    }
+    r
+}
+
 /// Creates the container; returns once its init waits for `start`.
 pub fn create(req: &CreateRequest<'_>) -> Result<Created, OciRunError> {
     let linux = req.spec.linux().as_ref();
@@ -194,8 +212,13 @@ fn create_in(req: &CreateRequest<'_>, cgroup: &OciCgroup) -> Result<i32, OciRunE
     )?;
     let (parent_end, child_end) =
         Channel::pair().map_err(io_err("creating the setup socketpair"))?;
-    let mut child = Init::spawn_with_flags(init.clone_flags, &init.plan, &child_end, None)
-        .map_err(io_err("cloning the container init"))?;
+    let mut child = match &init.join_pid {
+        None => Init::spawn_with_flags(init.clone_flags, &init.plan, &child_end, None),
+        Some(ns) => in_pid_namespace(ns, || {
+            Init::spawn_with_flags(init.clone_flags, &init.plan, &child_end, None)
+        }),
+    }
+    .map_err(io_err("cloning the container init"))?;
     drop(child_end);
     drop(init.fds);
     cgroup.add_pid(child.pid)?;

@@ -1,0 +1,536 @@
+//! duet under Kubernetes' container runtime interface, without a kubelet:
+//! the test starts a private containerd (Debian's 1.6, own root, state,
+//! socket and config, in a mount namespace of its own) whose CRI plugin
+//! has a runtime handler `duet` (`io.containerd.runc.v2` with
+//! `BinaryName` = duet-runc), and speaks CRI v1 to it over gRPC as kubelet
+//! does (the `k8s-cri` bindings, tonic): RunPodSandbox with
+//! `runtime_handler: duet`, CreateContainer, StartContainer,
+//! ContainerStatus, ExecSync, the container's log, StopContainer,
+//! RemoveContainer, StopPodSandbox, RemovePodSandbox; then nothing is left.
+//!
+//! The pod uses the node's network (no CNI plugin is configured, and the
+//! host's network must not change); the sandbox ("pause") and workload
+//! images are a busybox layer imported with `ctr images import`.
+
+mod common;
+
+use common::{duet_bin, skip, skip_unless_program};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A private containerd, killed and its directories removed on drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    cgroup_parent: String,
+}
+
+impl Containerd {
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    fn start(runtime: &Path) -> Containerd {
+        // Short: shim socket paths are derived from it.
+        let dir = tempfile::Builder::new()
+            .prefix("duet-ctd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = |p: &str| dir.path().join(p).display().to_string();
+        std::fs::create_dir_all(d("cni")).unwrap();
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "duet.test/pause:1"
+  disable_apparmor = true
+  # The pause container asks for -998; root here may lack CAP_SYS_RESOURCE
+  # (sandboxes), so oom_score_adj is kept at containerd's own, as rootless setups do.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.duet]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.duet.options]
+        BinaryName = "{runtime}"
+        SystemdCgroup = false
+"#,
+            root = d("root"),
+            state = d("state"),
+            sock = d("c.sock"),
+            opt = d("opt"),
+            cni = d("cni"),
+            runtime = runtime.display()
+        );
+        std::fs::write(d("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d("containerd.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "containerd", "--config"])
+            .arg(d("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let c = Containerd {
+            dir,
+            child,
+            cgroup_parent: format!("duet-test-cri-{}", std::process::id()),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.sock())
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims outlive containerd by design: end the ones of this instance.
+        let me = self.dir.path().display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains("containerd-shim") && cmd.contains(&me) {
+                // SAFETY: kill(2) of a shim of the containerd this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // A failed test leaves pods: end their processes (all below the pods' cgroup parent).
+        for base in cgroup_roots() {
+            kill_tree(&base.join(&self.cgroup_parent));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for base in cgroup_roots() {
+            remove_tree(&base.join(&self.cgroup_parent));
+        }
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from("/sys/fs/cgroup")];
+    v.extend(
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    v
+}
+
+fn kill_tree(d: &Path) {
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_tree(&e.path());
+        }
+    }
+    let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) of a process in this test's own pod cgroups.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn remove_tree(d: &Path) {
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(d);
+}
+
+/// Cgroup directories below `parent` in any hierarchy (the pod's and its containers').
+fn cgroups_below(parent: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for base in cgroup_roots() {
+        let p = base.join(parent);
+        for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A docker-save archive of one busybox layer with `cmd` as its CMD, tagged `tag`.
+fn image_tar(dir: &Path, tag: &str, cmd: &[&str]) -> PathBuf {
+    use sha2::Digest;
+    let rootfs = dir.join(format!("rootfs-{}", tag.replace([':', '/'], "-")));
+    duet_bench::oci::make_busybox_rootfs(&rootfs, Path::new("/bin/busybox")).unwrap();
+    let mut layer = tar::Builder::new(Vec::new());
+    layer.follow_symlinks(false);
+    layer.append_dir_all(".", &rootfs).unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff_id = hex::encode(sha2::Sha256::digest(&layer));
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin", "FROM_IMAGE=yes"], "Cmd": cmd},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{diff_id}")]}
+    });
+    let manifest = serde_json::json!([{
+        "Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]
+    }]);
+    let out = dir.join(format!("{}.tar", tag.replace([':', '/'], "-")));
+    let mut t = tar::Builder::new(std::fs::File::create(&out).unwrap());
+    for (name, data) in [
+        ("manifest.json", manifest.to_string().into_bytes()),
+        ("config.json", config.to_string().into_bytes()),
+        ("layer.tar", layer),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    t.finish().unwrap();
+    out
+}
+
+async fn connect(sock: PathBuf) -> RuntimeServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(sock).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connecting to containerd's CRI");
+    RuntimeServiceClient::new(channel)
+}
+
+fn pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
+    let test = "cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops";
+    if let Some(why) = duet_bench::docker::unavailable() {
+        skip(test, &why);
+        return;
+    }
+    if skip_unless_program(test, "ctr", "containerd") {
+        return;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("duet-cri-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let runtime = work.path().join("duet-runc");
+    std::os::unix::fs::symlink(duet_bin(), &runtime).unwrap();
+    let ctd = Containerd::start(&runtime);
+    for (tag, cmd) in [
+        ("duet.test/pause:1", vec!["sleep", "2147483"]),
+        ("duet.test/busybox:1", vec!["sh"]),
+    ] {
+        let tar = image_tar(work.path(), tag, &cmd);
+        let o = ctd.ctr(&["images", "import", tar.to_str().unwrap()]);
+        assert!(o.status.success(), "ctr import: {o:?}");
+    }
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let parent = ctd.cgroup_parent.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = connect(ctd.sock()).await;
+        let v = c
+            .version(VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v.runtime_name, "containerd");
+        let sandbox_config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "duet-pod".into(),
+                uid: "uid-duet-pod".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            log_directory: logs.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("/{parent}"),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = c
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: "duet".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        let created = c
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: "web".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: "duet.test/busybox:1".into(),
+                        ..Default::default()
+                    }),
+                    command: vec!["sh".into()],
+                    args: vec![
+                        "-c".into(),
+                        "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
+                    ],
+                    envs: vec![KeyValue {
+                        key: "FOO".into(),
+                        value: "bar".into(),
+                    }],
+                    log_path: "web.log".into(),
+                    // kubelet's default: a pid namespace of the container's own.
+                    linux: Some(LinuxContainerConfig {
+                        security_context: Some(LinuxContainerSecurityContext {
+                            namespace_options: Some(NamespaceOption {
+                                network: NamespaceMode::Node as i32,
+                                pid: NamespaceMode::Container as i32,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox_config.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctd.log()))
+            .into_inner()
+            .container_id;
+        c.start_container(StartContainerRequest {
+            container_id: created.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctd.log()));
+        let st = c
+            .container_status(ContainerStatusRequest {
+                container_id: created.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+        // The pod's processes run under duet: its state root is the shim's --root.
+        assert_eq!(pids_with("sleep\u{0}4545").len(), 1);
+
+        let ex = c
+            .exec_sync(ExecSyncRequest {
+                container_id: created.clone(),
+                cmd: vec!["sh".into(), "-c".into(), "echo in $FOO; exit 3".into()],
+                timeout: 20,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctd.log()))
+            .into_inner();
+        assert_eq!(String::from_utf8_lossy(&ex.stdout), "in bar\n");
+        assert_eq!(ex.exit_code, 3);
+
+        // The container's log, in CRI's format: "TIME stdout F LINE".
+        let log = logs.join("web.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(" stdout F hello-cri yes bar") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "log: {text:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        c.stop_container(StopContainerRequest {
+            container_id: created.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+        let st = c
+            .container_status(ContainerStatusRequest {
+                container_id: created.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(st.state, ContainerState::ContainerExited as i32);
+        assert_eq!(st.exit_code, 137, "sleep as pid 1 ignores TERM: killed");
+        c.remove_container(RemoveContainerRequest {
+            container_id: created.clone(),
+        })
+        .await
+        .unwrap();
+        // A second container sharing the pod's process namespace
+        // (shareProcessNamespace: the pause process is its pid 1).
+        let shared = c
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: "shared".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: "duet.test/busybox:1".into(),
+                        ..Default::default()
+                    }),
+                    command: vec!["sleep".into(), "4646".into()],
+                    log_path: "shared.log".into(),
+                    linux: Some(LinuxContainerConfig {
+                        security_context: Some(LinuxContainerSecurityContext {
+                            namespace_options: Some(NamespaceOption {
+                                network: NamespaceMode::Node as i32,
+                                pid: NamespaceMode::Pod as i32,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(sandbox_config.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer (pid POD): {e}\n{}", ctd.log()))
+            .into_inner()
+            .container_id;
+        c.start_container(StartContainerRequest {
+            container_id: shared.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer (pid POD): {e}\n{}", ctd.log()));
+        let ex = c
+            .exec_sync(ExecSyncRequest {
+                container_id: shared.clone(),
+                cmd: vec!["cat".into(), "/proc/1/cmdline".into()],
+                timeout: 20,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            String::from_utf8_lossy(&ex.stdout),
+            "sleep\u{0}2147483\u{0}"
+        );
+        c.stop_container(StopContainerRequest {
+            container_id: shared.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+        c.remove_container(RemoveContainerRequest {
+            container_id: shared.clone(),
+        })
+        .await
+        .unwrap();
+
+        c.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        c.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    });
+    assert!(pids_with("sleep\u{0}4545").is_empty());
+    assert!(pids_with("sleep\u{0}4646").is_empty());
+    assert!(pids_with("sleep\u{0}2147483").is_empty(), "pause left");
+    let left = cgroups_below(&parent);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
