@@ -1,7 +1,8 @@
 //! duet as Docker's OCI runtime: a private dockerd (Debian's docker.io,
 //! started and stopped by each test, see `duet_bench::docker`) with
 //! `--add-runtime duet=duet-runc`, driving duet through containerd's
-//! `io.containerd.runc.v2` shim exactly as it drives runc.
+//! `io.containerd.runc.v2` shim exactly as it drives runc (create, start,
+//! state, exec, pause, resume, kill, delete).
 
 mod common;
 
@@ -266,6 +267,15 @@ fn docker_detached_logs_exec_stop_rm_with_duet() {
     assert!(o.starts_with("/dev/pts/"), "{o}");
     // Processes exec'd with -d are in the container and end with it.
     e.ok(&["exec", "-d", "web", "sleep", "4242"]);
+    // docker pause / unpause: the cgroup freezer.
+    e.ok(&["pause", "web"]);
+    assert_eq!(
+        e.ok(&["inspect", "--format", "{{.State.Status}}", "web"])
+            .trim(),
+        "paused"
+    );
+    e.ok(&["unpause", "web"]);
+    assert_eq!(e.ok(&["exec", "web", "echo", "thawed"]), "thawed\n");
     // docker stop: TERM reaches the workload, which exits 0.
     e.ok(&["stop", "-t", "10", "web"]);
     assert!(stdout(&e.docker(&["logs", "web"])).contains("bye"));
