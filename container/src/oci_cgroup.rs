@@ -352,10 +352,25 @@ impl OciCgroup {
 
     /// Moves `pid` into every directory.
     pub fn add_pid(&self, pid: i32) -> Result<(), OciCgroupError> {
-        for (_, d) in &self.dirs {
-            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        self.add_pid_to(pid, true)
+    }
+
+    /// Moves `pid` into every directory, or (`v2` false) every v1 one.
+    pub fn add_pid_to(&self, pid: i32, v2: bool) -> Result<(), OciCgroupError> {
+        for (is_v2, d) in &self.dirs {
+            if v2 || !is_v2 {
+                write(&d.join("cgroup.procs"), &pid.to_string())?;
+            }
         }
         Ok(())
+    }
+
+    /// The v2 directory, if there is one.
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.dirs
+            .iter()
+            .find(|(v2, _)| *v2)
+            .map(|(_, d)| d.as_path())
     }
 
     /// The pids in the container's cgroup (v2 if there, else the first v1 one).

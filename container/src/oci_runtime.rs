@@ -212,16 +212,34 @@ fn create_in(req: &CreateRequest<'_>, cgroup: &OciCgroup) -> Result<i32, OciRunE
     )?;
     let (parent_end, child_end) =
         Channel::pair().map_err(io_err("creating the setup socketpair"))?;
-    let mut child = match &init.join_pid {
-        None => Init::spawn_with_flags(init.clone_flags, &init.plan, &child_end, None),
+    // Born in its v2 cgroup (CLONE_INTO_CGROUP): a migration afterwards
+    // costs an RCU grace period (~10 ms); v1 hierarchies have no such way
+    // and are joined after the clone. Kernels before 5.7 refuse the flag.
+    let v2_fd = cgroup
+        .v2_dir()
+        .and_then(|d| crate::exec::open_cloexec(d, libc::O_RDONLY | libc::O_DIRECTORY).ok());
+    let spawn = |into: Option<&OwnedFd>| match &init.join_pid {
+        None => Init::spawn_with_flags(init.clone_flags, &init.plan, &child_end, into),
         Some(ns) => in_pid_namespace(ns, || {
-            Init::spawn_with_flags(init.clone_flags, &init.plan, &child_end, None)
+            Init::spawn_with_flags(init.clone_flags, &init.plan, &child_end, into)
         }),
-    }
-    .map_err(io_err("cloning the container init"))?;
+    };
+    let (spawned, into_v2) = match spawn(v2_fd.as_ref()) {
+        Err(e)
+            if v2_fd.is_some()
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::E2BIG)
+                ) =>
+        {
+            (spawn(None), false)
+        }
+        r => (r, v2_fd.is_some()),
+    };
+    let mut child = spawned.map_err(io_err("cloning the container init"))?;
     drop(child_end);
     drop(init.fds);
-    cgroup.add_pid(child.pid)?;
+    cgroup.add_pid_to(child.pid, !into_v2)?;
     (req.hooks)("prestart", child.pid)?;
     (req.hooks)("createRuntime", child.pid)?;
     let _ = parent_end.send_raw(&ParentMsg::Go.encode());
