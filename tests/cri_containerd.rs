@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{duet_bin, skip, skip_unless_program};
+use common::{duet_bin, pids_with, skip, skip_unless_program};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use std::os::unix::process::CommandExt;
@@ -260,18 +260,33 @@ async fn connect(sock: PathBuf) -> RuntimeServiceClient<tonic::transport::Channe
     RuntimeServiceClient::new(channel)
 }
 
-fn pids_with(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(needle) {
-            out.push(pid);
-        }
+/// A container `name` of the busybox image running `command`, logging to
+/// `NAME.log`, on the node's network, with the pid namespace `pid`.
+fn container_config(name: &str, command: &str, pid: NamespaceMode) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: "duet.test/busybox:1".into(),
+            ..Default::default()
+        }),
+        command: vec![command.into()],
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: pid as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
-    out
 }
 
 #[test]
@@ -348,15 +363,6 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
                 config: Some(ContainerConfig {
-                    metadata: Some(ContainerMetadata {
-                        name: "web".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(ImageSpec {
-                        image: "duet.test/busybox:1".into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sh".into()],
                     args: vec![
                         "-c".into(),
                         "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
@@ -365,20 +371,8 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
                         key: "FOO".into(),
                         value: "bar".into(),
                     }],
-                    log_path: "web.log".into(),
                     // kubelet's default: a pid namespace of the container's own.
-                    linux: Some(LinuxContainerConfig {
-                        security_context: Some(LinuxContainerSecurityContext {
-                            namespace_options: Some(NamespaceOption {
-                                network: NamespaceMode::Node as i32,
-                                pid: NamespaceMode::Container as i32,
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
+                    ..container_config("web", "sh", NamespaceMode::Container)
                 }),
                 sandbox_config: Some(sandbox_config.clone()),
             })
@@ -458,28 +452,8 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
                 config: Some(ContainerConfig {
-                    metadata: Some(ContainerMetadata {
-                        name: "shared".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(ImageSpec {
-                        image: "duet.test/busybox:1".into(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "4646".into()],
-                    log_path: "shared.log".into(),
-                    linux: Some(LinuxContainerConfig {
-                        security_context: Some(LinuxContainerSecurityContext {
-                            namespace_options: Some(NamespaceOption {
-                                network: NamespaceMode::Node as i32,
-                                pid: NamespaceMode::Pod as i32,
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
+                    args: vec!["4646".into()],
+                    ..container_config("shared", "sleep", NamespaceMode::Pod)
                 }),
                 sandbox_config: Some(sandbox_config.clone()),
             })

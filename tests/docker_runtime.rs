@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{duet_bin, skip, stderr, stdout};
+use common::{duet_bin, pids_with, skip, stderr, stdout};
 use duet_bench::docker::{Dockerd, RuntimeEntry};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -89,6 +89,13 @@ impl Engine {
         self.docker(&a)
     }
 
+    /// `docker run -d --runtime duet --network none ARGS...`: the id.
+    fn run_d(&self, args: &[&str]) -> String {
+        let mut a = vec!["run", "-d", "--runtime", "duet", "--network", "none"];
+        a.extend_from_slice(args);
+        self.ok(&a).trim().to_string()
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let o = self.docker(args);
         assert!(
@@ -125,21 +132,6 @@ fn cgroups_named(id: &str) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-/// Pids whose command line names `needle`.
-fn pids_with(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(needle) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 #[test]
@@ -198,20 +190,7 @@ fn docker_run_with_duet_gives_output_exit_codes_and_limits() {
     let o = e.run(&["-t", img, "tty"]);
     assert!(stdout(&o).starts_with("/dev/pts/"), "{}", stdout(&o));
     // docker kill: 137.
-    let id = e
-        .ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            "duet",
-            "--network",
-            "none",
-            img,
-            "sleep",
-            "1000",
-        ])
-        .trim()
-        .to_string();
+    let id = e.run_d(&[img, "sleep", "1000"]);
     e.ok(&["kill", &id]);
     assert_eq!(e.ok(&["wait", &id]).trim(), "137");
     e.ok(&["rm", &id]);
@@ -223,13 +202,7 @@ fn docker_detached_logs_exec_stop_rm_with_duet() {
     let test = "docker_detached_logs_exec_stop_rm_with_duet";
     let Some(e) = engine(test) else { return };
     let img = "duet-busybox";
-    e.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "duet",
-        "--network",
-        "none",
+    let id = e.run_d(&[
         "--name",
         "web",
         "--hostname",
@@ -239,7 +212,7 @@ fn docker_detached_logs_exec_stop_rm_with_duet() {
         "-c",
         "echo up; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
     ]);
-    let id = e.id("web");
+    assert_eq!(id, e.id("web"));
     assert_eq!(
         e.ok(&["inspect", "--format", "{{.HostConfig.Runtime}}", "web"]),
         "duet\n"
@@ -292,20 +265,7 @@ fn docker_detached_logs_exec_stop_rm_with_duet() {
     assert!(cgroups_named(&id).is_empty(), "{:?}", cgroups_named(&id));
 
     // kill -9 of the shim, then docker rm -f: nothing is left.
-    let id = e
-        .ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            "duet",
-            "--network",
-            "none",
-            img,
-            "sleep",
-            "4343",
-        ])
-        .trim()
-        .to_string();
+    let id = e.run_d(&[img, "sleep", "4343"]);
     let shims: Vec<i32> = pids_with("containerd-shim")
         .into_iter()
         .filter(|&p| {

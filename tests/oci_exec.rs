@@ -209,23 +209,7 @@ fn oci_pause_freezes_every_process_and_resume_thaws_them() {
         |_| {},
     );
     let id = unique("ocipause");
-    let pid_file = rt.dir.path().join("pid");
-    let status = rt
-        .cmd(&[
-            "create",
-            "--bundle",
-            b.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            &id,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let init = read_pid(&pid_file);
+    let init = rt.create_logged(&b, &id, &out).unwrap();
     let o = rt.run(&["resume", &id]);
     assert!(stderr(&o).contains("not paused"), "{}", stderr(&o));
     rt.ok(&["start", &id]);

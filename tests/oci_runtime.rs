@@ -27,27 +27,8 @@ fn oci_create_state_start_kill_delete() {
         |_| {},
     );
     let id = unique("oci");
-    let pid_file = rt.dir.path().join("pid");
-    let status = rt
-        .cmd(&[
-            "create",
-            "--bundle",
-            b.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            &id,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "create failed");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    // The pid file is written, and it names the init.
+    let pid = rt.create_logged(&b, &id, &out).unwrap();
     assert_eq!(rt.status(&id), "created");
     let st: serde_json::Value = serde_json::from_str(&rt.ok(&["state", &id])).unwrap();
     assert_eq!(st["pid"], pid);
@@ -412,29 +393,9 @@ fn oci_oom_score_adj_is_applied() {
         );
         let id = unique(&format!("ocioom{}", v.unsigned_abs()));
         let out = rt.dir.path().join(format!("oom{v}.out"));
-        let pid_file = rt.dir.path().join(format!("pid{v}"));
-        let mut cmd = rt.cmd(&[
-            "create",
-            "--bundle",
-            b.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            &id,
-        ]);
-        // Files, not pipes: the init holds them until it ends.
-        let err = rt.dir.path().join(format!("oom{v}.err"));
-        let status = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "create: {}",
-            std::fs::read_to_string(&err).unwrap()
-        );
-        let pid = common::oci::read_pid(&pid_file);
+        let pid = rt
+            .create_logged(&b, &id, &out)
+            .unwrap_or_else(|e| panic!("create: {e}"));
         rt.ok(&["start", &id]);
         assert_eq!(reap(pid, Duration::from_secs(10)), Some(0));
         assert_eq!(std::fs::read_to_string(&out).unwrap(), format!("{v}\n"));

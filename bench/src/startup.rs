@@ -224,15 +224,25 @@ pub fn run(
         }
         progress.tick(&label, i + 1, total);
     }
+    result_of(label, starter.kind(), status, cfg, &samples)
+}
+
+fn result_of(
+    label: String,
+    kind: Kind,
+    status: RowStatus,
+    cfg: &StartupConfig,
+    samples: &[StartSample],
+) -> StartupResult {
     let samples_ms: Vec<f64> = samples.iter().map(|s| s.wall_ms).collect();
     StartupResult {
         label,
-        kind: starter.kind(),
+        kind,
         status,
         runs: cfg.runs,
         warmup: cfg.warmup,
         wall_ms: summarize(&samples_ms),
-        segments: segments_of(&samples),
+        segments: segments_of(samples),
         samples_ms,
     }
 }
@@ -266,19 +276,7 @@ pub fn run_interleaved(
         .iter()
         .zip(samples)
         .zip(status)
-        .map(|((st, samples), status)| {
-            let samples_ms: Vec<f64> = samples.iter().map(|s| s.wall_ms).collect();
-            StartupResult {
-                label: st.label(),
-                kind: st.kind(),
-                status,
-                runs: cfg.runs,
-                warmup: cfg.warmup,
-                wall_ms: summarize(&samples_ms),
-                segments: segments_of(&samples),
-                samples_ms,
-            }
-        })
+        .map(|((st, samples), status)| result_of(st.label(), st.kind(), status, cfg, &samples))
         .collect()
 }
 

@@ -500,6 +500,14 @@ fn check_process(process: &Process) -> Result<(), OciError> {
     Ok(())
 }
 
+/// `/proc/sys/kernel/cap_last_cap` (40 if unreadable).
+pub(crate) fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
 /// The steps that make the process itself, from its own session to the
 /// argv\[0\] check: shared by `create`'s init and `exec`.
 pub(crate) struct ProcessSteps {

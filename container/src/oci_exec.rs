@@ -79,10 +79,7 @@ pub fn exec(req: &ExecRequest<'_>) -> Result<Execed, OciRunError> {
         (true, Some(p)) => Some(connect(p)?),
         _ => None,
     };
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last_cap = oci::last_cap();
     let has_seccomp = req.seccomp.is_some();
     let tail = oci::process_steps(req.process, console, has_seccomp, last_cap)?;
     let mut steps = vec![

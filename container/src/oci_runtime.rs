@@ -190,10 +190,7 @@ fn create_in(req: &CreateRequest<'_>, cgroup: &OciCgroup) -> Result<i32, OciRunE
         (true, Some(p)) => Some(connect(p)?),
         _ => None,
     };
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last_cap = oci::last_cap();
     let has_seccomp = req.seccomp.is_some();
     let init = oci::build(
         req.spec,

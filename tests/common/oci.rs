@@ -112,6 +112,32 @@ impl Rt {
         read_pid(&pid_file)
     }
 
+    /// `create` of `bundle` as `id` with the init's stdout (and the
+    /// workload's) in the file `out` (files, not pipes: the init holds
+    /// them until it ends); the init's pid, or create's stderr.
+    pub fn create_logged(&self, bundle: &Path, id: &str, out: &Path) -> Result<i32, String> {
+        let pid_file = self.dir.path().join(format!("{id}.pid"));
+        let err = self.dir.path().join(format!("{id}.create-err"));
+        let status = self
+            .cmd(&[
+                "create",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                id,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        if !status.success() {
+            return Err(std::fs::read_to_string(&err).unwrap_or_default());
+        }
+        Ok(read_pid(&pid_file))
+    }
+
     pub fn status(&self, id: &str) -> String {
         let s: serde_json::Value = serde_json::from_str(&self.ok(&["state", id])).unwrap();
         s["status"].as_str().unwrap().to_string()
