@@ -402,3 +402,58 @@ fn oci_oom_score_adj_is_applied() {
         rt.ok(&["delete", &id]);
     }
 }
+
+/// Keyrings are not namespaced: the init (and an exec'd process) joins a
+/// new session keyring of its own, named after the container, as runc
+/// does, unless `--no-new-keyring`.
+#[test]
+fn oci_init_gets_a_session_keyring_of_its_own() {
+    let test = "oci_init_gets_a_session_keyring_of_its_own";
+    if skip_unless_root(test) {
+        return;
+    }
+    let rt = Rt::new();
+    // /proc/keys unmasked, to see which keyrings the workload has.
+    let b = rt.bundle("b", &["sh", "-c", "cat /proc/keys; sleep 100"], |c| {
+        c["linux"]["maskedPaths"] = serde_json::json!([]);
+    });
+    for no_new in [false, true] {
+        let id = unique(if no_new { "ocikeyno" } else { "ocikey" });
+        let out = rt.dir.path().join(format!("{id}.out"));
+        let pid = if no_new {
+            let pid_file = rt.dir.path().join(format!("{id}.pid"));
+            let status = rt
+                .cmd(&[
+                    "create",
+                    "--no-new-keyring",
+                    "--bundle",
+                    b.to_str().unwrap(),
+                    "--pid-file",
+                    pid_file.to_str().unwrap(),
+                    &id,
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            common::oci::read_pid(&pid_file)
+        } else {
+            rt.create_logged(&b, &id, &out).unwrap()
+        };
+        rt.ok(&["start", &id]);
+        let name = format!("duet:{id}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&out).unwrap().contains("keyring") {
+            assert!(Instant::now() < deadline, "no /proc/keys output");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let keys = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(keys.contains(&name), !no_new, "{keys}");
+        let exec_keys = rt.ok(&["exec", &id, "cat", "/proc/keys"]);
+        assert_eq!(exec_keys.contains(&name), !no_new, "{exec_keys}");
+        rt.ok(&["delete", "--force", &id]);
+        let _ = reap(pid, Duration::from_secs(10));
+    }
+}

@@ -170,6 +170,9 @@ pub enum OciStep {
     },
     /// argv\[0\] must resolve to an executable before `create` succeeds.
     CheckExecutable,
+    /// A new session keyring of this name (runc's default): keyrings are
+    /// not namespaced, so the workload must not inherit the caller's.
+    SessionKeyring(CString),
     /// Report "created" to `create`, then block opening the start fifo
     /// until `start` opens it for reading.
     AwaitStartFifo(i32),
@@ -201,6 +204,7 @@ impl OciStep {
             OciStep::SetCaps(_) => "setting process.capabilities".into(),
             OciStep::ConsoleSocket { .. } => "sending the terminal to --console-socket".into(),
             OciStep::CheckExecutable => "looking up process.args[0]".into(),
+            OciStep::SessionKeyring(n) => format!("joining a new session keyring {}", show(n)),
             OciStep::AwaitStartFifo(_) => "waiting for `start`".into(),
         }
     }
@@ -596,6 +600,18 @@ fn console_socket(sock: i32, size: (u16, u16)) -> Result<(), i32> {
     sent
 }
 
+fn session_keyring(name: &CStr) -> Result<(), i32> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a NUL-terminated name we own.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    match r {
+        r if r >= 0 => Ok(()),
+        // A kernel without keys has no keyring to inherit either.
+        _ if errno() == libc::ENOSYS => Ok(()),
+        _ => Err(errno()),
+    }
+}
+
 /// Whether argv\[0\] resolves (through the plan's PATH) to something executable.
 fn check_executable(plan: &ChildPlan) -> Result<(), i32> {
     let ok = |path: *const libc::c_char| -> Result<(), i32> {
@@ -688,6 +704,7 @@ pub fn run(
         OciStep::SetCaps(c) => set_caps(c),
         OciStep::ConsoleSocket { sock, size } => console_socket(*sock, *size),
         OciStep::CheckExecutable => check_executable(plan),
+        OciStep::SessionKeyring(name) => session_keyring(name),
         OciStep::AwaitStartFifo(fd) => await_start(*fd, chan, rootfs_ready, pivot_done),
     }
 }

@@ -241,6 +241,8 @@ pub struct OciInputs<'a> {
     pub has_seccomp: bool,
     /// `/proc/sys/kernel/cap_last_cap`.
     pub last_cap: u32,
+    /// The name of the init's new session keyring; none with `--no-new-keyring`.
+    pub keyring: Option<&'a str>,
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
@@ -523,7 +525,7 @@ pub(crate) struct ProcessSteps {
     pub(crate) nnp: bool,
 }
 
-/// A new session, the terminal (`console`, required when
+/// A new session, its own session keyring (`keyring`: its name), the terminal (`console`, required when
 /// `process.terminal`), `oomScoreAdj`, rlimits, every other fd closed, the
 /// bounding set, seccomp (unless `noNewPrivileges`: the caller then
 /// installs it last), the user, `cwd`, the other capability sets,
@@ -531,6 +533,7 @@ pub(crate) struct ProcessSteps {
 pub(crate) fn process_steps(
     process: &Process,
     console: Option<OwnedFd>,
+    keyring: Option<&str>,
     has_seccomp: bool,
     last_cap: u32,
 ) -> Result<ProcessSteps, OciError> {
@@ -538,6 +541,12 @@ pub(crate) fn process_steps(
     let mut steps = Vec::new();
     let mut fds = Vec::new();
     steps.push(Step::NewSession);
+    if let Some(name) = keyring {
+        steps.push(Step::Oci(OciStep::SessionKeyring(cs(
+            "session keyring",
+            name,
+        )?)));
+    }
     if process.terminal().unwrap_or(false) {
         let sock = console.ok_or_else(|| {
             unsupported("process.terminal", "set, but no --console-socket was given")
@@ -1041,7 +1050,13 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
     if new_ns & libc::CLONE_NEWNET != 0 {
         steps.push(Step::LoopbackUp);
     }
-    let tail = process_steps(process, inputs.console, inputs.has_seccomp, inputs.last_cap)?;
+    let tail = process_steps(
+        process,
+        inputs.console,
+        inputs.keyring,
+        inputs.has_seccomp,
+        inputs.last_cap,
+    )?;
     steps.extend(tail.steps);
     fds.extend(tail.fds);
     let fifo = inputs.fifo;

@@ -50,6 +50,8 @@ pub struct ExecRequest<'a> {
     pub console_socket: Option<&'a Path>,
     /// `--detach`.
     pub detach: bool,
+    /// Join a new session keyring (unless the container was made with `--no-new-keyring`).
+    pub new_keyring: bool,
 }
 
 /// How `exec` ended.
@@ -81,7 +83,16 @@ pub fn exec(req: &ExecRequest<'_>) -> Result<Execed, OciRunError> {
     };
     let last_cap = oci::last_cap();
     let has_seccomp = req.seccomp.is_some();
-    let tail = oci::process_steps(req.process, console, has_seccomp, last_cap)?;
+    let keyring = req
+        .new_keyring
+        .then(|| crate::oci_runtime::keyring_name(req.id));
+    let tail = oci::process_steps(
+        req.process,
+        console,
+        keyring.as_deref(),
+        has_seccomp,
+        last_cap,
+    )?;
     let mut steps = vec![
         Step::WaitForParent,
         Step::JoinNamespaces {

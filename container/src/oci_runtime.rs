@@ -109,6 +109,8 @@ pub struct CreateRequest<'a> {
     pub seccomp: Option<Arc<SeccompPrograms>>,
     /// How long setup may take.
     pub timeout: Duration,
+    /// A new session keyring for the init (unless `--no-new-keyring`).
+    pub new_keyring: bool,
 }
 
 fn mkfifo(path: &Path) -> Result<OwnedFd, OciRunError> {
@@ -138,6 +140,11 @@ fn connect(path: &Path) -> Result<OwnedFd, OciRunError> {
     let s = std::os::unix::net::UnixStream::connect(path)
         .map_err(io_err(format!("--console-socket {}", path.display())))?;
     Ok(s.into())
+}
+
+/// The name of container `id`'s session keyring.
+pub(crate) fn keyring_name(id: &str) -> String {
+    format!("duet:{id}")
 }
 
 /// Runs `f` (a clone) with this thread's children's pid namespace set to
@@ -192,6 +199,7 @@ fn create_in(req: &CreateRequest<'_>, cgroup: &OciCgroup) -> Result<i32, OciRunE
     };
     let last_cap = oci::last_cap();
     let has_seccomp = req.seccomp.is_some();
+    let keyring = req.new_keyring.then(|| keyring_name(req.id));
     let init = oci::build(
         req.spec,
         OciInputs {
@@ -205,6 +213,7 @@ fn create_in(req: &CreateRequest<'_>, cgroup: &OciCgroup) -> Result<i32, OciRunE
                 .unwrap_or_else(|| Arc::new(SeccompPrograms::none())),
             has_seccomp,
             last_cap,
+            keyring: keyring.as_deref(),
         },
     )?;
     let (parent_end, child_end) =

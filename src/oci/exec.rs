@@ -100,6 +100,7 @@ pub fn exec(root: &Path, a: &liboci_cli::Exec) -> Result<u8> {
         seccomp,
         console_socket: a.console_socket.as_deref(),
         detach: a.detach,
+        new_keyring: !r.no_new_keyring,
     })?;
     match done {
         Execed::Detached(pid) => {

@@ -379,6 +379,7 @@ fn create_in(
         hooks: &hooks,
         seccomp,
         timeout: Duration::from_secs(60),
+        new_keyring: !a.no_new_keyring,
     })?;
     let record = Record {
         id: a.container_id.clone(),
@@ -390,6 +391,7 @@ fn create_in(
         created,
         cgroup: c.cgroup,
         isolation: "container".into(),
+        no_new_keyring: a.no_new_keyring,
     };
     let saved = dir.save(&record).and_then(|()| match &a.pid_file {
         Some(p) => write_pid_file(p, c.pid),

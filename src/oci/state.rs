@@ -33,6 +33,9 @@ pub struct Record {
     pub cgroup: OciCgroup,
     /// `container` (the only one so far).
     pub isolation: String,
+    /// Made with `--no-new-keyring` (exec'd processes then keep theirs too).
+    #[serde(default)]
+    pub no_new_keyring: bool,
 }
 
 /// The `state` JSON (runtime-spec's State, plus runc's `rootfs` and `created`).
