@@ -249,6 +249,27 @@ fn docker_detached_logs_exec_stop_rm_with_duet() {
     );
     e.ok(&["unpause", "web"]);
     assert_eq!(e.ok(&["exec", "web", "echo", "thawed"]), "thawed\n");
+    // docker update: new limits in the container's cgroups.
+    e.ok(&[
+        "update",
+        "--memory",
+        "64m",
+        "--memory-swap",
+        "64m",
+        "--pids-limit",
+        "50",
+        "web",
+    ]);
+    let read = |file: &str| -> Vec<String> {
+        cgroups_named(&id)
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    let memory = [read("memory.limit_in_bytes"), read("memory.max")].concat();
+    assert_eq!(memory, ["67108864"], "memory limit after docker update");
+    assert_eq!(read("pids.max"), ["50"]);
     // docker stop: TERM reaches the workload, which exits 0.
     e.ok(&["stop", "-t", "10", "web"]);
     assert!(stdout(&e.docker(&["logs", "web"])).contains("bye"));

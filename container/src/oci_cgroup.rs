@@ -365,6 +365,46 @@ impl OciCgroup {
         Ok(())
     }
 
+    /// Writes new limits (`update`) into the existing directories: each
+    /// value into every hierarchy that has its file; a controller none has
+    /// is an error. Devices rules are not changed, as with runc. A v1 pair
+    /// that must change in the other order (memory above the old
+    /// memory+swap) is retried once.
+    pub fn update(&self, r: &LinuxResources) -> Result<(), OciCgroupError> {
+        let mut pending = Vec::new();
+        let mut taken = std::collections::BTreeSet::new();
+        let mut wanted = std::collections::BTreeSet::new();
+        for (v2, d) in &self.dirs {
+            for (ctl, file, value) in limit_writes(r, *v2)? {
+                if ctl == "devices" {
+                    continue;
+                }
+                wanted.insert(ctl);
+                let path = d.join(file);
+                if path.exists() {
+                    taken.insert(ctl);
+                    pending.push((path, value));
+                }
+            }
+        }
+        if let Some(ctl) = wanted.iter().find(|c| !taken.contains(*c)) {
+            return Err(OciCgroupError::Unsupported(
+                "(update)",
+                format!("the {ctl} controller is in none of this container's cgroups"),
+            ));
+        }
+        let mut failed = Vec::new();
+        for (path, value) in &pending {
+            if write(path, value).is_err() {
+                failed.push((path, value));
+            }
+        }
+        for (path, value) in failed {
+            write(path, value)?;
+        }
+        Ok(())
+    }
+
     /// The v2 directory, if there is one.
     pub fn v2_dir(&self) -> Option<&Path> {
         self.dirs

@@ -175,6 +175,7 @@ fn common(root: &Path, c: liboci_cli::CommonCmd) -> Result<u8> {
             Ok(0)
         }
         C::Exec(a) => exec::exec(&root, &a),
+        C::Update(a) => update(&root, &a),
         C::Pause(a) => pause(&root, &a.container_id, true),
         C::Resume(a) => pause(&root, &a.container_id, false),
         other => bail!("{}: not supported by duet", command_name(&other)),
@@ -458,6 +459,82 @@ fn start(root: &Path, id: &str) -> Result<u8> {
             eprintln!("duet-runc: {e}");
         }
     }
+    Ok(0)
+}
+
+/// `update`: new resource limits, from `--resources FILE` (`-`: stdin; a
+/// `linux.resources` object) or runc's flags.
+fn update(root: &Path, a: &liboci_cli::Update) -> Result<u8> {
+    for (set, flag) in [
+        (a.blkio_weight.is_some(), "--blkio-weight"),
+        (a.cpu_rt_period.is_some(), "--cpu-rt-period"),
+        (a.cpu_rt_runtime.is_some(), "--cpu-rt-runtime"),
+        (a.l3_cache_schema.is_some(), "--l3-cache-schema"),
+        (a.mem_bw_schema.is_some(), "--mem-bw-schema"),
+    ] {
+        if set && a.resources.is_none() {
+            bail!("update {flag}: not supported by duet");
+        }
+    }
+    let dir = Dir::of(root, &a.container_id)?;
+    let r = dir.load(&a.container_id)?;
+    if state::status(&dir, &r) == "stopped" {
+        bail!(
+            "cannot update container \"{}\": it is stopped",
+            a.container_id
+        );
+    }
+    let resources: oci_spec::runtime::LinuxResources = match &a.resources {
+        Some(p) => {
+            let text = if p.as_os_str() == "-" {
+                let mut t = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut t)?;
+                t
+            } else {
+                std::fs::read(p).with_context(|| format!("--resources {}", p.display()))?
+            };
+            serde_json::from_slice(&text).with_context(|| {
+                format!("--resources {}: not a linux.resources object", p.display())
+            })?
+        }
+        None => {
+            let mut v = serde_json::json!({});
+            let mut set = |section: &str, key: &str, value: serde_json::Value| {
+                v[section][key] = value;
+            };
+            if let Some(m) = a.memory {
+                set("memory", "limit", m.into());
+            }
+            if let Some(m) = a.memory_reservation {
+                set("memory", "reservation", m.into());
+            }
+            if let Some(m) = a.memory_swap {
+                set("memory", "swap", m.into());
+            }
+            if let Some(c) = a.cpu_share {
+                set("cpu", "shares", c.into());
+            }
+            if let Some(c) = a.cpu_quota {
+                set("cpu", "quota", c.into());
+            }
+            if let Some(c) = a.cpu_period {
+                set("cpu", "period", c.into());
+            }
+            if let Some(c) = &a.cpuset_cpus {
+                set("cpu", "cpus", c.clone().into());
+            }
+            if let Some(c) = &a.cpuset_mems {
+                set("cpu", "mems", c.clone().into());
+            }
+            if let Some(p) = a.pids_limit {
+                set("pids", "limit", p.into());
+            }
+            serde_json::from_value(v)?
+        }
+    };
+    r.cgroup
+        .update(&resources)
+        .with_context(|| format!("updating container \"{}\"", a.container_id))?;
     Ok(0)
 }
 
