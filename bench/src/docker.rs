@@ -296,6 +296,7 @@ impl Dockerd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        kill_own_shims(&self.dir);
         remove_cgroup_parent(&self.cgroup_parent);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -315,6 +316,24 @@ fn alive(pid: i32) -> bool {
         .next()
         .and_then(|r| r.split_whitespace().next());
     matches!(state, Some(s) if s != "Z")
+}
+
+/// Shims outlive their containerd by design; one whose container could not
+/// be removed (a failed test, a runtime error) would stay: end those of
+/// this engine (their command line names its exec root), and only those.
+fn kill_own_shims(dir: &Path) {
+    let me = dir.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("containerd-shim") && cmd.contains(&me) {
+            // SAFETY: kill(2) of a shim of the engine this value started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// Removes `/sys/fs/cgroup/**/NAME` (v1 hierarchies and the v2 one), with
