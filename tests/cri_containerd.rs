@@ -133,26 +133,13 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Shims outlive containerd by design: end the ones of this instance.
-        let me = self.dir.path().display().to_string();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("containerd-shim") && cmd.contains(&me) {
-                // SAFETY: kill(2) of a shim of the containerd this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        duet_bench::docker::kill_own_shims(self.dir.path());
         // A failed test leaves pods: end their processes (all below the pods' cgroup parent).
         for base in cgroup_roots() {
             kill_tree(&base.join(&self.cgroup_parent));
         }
         std::thread::sleep(Duration::from_millis(200));
-        for base in cgroup_roots() {
-            remove_tree(&base.join(&self.cgroup_parent));
-        }
+        duet_bench::docker::remove_cgroup_parent(&self.cgroup_parent);
         let _ = Command::new("umount")
             .args(["-R", "-l"])
             .arg(self.dir.path())
@@ -184,15 +171,6 @@ fn kill_tree(d: &Path) {
         // SAFETY: kill(2) of a process in this test's own pod cgroups.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-}
-
-fn remove_tree(d: &Path) {
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_tree(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(d);
 }
 
 /// Cgroup directories below `parent` in any hierarchy (the pod's and its containers').
@@ -289,6 +267,70 @@ fn container_config(name: &str, command: &str, pid: NamespaceMode) -> ContainerC
     }
 }
 
+type Cri = RuntimeServiceClient<tonic::transport::Channel>;
+
+/// CreateContainer + StartContainer of `config` in `pod`, as kubelet does;
+/// the container's id. `log` is containerd's, for the panic message.
+async fn start_in_pod(
+    c: &mut Cri,
+    pod: &str,
+    config: ContainerConfig,
+    sandbox_config: &PodSandboxConfig,
+    log: &dyn Fn() -> String,
+) -> String {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", log()))
+        .into_inner()
+        .container_id;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", log()));
+    id
+}
+
+/// ContainerStatus of `id`.
+async fn status_of(c: &mut Cri, id: &str) -> ContainerStatus {
+    c.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+/// StopContainer (grace 1 s) then RemoveContainer of `id`; its status in between.
+async fn stop_and_remove(c: &mut Cri, id: &str) -> ContainerStatus {
+    c.stop_container(StopContainerRequest {
+        container_id: id.into(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let st = status_of(c, id).await;
+    c.remove_container(RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap();
+    st
+}
+
 #[test]
 fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
     let test = "cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops";
@@ -359,42 +401,27 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
             .into_inner()
             .pod_sandbox_id;
-        let created = c
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(ContainerConfig {
-                    args: vec![
-                        "-c".into(),
-                        "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
-                    ],
-                    envs: vec![KeyValue {
-                        key: "FOO".into(),
-                        value: "bar".into(),
-                    }],
-                    // kubelet's default: a pid namespace of the container's own.
-                    ..container_config("web", "sh", NamespaceMode::Container)
-                }),
-                sandbox_config: Some(sandbox_config.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", ctd.log()))
-            .into_inner()
-            .container_id;
-        c.start_container(StartContainerRequest {
-            container_id: created.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", ctd.log()));
-        let st = c
-            .container_status(ContainerStatusRequest {
-                container_id: created.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let ctd_log = || ctd.log();
+        let created = start_in_pod(
+            &mut c,
+            &pod,
+            ContainerConfig {
+                args: vec![
+                    "-c".into(),
+                    "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
+                ],
+                envs: vec![KeyValue {
+                    key: "FOO".into(),
+                    value: "bar".into(),
+                }],
+                // kubelet's default: a pid namespace of the container's own.
+                ..container_config("web", "sh", NamespaceMode::Container)
+            },
+            &sandbox_config,
+            &ctd_log,
+        )
+        .await;
+        let st = status_of(&mut c, &created).await;
         assert_eq!(st.state, ContainerState::ContainerRunning as i32);
         // The pod's processes run under duet: its state root is the shim's --root.
         assert_eq!(pids_with("sleep\u{0}4545").len(), 1);
@@ -423,49 +450,22 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             std::thread::sleep(Duration::from_millis(50));
         }
 
-        c.stop_container(StopContainerRequest {
-            container_id: created.clone(),
-            timeout: 1,
-        })
-        .await
-        .unwrap();
-        let st = c
-            .container_status(ContainerStatusRequest {
-                container_id: created.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let st = stop_and_remove(&mut c, &created).await;
         assert_eq!(st.state, ContainerState::ContainerExited as i32);
         assert_eq!(st.exit_code, 137, "sleep as pid 1 ignores TERM: killed");
-        c.remove_container(RemoveContainerRequest {
-            container_id: created.clone(),
-        })
-        .await
-        .unwrap();
         // A second container sharing the pod's process namespace
         // (shareProcessNamespace: the pause process is its pid 1).
-        let shared = c
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(ContainerConfig {
-                    args: vec!["4646".into()],
-                    ..container_config("shared", "sleep", NamespaceMode::Pod)
-                }),
-                sandbox_config: Some(sandbox_config.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer (pid POD): {e}\n{}", ctd.log()))
-            .into_inner()
-            .container_id;
-        c.start_container(StartContainerRequest {
-            container_id: shared.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer (pid POD): {e}\n{}", ctd.log()));
+        let shared = start_in_pod(
+            &mut c,
+            &pod,
+            ContainerConfig {
+                args: vec!["4646".into()],
+                ..container_config("shared", "sleep", NamespaceMode::Pod)
+            },
+            &sandbox_config,
+            &ctd_log,
+        )
+        .await;
         let ex = c
             .exec_sync(ExecSyncRequest {
                 container_id: shared.clone(),
@@ -479,17 +479,7 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             String::from_utf8_lossy(&ex.stdout),
             "sleep\u{0}2147483\u{0}"
         );
-        c.stop_container(StopContainerRequest {
-            container_id: shared.clone(),
-            timeout: 1,
-        })
-        .await
-        .unwrap();
-        c.remove_container(RemoveContainerRequest {
-            container_id: shared.clone(),
-        })
-        .await
-        .unwrap();
+        stop_and_remove(&mut c, &shared).await;
 
         c.stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),

@@ -115,23 +115,9 @@ impl Engine {
     }
 }
 
-/// Cgroup directories named `id` anywhere below /sys/fs/cgroup.
+/// Cgroup directories whose name contains `id` anywhere below /sys/fs/cgroup.
 fn cgroups_named(id: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((dir, depth)) = todo.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            if e.file_name().to_string_lossy().contains(id) {
-                found.push(e.path());
-            } else if depth < 10 {
-                todo.push((e.path(), depth + 1));
-            }
-        }
-    }
-    found
+    common::cgroup_dirs_where(|_, name| name.to_string_lossy().contains(id))
 }
 
 #[test]

@@ -320,8 +320,9 @@ fn alive(pid: i32) -> bool {
 
 /// Shims outlive their containerd by design; one whose container could not
 /// be removed (a failed test, a runtime error) would stay: end those of
-/// this engine (their command line names its exec root), and only those.
-fn kill_own_shims(dir: &Path) {
+/// the engine whose state lives in `dir` (their command line names it),
+/// and only those. Also used by the CRI test's private containerd.
+pub fn kill_own_shims(dir: &Path) {
     let me = dir.display().to_string();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -338,7 +339,7 @@ fn kill_own_shims(dir: &Path) {
 
 /// Removes `/sys/fs/cgroup/**/NAME` (v1 hierarchies and the v2 one), with
 /// whatever empty children docker left in it.
-fn remove_cgroup_parent(name: &str) {
+pub fn remove_cgroup_parent(name: &str) {
     let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(name)];
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         dirs.extend(rd.flatten().map(|e| e.path().join(name)));

@@ -525,11 +525,11 @@ pub(crate) struct ProcessSteps {
     pub(crate) nnp: bool,
 }
 
-/// A new session, its own session keyring (`keyring`: its name), the terminal (`console`, required when
-/// `process.terminal`), `oomScoreAdj`, rlimits, every other fd closed, the
-/// bounding set, seccomp (unless `noNewPrivileges`: the caller then
-/// installs it last), the user, `cwd`, the other capability sets,
-/// no_new_privs, argv\[0\] looked up.
+/// A new session, its own session keyring (`keyring`: its name), the
+/// terminal (`console`, required when `process.terminal`), `oomScoreAdj`,
+/// rlimits, every other fd closed, the bounding set, seccomp (unless
+/// `noNewPrivileges`: the caller then installs it last), the user, `cwd`,
+/// the other capability sets, no_new_privs, argv\[0\] looked up.
 pub(crate) fn process_steps(
     process: &Process,
     console: Option<OwnedFd>,

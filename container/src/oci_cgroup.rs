@@ -437,14 +437,8 @@ impl OciCgroup {
 
     /// Whether the container's processes are frozen.
     pub fn frozen(&self) -> bool {
-        match self.freezer() {
-            Some((false, d)) => {
-                std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
-            }
-            Some((true, d)) => std::fs::read_to_string(d.join("cgroup.events"))
-                .is_ok_and(|s| s.lines().any(|l| l == "frozen 1")),
-            None => false,
-        }
+        self.freezer()
+            .is_some_and(|(v2, d)| freezer_says(v2, &d, true))
     }
 
     /// Freezes (`true`) or thaws every process of the container, and waits
@@ -471,15 +465,7 @@ impl OciCgroup {
                     if freeze { "FROZEN" } else { "THAWED" },
                 )?;
             }
-            let done = if v2 {
-                let want = if freeze { "frozen 1" } else { "frozen 0" };
-                std::fs::read_to_string(d.join("cgroup.events"))
-                    .is_ok_and(|s| s.lines().any(|l| l == want))
-            } else {
-                let want = if freeze { "FROZEN" } else { "THAWED" };
-                std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == want)
-            };
-            if done {
+            if freezer_says(v2, &d, freeze) {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
@@ -507,6 +493,18 @@ impl OciCgroup {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether the freezer in `d` reports the state `frozen` (done, not on the
+/// way: v1's FREEZING is neither).
+fn freezer_says(v2: bool, d: &Path, frozen: bool) -> bool {
+    if v2 {
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        std::fs::read_to_string(d.join("cgroup.events")).is_ok_and(|s| s.lines().any(|l| l == want))
+    } else {
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == want)
     }
 }
 

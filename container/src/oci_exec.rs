@@ -63,24 +63,12 @@ pub enum Execed {
     Exited(WorkloadExit),
 }
 
-fn connect(path: &Path) -> Result<std::os::fd::OwnedFd, OciRunError> {
-    let s = std::os::unix::net::UnixStream::connect(path).map_err(|source| OciRunError::Io {
-        what: format!("--console-socket {}", path.display()),
-        source,
-    })?;
-    Ok(s.into())
-}
-
 /// Runs `req.process` in the container.
 pub fn exec(req: &ExecRequest<'_>) -> Result<Execed, OciRunError> {
     let mut guard = signals::RunGuard::enter();
     let target = Target::open_pid(req.id, req.init.0, req.init.1)
         .map_err(|e| OciRunError::NotRunning(e.to_string()))?;
-    let terminal = req.process.terminal().unwrap_or(false);
-    let console = match (terminal, req.console_socket) {
-        (true, Some(p)) => Some(connect(p)?),
-        _ => None,
-    };
+    let console = crate::oci_runtime::console_for(Some(req.process), req.console_socket)?;
     let last_cap = oci::last_cap();
     let has_seccomp = req.seccomp.is_some();
     let keyring = req

@@ -136,10 +136,22 @@ fn mkfifo(path: &Path) -> Result<OwnedFd, OciRunError> {
     }
 }
 
-fn connect(path: &Path) -> Result<OwnedFd, OciRunError> {
-    let s = std::os::unix::net::UnixStream::connect(path)
-        .map_err(io_err(format!("--console-socket {}", path.display())))?;
-    Ok(s.into())
+/// The connected `--console-socket` when `process.terminal` asks for a
+/// terminal (create and exec alike); without a socket the process steps
+/// refuse `process.terminal`, naming it.
+pub(crate) fn console_for(
+    process: Option<&oci_spec::runtime::Process>,
+    socket: Option<&Path>,
+) -> Result<Option<OwnedFd>, OciRunError> {
+    let terminal = process.and_then(|p| p.terminal()).unwrap_or(false);
+    match (terminal, socket) {
+        (true, Some(path)) => {
+            let s = std::os::unix::net::UnixStream::connect(path)
+                .map_err(io_err(format!("--console-socket {}", path.display())))?;
+            Ok(Some(s.into()))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The name of container `id`'s session keyring.
@@ -187,16 +199,7 @@ pub fn create(req: &CreateRequest<'_>) -> Result<Created, OciRunError> {
 
 fn create_in(req: &CreateRequest<'_>, cgroup: &OciCgroup) -> Result<i32, OciRunError> {
     let fifo = mkfifo(req.fifo)?;
-    let terminal = req
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    let console = match (terminal, req.console_socket) {
-        (true, Some(p)) => Some(connect(p)?),
-        _ => None,
-    };
+    let console = console_for(req.spec.process().as_ref(), req.console_socket)?;
     let last_cap = oci::last_cap();
     let has_seccomp = req.seccomp.is_some();
     let keyring = req.new_keyring.then(|| keyring_name(req.id));

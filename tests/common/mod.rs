@@ -169,3 +169,23 @@ pub fn pids_with(needle: &str) -> Vec<i32> {
     }
     out
 }
+
+/// Cgroup directories below /sys/fs/cgroup (12 levels deep at most) for
+/// which `pred(parent, name)` holds; below a match nothing is searched.
+pub fn cgroup_dirs_where(pred: impl Fn(&Path, &std::ffi::OsStr) -> bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((dir, depth)) = todo.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if pred(&dir, &e.file_name()) {
+                found.push(e.path());
+            } else if depth < 12 {
+                todo.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
+}

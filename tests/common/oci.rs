@@ -100,16 +100,9 @@ impl Rt {
 
     /// `create` of `bundle` as `id`; the init's pid.
     pub fn create(&self, bundle: &Path, id: &str) -> i32 {
-        let pid_file = self.dir.path().join(format!("{id}.pid"));
-        self.ok(&[
-            "create",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            id,
-        ]);
-        read_pid(&pid_file)
+        let out = self.dir.path().join(format!("{id}.out"));
+        self.create_logged(bundle, id, &out)
+            .unwrap_or_else(|e| panic!("duet-runc create {id}: {e}"))
     }
 
     /// `create` of `bundle` as `id` with the init's stdout (and the
@@ -186,21 +179,9 @@ pub fn reap(pid: i32, within: Duration) -> Option<i32> {
 
 /// cgroup directories `duet/<id>` (the default cgroupsPath) in any hierarchy.
 pub fn cgroups_named(id: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((dir, depth)) = todo.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            if dir.file_name().is_some_and(|d| d == "duet") && e.file_name() == id {
-                found.push(e.path());
-            } else if depth < 12 {
-                todo.push((e.path(), depth + 1));
-            }
-        }
-    }
-    found
+    super::cgroup_dirs_where(|parent, name| {
+        parent.file_name().is_some_and(|d| d == "duet") && name == id
+    })
 }
 
 pub fn mounts_under(p: &Path) -> Vec<String> {

@@ -508,27 +508,19 @@ impl Bench {
     /// `docker run --rm IMAGE true` of one private dockerd with runc and
     /// with duet (`duet-runc`) as its OCI runtime, interleaved run by run.
     fn docker_run_rows(&mut self, cfg: &StartupConfig) {
-        use duet_bench::docker::{self, DockerRunStarter, Dockerd, RuntimeEntry};
+        use duet_bench::docker::{DockerRunStarter, RuntimeEntry};
         let labels = ["runc", "duet"];
-        let engine = docker::unavailable().map_or_else(
-            || {
-                let link = self.scratch.path().join("duet-runc");
-                let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(&self.exe, &link)
-                    .map_err(|e| format!("symlink {}: {e}", link.display()))?;
-                let engine = Dockerd::start(&[RuntimeEntry {
+        let link = self.scratch.path().join("duet-runc");
+        let _ = std::fs::remove_file(&link);
+        let engine = std::os::unix::fs::symlink(&self.exe, &link)
+            .map_err(|e| format!("symlink {}: {e}", link.display()))
+            .and_then(|()| {
+                self.private_dockerd(&[RuntimeEntry {
                     name: "duet".into(),
                     path: link,
                     args: vec![],
                 }])
-                .map_err(|e| duet_bench::error_chain(&e))?;
-                engine
-                    .import_rootfs(&self.image.busybox_rootfs(), "duet-bench-busybox")
-                    .map_err(|e| duet_bench::error_chain(&e))?;
-                Ok(engine)
-            },
-            Err,
-        );
+            });
         let engine = match engine {
             Ok(e) => std::rc::Rc::new(e),
             Err(why) => {
@@ -565,17 +557,28 @@ impl Bench {
         }
     }
 
-    /// `docker exec ID true` into an idle busybox container of a private
-    /// dockerd (runc), or why there is none.
-    fn docker_exec_starter(&self) -> Result<Box<dyn startup::Starter>, String> {
-        use duet_bench::docker::{self, DockerIdle, Dockerd};
+    /// A private dockerd with `runtimes` besides runc and the busybox image
+    /// imported as `duet-bench-busybox`, or why there is none.
+    fn private_dockerd(
+        &self,
+        runtimes: &[duet_bench::docker::RuntimeEntry],
+    ) -> Result<duet_bench::docker::Dockerd, String> {
+        use duet_bench::docker::{self, Dockerd};
         if let Some(why) = docker::unavailable() {
             return Err(why);
         }
-        let engine = Dockerd::start(&[]).map_err(|e| duet_bench::error_chain(&e))?;
+        let engine = Dockerd::start(runtimes).map_err(|e| duet_bench::error_chain(&e))?;
         engine
             .import_rootfs(&self.image.busybox_rootfs(), "duet-bench-busybox")
             .map_err(|e| duet_bench::error_chain(&e))?;
+        Ok(engine)
+    }
+
+    /// `docker exec ID true` into an idle busybox container of a private
+    /// dockerd (runc), or why there is none.
+    fn docker_exec_starter(&self) -> Result<Box<dyn startup::Starter>, String> {
+        use duet_bench::docker::DockerIdle;
+        let engine = self.private_dockerd(&[])?;
         let label = format!("docker {} exec (true)", engine.version());
         let host = engine.host_flag();
         let engine = std::rc::Rc::new(engine);
