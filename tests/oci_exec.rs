@@ -24,6 +24,7 @@ fn oci_exec_joins_the_container_with_its_own_process_settings() {
     }
     let rt = Rt::new();
     let b = rt.bundle("b", &["sleep", "1000"], |c| {
+        c["process"]["user"]["gid"] = 7.into();
         c["linux"]["seccomp"] = serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
@@ -61,6 +62,20 @@ fn oci_exec_joins_the_container_with_its_own_process_settings() {
             "sleep\u{0}1000\u{0}"
         ],
         "{out}"
+    );
+
+    // --user UID alone keeps the process's gid (the config's 7), as runc.
+    assert_eq!(
+        rt.ok(&[
+            "exec",
+            "--user",
+            "1000",
+            &id,
+            "sh",
+            "-c",
+            "echo $(id -u):$(id -g)"
+        ]),
+        "1000:7\n"
     );
 
     // The container's seccomp filter holds for exec'd processes too.

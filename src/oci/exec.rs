@@ -29,9 +29,12 @@ fn process_of(a: &liboci_cli::Exec, spec: &oci_spec::runtime::Spec) -> Result<Pr
     }
     p.set_terminal(Some(a.tty));
     if let Some((uid, gid)) = a.user {
+        // As runc: `--user UID` keeps the process's gid, `UID:GID` sets both.
         let mut u = p.user().clone();
         u.set_uid(uid);
-        u.set_gid(gid.unwrap_or(0));
+        if let Some(gid) = gid {
+            u.set_gid(gid);
+        }
         p.set_user(u);
     }
     if !a.additional_gids.is_empty() {
