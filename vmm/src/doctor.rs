@@ -131,6 +131,7 @@ pub fn time_loop(iterations: u32, timeout: Duration) -> Result<Duration, String>
         vcpus: 1,
         irqchip: false,
         seccomp: true,
+        shared_memory: false,
     })
     .map_err(|e| crate::error_with_causes(&e))?;
     vm.attach_legacy_devices(ConsoleConfig {

@@ -300,6 +300,7 @@ pub(crate) fn boot_and_run(
         vcpus: cfg.vcpus,
         irqchip: true,
         seccomp: true,
+        shared_memory: false,
     })?;
     report.mark(Phase::VmCreated);
     vm.attach_legacy_devices(ConsoleConfig {

@@ -1,4 +1,7 @@
-//! Guest RAM: anonymous mappings (vm-memory) registered with KVM as memory slots.
+//! Guest RAM: anonymous mappings (vm-memory) registered with KVM as memory
+//! slots; or, for a VM with a vhost-user device, one memfd mapped shared,
+//! so the device's backend process can map the same pages
+//! ([`create_shared_guest_memory`]).
 //!
 //! RAM up to [`MMIO_GAP_START`] is one region at 0; anything beyond moves
 //! above 4 GiB so the 32-bit MMIO hole (IO-APIC, LAPIC, devices) stays free.
@@ -105,6 +108,51 @@ pub fn create_guest_memory(memory_mib: u64) -> Result<GuestMemory, MemoryError> 
         memory_mib,
         source: std::io::Error::other(e.to_string()),
     })?;
+    advise_huge_pages(&memory);
+    Ok(memory)
+}
+
+/// Guest RAM that another process can map: one memfd (`duet-guest-ram`)
+/// holding every RAM range back to back, each mapped `MAP_SHARED` at its
+/// offset. vhost-user backends (virtiofsd) get the memfd and the offsets in
+/// SET_MEM_TABLE and read and write guest buffers directly.
+///
+/// Only VMs with such a device use it: shmem pages get transparent huge
+/// pages only where the host's `shmem_enabled` allows (often `never`), so
+/// anonymous memory stays the default.
+pub fn create_shared_guest_memory(memory_mib: u64) -> Result<GuestMemory, MemoryError> {
+    use std::os::fd::FromRawFd;
+    use vm_memory::FileOffset;
+    if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        return Err(MemoryError::Size { memory_mib });
+    }
+    let fail = |source: std::io::Error| MemoryError::Mmap { memory_mib, source };
+    // SAFETY: memfd_create with a NUL-terminated name and plain flags.
+    let fd = unsafe { libc::memfd_create(c"duet-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    let file = std::sync::Arc::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    file.set_len(memory_mib << 20).map_err(fail)?;
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (guest_addr, size) in ram_ranges(memory_mib) {
+        let mapping = MmapRegionBuilder::new(size)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+        offset += size as u64;
+        regions.push(GuestRegionMmap::new(mapping, guest_addr).ok_or_else(|| {
+            fail(std::io::Error::other(
+                "guest region wraps the address space",
+            ))
+        })?);
+    }
+    let memory = GuestMemory::from_regions(regions)
+        .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
     advise_huge_pages(&memory);
     Ok(memory)
 }
@@ -244,6 +292,25 @@ mod tests {
         ));
         let m = create_guest_memory(2).unwrap();
         assert_eq!(m.num_regions(), 1);
+        assert!(create_shared_guest_memory(0).is_err());
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_at_increasing_offsets() {
+        use vm_memory::Bytes;
+        let m = create_shared_guest_memory(4096).unwrap();
+        let offsets: Vec<u64> = m
+            .iter()
+            .map(|r| r.file_offset().expect("file backed").start())
+            .collect();
+        assert_eq!(offsets, [0, MMIO_GAP_START]);
+        // Another mapping of the memfd sees what the guest wrote.
+        m.write_obj(0x1234_5678u32, GuestAddress(0x1000)).unwrap();
+        let r = m.iter().next().unwrap();
+        let f = r.file_offset().unwrap().file();
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(f, &mut b, 0x1000).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 0x1234_5678);
     }
 }
 

@@ -4,7 +4,8 @@
 //! Allow-list: KVM_RUN (plus KVM_GET_REGS/SREGS for error reports) as the
 //! only ioctls; read/write/poll for the console and eventfds; preadv/pwritev/fdatasync
 //! for virtio-blk disks; accept4 and sendto for virtio-vsock's Unix socket side
-//! (its thread, and vCPU threads forwarding guest data); futex and
+//! (its thread, and vCPU threads forwarding guest data); sendmsg/recvmsg
+//! for the virtio-fs device's vhost-user socket; futex and
 //! memory management for Rust's runtime (mprotect without PROT_EXEC); signal return for the kick signal;
 //! thread exit. Anything else kills the process (SIGSYS).
 
@@ -52,6 +53,11 @@ const ALLOWED: &[libc::c_long] = &[
     // agent socket; data goes out with send(MSG_NOSIGNAL) (no SIGPIPE).
     libc::SYS_accept4,
     libc::SYS_sendto,
+    // virtio-fs: the vCPU thread that sets DRIVER_OK (or resets the
+    // device) sends the rings' addresses and eventfds to the vhost-user
+    // backend over the connected socket (SCM_RIGHTS) and reads its replies.
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
     libc::SYS_futex,
     libc::SYS_sched_yield,
     libc::SYS_clock_gettime,

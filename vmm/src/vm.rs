@@ -8,7 +8,7 @@ use crate::boot_params::{self, BootInfo, BootParamsError};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::console::{Console, ConsoleMode};
 use crate::devices::virtio::vsock::host::VsockThread;
-use crate::devices::virtio::{self, Block, BlockConfig, MmioTransport, Vsock};
+use crate::devices::virtio::{self, Block, BlockConfig, MmioTransport, VhostUserFs, Vsock};
 use crate::devices::{serial, ExitPort, SerialDevice, I8042};
 use crate::event::{VcpuStop, VmEvent};
 use crate::gdt::{self, GdtError};
@@ -167,6 +167,9 @@ pub enum VmmError {
     /// virtio devices need the in-kernel irqchip for their irqfd.
     #[error("virtio devices need the in-kernel irqchip (VmOptions::irqchip)")]
     NoIrqchip,
+    /// The virtio-fs backend could not be set up.
+    #[error(transparent)]
+    Fs(#[from] crate::devices::virtio::fs::FsError),
     /// The VMM jail could not be set up, or the jailed VMM failed.
     #[error("jailed VMM")]
     Jail(#[from] crate::jail::JailError),
@@ -190,6 +193,9 @@ pub struct VmOptions {
     pub irqchip: bool,
     /// Run VMM threads under the seccomp filter.
     pub seccomp: bool,
+    /// Back guest RAM with a memfd mapped shared, so that a vhost-user
+    /// backend can map it too ([`memory::create_shared_guest_memory`]).
+    pub shared_memory: bool,
 }
 
 impl Default for VmOptions {
@@ -199,6 +205,7 @@ impl Default for VmOptions {
             vcpus: 1,
             irqchip: true,
             seccomp: true,
+            shared_memory: false,
         }
     }
 }
@@ -243,6 +250,7 @@ pub struct Vm {
     input: ConsoleInput,
     disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
     vsock: Option<Arc<Mutex<MmioTransport<Vsock>>>>,
+    fs: Vec<Arc<Mutex<MmioTransport<VhostUserFs>>>>,
 }
 
 impl Vm {
@@ -258,7 +266,11 @@ impl Vm {
         }
         let kvm = open_kvm()?;
         let fd = kvm.create_vm().map_err(VmmError::CreateVm)?;
-        let memory = memory::create_guest_memory(options.memory_mib)?;
+        let memory = if options.shared_memory {
+            memory::create_shared_guest_memory(options.memory_mib)?
+        } else {
+            memory::create_guest_memory(options.memory_mib)?
+        };
         memory::register_memory(&fd, &memory)?;
         fd.set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(VmmError::SetTssAddress)?;
@@ -282,6 +294,7 @@ impl Vm {
             input: ConsoleInput::None,
             disks: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
         })
     }
 
@@ -400,7 +413,7 @@ impl Vm {
     }
 
     fn virtio_devices(&self) -> usize {
-        self.disks.len() + usize::from(self.vsock.is_some())
+        self.disks.len() + usize::from(self.vsock.is_some()) + self.fs.len()
     }
 
     /// Step 4c: the virtio-vsock device (guest CID 3), whose host side is
@@ -440,6 +453,46 @@ impl Vm {
         self.mmio_bus
             .insert("virtio-vsock", base, virtio::MMIO_SIZE, transport.clone())?;
         self.vsock = Some(transport);
+        Ok(virtio::cmdline_option(base, irq))
+    }
+
+    /// Step 4d: a virtio-fs device whose backend (virtiofsd) is at the other
+    /// end of `backend`, exporting its directory under `tag`. Needs guest
+    /// memory the backend can map ([`VmOptions::shared_memory`]). Returns
+    /// the kernel command line option announcing it.
+    pub fn attach_fs(
+        &mut self,
+        backend: std::os::unix::net::UnixStream,
+        tag: &str,
+    ) -> Result<String, VmmError> {
+        if !self.options.irqchip {
+            return Err(VmmError::NoIrqchip);
+        }
+        let wanted = self.virtio_devices() + 1;
+        let Some((base, irq)) = virtio::slot(self.virtio_devices()) else {
+            return Err(VmmError::TooManyDevices { wanted });
+        };
+        let device = VhostUserFs::connect(backend, tag, &self.memory)?;
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
+            device: "virtio-fs",
+            source,
+        })?;
+        self.fd
+            .register_irqfd(&evt, irq)
+            .map_err(|source| VmmError::Irqfd {
+                device: "virtio-fs",
+                gsi: irq,
+                source,
+            })?;
+        let name = format!("virtio-fs.{tag}");
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            self.memory.clone(),
+            evt,
+        )));
+        self.mmio_bus
+            .insert(&name, base, virtio::MMIO_SIZE, transport.clone())?;
+        self.fs.push(transport);
         Ok(virtio::cmdline_option(base, irq))
     }
 
@@ -620,6 +673,9 @@ impl Vm {
         }
         if let Some(v) = &self.vsock {
             counters.extend(v.lock().unwrap_or_else(|p| p.into_inner()).counters());
+        }
+        for f in &self.fs {
+            counters.extend(f.lock().unwrap_or_else(|p| p.into_inner()).counters());
         }
         counters.insert(
             "vm_exits.total".into(),

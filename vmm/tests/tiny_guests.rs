@@ -33,6 +33,7 @@ fn guest(irqchip: bool, vcpus: u32, mode: ConsoleMode, input: ConsoleInput) -> G
         vcpus,
         irqchip,
         seccomp: true,
+        shared_memory: false,
     })
     .expect("create VM");
     let out = SharedBuffer::default();

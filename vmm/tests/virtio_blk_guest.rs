@@ -122,6 +122,7 @@ fn run_driver(
         vcpus: 1,
         irqchip: true,
         seccomp: true,
+        shared_memory: false,
     })
     .expect("create VM");
     vm.attach_legacy_devices(ConsoleConfig {
@@ -260,6 +261,7 @@ fn a_guest_that_steers_the_devices_dma_into_its_avail_ring_is_still_stopped_on_t
         vcpus: 1,
         irqchip: true,
         seccomp: true,
+        shared_memory: false,
     })
     .expect("create VM");
     vm.attach_legacy_devices(ConsoleConfig {

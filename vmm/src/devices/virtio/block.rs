@@ -591,8 +591,9 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn activate(&mut self, acked_features: u64) {
-        self.acked_features = acked_features;
+    fn activate(&mut self, a: &super::Activation<'_>) -> Result<(), String> {
+        self.acked_features = a.acked_features;
+        Ok(())
     }
 
     fn reset(&mut self) {

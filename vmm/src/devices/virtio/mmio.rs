@@ -213,9 +213,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 }
             }
             self.status = new;
-            if valid {
-                self.device.activate(self.acked_features);
-            } else {
+            let activated = valid
+                && self
+                    .device
+                    .activate(&super::Activation {
+                        acked_features: self.acked_features,
+                        queues: &self.queues,
+                        mem: &self.mem,
+                        irq: &self.irq,
+                    })
+                    .is_ok();
+            if !activated {
                 self.needs_reset();
             }
             return;
@@ -331,6 +339,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             },
             VIRTIO_MMIO_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| q.max_size().into()),
             VIRTIO_MMIO_QUEUE_READY => self.selected_queue().map_or(0, |q| q.ready().into()),
+            VIRTIO_MMIO_INTERRUPT_STATUS if self.device.backend_interrupts() && self.live() => {
+                self.interrupt_status | VIRTIO_MMIO_INT_VRING
+            }
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status,
             VIRTIO_MMIO_STATUS => self.status,
             VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,

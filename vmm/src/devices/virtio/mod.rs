@@ -6,6 +6,8 @@
 //!   EventFd registered with KVM as an irqfd, so raising it costs no exit).
 //! - [`block::Block`]: a virtio-blk disk backed by a file, read-only or
 //!   read-write, with flush and a serial number (GET_ID).
+//! - [`fs::VhostUserFs`]: virtio-fs whose queues a vhost-user backend
+//!   (virtiofsd) serves from its own process, on guest memory it maps.
 //! - [`vsock::Vsock`]: virtio-vsock, guest stream sockets reached from the
 //!   host through a Unix socket (Firecracker's hybrid design), served by a
 //!   host-side thread of its own besides the vCPU exits.
@@ -35,10 +37,12 @@
 //! guest makes the device's own DMA refill the avail ring.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
 pub use block::{Block, BlockConfig};
+pub use fs::VhostUserFs;
 pub use mmio::MmioTransport;
 pub use vsock::Vsock;
 
@@ -58,6 +62,8 @@ pub const MAX_DEVICES: usize = (LAST_IRQ - FIRST_IRQ + 1) as usize;
 
 /// virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+/// virtio device type of a file system (virtio-fs) device.
+pub const TYPE_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 /// virtio device type of a socket (vsock) device.
 pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 
@@ -77,6 +83,18 @@ pub fn slot(n: usize) -> Option<(u64, u32)> {
 /// The kernel command line option announcing a device at `base` on `irq`.
 pub fn cmdline_option(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct Activation<'a> {
+    /// Features the driver acknowledged.
+    pub acked_features: u64,
+    /// The queues as the driver configured them (check `ready()`).
+    pub queues: &'a [Queue],
+    /// Guest memory.
+    pub mem: &'a crate::memory::GuestMemory,
+    /// The device's interrupt: an irqfd on its GSI.
+    pub irq: &'a vmm_sys_util::eventfd::EventFd,
 }
 
 /// What a queue's processing asks of the transport.
@@ -116,8 +134,18 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Reads device config space at `offset`; bytes past its end read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// The driver's features were accepted and it set DRIVER_OK.
-    fn activate(&mut self, acked_features: u64);
+    /// The driver's features were accepted and it set DRIVER_OK. An error
+    /// (a vhost-user backend that refused the rings) fails the device
+    /// (DEVICE_NEEDS_RESET); the message is counted, not shown to the guest.
+    fn activate(&mut self, activation: &Activation<'_>) -> Result<(), String>;
+    /// Whether used buffers are signalled by another process writing the
+    /// transport's irqfd directly (a vhost-user backend): the transport then
+    /// cannot set the used-buffer bit of InterruptStatus itself, so it reads
+    /// as set while the device is live (the driver then checks its rings,
+    /// which costs nothing when they are empty).
+    fn backend_interrupts(&self) -> bool {
+        false
+    }
     /// The driver reset the device.
     fn reset(&mut self);
     /// Processes what the driver made available on queue `index`, up to a

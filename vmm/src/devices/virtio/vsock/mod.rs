@@ -925,10 +925,11 @@ impl VirtioDevice for Vsock {
         }
     }
 
-    fn activate(&mut self, acked_features: u64) {
-        self.acked_features = acked_features;
+    fn activate(&mut self, a: &super::Activation<'_>) -> Result<(), String> {
+        self.acked_features = a.acked_features;
         self.mark_changed();
         self.flush_wake();
+        Ok(())
     }
 
     fn reset(&mut self) {
