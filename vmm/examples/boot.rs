@@ -27,6 +27,7 @@ fn main() {
         stdin: false,
         disks: Vec::new(),
         agent_socket: None,
+        fs: Vec::new(),
     };
     let next = |what: &str, args: &mut dyn Iterator<Item = String>| {
         args.next().unwrap_or_else(|| {

@@ -537,6 +537,8 @@ mod tests {
             hostname: "h".into(),
             pids_max: None,
             agent: false,
+            user: None,
+            files: Vec::new(),
         };
         let dr = DiskRoot { layers: 1 };
         let first = build_initramfs(root.path(), inst.path(), &init, &w, &dr).unwrap();

@@ -374,6 +374,10 @@ pub fn run_jailed(
         None => (None, None),
     };
     plan.agent_fd = agent_fd.as_ref().map(|f| f.as_raw_fd());
+    // virtio-fs backends are reached from here too; the VMM keeps the
+    // connected sockets and never sees their paths.
+    let fs = crate::connect_fs(&cfg.fs)?;
+    plan.fs_fds = fs.iter().map(|(s, t)| (s.as_raw_fd(), t.clone())).collect();
     let child_report = report.clone();
     let pid = fork_into_new_pid_namespace()?;
     if pid == 0 {
@@ -385,6 +389,8 @@ pub fn run_jailed(
     drop(alive_rx);
     // Only the VMM holds the listener: once it ends, connections are refused.
     drop(agent_fd);
+    // And only it holds the backends' connections: virtiofsd ends with it.
+    drop(fs);
     if let Some(tx) = &jail.notify_pid {
         let _ = tx.send(pid);
     }
@@ -647,6 +653,8 @@ struct JailPlan {
     jailed: VmConfig,
     /// The agent's listening socket, inherited across the fork.
     agent_fd: Option<RawFd>,
+    /// Connected virtio-fs backend sockets and their tags, inherited too.
+    fs_fds: Vec<(RawFd, String)>,
 }
 
 /// Where /dev/kvm appears inside the jail.
@@ -667,6 +675,7 @@ impl JailPlan {
         jailed.kernel = add(&cfg.kernel, "kernel".into(), true);
         // Not a path in the jail: the VMM gets the bound socket (agent_fd).
         jailed.agent_socket = None;
+        jailed.fs = Vec::new();
         if let Some(i) = &cfg.initrd {
             jailed.initrd = Some(add(i, "initrd".into(), true));
         }
@@ -688,6 +697,7 @@ impl JailPlan {
             files,
             jailed,
             agent_fd: None,
+            fs_fds: Vec::new(),
         })
     }
 }
@@ -753,7 +763,20 @@ fn child_run(
     parent_alive(alive)?;
     let mut keep = vec![result.as_raw_fd(), alive.as_raw_fd()];
     keep.extend(plan.agent_fd);
+    keep.extend(plan.fs_fds.iter().map(|(fd, _)| *fd));
     close_inherited_fds(&keep)?;
+    // SAFETY: connected sockets inherited by the fork and kept open above;
+    // this process owns its copies.
+    let fs: Vec<_> = plan
+        .fs_fds
+        .iter()
+        .map(|(fd, tag)| {
+            (
+                unsafe { std::os::unix::net::UnixStream::from_raw_fd(*fd) },
+                tag.clone(),
+            )
+        })
+        .collect();
     // SAFETY: the parent's listening socket, inherited by the fork and kept
     // open above; this process owns its copy and never returns to the caller.
     let agent = plan.agent_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
@@ -805,6 +828,7 @@ fn child_run(
             proc_files: Some(&proc_files),
         }),
         agent,
+        fs,
     )
     .map_err(|e| crate::error_with_causes(&e))?;
     report.counters.insert("jail_uid".into(), u64::from(uid));
@@ -1257,6 +1281,7 @@ mod tests {
                 Path::new("/state/instances/x/scratch.ext4"),
             ),
             agent_socket: None,
+            fs: Vec::new(),
         };
         let state = tempfile::tempdir().unwrap();
         let jail =

@@ -83,6 +83,36 @@ pub struct VmConfig {
     /// virtio-vsock device. The socket is bound before the VM boots (by the
     /// jail's parent, outside the jail) and removed when the run ends.
     pub agent_socket: Option<PathBuf>,
+    /// Host directories shared over virtio-fs: each backend (virtiofsd)
+    /// listens on `socket`; the VMM connects before the jail and the guest
+    /// mounts the share by `tag`. Guest memory is then a shared memfd.
+    pub fs: Vec<FsShare>,
+}
+
+/// One virtio-fs share of [`VmConfig::fs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    /// The backend's vhost-user socket.
+    pub socket: PathBuf,
+    /// The tag the guest mounts (`mount -t virtiofs TAG DIR`).
+    pub tag: String,
+}
+
+/// Connects to every share's backend (outside the jail, as root).
+pub(crate) fn connect_fs(
+    shares: &[FsShare],
+) -> Result<Vec<(std::os::unix::net::UnixStream, String)>, VmmError> {
+    shares
+        .iter()
+        .map(|s| {
+            std::os::unix::net::UnixStream::connect(&s.socket)
+                .map(|c| (c, s.tag.clone()))
+                .map_err(|source| VmmError::FsConnect {
+                    socket: s.socket.clone(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// `e` and its causes, `: `-separated, as the CLI prints a chain (for
@@ -274,7 +304,8 @@ pub fn run_vm_with_sink(
         Some((fd, file)) => (Some(fd), Some(file)),
         None => (None, None),
     };
-    boot_and_run(cfg, report, sink, None, fd)
+    let fs = connect_fs(&cfg.fs)?;
+    boot_and_run(cfg, report, sink, None, fd, fs)
 }
 
 /// What the jailed VMM ([`jail`]) adds to a run.
@@ -293,6 +324,7 @@ pub(crate) fn boot_and_run(
     sink: Box<dyn Write + Send>,
     mut hooks: Option<RunHooks<'_>>,
     agent_listener: Option<std::os::fd::OwnedFd>,
+    fs: Vec<(std::os::unix::net::UnixStream, String)>,
 ) -> Result<VmOutcome, VmmError> {
     check_config(cfg)?;
     let mut vm = Vm::new(VmOptions {
@@ -300,7 +332,7 @@ pub(crate) fn boot_and_run(
         vcpus: cfg.vcpus,
         irqchip: true,
         seccomp: true,
-        shared_memory: false,
+        shared_memory: !fs.is_empty(),
     })?;
     report.mark(Phase::VmCreated);
     vm.attach_legacy_devices(ConsoleConfig {
@@ -315,6 +347,13 @@ pub(crate) fn boot_and_run(
     let mut device_options = vm.attach_disks(&cfg.disks)?;
     if let Some(l) = agent_listener {
         let o = vm.attach_vsock(l)?;
+        if !device_options.is_empty() {
+            device_options.push(' ');
+        }
+        device_options.push_str(&o);
+    }
+    for (stream, tag) in fs {
+        let o = vm.attach_fs(stream, &tag)?;
         if !device_options.is_empty() {
             device_options.push(' ');
         }

@@ -179,6 +179,7 @@ impl VmRuntime {
             disks: Vec::new(),
             // Every VM run has an instance: `duet exec` reaches its guest agent here.
             agent_socket: Some(launch.instance.path().join(crate::agent::SOCKET)),
+            fs: Vec::new(),
         };
         // A missing or bad kernel, or too little memory for it, fails before any work.
         crate::check_config(&cfg)?;

@@ -167,6 +167,15 @@ pub enum VmmError {
     /// virtio devices need the in-kernel irqchip for their irqfd.
     #[error("virtio devices need the in-kernel irqchip (VmOptions::irqchip)")]
     NoIrqchip,
+    /// A virtio-fs backend's socket refused the connection.
+    #[error("cannot connect to the virtio-fs backend (virtiofsd) at {}", socket.display())]
+    FsConnect {
+        /// Its socket.
+        socket: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The virtio-fs backend could not be set up.
     #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),

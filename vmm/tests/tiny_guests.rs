@@ -392,6 +392,7 @@ fn run_vm_boots_an_elf_kernel_the_linux_way() {
         stdin: false,
         disks: Vec::new(),
         agent_socket: None,
+        fs: Vec::new(),
     };
     let out = SharedBuffer::default();
     let mut report = RunReport::start("vm", "elf", "none");
@@ -428,6 +429,7 @@ fn bad_inputs_give_clear_errors() {
         stdin: false,
         disks: Vec::new(),
         agent_socket: None,
+        fs: Vec::new(),
     };
     let chain = |e: &dyn std::error::Error| {
         let mut s = e.to_string();

@@ -35,6 +35,26 @@ pub struct GuestWorkload {
     /// `duet_shared::guest_abi::AGENT_PORT` beside the workload.
     #[serde(default)]
     pub agent: bool,
+    /// The workload's user; `None`: root.
+    #[serde(default)]
+    pub user: Option<GuestUser>,
+    /// Files placed in the root before the workload starts
+    /// ([`crate::files`]: what an engine bind-mounts from the host).
+    #[serde(default)]
+    pub files: Vec<crate::files::GuestFile>,
+}
+
+/// The ids the workload runs as (an OCI `process.user`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestUser {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
 }
 
 /// Why a workload config cannot be used; each message names the config file.
@@ -153,6 +173,7 @@ impl GuestWorkload {
                 self.hostname
             ));
         }
+        crate::files::validate(&self.files)?;
         if self.pids_max == Some(0) {
             return Err("`pids_max` is 0: the workload could not even start".into());
         }
@@ -177,6 +198,16 @@ mod tests {
             hostname: "duet".into(),
             pids_max: Some(64),
             agent: true,
+            user: Some(GuestUser {
+                uid: 1000,
+                gid: 100,
+                additional_gids: vec![10],
+            }),
+            files: vec![crate::files::GuestFile {
+                path: "/etc/hosts".into(),
+                content: b"127.0.0.1 localhost\n".to_vec(),
+                read_only: true,
+            }],
         }
     }
 

@@ -32,6 +32,9 @@ pub const NEW_ROOT: &str = "/duet/root";
 /// The host writes a [`DiskRoot`] here (next to the workload config) when
 /// the root is on disks; without the file the initramfs is the root.
 pub const DISK_ROOT_PATH: &str = "/duet/disk-root.json";
+/// The host writes an [`FsRoot`] here when the root is a host directory
+/// shared over virtio-fs (an OCI bundle's rootfs).
+pub const FS_ROOT_PATH: &str = "/duet/fs-root.json";
 /// How long to wait for the disks to appear.
 const DISK_WAIT: Duration = Duration::from_secs(2);
 
@@ -72,6 +75,56 @@ impl DiskRoot {
                 source,
             })
     }
+}
+
+/// What [`FS_ROOT_PATH`] says: the root is the virtio-fs share `tag`,
+/// mounted directly (the host's directory is already the merged tree; the
+/// workload's writes land in it, as they would in a container's rootfs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsRoot {
+    /// The share's mount tag.
+    pub tag: String,
+    /// Mount it read-only (an OCI `root.readonly`).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl FsRoot {
+    /// The JSON the host writes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("FsRoot always serializes")
+    }
+
+    /// Reads `path`: `None` if it does not exist.
+    pub fn load(path: &Path) -> Result<Option<FsRoot>, DiskRootError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(DiskRootError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| DiskRootError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+}
+
+/// Mounts the virtio-fs share as the new root and switches into it.
+pub fn enter_fs(root: &FsRoot) -> Result<(), DiskRootError> {
+    let mut flags = MsFlags::empty();
+    if root.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount_at(&root.tag, Path::new(NEW_ROOT), "virtiofs", flags, None)?;
+    switch_into_new_root()
 }
 
 /// Why the disk root could not be set up; each names its disk or path.
@@ -253,6 +306,12 @@ pub fn enter(root: &DiskRoot) -> Result<(), DiskRootError> {
         MsFlags::empty(),
         Some(&overlay_options(root.layers)),
     )?;
+    switch_into_new_root()
+}
+
+/// Moves `/dev` into [`NEW_ROOT`] and makes it the root (MS_MOVE onto `/`
+/// and chroot, as switch_root does: the initramfs cannot be pivoted away).
+fn switch_into_new_root() -> Result<(), DiskRootError> {
     let new_dev = Path::new(NEW_ROOT).join("dev");
     mkdir_p(&new_dev)?;
     mount(
@@ -290,6 +349,22 @@ mod tests {
         std::fs::write(&p, b"{\"layers\": -1}").unwrap();
         let e = DiskRoot::load(&p).unwrap_err().to_string();
         assert!(e.contains("disk-root.json"), "{e}");
+    }
+
+    #[test]
+    fn fs_root_round_trips_and_refuses_unknown_fields() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fs-root.json");
+        assert!(FsRoot::load(&p).unwrap().is_none());
+        let r = FsRoot {
+            tag: "duet-root".into(),
+            read_only: true,
+        };
+        std::fs::write(&p, r.to_json()).unwrap();
+        assert_eq!(FsRoot::load(&p).unwrap(), Some(r));
+        std::fs::write(&p, br#"{"tag":"x","shell":"/bin/sh"}"#).unwrap();
+        let e = FsRoot::load(&p).unwrap_err().to_string();
+        assert!(e.contains("fs-root.json"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! holds the parts that are not tied to being PID 1, so they are unit-tested
 //! on the host and so duet-vmm writes the very config struct the init reads:
 //! the workload config ([`config`]), the disk root's names and mounts
-//! ([`disk_root`]), command lookup ([`command`]), the
+//! ([`disk_root`]), files handed in beside the root ([`files`]), command lookup ([`command`]), the
 //! exit-port encoding ([`status`]), port access ([`ports`]) and the guest
 //! agent that serves `duet exec` ([`agent`]).
 
@@ -12,6 +12,7 @@ pub mod agent;
 pub mod command;
 pub mod config;
 pub mod disk_root;
+pub mod files;
 pub mod ports;
 pub mod status;
 

@@ -19,14 +19,15 @@
 
 use duet_init::command;
 use duet_init::config::{ConfigError, GuestWorkload, WORKLOAD_PATH};
-use duet_init::disk_root::{self, DiskRoot, DiskRootError, DISK_ROOT_PATH};
+use duet_init::disk_root::{self, DiskRoot, DiskRootError, FsRoot, DISK_ROOT_PATH, FS_ROOT_PATH};
+use duet_init::files;
 use duet_init::ports::{GuestPorts, PortError};
 use duet_init::status;
 use duet_shared::guest_abi::InitFailure;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 use std::error::Error;
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -60,8 +61,10 @@ enum InitError {
     Ports(#[from] PortError),
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot set up the root on disks")]
+    #[error("cannot set up the workload's root")]
     DiskRoot(#[from] DiskRootError),
+    #[error(transparent)]
+    Files(#[from] files::FileError),
     #[error("cannot set the hostname to {0:?}")]
     Hostname(String, #[source] Errno),
     #[error("cannot apply pids_max = {limit}: {}", path.display())]
@@ -90,7 +93,8 @@ impl InitError {
             InitError::MkDir { .. }
             | InitError::Mount { .. }
             | InitError::Console(_)
-            | InitError::DiskRoot(_) => InitFailure::Mount,
+            | InitError::DiskRoot(_)
+            | InitError::Files(_) => InitFailure::Mount,
             InitError::Config(_) => InitFailure::Config,
             InitError::Hostname(..)
             | InitError::Cgroup { .. }
@@ -144,8 +148,11 @@ fn boot(ports: &GuestPorts) -> Result<u32, InitError> {
     let w = GuestWorkload::load(Path::new(WORKLOAD_PATH))?;
     if let Some(root) = DiskRoot::load(Path::new(DISK_ROOT_PATH))? {
         disk_root::enter(&root)?;
+    } else if let Some(root) = FsRoot::load(Path::new(FS_ROOT_PATH))? {
+        disk_root::enter_fs(&root)?;
     }
     mount_rest()?;
+    files::place(&w.files)?;
     nix::unistd::sethostname(&w.hostname)
         .map_err(|e| InitError::Hostname(w.hostname.clone(), e))?;
     if let Some(limit) = w.pids_max {
@@ -438,6 +445,21 @@ fn exec_workload(
         let procs = format!("{WORKLOAD_CGROUP}/cgroup.procs");
         if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
             setup_failed(format!("cannot join the workload cgroup: {procs}: {e}"));
+        }
+    }
+    if let Some(u) = &w.user {
+        // Groups first: after setuid the process may no longer change them.
+        let groups: Vec<_> = u.additional_gids.iter().map(|&g| Gid::from_raw(g)).collect();
+        if let Err(e) = nix::unistd::setgroups(&groups)
+            .and_then(|()| nix::unistd::setresgid(Gid::from_raw(u.gid), Gid::from_raw(u.gid), Gid::from_raw(u.gid)))
+            .and_then(|()| nix::unistd::setresuid(Uid::from_raw(u.uid), Uid::from_raw(u.uid), Uid::from_raw(u.uid)))
+        {
+            setup_failed(format!(
+                "cannot switch to user {}:{}: {}",
+                u.uid,
+                u.gid,
+                e.desc()
+            ));
         }
     }
     if let Err(e) = nix::unistd::chdir(w.workdir.as_str()) {

@@ -110,6 +110,8 @@ fn workload(script: &str) -> GuestWorkload {
         hostname: "duet-guest".into(),
         pids_max: None,
         agent: false,
+        user: None,
+        files: Vec::new(),
     }
 }
 

@@ -18,6 +18,8 @@ fn ctx(workload_pid: i32) -> AgentContext {
             hostname: "t".into(),
             pids_max: None,
             agent: true,
+            user: None,
+            files: Vec::new(),
         },
         workload_pid,
         cgroup_procs: None,

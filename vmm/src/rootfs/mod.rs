@@ -244,6 +244,8 @@ pub fn guest_workload(spec: &WorkloadSpec) -> GuestWorkload {
         pids_max: spec.resources.pids_max,
         // The VM has a vsock device (runtime.rs): `duet exec` reaches it.
         agent: true,
+        user: None,
+        files: Vec::new(),
     }
 }
 

@@ -99,6 +99,8 @@ fn sample_workload() -> GuestWorkload {
         hostname: "vm1".into(),
         pids_max: Some(32),
         agent: false,
+        user: None,
+        files: Vec::new(),
     }
 }
 
@@ -614,6 +616,8 @@ fn unpacked_initramfs_boots_duet_init_in_namespaces() {
         hostname: "e2e".into(),
         pids_max: None,
         agent: false,
+        user: None,
+        files: Vec::new(),
     };
     let info = build_initramfs(
         t.path(),
