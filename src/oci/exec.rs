@@ -88,6 +88,9 @@ pub fn exec(root: &Path, a: &liboci_cli::Exec) -> Result<u8> {
     }
     let spec = super::load_spec(&r.bundle)?;
     let process = process_of(a, &spec)?;
+    if r.isolation == "vm" {
+        return super::vm::exec(root, &r, &process, a);
+    }
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => Some(std::sync::Arc::new(super::compile_seccomp(s)?)),
         None => None,

@@ -257,6 +257,13 @@ pub fn kill_within(dir: &InstanceDir, signal: i32, wait: Duration) -> Result<(),
     c.request(&Request::Kill { signal })
 }
 
+/// As [`kill_within`], on the agent socket at `path` (an OCI container's
+/// directory rather than a duet instance's).
+pub fn kill_path(id: &str, path: &Path, signal: i32, wait: Duration) -> Result<(), AgentError> {
+    let mut c = connect_path(id, path, wait)?;
+    c.request(&Request::Kill { signal })
+}
+
 /// Where an exec's output goes and its input comes from.
 pub struct ExecIo<'a> {
     /// Read for the command's stdin (with `interactive`).

@@ -22,8 +22,26 @@
 use crate::devices::virtio::BlockConfig;
 use crate::rootfs::cpio::{CpioHeader, CpioWriter};
 use duet_init::config::{GuestWorkload, INIT_PATH, WORKLOAD_PATH};
-use duet_init::disk_root::DISK_ROOT_PATH;
-pub use duet_init::disk_root::{layer_serial, DiskRoot, SCRATCH_SERIAL};
+use duet_init::disk_root::{DISK_ROOT_PATH, FS_ROOT_PATH};
+pub use duet_init::disk_root::{layer_serial, DiskRoot, FsRoot, SCRATCH_SERIAL};
+
+/// Where the guest's root comes from, as the init is told in its initramfs.
+#[derive(Debug, Clone, Copy)]
+pub enum GuestRoot<'a> {
+    /// Layer disks and a scratch disk ([`DiskRoot`], `/duet/disk-root.json`).
+    Disks(&'a DiskRoot),
+    /// A virtio-fs share ([`FsRoot`], `/duet/fs-root.json`).
+    Fs(&'a FsRoot),
+}
+
+impl GuestRoot<'_> {
+    fn file(&self) -> (&'static str, Vec<u8>) {
+        match self {
+            GuestRoot::Disks(d) => (DISK_ROOT_PATH, d.to_json()),
+            GuestRoot::Fs(f) => (FS_ROOT_PATH, f.to_json()),
+        }
+    }
+}
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -320,8 +338,9 @@ pub fn build_initramfs(
     instance_dir: &Path,
     init_binary: &Path,
     workload: &GuestWorkload,
-    root: &DiskRoot,
+    root: GuestRoot<'_>,
 ) -> Result<InitOnlyInitramfs, DiskError> {
+    let (root_path, root_json) = root.file();
     let m =
         std::fs::metadata(init_binary).map_err(io_err("cannot stat guest init", init_binary))?;
     let mut h = Sha256::new();
@@ -405,7 +424,7 @@ pub fn build_initramfs(
     (|| -> std::io::Result<()> {
         for (ino, path, data) in [
             (5, WORKLOAD_PATH, workload.to_json()),
-            (6, DISK_ROOT_PATH, root.to_json()),
+            (6, root_path, root_json),
         ] {
             let header = CpioHeader {
                 ino,
@@ -541,9 +560,9 @@ mod tests {
             files: Vec::new(),
         };
         let dr = DiskRoot { layers: 1 };
-        let first = build_initramfs(root.path(), inst.path(), &init, &w, &dr).unwrap();
+        let first = build_initramfs(root.path(), inst.path(), &init, &w, GuestRoot::Disks(&dr)).unwrap();
         assert!(!first.cache_hit);
-        let again = build_initramfs(root.path(), inst.path(), &init, &w, &dr).unwrap();
+        let again = build_initramfs(root.path(), inst.path(), &init, &w, GuestRoot::Disks(&dr)).unwrap();
         assert!(again.cache_hit);
         assert_eq!(first.bytes, again.bytes);
         let bytes = std::fs::read(&again.initrd).unwrap();

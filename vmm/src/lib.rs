@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod boot_params;
+pub mod bundle;
 pub mod bus;
 pub mod console;
 pub mod cpuid;
@@ -34,6 +35,7 @@ pub mod scratch_mount;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
+pub mod virtiofsd;
 pub mod vm;
 
 pub use console::{ConsoleMode, SharedBuffer};

@@ -65,6 +65,9 @@ pub enum VmRuntimeError {
     /// The VMM's cgroups could not be made.
     #[error("the VMM's cgroups")]
     Cgroup(#[source] duet_shared::runtime::BackendError),
+    /// The virtio-fs backend could not be found or started.
+    #[error(transparent)]
+    Virtiofsd(#[from] crate::virtiofsd::VirtiofsdError),
 }
 
 /// Removes the VMM's cgroups when the run ends, however it ends.
@@ -497,7 +500,13 @@ fn prepare_disks(
     let disk_root = disks::DiskRoot {
         layers: layers.len() as u32,
     };
-    let initrd = disks::build_initramfs(root, launch.instance.path(), init, &workload, &disk_root)?;
+    let initrd = disks::build_initramfs(
+        root,
+        launch.instance.path(),
+        init,
+        &workload,
+        disks::GuestRoot::Disks(&disk_root),
+    )?;
     let paths: Vec<_> = images.iter().map(|i| i.path.clone()).collect();
     cfg.disks = disks::disk_configs(&paths, &scratch.path);
     cfg.initrd = Some(initrd.initrd.clone());

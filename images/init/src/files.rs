@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn paths_must_be_absolute_and_stay_below_root() {
         assert!(validate(&[file("/etc/hosts", 10)]).is_ok());
-        for bad in ["etc/hosts", "/", "/etc/../../x", "/etc/./hosts", "/a\0b"] {
+        for bad in ["etc/hosts", "/", "/etc/../../x", "/a\0b"] {
             let e = validate(&[file("/ok", 1), file(bad, 1)]).unwrap_err();
             assert!(e.contains("files[1].path"), "{bad:?}: {e}");
         }

@@ -1,0 +1,111 @@
+//! A microVM whose root is a host directory shared over virtio-fs: how
+//! `duet-runc --isolation vm` runs an OCI bundle, whose rootfs the engine's
+//! snapshotter prepared. The workload's writes land in that directory, as
+//! they would in a container's, so the engine sees them (`docker diff`,
+//! `docker cp`, `docker commit`).
+//!
+//! Recipe: start virtiofsd on the rootfs ([`crate::virtiofsd`]), write an
+//! init-only initramfs whose `fs-root.json` tells duet-init to mount the
+//! share as `/` ([`crate::disks::GuestRoot::Fs`]), boot the jailed VMM with
+//! a virtio-fs device connected to virtiofsd and the guest agent's vsock
+//! (exec and kill, [`crate::agent`]), and turn how the VM ended into the
+//! workload's exit. The VMM closing its connection ends virtiofsd.
+
+use crate::disks::{self, FsRoot, GuestRoot};
+use crate::jail;
+use crate::rootfs::{self, GuestWorkload};
+use crate::runtime::{find_kernel, VmRuntimeError};
+use crate::virtiofsd::Virtiofsd;
+use crate::{ConsoleMode, FsShare, VmConfig, VmEnd};
+use duet_shared::{RunReport, WorkloadExit};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The mount tag of the root share.
+pub const ROOT_TAG: &str = "duet-root";
+/// virtiofsd's socket in the instance directory.
+pub const FS_SOCKET: &str = "virtiofs.sock";
+/// virtiofsd's stderr in the instance directory.
+pub const FS_LOG: &str = "virtiofsd.log";
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct BundleVm {
+    /// Instance id (names the jail's uid lease).
+    pub id: String,
+    /// The directory that becomes the guest's `/`.
+    pub rootfs: PathBuf,
+    /// Mount it read-only in the guest.
+    pub read_only: bool,
+    /// The workload, as duet-init runs it.
+    pub workload: GuestWorkload,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// The instance's directory: agent socket, virtiofsd socket and log,
+    /// initrd, jail.
+    pub instance_dir: PathBuf,
+    /// Where shared VM state lives (initramfs cache, jail id leases).
+    pub state_root: PathBuf,
+    /// Forward the whole guest console (kernel log too), not only the workload's output.
+    pub console: bool,
+}
+
+/// Boots `b` and waits for its workload; the VM's output goes to stdout
+/// and stdin feeds its console, as in `duet run --isolation vm`.
+pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRuntimeError> {
+    let kernel = find_kernel()?;
+    let init = rootfs::find_init_binary()?;
+    let bin = crate::virtiofsd::find()?;
+    let fsd = Virtiofsd::start(
+        &bin,
+        &b.rootfs,
+        &b.instance_dir.join(FS_SOCKET),
+        &b.instance_dir.join(FS_LOG),
+        b.read_only,
+    )?;
+    let root = FsRoot {
+        tag: ROOT_TAG.into(),
+        read_only: b.read_only,
+    };
+    let initrd = disks::build_initramfs(
+        &b.state_root,
+        &b.instance_dir,
+        &init,
+        &b.workload,
+        GuestRoot::Fs(&root),
+    )?;
+    let cfg = VmConfig {
+        kernel,
+        initrd: Some(initrd.initrd),
+        cmdline: rootfs::kernel_cmdline(b.console),
+        memory_mib: b.memory_mib,
+        vcpus: b.vcpus,
+        timeout: None,
+        console: if b.console {
+            ConsoleMode::Forward
+        } else {
+            ConsoleMode::Workload
+        },
+        stdin: true,
+        disks: Vec::new(),
+        agent_socket: Some(b.instance_dir.join(crate::agent::SOCKET)),
+        fs: vec![FsShare {
+            socket: fsd.socket().to_path_buf(),
+            tag: ROOT_TAG.into(),
+        }],
+    };
+    let jail = jail::JailConfig::for_instance(&b.state_root, &b.instance_dir, &b.id)
+        .map_err(crate::VmmError::from)?;
+    // SIGINT/TERM/HUP/QUIT stop the VM (passed on to the jailed VMM).
+    let _guard = crate::signals::RunGuard::enter();
+    let outcome = jail::run_jailed(&cfg, &jail, report);
+    // The VMM held the only connection: virtiofsd ends by itself.
+    fsd.stop(Duration::from_secs(2));
+    let outcome = outcome?;
+    match outcome.end {
+        VmEnd::Interrupted(sig) => Ok(WorkloadExit::Signal(sig)),
+        _ => Ok(outcome.workload_exit()?),
+    }
+}
