@@ -732,3 +732,68 @@ fn vm_exec_after_the_run_is_not_running_and_nothing_is_left() {
         l.output
     );
 }
+
+// --- issue 11: duet-runc --isolation vm (the bundle's rootfs over virtio-fs) ---
+
+#[test]
+fn oci_vm_create_start_exec_kill_delete() {
+    let Some(c) = case("oci_vm_create_start_exec_kill_delete", "oci_vm_sequence") else {
+        return;
+    };
+    let o = &c.output;
+    assert_eq!(c.rc, 0, "{o}");
+    for want in [
+        "pid-file-written\nstatus created\nstatus running\n",
+        "out: vm-up in /tmp as ocivm\n",
+        "exec: hello from ocivm in /tmp\n",
+        "exec-hosts: 10.1.2.3 from-the-engine\n",
+        // Its root is the virtio-fs share, under a kernel of its own.
+        "exec-root: duet-root / virtiofs\nguest-kernel-differs\n",
+        "exec-rc 7\n",
+        // The guest's writes land in the bundle's rootfs on the host.
+        "host-sees: written-in-guest\n",
+        "host-sees-exec: from-exec\n",
+        "detached-rc 0 pid-file yes\n",
+        "status stopped\ngot-term\ndeleted\nkeeper-left 0\ndirs-left 0\n",
+    ] {
+        assert!(o.contains(want), "missing {want:?} in:\n{o}");
+    }
+    // keeper, VMM and virtiofsd are all in the container's cgroup.
+    let n: u32 = o
+        .split("ps: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(n >= 3, "ps listed {n} processes:\n{o}");
+}
+
+#[test]
+fn oci_vm_kill9_of_the_keeper_leaves_nothing() {
+    let Some(c) = case("oci_vm_kill9_of_the_keeper_leaves_nothing", "oci_vm_kill9") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(
+        c.output
+            .ends_with("status stopped\ndeleted\nvirtiofsd-left 0\nvmm-left 0\ncgroups-left 0\n"),
+        "{}",
+        c.output
+    );
+}
+
+#[test]
+fn oci_vm_refuses_a_directory_volume_by_field() {
+    let Some(c) = case(
+        "oci_vm_refuses_a_directory_volume_by_field",
+        "oci_vm_refusal",
+    ) else {
+        return;
+    };
+    let o = &c.output;
+    assert!(
+        o.contains("mounts[0] (bind of /tmp/oci-b3/rootfs/vol on /data)")
+            && o.contains("rc=1\n0\n"),
+        "{o}"
+    );
+}

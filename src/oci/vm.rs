@@ -203,7 +203,10 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         argv,
         env: p.env().clone().unwrap_or_default(),
         workdir: p.cwd().display().to_string(),
-        hostname: spec.hostname().clone().unwrap_or_else(|| id.chars().take(64).collect()),
+        hostname: spec
+            .hostname()
+            .clone()
+            .unwrap_or_else(|| id.chars().take(64).collect()),
         pids_max,
         agent: true,
         user,
@@ -213,13 +216,20 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         .validate()
         .map_err(|m| anyhow::anyhow!("config.json: {m}"))?;
     if !rootfs.is_dir() {
-        bail!("config.json: root.path {} is not a directory", rootfs.display());
+        bail!(
+            "config.json: root.path {} is not a directory",
+            rootfs.display()
+        );
     }
     Ok(Translated {
         workload,
         memory_mib,
         vcpus,
-        read_only: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        read_only: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
         terminal: p.terminal().unwrap_or(false),
     })
 }
@@ -347,7 +357,9 @@ pub fn create(
             .with_context(|| format!("mkfifo {}", fifo.display()));
     }
     let rel = duet_container::oci_cgroup::relative_path(
-        spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()),
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref()),
         &a.container_id,
     )?;
     let cgroup = OciCgroup::create(&rel, cgroup_resources(spec).as_ref(), &[])
@@ -583,7 +595,10 @@ mod tests {
         assert_eq!(t.workload.pids_max, Some(20));
         assert_eq!(t.workload.user.as_ref().unwrap().additional_gids, [5]);
         let r = cgroup_resources(&spec(j)).unwrap();
-        assert_eq!(r.memory().as_ref().unwrap().limit(), Some((64 + CGROUP_HEADROOM_MIB as i64) << 20));
+        assert_eq!(
+            r.memory().as_ref().unwrap().limit(),
+            Some((64 + CGROUP_HEADROOM_MIB as i64) << 20)
+        );
         assert!(r.pids().is_none());
     }
 
@@ -595,7 +610,10 @@ mod tests {
         type Edit = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(Edit, &str)> = vec![
             (
-                Box::new(|j| j["linux"]["namespaces"] = serde_json::json!([{"type": "pid", "path": "/proc/1/ns/pid"}])),
+                Box::new(|j| {
+                    j["linux"]["namespaces"] =
+                        serde_json::json!([{"type": "pid", "path": "/proc/1/ns/pid"}])
+                }),
                 "linux.namespaces[0]",
             ),
             (
@@ -603,25 +621,35 @@ mod tests {
                 "linux.namespaces[0] (user)",
             ),
             (
-                Box::new(move |j| {
-                    j["mounts"] = serde_json::json!([{"destination": "/data", "type": "bind", "source": vol, "options": ["rbind"]}])
-                }),
+                Box::new(
+                    move |j| j["mounts"] = serde_json::json!([{"destination": "/data", "type": "bind", "source": vol, "options": ["rbind"]}]),
+                ),
                 "mounts[0] (bind of",
             ),
             (
-                Box::new(|j| j["mounts"] = serde_json::json!([{"destination": "/x", "type": "tmpfs", "source": "tmpfs"}])),
+                Box::new(|j| {
+                    j["mounts"] = serde_json::json!([{"destination": "/x", "type": "tmpfs", "source": "tmpfs"}])
+                }),
                 "mounts[0] (tmpfs on /x)",
             ),
             (
-                Box::new(|j| j["linux"]["resources"] = serde_json::json!({"memory": {"limit": 8i64 << 20}})),
+                Box::new(|j| {
+                    j["linux"]["resources"] = serde_json::json!({"memory": {"limit": 8i64 << 20}})
+                }),
                 "memory.limit",
             ),
-            (Box::new(|j| j["process"]["args"] = serde_json::json!([])), "process.args"),
+            (
+                Box::new(|j| j["process"]["args"] = serde_json::json!([])),
+                "process.args",
+            ),
         ];
         for (edit, want) in cases {
             let mut j = base();
             edit(&mut j);
-            let e = translate(&spec(j), d.path(), "c1").err().expect(want).to_string();
+            let e = translate(&spec(j), d.path(), "c1")
+                .err()
+                .expect(want)
+                .to_string();
             assert!(e.contains(want) && e.contains("config.json"), "{want}: {e}");
         }
     }

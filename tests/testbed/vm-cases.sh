@@ -300,3 +300,87 @@ vm_detached_lost() {
 case_ vm_detached_lost vm_detached_lost
 # --restart on-failure:1 in a VM: the monitor boots it a second time, then keeps the exit.
 case_ vm_detached_restart sh -c '"$0" run -d --isolation vm --name vmr --restart on-failure:1 busybox -- sh -c "echo boot; exit 3" > /dev/null || exit 1; echo "wait: $("$0" wait vmr)"; echo "boots: $("$0" logs vmr | grep -c boot)"; "$0" ps -a | grep "^vmr " | sed "s/^/ps-a: /"; sed -n "s/.*\"restarts\": \([0-9]*\).*/restarts: \1/p" "$DUET_ROOT"/instances/vmr-*/meta.json; "$0" rm vmr > /dev/null && echo removed' "$DUET_EXE"
+
+# --- issue 11: duet-runc --isolation vm, the raw OCI sequence without an engine ---
+# The bundle's rootfs is a plain directory (busybox); the microVM gets it over
+# virtio-fs (virtiofsd) and writes into it; kill and exec go through the agent.
+ln -sf "$DUET_EXE" /usr/local/bin/duet-runc
+OCI_ROOT=/tmp/oci-root
+ocirt() { timeout 120 /usr/local/bin/duet-runc --root $OCI_ROOT "$@"; }
+oci_bundle() { # oci_bundle DIR ARGS_JSON
+    mkdir -p "$1/rootfs/bin" "$1/rootfs/etc" "$1/rootfs/tmp" "$1/rootfs/root"
+    cp /bin/busybox "$1/rootfs/bin/busybox"
+    for a in sh echo cat sleep ls id hostname pwd grep; do ln -sf busybox "$1/rootfs/bin/$a"; done
+    echo "10.1.2.3 from-the-engine" > "$1/hosts"
+    cat > "$1/config.json" <<EOF
+{"ociVersion": "1.0.2",
+ "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": $2,
+             "env": ["PATH=/bin", "GREETING=hello"], "cwd": "/tmp"},
+ "root": {"path": "rootfs"},
+ "hostname": "ocivm",
+ "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/etc/hosts", "type": "bind", "source": "$1/hosts", "options": ["rbind", "ro"]}],
+ "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/proc/1/ns/net"}],
+           "resources": {"memory": {"limit": 134217728}}}}
+EOF
+}
+oci_status() { ocirt state "$1" | sed -n 's/.*"status": "\([a-z]*\)".*/status \1/p'; }
+oci_wait_output() { # oci_wait_output FILE TEXT
+    i=0
+    until grep -q "$2" "$1" 2>/dev/null || [ $i -ge 600 ]; do i=$((i + 1)); sleep 0.2; done
+}
+oci_vm_sequence() {
+    B=/tmp/oci-b1
+    oci_bundle $B '["sh", "-c", "echo vm-up in $(pwd) as $(hostname); echo written-in-guest > /root/from-guest; trap \"echo got-term; exit 3\" TERM; while true; do sleep 1; done"]'
+    ocirt --isolation vm create --bundle $B --pid-file /tmp/oci1.pid v1 > /tmp/oci-v1.out 2>&1 || { cat /tmp/oci-v1.out; return 1; }
+    [ -s /tmp/oci1.pid ] && echo pid-file-written
+    keeper=$(cat /tmp/oci1.pid)
+    oci_status v1
+    ocirt start v1 || return 1
+    oci_status v1
+    oci_wait_output /tmp/oci-v1.out vm-up
+    sed 's/^/out: /' /tmp/oci-v1.out
+    echo "exec: $(ocirt exec v1 sh -c 'echo "$GREETING from $(hostname) in $(pwd)"')"
+    echo "exec-hosts: $(ocirt exec v1 cat /etc/hosts)"
+    echo "exec-root: $(ocirt exec v1 grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
+    [ "$(ocirt exec v1 uname -r)" != "$(uname -r)" ] && echo "guest-kernel-differs"
+    ocirt exec v1 sh -c 'exit 7'
+    echo "exec-rc $?"
+    echo "host-sees: $(cat $B/rootfs/root/from-guest)"
+    ocirt exec v1 sh -c 'echo from-exec > /tmp/exec-wrote'
+    echo "host-sees-exec: $(cat $B/rootfs/tmp/exec-wrote)"
+    ocirt exec --detach --pid-file /tmp/oci-exec.pid v1 sh -c 'exit 5'
+    echo "detached-rc $? pid-file $([ -s /tmp/oci-exec.pid ] && echo yes)"
+    echo "ps: $(ocirt ps --format json v1 | tr ',' '\n' | grep -c '[0-9]') processes"
+    ocirt kill v1 TERM || return 1
+    i=0
+    while [ "$(oci_status v1)" != "status stopped" ] && [ $i -lt 300 ]; do i=$((i + 1)); sleep 0.1; done
+    oci_status v1
+    grep got-term /tmp/oci-v1.out
+    ocirt delete v1 && echo deleted
+    echo "keeper-left $(grep -l . /proc/$keeper/status 2>/dev/null | wc -l)"
+    echo "dirs-left $(ls $OCI_ROOT | grep -vc '^\.duet-vm$')"
+}
+case_ oci_vm_sequence oci_vm_sequence
+# kill -9 of the keeper (what the engine sees as the container's process):
+# the VMM and virtiofsd go with it; delete --force cleans up the rest.
+oci_vm_kill9() {
+    B=/tmp/oci-b2
+    oci_bundle $B '["sh", "-c", "echo vm2-up; while true; do sleep 1; done"]'
+    ocirt --isolation vm create --bundle $B --pid-file /tmp/oci2.pid v2 > /tmp/oci-v2.out 2>&1 || { cat /tmp/oci-v2.out; return 1; }
+    ocirt start v2 || return 1
+    oci_wait_output /tmp/oci-v2.out vm2-up
+    grep -c vm2-up /tmp/oci-v2.out
+    kill -9 "$(cat /tmp/oci2.pid)"
+    i=0
+    while [ "$(oci_status v2)" != "status stopped" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    oci_status v2
+    sleep 1
+    ocirt delete --force v2 && echo deleted
+    live() { for p in /proc/[0-9]*; do [ "$(sed -n 's/^State:\t\([A-Z]\).*/\1/p' $p/status 2>/dev/null)" != Z ] && cat $p/cmdline 2>/dev/null | tr '\0' ' ' && echo; done; }
+    echo "virtiofsd-left $(live | grep -c '^/usr/lib/qemu/virtiofsd')"
+    echo "vmm-left $(for q in /proc/[0-9]*; do grep -l "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $q/status 2>/dev/null; done | wc -l)"
+    echo "cgroups-left $(find /sys/fs/cgroup -type d -name 'v2' 2>/dev/null | wc -l)"
+}
+case_ oci_vm_kill9 oci_vm_kill9
+case_ oci_vm_refusal sh -c 'B=/tmp/oci-b3; mkdir -p $B/rootfs/vol; printf "%s" "{\"ociVersion\": \"1.0.2\", \"process\": {\"args\": [\"true\"], \"cwd\": \"/\", \"user\": {\"uid\": 0, \"gid\": 0}}, \"root\": {\"path\": \"rootfs\"}, \"mounts\": [{\"destination\": \"/data\", \"type\": \"bind\", \"source\": \"$B/rootfs/vol\", \"options\": [\"rbind\"]}]}" > $B/config.json; timeout 60 /usr/local/bin/duet-runc --root /tmp/oci-root --isolation vm create --bundle $B v3; echo "rc=$?"; ls /tmp/oci-root | grep -c "^v3$"'

@@ -22,8 +22,8 @@
 use crate::devices::virtio::BlockConfig;
 use crate::rootfs::cpio::{CpioHeader, CpioWriter};
 use duet_init::config::{GuestWorkload, INIT_PATH, WORKLOAD_PATH};
-use duet_init::disk_root::{DISK_ROOT_PATH, FS_ROOT_PATH};
 pub use duet_init::disk_root::{layer_serial, DiskRoot, FsRoot, SCRATCH_SERIAL};
+use duet_init::disk_root::{DISK_ROOT_PATH, FS_ROOT_PATH};
 
 /// Where the guest's root comes from, as the init is told in its initramfs.
 #[derive(Debug, Clone, Copy)]
@@ -560,9 +560,11 @@ mod tests {
             files: Vec::new(),
         };
         let dr = DiskRoot { layers: 1 };
-        let first = build_initramfs(root.path(), inst.path(), &init, &w, GuestRoot::Disks(&dr)).unwrap();
+        let first =
+            build_initramfs(root.path(), inst.path(), &init, &w, GuestRoot::Disks(&dr)).unwrap();
         assert!(!first.cache_hit);
-        let again = build_initramfs(root.path(), inst.path(), &init, &w, GuestRoot::Disks(&dr)).unwrap();
+        let again =
+            build_initramfs(root.path(), inst.path(), &init, &w, GuestRoot::Disks(&dr)).unwrap();
         assert!(again.cache_hit);
         assert_eq!(first.bytes, again.bytes);
         let bytes = std::fs::read(&again.initrd).unwrap();

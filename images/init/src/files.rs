@@ -52,13 +52,17 @@ pub struct FileError {
 /// Checks the list as the config's validation does; the message names the entry.
 pub fn validate(files: &[GuestFile]) -> Result<(), String> {
     if files.len() > MAX_FILES {
-        return Err(format!("`files` has {} entries, at most {MAX_FILES}", files.len()));
+        return Err(format!(
+            "`files` has {} entries, at most {MAX_FILES}",
+            files.len()
+        ));
     }
     for (i, f) in files.iter().enumerate() {
         let p = Path::new(&f.path);
         let clean = p.is_absolute()
             && !f.path.contains('\0')
-            && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+            && p.components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
             && p.components().count() > 1;
         if !clean {
             return Err(format!(
@@ -91,7 +95,8 @@ pub fn place(files: &[GuestFile]) -> Result<(), FileError> {
             .mode(0o644)
             .open(&scratch)
             .map_err(err("writing its contents"))?;
-        w.write_all(&f.content).map_err(err("writing its contents"))?;
+        w.write_all(&f.content)
+            .map_err(err("writing its contents"))?;
         drop(w);
         let target = Path::new(&f.path);
         if let Some(parent) = target.parent() {
@@ -156,7 +161,9 @@ mod tests {
     fn sizes_and_counts_are_bounded() {
         let e = validate(&[file("/big", MAX_FILE_BYTES + 1)]).unwrap_err();
         assert!(e.contains("files[0]") && e.contains("/big"), "{e}");
-        let many: Vec<_> = (0..=MAX_FILES).map(|i| file(&format!("/f{i}"), 1)).collect();
+        let many: Vec<_> = (0..=MAX_FILES)
+            .map(|i| file(&format!("/f{i}"), 1))
+            .collect();
         assert!(validate(&many).unwrap_err().contains("entries"));
     }
 }

@@ -449,10 +449,26 @@ fn exec_workload(
     }
     if let Some(u) = &w.user {
         // Groups first: after setuid the process may no longer change them.
-        let groups: Vec<_> = u.additional_gids.iter().map(|&g| Gid::from_raw(g)).collect();
+        let groups: Vec<_> = u
+            .additional_gids
+            .iter()
+            .map(|&g| Gid::from_raw(g))
+            .collect();
         if let Err(e) = nix::unistd::setgroups(&groups)
-            .and_then(|()| nix::unistd::setresgid(Gid::from_raw(u.gid), Gid::from_raw(u.gid), Gid::from_raw(u.gid)))
-            .and_then(|()| nix::unistd::setresuid(Uid::from_raw(u.uid), Uid::from_raw(u.uid), Uid::from_raw(u.uid)))
+            .and_then(|()| {
+                nix::unistd::setresgid(
+                    Gid::from_raw(u.gid),
+                    Gid::from_raw(u.gid),
+                    Gid::from_raw(u.gid),
+                )
+            })
+            .and_then(|()| {
+                nix::unistd::setresuid(
+                    Uid::from_raw(u.uid),
+                    Uid::from_raw(u.uid),
+                    Uid::from_raw(u.uid),
+                )
+            })
         {
             setup_failed(format!(
                 "cannot switch to user {}:{}: {}",
