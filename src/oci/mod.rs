@@ -656,6 +656,9 @@ fn delete(root: &Path, id: &str, force: bool) -> Result<u8> {
         .clone()
         .destroy()
         .with_context(|| format!("removing the cgroups of container \"{id}\""))?;
+    if r.isolation == "vm" {
+        vm::remove_sockets(&dir);
+    }
     if let Ok(spec) = load_spec(&r.bundle) {
         let mut st = state::state_json(&dir, &r);
         st.status = "stopped".into();

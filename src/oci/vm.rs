@@ -78,6 +78,46 @@ struct KeeperConfig {
     memory_mib: u64,
     vcpus: u32,
     state_root: PathBuf,
+    /// The agent's and virtiofsd's sockets ([`socket_dir`]).
+    socket_dir: PathBuf,
+}
+
+/// Where VM containers' sockets live: a Unix socket's path is limited to
+/// 107 bytes, and engines' bundle and state paths are long.
+pub const SOCKET_ROOT: &str = "/run/duet-vm";
+
+/// A fresh, short socket directory for container `id` (recorded in vm.json).
+fn socket_dir(id: &str) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    // FNV-1a of the id, the pid and the time: short and unique enough, and
+    // recorded, so nothing has to recompute it.
+    let salt = format!(
+        "{id}/{}/{}",
+        std::process::id(),
+        duet_shared::clock::monotonic_ns()
+    );
+    for b in salt.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    Path::new(SOCKET_ROOT).join(format!("{h:016x}"))
+}
+
+fn load_config(dir: &Dir) -> Result<KeeperConfig> {
+    let p = dir.path.join("vm.json");
+    serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+        .with_context(|| format!("{}: not a keeper config", p.display()))
+}
+
+/// The container's agent socket.
+fn agent_socket(dir: &Dir) -> Result<PathBuf> {
+    Ok(load_config(dir)?.socket_dir.join(duet_vmm::agent::SOCKET))
+}
+
+/// Removes the socket directory of a VM container (delete, after its keeper is gone).
+pub fn remove_sockets(dir: &Dir) {
+    if let Ok(c) = load_config(dir) {
+        let _ = std::fs::remove_dir_all(&c.socket_dir);
+    }
 }
 
 /// The guest's view of a bundle, or the field that cannot be honoured.
@@ -345,6 +385,7 @@ pub fn create(
         memory_mib: t.memory_mib,
         vcpus: t.vcpus,
         state_root,
+        socket_dir: socket_dir(&a.container_id),
     };
     let cfg_path = dir.path.join("vm.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)
@@ -446,11 +487,7 @@ pub fn create(
 /// workload's exit code.
 pub fn keeper(root: &Path, id: &str) -> Result<u8> {
     let dir = Dir::of(root, id)?;
-    let cfg_path = dir.path.join("vm.json");
-    let cfg: KeeperConfig = serde_json::from_slice(
-        &std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
-    )
-    .with_context(|| format!("{}: not a keeper config", cfg_path.display()))?;
+    let cfg = load_config(&dir)?;
     // Blocks until `start` opens the fifo for reading, as a container's init does.
     let mut fifo = std::fs::OpenOptions::new()
         .write(true)
@@ -458,6 +495,8 @@ pub fn keeper(root: &Path, id: &str) -> Result<u8> {
         .with_context(|| format!("opening {}", dir.fifo().display()))?;
     std::io::Write::write_all(&mut fifo, b"0")?;
     drop(fifo);
+    std::fs::create_dir_all(&cfg.socket_dir)
+        .with_context(|| format!("creating {}", cfg.socket_dir.display()))?;
     let b = BundleVm {
         id: cfg.id,
         rootfs: cfg.rootfs,
@@ -466,18 +505,20 @@ pub fn keeper(root: &Path, id: &str) -> Result<u8> {
         memory_mib: cfg.memory_mib,
         vcpus: cfg.vcpus,
         instance_dir: dir.path.clone(),
+        socket_dir: cfg.socket_dir.clone(),
         state_root: cfg.state_root,
         console: std::env::var_os("DUET_VM_CONSOLE").is_some_and(|v| v == "1"),
     };
     let mut report = duet_shared::RunReport::start("vm", id, "oci-bundle");
-    let exit = duet_vmm::bundle::run(&b, &mut report)?;
-    Ok(exit.shell_code().clamp(0, 255) as u8)
+    let exit = duet_vmm::bundle::run(&b, &mut report);
+    let _ = std::fs::remove_dir_all(&cfg.socket_dir);
+    Ok(exit?.shell_code().clamp(0, 255) as u8)
 }
 
 /// `kill` of a VM container.
 pub fn kill(dir: &Dir, r: &Record, sig: i32) -> Result<()> {
     if state::status(dir, r) != "created" {
-        let sock = dir.path.join(duet_vmm::agent::SOCKET);
+        let sock = agent_socket(dir)?;
         if duet_vmm::agent::kill_path(&r.id, &sock, sig, AGENT_KILL_WAIT).is_ok() {
             return Ok(());
         }
@@ -558,7 +599,7 @@ pub fn exec_relay(root: &Path, id: &str, request: &str) -> Result<u8> {
         stderr: &mut *err,
         terminal: req.tty.then_some(0),
     };
-    let exit = duet_vmm::agent::exec_with(id, &dir.path.join(duet_vmm::agent::SOCKET), &req, io)?;
+    let exit = duet_vmm::agent::exec_with(id, &agent_socket(&dir)?, &req, io)?;
     Ok(exit.shell_code().clamp(0, 255) as u8)
 }
 

@@ -72,6 +72,16 @@ pub fn run_cases(script: &str) -> Result<BTreeMap<String, Case>, String> {
 
 /// Like [`run_cases`], with more `--file HOST[:GUEST]` arguments for the testbed.
 pub fn run_cases_with(script: &str, files: &[String]) -> Result<BTreeMap<String, Case>, String> {
+    let args: Vec<String> = files
+        .iter()
+        .flat_map(|f| ["--file".to_string(), f.clone()])
+        .collect();
+    run_cases_args(script, &args)
+}
+
+/// Like [`run_cases`], with more arguments for tests/testbed/run
+/// (`--file HOST[:GUEST]`, `--with-libs PROGRAM`, ...).
+pub fn run_cases_args(script: &str, extra: &[String]) -> Result<BTreeMap<String, Case>, String> {
     let mut cmd = std::process::Command::new(repo().join("tests/testbed/run"));
     if duet_probe().is_file() {
         cmd.arg("--file").arg(format!(
@@ -79,9 +89,7 @@ pub fn run_cases_with(script: &str, files: &[String]) -> Result<BTreeMap<String,
             duet_probe().display()
         ));
     }
-    for f in files {
-        cmd.args(["--file", f]);
-    }
+    cmd.args(extra);
     let out = cmd
         .args(["--timeout", "1200", "--file"])
         .arg(repo().join("tests/testbed/cases-lib.sh"))
@@ -140,11 +148,22 @@ pub fn case<'a>(
     script: &str,
     name: &str,
 ) -> Option<&'a Case> {
+    case_with(test, cases, script, name, &[])
+}
+
+/// [`case`], booting the testbed with `extra` arguments ([`run_cases_args`]).
+pub fn case_with<'a>(
+    test: &str,
+    cases: &'a std::sync::OnceLock<Result<BTreeMap<String, Case>, String>>,
+    script: &str,
+    name: &str,
+    extra: &[String],
+) -> Option<&'a Case> {
     if let Some(why) = missing() {
         skip(test, &format!("the nested-KVM testbed {why}"));
         return None;
     }
-    match cases.get_or_init(|| run_cases(script)) {
+    match cases.get_or_init(|| run_cases_args(script, extra)) {
         Ok(c) => Some(
             c.get(name)
                 .unwrap_or_else(|| panic!("case {name} did not run; cases: {:?}", c.keys())),

@@ -46,6 +46,10 @@ pub struct BundleVm {
     /// The instance's directory: agent socket, virtiofsd socket and log,
     /// initrd, jail.
     pub instance_dir: PathBuf,
+    /// Where the agent's and virtiofsd's sockets go: a short path, as a
+    /// Unix socket's path is limited to 107 bytes and an engine's instance
+    /// directories are long (`/run/containerd/io.containerd.runtime.v2.task/<ns>/<64 hex>/`).
+    pub socket_dir: PathBuf,
     /// Where shared VM state lives (initramfs cache, jail id leases).
     pub state_root: PathBuf,
     /// Forward the whole guest console (kernel log too), not only the workload's output.
@@ -61,7 +65,7 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
     let fsd = Virtiofsd::start(
         &bin,
         &b.rootfs,
-        &b.instance_dir.join(FS_SOCKET),
+        &b.socket_dir.join(FS_SOCKET),
         &b.instance_dir.join(FS_LOG),
         b.read_only,
     )?;
@@ -90,7 +94,7 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
         },
         stdin: true,
         disks: Vec::new(),
-        agent_socket: Some(b.instance_dir.join(crate::agent::SOCKET)),
+        agent_socket: Some(b.socket_dir.join(crate::agent::SOCKET)),
         fs: vec![FsShare {
             socket: fsd.socket().to_path_buf(),
             tag: ROOT_TAG.into(),
