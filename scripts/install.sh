@@ -81,6 +81,8 @@ done
 install -D -m 0755 "$bin_dir/duet" "$bin/duet"
 # duet as an OCI runtime (runc's command line) for dockerd and containerd.
 ln -sf duet "$bin/duet-runc"
+# The same runtime with --isolation vm, for containerd's BinaryName (which takes no arguments).
+ln -sf duet "$bin/duet-runc-vm"
 install -D -m 0755 "$bin_dir/duet-init" "$lib/duet-init"
 install -D -m 0755 "$bin_dir/duet-probe" "$lib/duet-probe"
 kernel="${XDG_CACHE_HOME:-$HOME/.cache}/duet/kernel/current/vmlinux"

@@ -476,6 +476,8 @@ pub struct DockerRunStarter {
     pub runtime: String,
     /// Row label.
     pub label: String,
+    /// Container, or VM for a runtime that boots a microVM (`duet-vm`).
+    pub kind: Kind,
 }
 
 impl crate::startup::Starter for DockerRunStarter {
@@ -484,7 +486,7 @@ impl crate::startup::Starter for DockerRunStarter {
     }
 
     fn kind(&self) -> Kind {
-        Kind::Container
+        self.kind
     }
 
     fn start_once(

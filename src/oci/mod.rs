@@ -5,12 +5,14 @@
 //! `duet-runc [--root DIR] [--log F] [--log-format text|json]
 //! [--isolation container|vm] COMMAND ...` with the commands of the OCI
 //! runtime command line (create, start, state, kill, delete) and runc's
-//! (exec, ps, features, pause/resume: refused). Argument structs come from
+//! (exec, update, ps, list, features, pause/resume). Argument structs come from
 //! `liboci-cli` (youki's), the config from `oci-spec`; the container work
 //! is in `duet_container::oci*`.
 //!
-//! Isolation: `--isolation` (dockerd's `runtimeArgs`), else the bundle's
-//! annotation `io.duet.isolation`; default container.
+//! Isolation: `--isolation` (dockerd's `runtimeArgs`), else `vm` when
+//! started as `duet-runc-vm` (containerd's `BinaryName`), else the
+//! bundle's annotation `io.duet.isolation`; default container. With vm the
+//! bundle runs in a microVM ([`vm`]).
 
 mod exec;
 mod state;
@@ -109,6 +111,14 @@ pub fn invoked_as_runtime() -> bool {
         .is_some_and(|n| n.starts_with("duet-runc"))
 }
 
+/// `vm` when started as `duet-runc-vm` (a symlink for containerd's
+/// `BinaryName`, which cannot pass `--isolation vm`).
+fn argv0_isolation() -> Option<&'static str> {
+    let a = std::env::args_os().next()?;
+    let name = Path::new(&a).file_name()?.to_string_lossy().into_owned();
+    (name == "duet-runc-vm").then_some("vm")
+}
+
 /// The OCI runtime's main.
 pub fn main() -> ExitCode {
     let cli: Cli = match crate::parse_args(2) {
@@ -144,7 +154,10 @@ fn run(cli: Cli) -> Result<u8> {
         .unwrap_or_else(|| DEFAULT_ROOT.into());
     use liboci_cli::StandardCmd as S;
     match cli.command {
-        Cmd::Standard(S::Create(a)) => create(&root, cli.isolation.as_deref(), &a),
+        Cmd::Standard(S::Create(a)) => {
+            let isolation = cli.isolation.as_deref().or(argv0_isolation());
+            create(&root, isolation, &a)
+        }
         Cmd::Standard(S::Start(a)) => start(&root, &a.container_id),
         Cmd::Standard(S::State(a)) => {
             let dir = Dir::of(&root, &a.container_id)?;

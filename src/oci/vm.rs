@@ -278,7 +278,7 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
 /// virtiofsd beside guest RAM.
 fn cgroup_resources(spec: &Spec) -> Option<oci_spec::runtime::LinuxResources> {
     let mut r = spec.linux().as_ref()?.resources().clone()?;
-    if let Some(mut m) = r.memory().clone() {
+    if let Some(mut m) = *r.memory() {
         let extra = (CGROUP_HEADROOM_MIB << 20) as i64;
         if let Some(l) = m.limit().filter(|&l| l > 0) {
             m.set_limit(Some(l + extra));

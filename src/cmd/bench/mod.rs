@@ -376,8 +376,20 @@ impl Bench {
             }
         }
         self.lifecycle_rows(&cfg, isolations, peers);
-        if peers && isolations.contains(&Isolation::Container) && !interrupt::requested() {
-            self.docker_run_rows(&cfg);
+        // Under Docker: runc and duet for containers; duet next to duet-vm
+        // where VMs run, so the report shows what the VM costs there.
+        let mut docker_rows: Vec<&str> = Vec::new();
+        if peers && isolations.contains(&Isolation::Container) {
+            docker_rows.extend(["runc", "duet"]);
+        }
+        if vm_peers && isolations.contains(&Isolation::Vm) {
+            if !docker_rows.contains(&"duet") {
+                docker_rows.push("duet");
+            }
+            docker_rows.push("duet-vm");
+        }
+        if !docker_rows.is_empty() && !interrupt::requested() {
+            self.docker_run_rows(&cfg, &docker_rows);
         }
         if peers {
             let rows = oci::peer_startup(
@@ -505,29 +517,36 @@ impl Bench {
         }
     }
 
-    /// `docker run --rm IMAGE true` of one private dockerd with runc and
-    /// with duet (`duet-runc`) as its OCI runtime, interleaved run by run.
-    fn docker_run_rows(&mut self, cfg: &StartupConfig) {
+    /// `docker run --rm IMAGE true` of one private dockerd with each of
+    /// `labels` as its OCI runtime (`runc`; `duet`, i.e. `duet-runc`;
+    /// `duet-vm`, i.e. `duet-runc --isolation vm`), interleaved run by run.
+    fn docker_run_rows(&mut self, cfg: &StartupConfig, labels: &[&str]) {
         use duet_bench::docker::{DockerRunStarter, RuntimeEntry};
-        let labels = ["runc", "duet"];
         let link = self.scratch.path().join("duet-runc");
         let _ = std::fs::remove_file(&link);
         let engine = std::os::unix::fs::symlink(&self.exe, &link)
             .map_err(|e| format!("symlink {}: {e}", link.display()))
             .and_then(|()| {
-                self.private_dockerd(&[RuntimeEntry {
-                    name: "duet".into(),
-                    path: link,
-                    args: vec![],
-                }])
+                self.private_dockerd(&[
+                    RuntimeEntry {
+                        name: "duet".into(),
+                        path: link.clone(),
+                        args: vec![],
+                    },
+                    RuntimeEntry {
+                        name: "duet-vm".into(),
+                        path: link,
+                        args: vec!["--isolation".into(), "vm".into()],
+                    },
+                ])
             });
         let engine = match engine {
             Ok(e) => std::rc::Rc::new(e),
             Err(why) => {
-                for l in labels {
+                for &l in labels {
                     let r = StartupResult::unavailable(
                         &format!("docker run --rm --runtime {l} (true)"),
-                        duet_bench::Kind::Container,
+                        docker_kind(l),
                         &why,
                     );
                     say_startup(&r);
@@ -545,6 +564,7 @@ impl Bench {
                     image: "duet-bench-busybox".into(),
                     runtime: l.to_string(),
                     label: format!("docker {version} run --rm --runtime {l} (true)"),
+                    kind: docker_kind(l),
                 }) as Box<dyn startup::Starter>
             })
             .collect();
@@ -1163,6 +1183,15 @@ pub fn demo_memory(isolation: Isolation) -> Result<MemoryResult> {
     let exe = std::env::current_exe().context("locating the duet binary")?;
     let mut l = CommandIdle::duet(&exe, &isolation.to_string(), "busybox", &[]);
     Ok(measure_memory(&mut l, 1, Duration::from_millis(300)))
+}
+
+/// What a `docker run --runtime NAME` row measures.
+fn docker_kind(runtime: &str) -> duet_bench::Kind {
+    if runtime == "duet-vm" {
+        duet_bench::Kind::Vm
+    } else {
+        duet_bench::Kind::Container
+    }
 }
 
 #[cfg(test)]

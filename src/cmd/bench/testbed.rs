@@ -16,7 +16,19 @@ pub struct Testbed {
     pub kernel_dir: Option<PathBuf>,
     /// Pack QEMU inside too (`--qemu`), for the QEMU microvm peer row.
     pub qemu: bool,
+    /// Pack dockerd, containerd, the runc shim, runc and the docker CLI
+    /// (when this host has them), for the `docker run --runtime duet-vm` rows.
+    pub docker: bool,
 }
+
+/// What a dockerd inside the testbed needs, packed with their libraries.
+const DOCKER_PROGRAMS: &[&str] = &[
+    "dockerd",
+    "docker",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "runc",
+];
 
 /// Where VM rows can run on this host.
 #[derive(Debug, Clone)]
@@ -131,6 +143,7 @@ pub fn find_testbed() -> Result<Testbed, String> {
         init: Some(init),
         kernel_dir: Some(kernel_dir),
         qemu: false,
+        docker: false,
     })
 }
 
@@ -259,6 +272,18 @@ pub fn run_testbed(
     if tb.qemu {
         cmd.arg("--qemu");
     }
+    if tb.docker {
+        let found: Vec<_> = DOCKER_PROGRAMS
+            .iter()
+            .filter_map(|p| duet_shared::testing::find_program(p))
+            .collect();
+        // All or nothing: without one of them the docker rows say why inside.
+        if found.len() == DOCKER_PROGRAMS.len() {
+            for p in found {
+                cmd.arg("--with-libs").arg(p);
+            }
+        }
+    }
     if let Some(p) = probe {
         cmd.arg("--file")
             .arg(format!("{}:/usr/local/bin/duet-probe", p.display()));
@@ -383,8 +408,9 @@ pub(super) fn vm_in_testbed(
         // runs) and one instance to exec into.
         boots += runs + 1 + runs + 2;
         if qemu_row {
-            // duet run --keep for the initramfs, QEMU's warm-up and runs.
-            boots += runs + 2;
+            // duet run --keep for the initramfs, QEMU's warm-up and runs;
+            // `docker run --runtime duet-vm`'s warm-up and runs.
+            boots += runs + 2 + runs + 1;
         }
     }
     if let Some(m) = &plan.memory {
@@ -415,6 +441,7 @@ pub(super) fn vm_in_testbed(
     );
     let tb = Testbed {
         qemu: qemu_row,
+        docker: qemu_row,
         ..tb.clone()
     };
     let sections = run_testbed(&tb, b.image.probe.as_deref(), &script, timeout, "VM rows")?;
