@@ -133,3 +133,36 @@ fn docker_vm_kill_gives_137_and_leaves_nothing() {
         c.output
     );
 }
+
+#[test]
+fn docker_vm_volumes_are_shared_and_ro_is_enforced() {
+    let Some(c) = ok(
+        "docker_vm_volumes_are_shared_and_ro_is_enforced",
+        "docker_vm_volumes",
+    ) else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(
+        c.output
+            .contains("from-the-host\nro-refused\nhost-sees: from-the-guest\n"),
+        "{}",
+        c.output
+    );
+}
+
+#[test]
+fn docker_vm_exec_runs_as_the_containers_user() {
+    let Some(c) = ok(
+        "docker_vm_exec_runs_as_the_containers_user",
+        "docker_vm_exec_user",
+    ) else {
+        return;
+    };
+    assert!(
+        c.output
+            .contains("exec-ids: 1000:1000\nexec-root-ids: 0:0\nremoved\n"),
+        "{}",
+        c.output
+    );
+}

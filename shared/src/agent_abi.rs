@@ -240,6 +240,7 @@ mod tests {
             workdir: Some("/tmp".into()),
             tty: true,
             interactive: false,
+            user: None,
         });
         let mut d = Decoder::new();
         d.push(&encode_line(&r));

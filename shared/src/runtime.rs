@@ -82,6 +82,22 @@ pub struct ExecRequest {
     pub tty: bool,
     /// Keep stdin open and relay it (`-i`).
     pub interactive: bool,
+    /// The ids to run as; `None`: the workload's own (root in a guest).
+    /// Used by the microVM's guest agent (an OCI exec's `process.user`).
+    #[serde(default)]
+    pub user: Option<ExecUser>,
+}
+
+/// uid, gid and supplementary groups of an exec'd command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecUser {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
 }
 
 /// Boxed error a backend returns; the CLI prints its whole `source()` chain.

@@ -59,6 +59,7 @@ pub fn exec(args: ExecArgs) -> Result<i32> {
         workdir: args.workdir,
         tty: args.tty,
         interactive: args.interactive,
+        user: None,
     };
     let isolation = match inst.meta().isolation.as_str() {
         "container" => duet_shared::Isolation::Container,

@@ -19,9 +19,10 @@
 //! What config.json asks is mapped onto the guest (args, env, cwd, user,
 //! hostname, root.readonly, memory and CPU limits, pids limit, terminal,
 //! hooks); what a guest cannot honour is refused, naming the field:
-//! - bind mounts of directories (a second share per volume is not built
-//!   yet), mounts of other file systems at paths the guest init does not
-//!   provide; bind mounts of small regular files (Docker's `/etc/hosts`,
+//! - mounts of other file systems at paths the guest init does not
+//!   provide, more than [`duet_vmm::bundle::MAX_VOLUMES`] directory
+//!   volumes. Bind mounts of directories (volumes) get a virtio-fs share
+//!   each; bind mounts of small regular files (Docker's `/etc/hosts`,
 //!   `resolv.conf`, `hostname`) are copied into the guest at create;
 //! - joining another container's pid, ipc, uts or mount namespace, and
 //!   user namespaces. A network namespace path is accepted: the microVM
@@ -75,6 +76,8 @@ struct KeeperConfig {
     rootfs: PathBuf,
     read_only: bool,
     workload: GuestWorkload,
+    #[serde(default)]
+    volumes: Vec<duet_vmm::bundle::Volume>,
     memory_mib: u64,
     vcpus: u32,
     state_root: PathBuf,
@@ -123,6 +126,7 @@ pub fn remove_sockets(dir: &Dir) {
 /// The guest's view of a bundle, or the field that cannot be honoured.
 struct Translated {
     workload: GuestWorkload,
+    volumes: Vec<duet_vmm::bundle::Volume>,
     memory_mib: u64,
     vcpus: u32,
     read_only: bool,
@@ -168,6 +172,7 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         bail!("config.json: linux.uidMappings: not supported with isolation vm");
     }
     let mut files = Vec::new();
+    let mut volumes = Vec::new();
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let dest = m.destination().display().to_string();
         let options = m.options().clone().unwrap_or_default();
@@ -186,10 +191,24 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         let source = m.source().clone().unwrap_or_default();
         let meta = std::fs::metadata(&source)
             .with_context(|| format!("config.json: mounts[{i}] source {}", source.display()))?;
+        if meta.is_dir() {
+            if volumes.len() == duet_vmm::bundle::MAX_VOLUMES {
+                bail!(
+                    "config.json: mounts[{i}] (bind of {} on {dest}): isolation vm shares at most {} directory volumes",
+                    source.display(),
+                    duet_vmm::bundle::MAX_VOLUMES
+                );
+            }
+            volumes.push(duet_vmm::bundle::Volume {
+                source: source.clone(),
+                target: dest,
+                read_only: options.iter().any(|o| o == "ro"),
+            });
+            continue;
+        }
         if !meta.is_file() {
             bail!(
-                "config.json: mounts[{i}] (bind of {} on {dest}): isolation vm shares only the rootfs; \
-                 directory volumes are not supported yet",
+                "config.json: mounts[{i}] (bind of {} on {dest}): isolation vm shares directories and copies regular files; this is neither",
                 source.display()
             );
         }
@@ -263,6 +282,7 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
     }
     Ok(Translated {
         workload,
+        volumes,
         memory_mib,
         vcpus,
         read_only: spec
@@ -382,6 +402,7 @@ pub fn create(
         rootfs: rootfs.clone(),
         read_only: t.read_only,
         workload: t.workload,
+        volumes: t.volumes,
         memory_mib: t.memory_mib,
         vcpus: t.vcpus,
         state_root,
@@ -508,6 +529,7 @@ pub fn keeper(root: &Path, id: &str) -> Result<u8> {
         socket_dir: cfg.socket_dir.clone(),
         state_root: cfg.state_root,
         console: std::env::var_os("DUET_VM_CONSOLE").is_some_and(|v| v == "1"),
+        volumes: cfg.volumes,
     };
     let mut report = duet_shared::RunReport::start("vm", id, "oci-bundle");
     let exit = duet_vmm::bundle::run(&b, &mut report);
@@ -533,19 +555,21 @@ fn request_of(p: &oci_spec::runtime::Process) -> Result<duet_shared::ExecRequest
         bail!("exec: the process has no args");
     }
     let u = p.user();
-    if u.uid() != 0 || u.gid() != 0 {
-        bail!(
-            "exec: user {}:{}: exec into a microVM runs as the guest's root (users for exec are not supported yet)",
-            u.uid(),
-            u.gid()
-        );
-    }
+    let additional_gids = u.additional_gids().clone().unwrap_or_default();
+    let user = (u.uid() != 0 || u.gid() != 0 || !additional_gids.is_empty()).then(|| {
+        duet_shared::runtime::ExecUser {
+            uid: u.uid(),
+            gid: u.gid(),
+            additional_gids,
+        }
+    });
     Ok(duet_shared::ExecRequest {
         command: argv,
         env: p.env().clone().unwrap_or_default(),
         workdir: Some(p.cwd().display().to_string()),
         tty: p.terminal().unwrap_or(false),
         interactive: true,
+        user,
     })
 }
 
@@ -663,9 +687,18 @@ mod tests {
             ),
             (
                 Box::new(
-                    move |j| j["mounts"] = serde_json::json!([{"destination": "/data", "type": "bind", "source": vol, "options": ["rbind"]}]),
+                    |j| j["mounts"] = serde_json::json!([{"destination": "/n", "type": "bind", "source": "/dev/null", "options": ["rbind"]}]),
                 ),
-                "mounts[0] (bind of",
+                "mounts[0] (bind of /dev/null on /n)",
+            ),
+            (
+                Box::new(move |j| {
+                    let many: Vec<_> = (0..=duet_vmm::bundle::MAX_VOLUMES)
+                        .map(|n| serde_json::json!({"destination": format!("/v{n}"), "type": "bind", "source": vol, "options": ["rbind"]}))
+                        .collect();
+                    j["mounts"] = serde_json::Value::Array(many);
+                }),
+                "at most 8 directory volumes",
             ),
             (
                 Box::new(|j| {
@@ -696,7 +729,7 @@ mod tests {
     }
 
     #[test]
-    fn small_bound_files_are_copied_and_guest_mounts_pass() {
+    fn files_are_copied_volumes_shared_and_guest_mounts_pass() {
         let d = tempfile::tempdir().unwrap();
         let hosts = d.path().join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
@@ -706,7 +739,15 @@ mod tests {
             {"destination": "/dev/pts", "type": "devpts", "source": "devpts"},
             {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]}
         ]);
+        j["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+            {"destination": "/data", "type": "bind", "source": d.path(), "options": ["rbind", "ro"]}
+        ));
         let t = translate(&spec(j), d.path(), "c1").unwrap();
+        assert_eq!(t.volumes.len(), 1);
+        assert_eq!(
+            (t.volumes[0].target.as_str(), t.volumes[0].read_only),
+            ("/data", true)
+        );
         assert_eq!(t.workload.files.len(), 1);
         assert_eq!(t.workload.files[0].path, "/etc/hosts");
         assert!(t.workload.files[0].read_only);

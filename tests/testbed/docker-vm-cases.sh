@@ -56,6 +56,24 @@ docker_vm_detached() {
     dk rm "$id" > /dev/null && echo removed
 }
 case_ docker_vm_detached docker_vm_detached
+# Directory volumes: a virtio-fs share (and a virtiofsd) each; the host sees
+# the guest's writes, a read-only volume refuses them.
+docker_vm_volumes() {
+    mkdir -p /tmp/vol-rw /tmp/vol-ro
+    echo from-the-host > /tmp/vol-ro/given
+    dk run --rm --runtime duet-vm -v /tmp/vol-rw:/data -v /tmp/vol-ro:/in:ro busybox \
+        sh -c 'cat /in/given; echo from-the-guest > /data/made; (echo x > /in/nope) 2>/dev/null && echo ro-written || echo ro-refused' || return 1
+    echo "host-sees: $(cat /tmp/vol-rw/made)"
+}
+case_ docker_vm_volumes docker_vm_volumes
+# exec as the image's (or -u) user: the agent switches ids in the guest.
+docker_vm_exec_user() {
+    id=$(dk run -d --runtime duet-vm -u 1000:1000 busybox sleep 1000) || return 1
+    echo "exec-ids: $(dk exec "$id" sh -c 'echo $(id -u):$(id -g)')"
+    echo "exec-root-ids: $(dk exec -u 0:0 "$id" sh -c 'echo $(id -u):$(id -g)')"
+    dk rm -f "$id" > /dev/null && echo removed
+}
+case_ docker_vm_exec_user docker_vm_exec_user
 docker_vm_kill() {
     id=$(dk run -d --runtime duet-vm busybox sleep 1000) || return 1
     sleep 1

@@ -383,4 +383,4 @@ oci_vm_kill9() {
     echo "cgroups-left $(find /sys/fs/cgroup -type d -name 'v2' 2>/dev/null | wc -l)"
 }
 case_ oci_vm_kill9 oci_vm_kill9
-case_ oci_vm_refusal sh -c 'B=/tmp/oci-b3; mkdir -p $B/rootfs/vol; printf "%s" "{\"ociVersion\": \"1.0.2\", \"process\": {\"args\": [\"true\"], \"cwd\": \"/\", \"user\": {\"uid\": 0, \"gid\": 0}}, \"root\": {\"path\": \"rootfs\"}, \"mounts\": [{\"destination\": \"/data\", \"type\": \"bind\", \"source\": \"$B/rootfs/vol\", \"options\": [\"rbind\"]}]}" > $B/config.json; timeout 60 /usr/local/bin/duet-runc --root /tmp/oci-root --isolation vm create --bundle $B v3; echo "rc=$?"; ls /tmp/oci-root | grep -c "^v3$"'
+case_ oci_vm_refusal sh -c 'B=/tmp/oci-b3; mkdir -p $B/rootfs; printf "%s" "{\"ociVersion\": \"1.0.2\", \"process\": {\"args\": [\"true\"], \"cwd\": \"/\", \"user\": {\"uid\": 0, \"gid\": 0}}, \"root\": {\"path\": \"rootfs\"}, \"mounts\": [{\"destination\": \"/n\", \"type\": \"bind\", \"source\": \"/dev/null\", \"options\": [\"rbind\"]}]}" > $B/config.json; timeout 60 /usr/local/bin/duet-runc --root /tmp/oci-root --isolation vm create --bundle $B v3; echo "rc=$?"; ls /tmp/oci-root | grep -c "^v3$"'

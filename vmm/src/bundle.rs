@@ -10,6 +10,8 @@
 //! a virtio-fs device connected to virtiofsd and the guest agent's vsock
 //! (exec and kill, [`crate::agent`]), and turn how the VM ended into the
 //! workload's exit. The VMM closing its connection ends virtiofsd.
+//! Directory volumes get a share (and a virtiofsd) each, mounted by the
+//! guest init inside the root.
 
 use crate::disks::{self, FsRoot, GuestRoot};
 use crate::jail;
@@ -54,7 +56,23 @@ pub struct BundleVm {
     pub state_root: PathBuf,
     /// Forward the whole guest console (kernel log too), not only the workload's output.
     pub console: bool,
+    /// Host directories mounted inside the root, each over a share of its own.
+    pub volumes: Vec<Volume>,
 }
+
+/// A host directory the guest mounts at `target` (an engine's volume).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Volume {
+    /// The host directory.
+    pub source: PathBuf,
+    /// Absolute path in the guest's root.
+    pub target: String,
+    /// Read-only for the guest.
+    pub read_only: bool,
+}
+
+/// Most volumes per VM (each takes a virtio-mmio slot and a virtiofsd).
+pub const MAX_VOLUMES: usize = 8;
 
 /// Boots `b` and waits for its workload; the VM's output goes to stdout
 /// and stdin feeds its console, as in `duet run --isolation vm`.
@@ -69,9 +87,36 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
         &b.instance_dir.join(FS_LOG),
         b.read_only,
     )?;
+    let mut shares = vec![FsShare {
+        socket: fsd.socket().to_path_buf(),
+        tag: ROOT_TAG.into(),
+    }];
+    let mut backends = vec![fsd];
+    let mut mounts = Vec::new();
+    for (n, v) in b.volumes.iter().enumerate().take(MAX_VOLUMES) {
+        let tag = format!("duet-vol-{n}");
+        let d = Virtiofsd::start(
+            &bin,
+            &v.source,
+            &b.socket_dir.join(format!("vol-{n}.sock")),
+            &b.instance_dir.join(format!("virtiofsd-vol-{n}.log")),
+            v.read_only,
+        )?;
+        shares.push(FsShare {
+            socket: d.socket().to_path_buf(),
+            tag: tag.clone(),
+        });
+        backends.push(d);
+        mounts.push(duet_init::disk_root::FsMount {
+            tag,
+            target: v.target.clone(),
+            read_only: v.read_only,
+        });
+    }
     let root = FsRoot {
         tag: ROOT_TAG.into(),
         read_only: b.read_only,
+        mounts,
     };
     let initrd = disks::build_initramfs(
         &b.state_root,
@@ -95,18 +140,17 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
         stdin: true,
         disks: Vec::new(),
         agent_socket: Some(b.socket_dir.join(crate::agent::SOCKET)),
-        fs: vec![FsShare {
-            socket: fsd.socket().to_path_buf(),
-            tag: ROOT_TAG.into(),
-        }],
+        fs: shares,
     };
     let jail = jail::JailConfig::for_instance(&b.state_root, &b.instance_dir, &b.id)
         .map_err(crate::VmmError::from)?;
     // SIGINT/TERM/HUP/QUIT stop the VM (passed on to the jailed VMM).
     let _guard = crate::signals::RunGuard::enter();
     let outcome = jail::run_jailed(&cfg, &jail, report);
-    // The VMM held the only connection: virtiofsd ends by itself.
-    fsd.stop(Duration::from_secs(2));
+    // The VMM held the only connections: each virtiofsd ends by itself.
+    for d in backends {
+        d.stop(Duration::from_secs(2));
+    }
     let outcome = outcome?;
     match outcome.end {
         VmEnd::Interrupted(sig) => Ok(WorkloadExit::Signal(sig)),

@@ -424,6 +424,26 @@ fn start(r: &ExecRequest, size: Option<(u16, u16)>, ctx: &AgentContext) -> Resul
         if let Some(p) = &procs {
             let _ = std::fs::write(p, std::process::id().to_string());
         }
+        if let Some(u) = &r.user {
+            let groups: Vec<libc::gid_t> = u.additional_gids.clone();
+            // SAFETY: plain id changes in the forked child; groups first,
+            // while it may still change them.
+            let failed = unsafe {
+                libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(u.gid, u.gid, u.gid) != 0
+                    || libc::setresuid(u.uid, u.uid, u.uid) != 0
+            };
+            if failed {
+                child_msg(&format!(
+                    "cannot switch to user {}:{}: {}",
+                    u.uid,
+                    u.gid,
+                    std::io::Error::last_os_error()
+                ));
+                // SAFETY: ends the forked child.
+                unsafe { libc::_exit(command::EXIT_NOT_EXECUTABLE as i32) }
+            }
+        }
         // SAFETY: chdir to a valid C string.
         if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
             child_msg(&format!(

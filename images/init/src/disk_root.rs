@@ -88,6 +88,23 @@ pub struct FsRoot {
     /// Mount it read-only (an OCI `root.readonly`).
     #[serde(default)]
     pub read_only: bool,
+    /// More shares mounted inside the root once it is `/` (an engine's
+    /// directory volumes), in order.
+    #[serde(default)]
+    pub mounts: Vec<FsMount>,
+}
+
+/// A virtio-fs share mounted at a path of the workload's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsMount {
+    /// The share's mount tag.
+    pub tag: String,
+    /// Absolute path in the root (made if missing).
+    pub target: String,
+    /// Mount it read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl FsRoot {
@@ -124,7 +141,16 @@ pub fn enter_fs(root: &FsRoot) -> Result<(), DiskRootError> {
         flags |= MsFlags::MS_RDONLY;
     }
     mount_at(&root.tag, Path::new(NEW_ROOT), "virtiofs", flags, None)?;
-    switch_into_new_root()
+    switch_into_new_root()?;
+    // After the switch: every path (symlinks too) resolves inside the guest's root.
+    for m in &root.mounts {
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if m.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        mount_at(&m.tag, Path::new(&m.target), "virtiofs", flags, None)?;
+    }
+    Ok(())
 }
 
 /// Why the disk root could not be set up; each names its disk or path.
@@ -359,6 +385,11 @@ mod tests {
         let r = FsRoot {
             tag: "duet-root".into(),
             read_only: true,
+            mounts: vec![FsMount {
+                tag: "duet-vol-0".into(),
+                target: "/data".into(),
+                read_only: false,
+            }],
         };
         std::fs::write(&p, r.to_json()).unwrap();
         assert_eq!(FsRoot::load(&p).unwrap(), Some(r));
