@@ -11,6 +11,13 @@
 //! The pod uses the node's network (no CNI plugin is configured, and the
 //! host's network must not change); the sandbox ("pause") and workload
 //! images are a busybox layer imported with `ctr images import`.
+//!
+//! The handler `duet-vm` (`BinaryName` = duet-runc-vm: every container of
+//! the pod, its sandbox too, is a microVM) needs a KVM that boots Linux:
+//! the same sequence runs inside the nested-KVM testbed, with this test
+//! binary, containerd, ctr, the shim and runc packed in
+//! (`cri_pod_with_runtime_handler_duet_vm_in_the_testbed` outside runs
+//! `inner_cri_duet_vm` inside).
 
 mod common;
 
@@ -34,7 +41,9 @@ impl Containerd {
         self.dir.path().join("c.sock")
     }
 
-    fn start(runtime: &Path) -> Containerd {
+    /// containerd with the handlers `duet` (`runtime`, a duet-runc link)
+    /// and `duet-vm` (`runtime`'s sibling `duet-runc-vm`), on `snapshotter`.
+    fn start(runtime: &Path, snapshotter: &str) -> Containerd {
         // Short: shim socket paths are derived from it.
         let dir = tempfile::Builder::new()
             .prefix("duet-ctd-")
@@ -69,7 +78,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     bin_dir = "{cni}"
     conf_dir = "{cni}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+    snapshotter = "{snapshotter}"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.duet]
@@ -77,13 +86,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.duet.options]
         BinaryName = "{runtime}"
         SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.duet-vm]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.duet-vm.options]
+        BinaryName = "{runtime}-vm"
+        SystemdCgroup = false
 "#,
             root = d("root"),
             state = d("state"),
             sock = d("c.sock"),
             opt = d("opt"),
             cni = d("cni"),
-            runtime = runtime.display()
+            runtime = runtime.display(),
         );
         std::fs::write(d("config.toml"), config).unwrap();
         let log = std::fs::File::create(d("containerd.log")).unwrap();
@@ -347,7 +361,7 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
         .unwrap();
     let runtime = work.path().join("duet-runc");
     std::os::unix::fs::symlink(duet_bin(), &runtime).unwrap();
-    let ctd = Containerd::start(&runtime);
+    let ctd = Containerd::start(&runtime, "overlayfs");
     for (tag, cmd) in [
         ("duet.test/pause:1", vec!["sleep", "2147483"]),
         ("duet.test/busybox:1", vec!["sh"]),
@@ -497,4 +511,299 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
     assert!(pids_with("sleep\u{0}2147483").is_empty(), "pause left");
     let left = cgroups_below(&parent);
     assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+/// What the outer test packs into the testbed besides duet (programs with their libraries).
+const TESTBED_PROGRAMS: &[(&str, &str)] = &[
+    ("containerd", "containerd"),
+    ("ctr", "containerd"),
+    ("containerd-shim-runc-v2", "containerd"),
+    ("runc", "runc"),
+    ("/usr/lib/qemu/virtiofsd", "qemu-system-common"),
+];
+
+#[test]
+fn cri_pod_with_runtime_handler_duet_vm_in_the_testbed() {
+    let test = "cri_pod_with_runtime_handler_duet_vm_in_the_testbed";
+    if let Some(why) = common::testbed::missing() {
+        skip(test, &format!("the nested-KVM testbed {why}"));
+        return;
+    }
+    let mut args: Vec<String> = Vec::new();
+    for (prog, pkg) in TESTBED_PROGRAMS {
+        if skip_unless_program(test, prog, pkg) {
+            return;
+        }
+        let p = duet_shared::testing::find_program(prog).unwrap();
+        args.extend(["--with-libs".into(), p.display().to_string()]);
+    }
+    // This very test binary runs the inner half; without its debug info it
+    // packs in a tenth of the size.
+    let work = tempfile::Builder::new()
+        .prefix("duet-cri-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let inner = work.path().join("cri-inner");
+    let me = std::env::current_exe().unwrap();
+    let stripped = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&me)
+        .arg(&inner)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(&me, &inner).unwrap();
+    }
+    args.extend(["--with-libs".into(), inner.display().to_string()]);
+    let out = Command::new(common::testbed::repo().join("tests/testbed/run"))
+        .args(["--timeout", "900"])
+        .args(&args)
+        .args([
+            "--",
+            "env",
+            "DUET_TEST_STRICT=1",
+            "DUET_CRI_DUET=/usr/local/bin/duet",
+        ])
+        .arg(&inner)
+        .args([
+            "--ignored",
+            "--exact",
+            "inner_cri_duet_vm",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("DUET_BIN", duet_bin())
+        .env("DUET_INIT", common::testbed::duet_init())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(
+        out.status.code(),
+        Some(125),
+        "the testbed failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("inner CRI duet-vm: ok") && text.contains("1 passed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Live processes whose command line contains `needle`.
+fn live_with(needle: &str) -> usize {
+    pids_with(needle)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
+                !s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
+        })
+        .count()
+}
+
+/// The pod sequence with the handler `duet-vm`, inside the testbed only.
+#[test]
+#[ignore = "the inner half of cri_pod_with_runtime_handler_duet_vm_in_the_testbed, run inside the testbed"]
+fn inner_cri_duet_vm() {
+    let duet = std::env::var_os("DUET_CRI_DUET")
+        .map(PathBuf::from)
+        .unwrap_or_else(duet_bin);
+    assert_eq!(
+        std::env::var("DUET_TESTBED").as_deref(),
+        Ok("1"),
+        "runs only inside the testbed (it writes the machine's /etc)"
+    );
+    std::fs::create_dir_all("/var/tmp").unwrap();
+    // A host-network pod copies the node's /etc/hosts and resolv.conf; the
+    // testbed's busybox userland has none.
+    for (f, text) in [
+        ("/etc/hosts", "127.0.0.1 localhost\n"),
+        ("/etc/resolv.conf", "nameserver 127.0.0.1\n"),
+    ] {
+        if !Path::new(f).exists() {
+            std::fs::create_dir_all("/etc").unwrap();
+            std::fs::write(f, text).unwrap();
+        }
+    }
+    let work = tempfile::Builder::new()
+        .prefix("duet-cri-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let runtime = work.path().join("duet-runc");
+    std::os::unix::fs::symlink(&duet, &runtime).unwrap();
+    std::os::unix::fs::symlink(&duet, work.path().join("duet-runc-vm")).unwrap();
+    // The testbed's kernel has no overlay module loaded: plain directories.
+    let ctd = Containerd::start(&runtime, "native");
+    for (tag, cmd) in [
+        ("duet.test/pause:1", vec!["sleep", "2147483"]),
+        ("duet.test/busybox:1", vec!["sh"]),
+    ] {
+        let tar = image_tar(work.path(), tag, &cmd);
+        let o = ctd.ctr(&["images", "import", tar.to_str().unwrap()]);
+        assert!(o.status.success(), "ctr import: {o:?}");
+    }
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let parent = ctd.cgroup_parent.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = connect(ctd.sock()).await;
+        let sandbox_config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "duet-vm-pod".into(),
+                uid: "uid-duet-vm-pod".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            log_directory: logs.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: format!("/{parent}"),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = c
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(sandbox_config.clone()),
+                runtime_handler: "duet-vm".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        let ctd_log = || ctd.log();
+        let created = start_in_pod(
+            &mut c,
+            &pod,
+            ContainerConfig {
+                args: vec![
+                    "-c".into(),
+                    "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
+                ],
+                envs: vec![KeyValue {
+                    key: "FOO".into(),
+                    value: "bar".into(),
+                }],
+                ..container_config("web", "sh", NamespaceMode::Container)
+            },
+            &sandbox_config,
+            &ctd_log,
+        )
+        .await;
+        let st = status_of(&mut c, &created).await;
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+        // The workload runs in the guest: the host sees its keeper, not its sleep.
+        assert_eq!(pids_with("sleep\u{0}4545").len(), 0);
+        assert!(
+            live_with("__vm-keeper") >= 2,
+            "sandbox and container keepers"
+        );
+
+        let ex = c
+            .exec_sync(ExecSyncRequest {
+                container_id: created.clone(),
+                cmd: vec!["sh".into(), "-c".into(), "echo in $FOO; exit 3".into()],
+                timeout: 60,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctd.log()))
+            .into_inner();
+        assert_eq!(String::from_utf8_lossy(&ex.stdout), "in bar\n");
+        assert_eq!(ex.exit_code, 3);
+        let ex = c
+            .exec_sync(ExecSyncRequest {
+                container_id: created.clone(),
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "grep -c virtiofs /proc/mounts".into(),
+                ],
+                timeout: 60,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(
+            String::from_utf8_lossy(&ex.stdout).trim(),
+            "0",
+            "no virtio-fs root"
+        );
+
+        let log = logs.join("web.log");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(" stdout F hello-cri yes bar") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "log: {text:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        let st = stop_and_remove(&mut c, &created).await;
+        assert_eq!(st.state, ContainerState::ContainerExited as i32);
+        // In the guest the workload is not PID 1 (duet-init is): TERM ends it.
+        assert_eq!(st.exit_code, 143, "TERM through the guest agent");
+
+        // Sharing the pod's process namespace needs one kernel for the pod:
+        // refused by field.
+        let id = c
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ContainerConfig {
+                    args: vec!["4646".into()],
+                    ..container_config("shared", "sleep", NamespaceMode::Pod)
+                }),
+                sandbox_config: Some(sandbox_config.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        let e = c
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message()
+                .contains("cannot join another container's namespace"),
+            "{e}"
+        );
+        c.remove_container(RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+
+        c.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+        c.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while live_with("__vm-keeper") + live_with("/usr/lib/qemu/virtiofsd") > 0 {
+        assert!(Instant::now() < deadline, "keepers or virtiofsd left");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = cgroups_below(&parent);
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+    println!("inner CRI duet-vm: ok");
 }

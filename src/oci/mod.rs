@@ -595,13 +595,23 @@ fn signal_init(r: &Record, sig: i32) -> Result<()> {
     // SAFETY: pidfd_open with integer arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, r.pid, 0) };
     if fd < 0 {
-        bail!("container \"{}\" is not running", r.id);
+        // runc's words: containerd's shim treats "container not running" as
+        // "already exited", which a kill racing the exit is.
+        bail!(
+            "cannot signal container \"{}\": container not running",
+            r.id
+        );
     }
     // SAFETY: the pidfd is new and ours.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
     // The pidfd was opened before this check: if the start time matches, it is the init.
     if !state::alive(r) {
-        bail!("container \"{}\" is not running", r.id);
+        // runc's words: containerd's shim treats "container not running" as
+        // "already exited", which a kill racing the exit is.
+        bail!(
+            "cannot signal container \"{}\": container not running",
+            r.id
+        );
     }
     // SAFETY: pidfd_send_signal on our pidfd.
     let rc = unsafe {

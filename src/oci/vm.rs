@@ -24,9 +24,10 @@
 //!   volumes. Bind mounts of directories (volumes) get a virtio-fs share
 //!   each; bind mounts of small regular files (Docker's `/etc/hosts`,
 //!   `resolv.conf`, `hostname`) are copied into the guest at create;
-//! - joining another container's pid, ipc, uts or mount namespace, and
-//!   user namespaces. A network namespace path is accepted: the microVM
-//!   has no network device yet, so there is nothing to place in it.
+//! - joining another container's pid or mount namespace, and user
+//!   namespaces. Network, IPC and UTS namespace paths (a pod's sandbox) are
+//!   accepted: the microVM has its own kernel, so its own IPC and hostname
+//!   (taken from the engine's `/etc/hostname`), and no network device yet.
 //!
 //! Capabilities, seccomp, rlimits, no_new_privileges, masked and read-only
 //! paths and AppArmor confine a process that shares the host's kernel; the
@@ -161,7 +162,17 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
             (LinuxNamespaceType::User, _) => bail!(
                 "config.json: linux.namespaces[{i}] (user): isolation vm runs the workload in a guest kernel of its own, without user namespaces"
             ),
-            (LinuxNamespaceType::Network, _) | (_, None) => {}
+            // A pod's containers join its sandbox's network, IPC and UTS
+            // namespaces (CRI). A microVM has its own kernel and so its own
+            // IPC and hostname (the pod's hostname comes from its
+            // /etc/hostname bind, below); it has no network device yet.
+            // So these joins are accepted, and the pod's VMs share none of
+            // them: what a VM per pod (as Kata) would add, not built yet.
+            (
+                LinuxNamespaceType::Network | LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts,
+                _,
+            )
+            | (_, None) => {}
             (t, Some(path)) => bail!(
                 "config.json: linux.namespaces[{i}] ({t:?} at {}): a microVM cannot join another container's namespace",
                 path.display()
@@ -258,14 +269,20 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         .map(|p| p.limit())
         .filter(|&l| l > 0)
         .map(|l| l as u64);
+    // Without a hostname in the config (a pod's container, which joins the
+    // pod's UTS namespace), the engine's /etc/hostname names it.
+    let hostname = spec.hostname().clone().or_else(|| {
+        files
+            .iter()
+            .find(|f| f.path == "/etc/hostname")
+            .map(|f| String::from_utf8_lossy(&f.content).trim().to_string())
+            .filter(|h| !h.is_empty() && h.len() <= 64)
+    });
     let workload = GuestWorkload {
         argv,
         env: p.env().clone().unwrap_or_default(),
         workdir: p.cwd().display().to_string(),
-        hostname: spec
-            .hostname()
-            .clone()
-            .unwrap_or_else(|| id.chars().take(64).collect()),
+        hostname: hostname.unwrap_or_else(|| id.chars().take(64).collect()),
         pids_max,
         agent: true,
         user,
