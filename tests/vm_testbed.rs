@@ -783,6 +783,24 @@ fn oci_vm_kill9_of_the_keeper_leaves_nothing() {
 }
 
 #[test]
+fn oci_vm_kill9_of_the_vmm_stops_the_container_and_leaves_nothing() {
+    let Some(c) = case(
+        "oci_vm_kill9_of_the_vmm_stops_the_container_and_leaves_nothing",
+        "oci_vm_kill9_vmm",
+    ) else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(
+        c.output.ends_with(
+            "vmm-killed\nstatus stopped\ndeleted\nvirtiofsd-left 0\nkeeper-left 0\nsockets-left 0\n"
+        ),
+        "{}",
+        c.output
+    );
+}
+
+#[test]
 fn oci_vm_refuses_a_device_bind_by_field() {
     let Some(c) = case("oci_vm_refuses_a_device_bind_by_field", "oci_vm_refusal") else {
         return;

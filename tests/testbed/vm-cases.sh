@@ -310,7 +310,7 @@ ocirt() { timeout 120 /usr/local/bin/duet-runc --root $OCI_ROOT "$@"; }
 oci_bundle() { # oci_bundle DIR ARGS_JSON
     mkdir -p "$1/rootfs/bin" "$1/rootfs/etc" "$1/rootfs/tmp" "$1/rootfs/root"
     cp /bin/busybox "$1/rootfs/bin/busybox"
-    for a in sh echo cat sleep ls id hostname pwd grep; do ln -sf busybox "$1/rootfs/bin/$a"; done
+    for a in sh echo cat sleep ls id hostname pwd grep uname; do ln -sf busybox "$1/rootfs/bin/$a"; done
     echo "10.1.2.3 from-the-engine" > "$1/hosts"
     cat > "$1/config.json" <<EOF
 {"ociVersion": "1.0.2",
@@ -343,7 +343,8 @@ oci_vm_sequence() {
     echo "exec: $(ocirt exec v1 sh -c 'echo "$GREETING from $(hostname) in $(pwd)"')"
     echo "exec-hosts: $(ocirt exec v1 cat /etc/hosts)"
     echo "exec-root: $(ocirt exec v1 grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
-    [ "$(ocirt exec v1 uname -r)" != "$(uname -r)" ] && echo "guest-kernel-differs"
+    guest=$(ocirt exec v1 uname -r)
+    [ -n "$guest" ] && [ "$guest" != "$(uname -r)" ] && echo "guest-kernel-differs"
     ocirt exec v1 sh -c 'exit 7'
     echo "exec-rc $?"
     echo "host-sees: $(cat $B/rootfs/root/from-guest)"
@@ -383,4 +384,24 @@ oci_vm_kill9() {
     echo "cgroups-left $(find /sys/fs/cgroup -type d -name 'v2' 2>/dev/null | wc -l)"
 }
 case_ oci_vm_kill9 oci_vm_kill9
+# kill -9 of the jailed VMM itself: the keeper reports the container stopped,
+# virtiofsd ends with the VMM's connection, delete cleans up.
+oci_vm_kill9_vmm() {
+    B=/tmp/oci-b4
+    oci_bundle $B '["sh", "-c", "echo vm4-up; while true; do sleep 1; done"]'
+    ocirt --isolation vm create --bundle $B --pid-file /tmp/oci4.pid v4 > /tmp/oci-v4.out 2>&1 || { cat /tmp/oci-v4.out; return 1; }
+    ocirt start v4 || return 1
+    oci_wait_output /tmp/oci-v4.out vm4-up
+    vmm=$(for q in /proc/[0-9]*; do grep -q "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $q/status 2>/dev/null && basename $q; done | head -1)
+    [ -n "$vmm" ] && kill -9 "$vmm" && echo vmm-killed
+    i=0
+    while [ "$(oci_status v4)" != "status stopped" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    oci_status v4
+    ocirt delete v4 && echo deleted
+    live() { for p in /proc/[0-9]*; do [ "$(sed -n 's/^State:\t\([A-Z]\).*/\1/p' $p/status 2>/dev/null)" != Z ] && tr '\0' ' ' 2>/dev/null < $p/cmdline && echo; done 2>/dev/null; }
+    echo "virtiofsd-left $(live | grep -c '^/usr/lib/qemu/virtiofs[d]')"
+    echo "keeper-left $(live | grep -c '[_]_vm-keeper')"
+    echo "sockets-left $(ls /run/duet-vm 2>/dev/null | wc -l)"
+}
+case_ oci_vm_kill9_vmm oci_vm_kill9_vmm
 case_ oci_vm_refusal sh -c 'B=/tmp/oci-b3; mkdir -p $B/rootfs; printf "%s" "{\"ociVersion\": \"1.0.2\", \"process\": {\"args\": [\"true\"], \"cwd\": \"/\", \"user\": {\"uid\": 0, \"gid\": 0}}, \"root\": {\"path\": \"rootfs\"}, \"mounts\": [{\"destination\": \"/n\", \"type\": \"bind\", \"source\": \"/dev/null\", \"options\": [\"rbind\"]}]}" > $B/config.json; timeout 60 /usr/local/bin/duet-runc --root /tmp/oci-root --isolation vm create --bundle $B v3; echo "rc=$?"; ls /tmp/oci-root | grep -c "^v3$"'
