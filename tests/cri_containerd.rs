@@ -328,6 +328,100 @@ async fn status_of(c: &mut Cri, id: &str) -> ContainerStatus {
     .unwrap()
 }
 
+/// The pod's sandbox config `name`: logs in `logs`, cgroups below
+/// `parent`, the node's network.
+fn sandbox_config(name: &str, logs: &Path, parent: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{parent}"),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pause and busybox images, imported into `ctd`'s k8s.io namespace.
+fn import_images(ctd: &Containerd, work: &Path) {
+    for (tag, cmd) in [
+        ("duet.test/pause:1", vec!["sleep", "2147483"]),
+        ("duet.test/busybox:1", vec!["sh"]),
+    ] {
+        let tar = image_tar(work, tag, &cmd);
+        let o = ctd.ctr(&["images", "import", tar.to_str().unwrap()]);
+        assert!(o.status.success(), "ctr import: {o:?}");
+    }
+}
+
+/// Starts the container "web" (image env + FOO=bar, a line on stdout,
+/// then `sleep 4545`) in `pod` and checks it runs, that ExecSync returns
+/// its output and exit code, and that its CRI log has the line; its id.
+async fn web_container(
+    c: &mut Cri,
+    pod: &str,
+    sandbox_config: &PodSandboxConfig,
+    logs: &Path,
+    ctd_log: &dyn Fn() -> String,
+) -> String {
+    let created = start_in_pod(
+        c,
+        pod,
+        ContainerConfig {
+            args: vec![
+                "-c".into(),
+                "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
+            ],
+            envs: vec![KeyValue {
+                key: "FOO".into(),
+                value: "bar".into(),
+            }],
+            // kubelet's default: a pid namespace of the container's own.
+            ..container_config("web", "sh", NamespaceMode::Container)
+        },
+        sandbox_config,
+        ctd_log,
+    )
+    .await;
+    let st = status_of(c, &created).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    let ex = c
+        .exec_sync(ExecSyncRequest {
+            container_id: created.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo in $FOO; exit 3".into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctd_log()))
+        .into_inner();
+    assert_eq!(String::from_utf8_lossy(&ex.stdout), "in bar\n");
+    assert_eq!(ex.exit_code, 3);
+    // The container's log, in CRI's format: "TIME stdout F LINE".
+    let log = logs.join("web.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(" stdout F hello-cri yes bar") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "log: {text:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    created
+}
+
 /// StopContainer (grace 1 s) then RemoveContainer of `id`; its status in between.
 async fn stop_and_remove(c: &mut Cri, id: &str) -> ContainerStatus {
     c.stop_container(StopContainerRequest {
@@ -362,14 +456,7 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
     let runtime = work.path().join("duet-runc");
     std::os::unix::fs::symlink(duet_bin(), &runtime).unwrap();
     let ctd = Containerd::start(&runtime, "overlayfs");
-    for (tag, cmd) in [
-        ("duet.test/pause:1", vec!["sleep", "2147483"]),
-        ("duet.test/busybox:1", vec!["sh"]),
-    ] {
-        let tar = image_tar(work.path(), tag, &cmd);
-        let o = ctd.ctr(&["images", "import", tar.to_str().unwrap()]);
-        assert!(o.status.success(), "ctr import: {o:?}");
-    }
+    import_images(&ctd, work.path());
     let logs = work.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let parent = ctd.cgroup_parent.clone();
@@ -385,27 +472,7 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             .unwrap()
             .into_inner();
         assert_eq!(v.runtime_name, "containerd");
-        let sandbox_config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: "duet-pod".into(),
-                uid: "uid-duet-pod".into(),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            log_directory: logs.display().to_string(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: format!("/{parent}"),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let sandbox_config = sandbox_config("duet-pod", &logs, &parent);
         let pod = c
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(sandbox_config.clone()),
@@ -416,53 +483,9 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             .into_inner()
             .pod_sandbox_id;
         let ctd_log = || ctd.log();
-        let created = start_in_pod(
-            &mut c,
-            &pod,
-            ContainerConfig {
-                args: vec![
-                    "-c".into(),
-                    "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
-                ],
-                envs: vec![KeyValue {
-                    key: "FOO".into(),
-                    value: "bar".into(),
-                }],
-                // kubelet's default: a pid namespace of the container's own.
-                ..container_config("web", "sh", NamespaceMode::Container)
-            },
-            &sandbox_config,
-            &ctd_log,
-        )
-        .await;
-        let st = status_of(&mut c, &created).await;
-        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+        let created = web_container(&mut c, &pod, &sandbox_config, &logs, &ctd_log).await;
         // The pod's processes run under duet: its state root is the shim's --root.
         assert_eq!(pids_with("sleep\u{0}4545").len(), 1);
-
-        let ex = c
-            .exec_sync(ExecSyncRequest {
-                container_id: created.clone(),
-                cmd: vec!["sh".into(), "-c".into(), "echo in $FOO; exit 3".into()],
-                timeout: 20,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctd.log()))
-            .into_inner();
-        assert_eq!(String::from_utf8_lossy(&ex.stdout), "in bar\n");
-        assert_eq!(ex.exit_code, 3);
-
-        // The container's log, in CRI's format: "TIME stdout F LINE".
-        let log = logs.join("web.log");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(" stdout F hello-cri yes bar") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "log: {text:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
 
         let st = stop_and_remove(&mut c, &created).await;
         assert_eq!(st.state, ContainerState::ContainerExited as i32);
@@ -636,14 +659,7 @@ fn inner_cri_duet_vm() {
     std::os::unix::fs::symlink(&duet, work.path().join("duet-runc-vm")).unwrap();
     // The testbed's kernel has no overlay module loaded: plain directories.
     let ctd = Containerd::start(&runtime, "native");
-    for (tag, cmd) in [
-        ("duet.test/pause:1", vec!["sleep", "2147483"]),
-        ("duet.test/busybox:1", vec!["sh"]),
-    ] {
-        let tar = image_tar(work.path(), tag, &cmd);
-        let o = ctd.ctr(&["images", "import", tar.to_str().unwrap()]);
-        assert!(o.status.success(), "ctr import: {o:?}");
-    }
+    import_images(&ctd, work.path());
     let logs = work.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let parent = ctd.cgroup_parent.clone();
@@ -653,27 +669,7 @@ fn inner_cri_duet_vm() {
         .unwrap();
     rt.block_on(async {
         let mut c = connect(ctd.sock()).await;
-        let sandbox_config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: "duet-vm-pod".into(),
-                uid: "uid-duet-vm-pod".into(),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            log_directory: logs.display().to_string(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: format!("/{parent}"),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let sandbox_config = sandbox_config("duet-vm-pod", &logs, &parent);
         let pod = c
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(sandbox_config.clone()),
@@ -684,44 +680,13 @@ fn inner_cri_duet_vm() {
             .into_inner()
             .pod_sandbox_id;
         let ctd_log = || ctd.log();
-        let created = start_in_pod(
-            &mut c,
-            &pod,
-            ContainerConfig {
-                args: vec![
-                    "-c".into(),
-                    "echo hello-cri $FROM_IMAGE $FOO; exec sleep 4545".into(),
-                ],
-                envs: vec![KeyValue {
-                    key: "FOO".into(),
-                    value: "bar".into(),
-                }],
-                ..container_config("web", "sh", NamespaceMode::Container)
-            },
-            &sandbox_config,
-            &ctd_log,
-        )
-        .await;
-        let st = status_of(&mut c, &created).await;
-        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+        let created = web_container(&mut c, &pod, &sandbox_config, &logs, &ctd_log).await;
         // The workload runs in the guest: the host sees its keeper, not its sleep.
         assert_eq!(pids_with("sleep\u{0}4545").len(), 0);
         assert!(
             live_with("__vm-keeper") >= 2,
             "sandbox and container keepers"
         );
-
-        let ex = c
-            .exec_sync(ExecSyncRequest {
-                container_id: created.clone(),
-                cmd: vec!["sh".into(), "-c".into(), "echo in $FOO; exit 3".into()],
-                timeout: 60,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctd.log()))
-            .into_inner();
-        assert_eq!(String::from_utf8_lossy(&ex.stdout), "in bar\n");
-        assert_eq!(ex.exit_code, 3);
         let ex = c
             .exec_sync(ExecSyncRequest {
                 container_id: created.clone(),
@@ -740,17 +705,6 @@ fn inner_cri_duet_vm() {
             "0",
             "no virtio-fs root"
         );
-
-        let log = logs.join("web.log");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains(" stdout F hello-cri yes bar") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "log: {text:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
 
         let st = stop_and_remove(&mut c, &created).await;
         assert_eq!(st.state, ContainerState::ContainerExited as i32);

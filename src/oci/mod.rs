@@ -68,8 +68,8 @@ enum Cmd {
     VmExec {
         /// Container id.
         id: String,
-        /// The request, JSON.
-        request: String,
+        /// The file holding the request (JSON), removed once read.
+        request: PathBuf,
     },
 }
 

@@ -598,19 +598,43 @@ pub fn exec(
     a: &liboci_cli::Exec,
 ) -> Result<u8> {
     let req = request_of(process)?;
+    // The request goes in a file only root can read, not on the relay's
+    // command line, which every user can read in /proc (env may hold secrets).
+    let dir = Dir::of(root, &r.id)?;
+    let req_path = dir.path.join(format!(
+        "exec-{}-{}.json",
+        std::process::id(),
+        duet_shared::clock::monotonic_ns()
+    ));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&req_path)
+            .with_context(|| format!("writing {}", req_path.display()))?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(&req)?)?;
+    }
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg0("duet-runc")
         .arg("--root")
         .arg(root)
         .arg(EXEC_COMMAND)
         .arg(&r.id)
-        .arg(serde_json::to_string(&req)?);
+        .arg(&req_path);
     match (&a.console_socket, req.tty) {
         (Some(s), true) => on_terminal(&mut cmd, &console_pty(s)?)?,
         (None, true) => bail!("exec: process.terminal is true but no --console-socket was given"),
         _ => {}
     }
-    let mut child = cmd.spawn().context("starting the exec relay")?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&req_path);
+            return Err(e).context("starting the exec relay");
+        }
+    };
     let pid = child.id() as i32;
     if a.detach {
         if let Some(p) = &a.pid_file {
@@ -625,11 +649,14 @@ pub fn exec(
     Ok(status.code().unwrap_or(128 + 9).clamp(0, 255) as u8)
 }
 
-/// The relay: runs `request` through the guest agent with this process's stdio.
-pub fn exec_relay(root: &Path, id: &str, request: &str) -> Result<u8> {
+/// The relay: runs the request in the file `request` (removed once read)
+/// through the guest agent with this process's stdio.
+pub fn exec_relay(root: &Path, id: &str, request: &Path) -> Result<u8> {
     let dir = Dir::of(root, id)?;
+    let text = std::fs::read(request).with_context(|| format!("reading {}", request.display()));
+    let _ = std::fs::remove_file(request);
     let req: duet_shared::ExecRequest =
-        serde_json::from_str(request).context("the exec relay's request")?;
+        serde_json::from_slice(&text?).context("the exec relay's request")?;
     // SAFETY: fds 1 and 2 stay open for the process's life; ManuallyDrop never closes them.
     let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
     // SAFETY: as above.

@@ -324,6 +324,8 @@ oci_bundle() { # oci_bundle DIR ARGS_JSON
            "resources": {"memory": {"limit": 134217728}}}}
 EOF
 }
+# Command lines of the live (not zombie) processes, one per line.
+live() { for p in /proc/[0-9]*; do [ "$(sed -n 's/^State:\t\([A-Z]\).*/\1/p' $p/status 2>/dev/null)" != Z ] && tr '\0' ' ' 2>/dev/null < $p/cmdline && echo; done 2>/dev/null; }
 oci_status() { ocirt state "$1" | sed -n 's/.*"status": "\([a-z]*\)".*/status \1/p'; }
 oci_wait_output() { # oci_wait_output FILE TEXT
     i=0
@@ -378,8 +380,7 @@ oci_vm_kill9() {
     oci_status v2
     sleep 1
     ocirt delete --force v2 && echo deleted
-    live() { for p in /proc/[0-9]*; do [ "$(sed -n 's/^State:\t\([A-Z]\).*/\1/p' $p/status 2>/dev/null)" != Z ] && cat $p/cmdline 2>/dev/null | tr '\0' ' ' && echo; done; }
-    echo "virtiofsd-left $(live | grep -c '^/usr/lib/qemu/virtiofsd')"
+    echo "virtiofsd-left $(live | grep -c '^/usr/lib/qemu/virtiofs[d]')"
     echo "vmm-left $(for q in /proc/[0-9]*; do grep -l "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $q/status 2>/dev/null; done | wc -l)"
     echo "cgroups-left $(find /sys/fs/cgroup -type d -name 'v2' 2>/dev/null | wc -l)"
 }
@@ -398,7 +399,6 @@ oci_vm_kill9_vmm() {
     while [ "$(oci_status v4)" != "status stopped" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
     oci_status v4
     ocirt delete v4 && echo deleted
-    live() { for p in /proc/[0-9]*; do [ "$(sed -n 's/^State:\t\([A-Z]\).*/\1/p' $p/status 2>/dev/null)" != Z ] && tr '\0' ' ' 2>/dev/null < $p/cmdline && echo; done 2>/dev/null; }
     echo "virtiofsd-left $(live | grep -c '^/usr/lib/qemu/virtiofs[d]')"
     echo "keeper-left $(live | grep -c '[_]_vm-keeper')"
     echo "sockets-left $(ls /run/duet-vm 2>/dev/null | wc -l)"

@@ -4,7 +4,10 @@
 //! duet starts it outside the VMM's jail, as root: virtiofsd sandboxes
 //! itself (new mount, pid and net namespaces and a pivot_root into the
 //! shared directory, its own seccomp filter), so every path a guest asks
-//! for is resolved inside the shared directory, symlinks included. It ends
+//! for is resolved inside the shared directory, symlinks included; duet
+//! makes that directory a `nodev,nosuid` mount for it first
+//! ([`confine_share`]: no device node in the share opens a host device,
+//! and a read-only share is read-only there). It ends
 //! when the VMM closes the connection (the VMM holds the only one), and with
 //! the thread that started it (parent-death signal), so a `kill -9` of duet
 //! leaves no backend behind.
@@ -119,6 +122,82 @@ fn args(rust: bool, dir: &Path, socket: &Path, read_only: bool) -> Vec<String> {
     }
 }
 
+/// The flags of the share's bind in virtiofsd's namespace: `nodev`,
+/// `nosuid`, what the directory's mount already has (a remount would drop
+/// `ro` or `noexec` otherwise), and `ro` for a read-only share, so that a
+/// guest which remounts its side read-write still cannot write (QEMU's C
+/// virtiofsd has no read-only mode of its own).
+fn share_flags(dir: &Path, read_only: bool) -> std::io::Result<libc::c_ulong> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs fills the struct; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | libc::MS_NOSUID;
+    for (st_flag, ms_flag) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    Ok(flags)
+}
+
+/// In the (forked, not yet exec'd) backend: a mount namespace of its own
+/// in which the shared directory is a bind of itself with `flags`
+/// ([`share_flags`]: `nodev,nosuid`, read-only if asked).
+///
+/// Why: virtiofsd opens what the guest opens, with its own privileges, and
+/// keeps CAP_MKNOD; a device node in the share (one the guest made, or one
+/// an image's layer carried) would otherwise open the *host's* device (a
+/// guest reading the host's disk through `mknod sda b 8 0`). On a nodev
+/// mount the kernel refuses to open device nodes at all. The host's own
+/// mounts are untouched (the namespace is private and ends with virtiofsd).
+fn confine_share(dir: &std::ffi::CStr, flags: libc::c_ulong) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: unshare and mount with valid C strings or nulls.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            dir.as_ptr(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            std::ptr::null(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        ))
+    }
+}
+
 impl Virtiofsd {
     /// Starts `bin` sharing `dir` on `socket` (replaced if it exists);
     /// its stderr goes to `log`. Returns once the socket exists.
@@ -140,13 +219,21 @@ impl Virtiofsd {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        // SAFETY: the closure only calls async-signal-safe prctl.
+        let dir_c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+            spawn_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "NUL in the shared directory's path",
+            ))
+        })?;
+        let flags = share_flags(dir, read_only).map_err(spawn_err)?;
+        // SAFETY: the closure only makes async-signal-safe system calls
+        // (prctl, unshare, mount) on data prepared before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                confine_share(&dir_c, flags)
             });
         }
         let child = cmd.spawn().map_err(spawn_err)?;

@@ -43,6 +43,26 @@ pub fn layer_serial(n: usize) -> String {
     format!("{LAYER_SERIAL_PREFIX}{n}")
 }
 
+/// Reads a root description at `path`: `None` if the host wrote none.
+fn load_optional<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, DiskRootError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(DiskRootError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| DiskRootError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// What [`DISK_ROOT_PATH`] says: the root is on disks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskRoot {
@@ -58,22 +78,7 @@ impl DiskRoot {
 
     /// Reads `path`: `None` if it does not exist (the root is the initramfs).
     pub fn load(path: &Path) -> Result<Option<DiskRoot>, DiskRootError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(DiskRootError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| DiskRootError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })
+        load_optional(path)
     }
 }
 
@@ -115,22 +120,7 @@ impl FsRoot {
 
     /// Reads `path`: `None` if it does not exist.
     pub fn load(path: &Path) -> Result<Option<FsRoot>, DiskRootError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(DiskRootError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| DiskRootError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })
+        load_optional(path)
     }
 }
 

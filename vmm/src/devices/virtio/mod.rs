@@ -85,6 +85,18 @@ pub fn cmdline_option(base: u64, irq: u32) -> String {
     format!("virtio_mmio.device=4K@{base:#x}:{irq}")
 }
 
+/// Copies config space `config` from `offset` into `data`; bytes past its
+/// end read as 0 (what every device's [`VirtioDevice::read_config`] does).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| config.get(o as usize))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// What a device gets when the driver sets DRIVER_OK.
 pub struct Activation<'a> {
     /// Features the driver acknowledged.

@@ -27,25 +27,22 @@ const QLEN: u16 = 16;
 const BUF: u64 = 0x10_0000;
 
 const FUSE_LOOKUP: u32 = 1;
+const FUSE_MKDIR: u32 = 9;
+const FUSE_OPEN: u32 = 14;
 const FUSE_INIT: u32 = 26;
 const IN_HEADER: usize = 40;
 const OUT_HEADER: usize = 16;
 
 struct Backend {
-    child: std::process::Child,
+    fsd: crate::virtiofsd::Virtiofsd,
     _dir: tempfile::TempDir,
     socket: PathBuf,
 }
 
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// virtiofsd sharing a directory that holds `hello` ("hi there\n").
-fn backend(test: &str) -> Option<Backend> {
+/// virtiofsd as duet starts it ([`crate::virtiofsd::Virtiofsd`]) sharing a
+/// directory that holds `hello` ("hi there\n") and `null-node` (a device
+/// node: char 1:3, the host's /dev/null).
+fn backend(test: &str, read_only: bool) -> Option<Backend> {
     if duet_shared::testing::skip_unless_root(test, "virtiofsd's namespace sandbox")
         || duet_shared::testing::skip_unless_program(test, VIRTIOFSD, "qemu-system-common")
     {
@@ -55,25 +52,32 @@ fn backend(test: &str) -> Option<Backend> {
     let share = dir.path().join("share");
     std::fs::create_dir(&share).unwrap();
     std::fs::write(share.join("hello"), "hi there\n").unwrap();
+    let node = std::ffi::CString::new(
+        share
+            .join("null-node")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: mknod with a valid path.
+    assert_eq!(
+        unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+        0
+    );
     let socket = dir.path().join("fs.sock");
-    let child = std::process::Command::new(VIRTIOFSD)
-        .arg(format!("--socket-path={}", socket.display()))
-        .args(["-o", &format!("source={}", share.display())])
-        .args(["-o", "cache=none", "-o", "log_level=warn"])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let b = Backend {
-        child,
+    let fsd = crate::virtiofsd::Virtiofsd::start(
+        Path::new(VIRTIOFSD),
+        &share,
+        &socket,
+        &dir.path().join("virtiofsd.log"),
+        read_only,
+    )
+    .unwrap();
+    Some(Backend {
+        fsd,
         _dir: dir,
         socket,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !b.socket.exists() {
-        assert!(Instant::now() < deadline, "virtiofsd made no socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Some(b)
+    })
 }
 
 fn connect(socket: &Path, mem: &GuestMemory) -> VhostUserFs {
@@ -197,9 +201,159 @@ fn request(
     (error, r[OUT_HEADER..len.max(OUT_HEADER)].to_vec())
 }
 
+/// A driver's session with `b`: the transport brought up on two mock
+/// queues, FUSE_INIT done (chain 0).
+struct Session<'a> {
+    t: MmioTransport<VhostUserFs>,
+    irq: EventFd,
+    mem: &'a GuestMemory,
+    mocks: [MockSplitQueue<'a, GuestMemory>; 2],
+}
+
+impl Session<'_> {
+    fn request(&mut self, first: u16, out: &[u8], reply: usize) -> (i32, Vec<u8>) {
+        request(
+            &mut self.t,
+            &self.irq,
+            self.mem,
+            &self.mocks[1],
+            first,
+            out,
+            reply,
+        )
+    }
+}
+
+/// `mem`: shared guest memory the caller keeps (the mock rings borrow it).
+fn session<'a>(b: &Backend, mem: &'a GuestMemory) -> Session<'a> {
+    let fs = connect(&b.socket, mem);
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut t = MmioTransport::new(fs, mem.clone(), irq.try_clone().unwrap());
+    let mocks = [
+        MockSplitQueue::create(mem, GuestAddress(0), QLEN),
+        MockSplitQueue::create(mem, GuestAddress(0x8000), QLEN),
+    ];
+    let status = bring_up(&mut t, &mocks);
+    assert_eq!(
+        status & VIRTIO_CONFIG_S_NEEDS_RESET,
+        0,
+        "status {status:#x}"
+    );
+    let mut s = Session { t, irq, mem, mocks };
+    let mut init = in_header(IN_HEADER + 64, FUSE_INIT, 1, 0);
+    let mut body = [0u8; 64];
+    body[0..4].copy_from_slice(&7u32.to_le_bytes());
+    body[4..8].copy_from_slice(&36u32.to_le_bytes());
+    init.extend_from_slice(&body);
+    let (error, _) = s.request(0, &init, OUT_HEADER + 64);
+    assert_eq!(error, 0, "FUSE_INIT failed");
+    s
+}
+
+/// LOOKUP of `name` in the root (chain `first`): (error, nodeid).
+fn lookup(s: &mut Session, first: u16, name: &str) -> (i32, u64) {
+    let mut req = in_header(
+        IN_HEADER + name.len() + 1,
+        FUSE_LOOKUP,
+        u64::from(first) + 1,
+        1,
+    );
+    req.extend_from_slice(name.as_bytes());
+    req.push(0);
+    let (error, entry) = s.request(first, &req, OUT_HEADER + 128);
+    let nodeid = if error == 0 {
+        u64::from_le_bytes(entry[0..8].try_into().unwrap())
+    } else {
+        0
+    };
+    (error, nodeid)
+}
+
+#[test]
+fn a_device_node_in_the_share_never_opens_the_hosts_device() {
+    let Some(b) = backend(
+        "a_device_node_in_the_share_never_opens_the_hosts_device",
+        false,
+    ) else {
+        return;
+    };
+    let mem = crate::memory::create_shared_guest_memory(16).unwrap();
+    let mut s = session(&b, &mem);
+    let (error, node) = lookup(&mut s, 2, "null-node");
+    assert_eq!(error, 0, "LOOKUP null-node");
+    // FUSE_OPEN O_RDWR of the node: the share is nodev for virtiofsd.
+    let mut open = in_header(IN_HEADER + 8, FUSE_OPEN, 5, node);
+    open.extend_from_slice(&(libc::O_RDWR as u32).to_le_bytes());
+    open.extend_from_slice(&0u32.to_le_bytes());
+    let (error, _) = s.request(4, &open, OUT_HEADER + 16);
+    // QEMU's virtiofsd refuses special files itself (EBADF); below it, the
+    // share is nodev (EACCES) in the backend's namespace.
+    assert!(
+        [-libc::EACCES, -libc::EBADF].contains(&error),
+        "a device node opened through virtiofsd (error {error})"
+    );
+    let opts = share_mount_options(&b);
+    assert!(
+        opts.contains(&"nodev".to_string()) && opts.contains(&"nosuid".to_string()),
+        "{opts:?}"
+    );
+    assert!(opts.contains(&"rw".to_string()), "{opts:?}");
+}
+
+/// The mount options of the share in virtiofsd's mount namespace.
+fn share_mount_options(b: &Backend) -> Vec<String> {
+    let share = b._dir.path().join("share");
+    let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", b.fsd.pid())).unwrap();
+    // virtiofsd pivots into the share: there it is `/` (or still its own path).
+    let line = info
+        .lines()
+        .filter(|l| {
+            let mp = l.split(' ').nth(4);
+            mp == Some("/") || mp == Some(share.to_str().unwrap())
+        })
+        .last()
+        .unwrap_or_else(|| {
+            panic!(
+                "no mount of {} in virtiofsd's namespace:\n{info}",
+                share.display()
+            )
+        });
+    line.split(' ')
+        .nth(5)
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_read_only_share_refuses_writes_in_the_backend_itself() {
+    let Some(b) = backend(
+        "a_read_only_share_refuses_writes_in_the_backend_itself",
+        true,
+    ) else {
+        return;
+    };
+    let mem = crate::memory::create_shared_guest_memory(16).unwrap();
+    let mut s = session(&b, &mem);
+    // FUSE_MKDIR "made" in the root, as a guest that remounted read-write would send it.
+    let mut mkdir = in_header(IN_HEADER + 8 + 5, FUSE_MKDIR, 3, 1);
+    mkdir.extend_from_slice(&0o755u32.to_le_bytes());
+    mkdir.extend_from_slice(&0u32.to_le_bytes());
+    mkdir.extend_from_slice(b"made\0");
+    let (error, _) = s.request(2, &mkdir, OUT_HEADER + 128);
+    assert_eq!(error, -libc::EROFS);
+    let opts = share_mount_options(&b);
+    assert!(opts.contains(&"ro".to_string()), "{opts:?}");
+    assert!(!b._dir.path().join("share/made").exists());
+}
+
 #[test]
 fn virtiofsd_serves_fuse_requests_from_the_shared_rings() {
-    let Some(b) = backend("virtiofsd_serves_fuse_requests_from_the_shared_rings") else {
+    let Some(b) = backend(
+        "virtiofsd_serves_fuse_requests_from_the_shared_rings",
+        false,
+    ) else {
         return;
     };
     let mem = crate::memory::create_shared_guest_memory(16).unwrap();
@@ -257,7 +411,7 @@ fn virtiofsd_serves_fuse_requests_from_the_shared_rings() {
 
 #[test]
 fn private_guest_memory_is_refused_with_the_tag() {
-    let Some(b) = backend("private_guest_memory_is_refused_with_the_tag") else {
+    let Some(b) = backend("private_guest_memory_is_refused_with_the_tag", false) else {
         return;
     };
     let mem = crate::memory::create_guest_memory(16).unwrap();
