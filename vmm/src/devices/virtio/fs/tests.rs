@@ -311,7 +311,7 @@ fn share_mount_options(b: &Backend) -> Vec<String> {
             let mp = l.split(' ').nth(4);
             mp == Some("/") || mp == Some(share.to_str().unwrap())
         })
-        .last()
+        .next_back()
         .unwrap_or_else(|| {
             panic!(
                 "no mount of {} in virtiofsd's namespace:\n{info}",
