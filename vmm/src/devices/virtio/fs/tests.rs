@@ -307,11 +307,10 @@ fn share_mount_options(b: &Backend) -> Vec<String> {
     // virtiofsd pivots into the share: there it is `/` (or still its own path).
     let line = info
         .lines()
-        .filter(|l| {
+        .rfind(|l| {
             let mp = l.split(' ').nth(4);
             mp == Some("/") || mp == Some(share.to_str().unwrap())
         })
-        .next_back()
         .unwrap_or_else(|| {
             panic!(
                 "no mount of {} in virtiofsd's namespace:\n{info}",
