@@ -44,6 +44,15 @@ pub enum VirtiofsdError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory to share cannot be inspected (missing, not accessible).
+    #[error("cannot share {} over virtio-fs", dir.display())]
+    Share {
+        /// The directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// It exited or made no socket in time.
     #[error("virtiofsd sharing {} did not come up ({why}); its log: {}", source_dir.display(), log.display())]
     NotUp {
@@ -225,7 +234,10 @@ impl Virtiofsd {
                 "NUL in the shared directory's path",
             ))
         })?;
-        let flags = share_flags(dir, read_only).map_err(spawn_err)?;
+        let flags = share_flags(dir, read_only).map_err(|source| VirtiofsdError::Share {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         // SAFETY: the closure only makes async-signal-safe system calls
         // (prctl, unshare, mount) on data prepared before the fork.
         unsafe {
@@ -330,6 +342,6 @@ mod tests {
         let e = Virtiofsd::start(&bin, &d.path().join("missing"), &socket, &log, false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("missing") && e.contains("virtiofsd.log"), "{e}");
+        assert!(e.contains("missing") && e.contains("virtio-fs"), "{e}");
     }
 }
