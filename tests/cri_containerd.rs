@@ -422,6 +422,37 @@ async fn web_container(
     created
 }
 
+/// RunPodSandbox of `config` with `handler`, as kubelet does; the pod's id.
+async fn run_pod(
+    c: &mut Cri,
+    config: &PodSandboxConfig,
+    handler: &str,
+    log: &dyn Fn() -> String,
+) -> String {
+    c.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", log()))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// StopPodSandbox then RemovePodSandbox of `pod`.
+async fn remove_pod(c: &mut Cri, pod: &str) {
+    c.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+}
+
 /// StopContainer (grace 1 s) then RemoveContainer of `id`; its status in between.
 async fn stop_and_remove(c: &mut Cri, id: &str) -> ContainerStatus {
     c.stop_container(StopContainerRequest {
@@ -473,16 +504,8 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             .into_inner();
         assert_eq!(v.runtime_name, "containerd");
         let sandbox_config = sandbox_config("duet-pod", &logs, &parent);
-        let pod = c
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(sandbox_config.clone()),
-                runtime_handler: "duet".into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
-            .into_inner()
-            .pod_sandbox_id;
         let ctd_log = || ctd.log();
+        let pod = run_pod(&mut c, &sandbox_config, "duet", &ctd_log).await;
         let created = web_container(&mut c, &pod, &sandbox_config, &logs, &ctd_log).await;
         // The pod's processes run under duet: its state root is the shim's --root.
         assert_eq!(pids_with("sleep\u{0}4545").len(), 1);
@@ -518,16 +541,7 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
         );
         stop_and_remove(&mut c, &shared).await;
 
-        c.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        c.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut c, &pod).await;
     });
     assert!(pids_with("sleep\u{0}4545").is_empty());
     assert!(pids_with("sleep\u{0}4646").is_empty());
@@ -670,16 +684,8 @@ fn inner_cri_duet_vm() {
     rt.block_on(async {
         let mut c = connect(ctd.sock()).await;
         let sandbox_config = sandbox_config("duet-vm-pod", &logs, &parent);
-        let pod = c
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(sandbox_config.clone()),
-                runtime_handler: "duet-vm".into(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", ctd.log()))
-            .into_inner()
-            .pod_sandbox_id;
         let ctd_log = || ctd.log();
+        let pod = run_pod(&mut c, &sandbox_config, "duet-vm", &ctd_log).await;
         let created = web_container(&mut c, &pod, &sandbox_config, &logs, &ctd_log).await;
         // The workload runs in the guest: the host sees its keeper, not its sleep.
         assert_eq!(pids_with("sleep\u{0}4545").len(), 0);
@@ -741,16 +747,7 @@ fn inner_cri_duet_vm() {
             .await
             .unwrap();
 
-        c.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-        c.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut c, &pod).await;
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while live_with("__vm-keeper") + live_with("/usr/lib/qemu/virtiofsd") > 0 {

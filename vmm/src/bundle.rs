@@ -80,33 +80,41 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
     let kernel = find_kernel()?;
     let init = rootfs::find_init_binary()?;
     let bin = crate::virtiofsd::find()?;
-    let fsd = Virtiofsd::start(
-        &bin,
-        &b.rootfs,
-        &b.socket_dir.join(FS_SOCKET),
-        &b.instance_dir.join(FS_LOG),
-        b.read_only,
-    )?;
-    let mut shares = vec![FsShare {
-        socket: fsd.socket().to_path_buf(),
-        tag: ROOT_TAG.into(),
-    }];
-    let mut backends = vec![fsd];
-    let mut mounts = Vec::new();
-    for (n, v) in b.volumes.iter().enumerate().take(MAX_VOLUMES) {
-        let tag = format!("duet-vol-{n}");
-        let d = Virtiofsd::start(
-            &bin,
-            &v.source,
-            &b.socket_dir.join(format!("vol-{n}.sock")),
-            &b.instance_dir.join(format!("virtiofsd-vol-{n}.log")),
-            v.read_only,
-        )?;
+    // One virtiofsd per share: the root first, then each volume.
+    let mut shares = Vec::new();
+    let mut backends = Vec::new();
+    let mut share = |dir: &std::path::Path,
+                     socket: PathBuf,
+                     log: PathBuf,
+                     tag: String,
+                     read_only: bool|
+     -> Result<(), VmRuntimeError> {
+        let d = Virtiofsd::start(&bin, dir, &socket, &log, read_only)?;
         shares.push(FsShare {
             socket: d.socket().to_path_buf(),
-            tag: tag.clone(),
+            tag,
         });
         backends.push(d);
+        Ok(())
+    };
+    share(
+        &b.rootfs,
+        b.socket_dir.join(FS_SOCKET),
+        b.instance_dir.join(FS_LOG),
+        ROOT_TAG.into(),
+        b.read_only,
+    )?;
+    let mut mounts = Vec::new();
+    // duet-runc refuses more than MAX_VOLUMES at create, with the field.
+    for (n, v) in b.volumes.iter().enumerate() {
+        let tag = format!("duet-vol-{n}");
+        share(
+            &v.source,
+            b.socket_dir.join(format!("vol-{n}.sock")),
+            b.instance_dir.join(format!("virtiofsd-vol-{n}.log")),
+            tag.clone(),
+            v.read_only,
+        )?;
         mounts.push(duet_init::disk_root::FsMount {
             tag,
             target: v.target.clone(),
