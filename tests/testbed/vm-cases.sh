@@ -331,6 +331,19 @@ oci_wait_output() { # oci_wait_output FILE TEXT
     i=0
     until grep -q "$2" "$1" 2>/dev/null || [ $i -ge 600 ]; do i=$((i + 1)); sleep 0.2; done
 }
+# oci_vm_up NAME: create (pid file /tmp/NAME.pid, output /tmp/oci-NAME.out)
+# and start the VM container NAME of bundle $B, waiting for its "NAME-up".
+oci_vm_up() {
+    ocirt --isolation vm create --bundle $B --pid-file /tmp/$1.pid $1 > /tmp/oci-$1.out 2>&1 || { cat /tmp/oci-$1.out; return 1; }
+    ocirt start $1 || return 1
+    oci_wait_output /tmp/oci-$1.out $1-up
+}
+# oci_wait_stopped NAME TRIES: polls (0.1 s apart) until NAME is stopped; prints its status.
+oci_wait_stopped() {
+    i=0
+    while [ "$(oci_status $1)" != "status stopped" ] && [ $i -lt $2 ]; do i=$((i + 1)); sleep 0.1; done
+    oci_status $1
+}
 oci_vm_sequence() {
     B=/tmp/oci-b1
     oci_bundle $B '["sh", "-c", "echo vm-up in $(pwd) as $(hostname); echo written-in-guest > /root/from-guest; trap \"echo got-term; exit 3\" TERM; while true; do sleep 1; done"]'
@@ -356,9 +369,7 @@ oci_vm_sequence() {
     echo "detached-rc $? pid-file $([ -s /tmp/oci-exec.pid ] && echo yes)"
     echo "ps: $(ocirt ps --format json v1 | tr ',' '\n' | grep -c '[0-9]') processes"
     ocirt kill v1 TERM || return 1
-    i=0
-    while [ "$(oci_status v1)" != "status stopped" ] && [ $i -lt 300 ]; do i=$((i + 1)); sleep 0.1; done
-    oci_status v1
+    oci_wait_stopped v1 300
     grep got-term /tmp/oci-v1.out
     ocirt delete v1 && echo deleted
     echo "keeper-left $(grep -l . /proc/$keeper/status 2>/dev/null | wc -l)"
@@ -369,15 +380,11 @@ case_ oci_vm_sequence oci_vm_sequence
 # the VMM and virtiofsd go with it; delete --force cleans up the rest.
 oci_vm_kill9() {
     B=/tmp/oci-b2
-    oci_bundle $B '["sh", "-c", "echo vm2-up; while true; do sleep 1; done"]'
-    ocirt --isolation vm create --bundle $B --pid-file /tmp/oci2.pid v2 > /tmp/oci-v2.out 2>&1 || { cat /tmp/oci-v2.out; return 1; }
-    ocirt start v2 || return 1
-    oci_wait_output /tmp/oci-v2.out vm2-up
-    grep -c vm2-up /tmp/oci-v2.out
-    kill -9 "$(cat /tmp/oci2.pid)"
-    i=0
-    while [ "$(oci_status v2)" != "status stopped" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
-    oci_status v2
+    oci_bundle $B '["sh", "-c", "echo v2-up; while true; do sleep 1; done"]'
+    oci_vm_up v2 || return 1
+    grep -c v2-up /tmp/oci-v2.out
+    kill -9 "$(cat /tmp/v2.pid)"
+    oci_wait_stopped v2 100
     sleep 1
     ocirt delete --force v2 && echo deleted
     echo "virtiofsd-left $(live | grep -c '^/usr/lib/qemu/virtiofs[d]')"
@@ -389,15 +396,11 @@ case_ oci_vm_kill9 oci_vm_kill9
 # virtiofsd ends with the VMM's connection, delete cleans up.
 oci_vm_kill9_vmm() {
     B=/tmp/oci-b4
-    oci_bundle $B '["sh", "-c", "echo vm4-up; while true; do sleep 1; done"]'
-    ocirt --isolation vm create --bundle $B --pid-file /tmp/oci4.pid v4 > /tmp/oci-v4.out 2>&1 || { cat /tmp/oci-v4.out; return 1; }
-    ocirt start v4 || return 1
-    oci_wait_output /tmp/oci-v4.out vm4-up
+    oci_bundle $B '["sh", "-c", "echo v4-up; while true; do sleep 1; done"]'
+    oci_vm_up v4 || return 1
     vmm=$(for q in /proc/[0-9]*; do grep -q "^Uid:.9[0-9][0-9][0-9][0-9][0-9]" $q/status 2>/dev/null && basename $q; done | head -1)
     [ -n "$vmm" ] && kill -9 "$vmm" && echo vmm-killed
-    i=0
-    while [ "$(oci_status v4)" != "status stopped" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
-    oci_status v4
+    oci_wait_stopped v4 100
     ocirt delete v4 && echo deleted
     echo "virtiofsd-left $(live | grep -c '^/usr/lib/qemu/virtiofs[d]')"
     echo "keeper-left $(live | grep -c '[_]_vm-keeper')"
