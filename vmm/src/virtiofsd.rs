@@ -207,9 +207,39 @@ fn confine_share(dir: &std::ffi::CStr, flags: libc::c_ulong) -> std::io::Result<
     }
 }
 
+/// `__SO_ACCEPTCON` in /proc/net/unix's Flags column: the socket listens.
+const SO_ACCEPTCON: u32 = 1 << 16;
+
+/// Whether a Unix socket bound at `path` (absolute) listens in this
+/// network namespace, from /proc/net/unix
+/// (`Num RefCount Protocol Flags Type St Inode Path`).
+fn listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return path.exists();
+    };
+    listening_in(&table, path)
+}
+
+fn listening_in(table: &str, path: &Path) -> bool {
+    let want = path.as_os_str().as_encoded_bytes();
+    table.lines().skip(1).any(|line| {
+        // Seven columns (the inode is space-padded), then " " and the path.
+        let mut rest = line;
+        let mut cols = Vec::with_capacity(7);
+        for _ in 0..7 {
+            rest = rest.trim_start_matches(' ');
+            let end = rest.find(' ').unwrap_or(rest.len());
+            cols.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        rest.strip_prefix(' ').is_some_and(|p| p.as_bytes() == want)
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & SO_ACCEPTCON != 0)
+    })
+}
+
 impl Virtiofsd {
     /// Starts `bin` sharing `dir` on `socket` (replaced if it exists);
-    /// its stderr goes to `log`. Returns once the socket exists.
+    /// its stderr goes to `log`. Returns once the socket listens.
     pub fn start(
         bin: &Path,
         dir: &Path,
@@ -222,6 +252,9 @@ impl Virtiofsd {
             path: bin.to_path_buf(),
             source,
         };
+        // Absolute, so the path the kernel lists in /proc/net/unix is the
+        // one `listening` looks for.
+        let socket = &std::path::absolute(socket).map_err(spawn_err)?;
         let log_file = std::fs::File::create(log).map_err(spawn_err)?;
         let mut cmd = Command::new(bin);
         cmd.args(args(is_rust_virtiofsd(bin), dir, socket, read_only))
@@ -259,12 +292,15 @@ impl Virtiofsd {
             why,
             log: log.to_path_buf(),
         };
-        while !socket.exists() {
+        // The file appears at bind(2), before listen(2): a connect in
+        // between is refused. Probing with a connect would use up the one
+        // session virtiofsd serves, so ask the kernel whether it listens.
+        while !listening(socket) {
             if let Ok(Some(status)) = d.child.try_wait() {
                 return Err(not_up(format!("it exited with {status}")));
             }
             if Instant::now() >= deadline {
-                return Err(not_up(format!("no socket after {START_WAIT:?}")));
+                return Err(not_up(format!("no listening socket after {START_WAIT:?}")));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -308,6 +344,18 @@ impl Drop for Virtiofsd {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_listening_socket_at_the_path_counts() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00000000 0001 01    51 /run/a.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 52 /run/b.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01    53 /run/b.sock2\n";
+        assert!(!super::listening_in(table, Path::new("/run/a.sock")));
+        assert!(super::listening_in(table, Path::new("/run/b.sock")));
+        assert!(!super::listening_in(table, Path::new("/run/b")));
+        assert!(!super::listening_in(table, Path::new("/run/c.sock")));
+    }
+
     use super::*;
 
     #[test]
