@@ -27,7 +27,7 @@ use duet_shared::clock::monotonic_ns;
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{Read, Seek};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -235,45 +235,6 @@ fn memfd(name: &CStr) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// Waits for `child` to exit until `deadline_ns` (`CLOCK_MONOTONIC`):
-/// poll(2) on a pidfd when the kernel has pidfd_open (5.3+), else
-/// `try_wait` every millisecond. `Ok(false)`: still running.
-fn wait_until(child: &mut std::process::Child, deadline_ns: u64) -> std::io::Result<bool> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    if pidfd >= 0 {
-        // SAFETY: pidfd is a fresh fd owned by nobody else.
-        let pidfd = unsafe { File::from_raw_fd(pidfd as i32) };
-        loop {
-            let left_ms = deadline_ns.saturating_sub(monotonic_ns()) / 1_000_000;
-            let mut fds = [libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            // SAFETY: poll reads and writes the one pollfd we own.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, left_ms.min(i32::MAX as u64) as i32) };
-            if n > 0 {
-                return Ok(true);
-            }
-            if n == 0 {
-                return Ok(false);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-    while monotonic_ns() < deadline_ns {
-        if child.try_wait()?.is_some() {
-            return Ok(true);
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(false)
-}
-
 /// Like [`startup::timed_spawn`] (same stamps: `CLOCK_MONOTONIC` just before
 /// spawn and just after wait), with the output going to memory files and a
 /// deadline: `Ok(None)` if the program was still running after `timeout`
@@ -288,9 +249,10 @@ pub fn spawn_with_deadline(
         .stdout(Stdio::from(out_f.try_clone()?))
         .stderr(Stdio::from(err_f.try_clone()?));
     let spawned_ns = monotonic_ns();
+    let spawned = std::time::Instant::now();
     let mut child = cmd.spawn()?;
-    let exited = wait_until(&mut child, spawned_ns + timeout.as_nanos() as u64);
-    if !matches!(exited, Ok(true)) {
+    let exited = duet_shared::child_wait::wait_until(&mut child, Some(spawned + timeout));
+    if !matches!(exited, Ok(Some(_))) {
         let _ = child.kill();
         let _ = child.wait();
         return exited.map(|_| None);

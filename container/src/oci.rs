@@ -6,15 +6,16 @@
 //! an error naming the config field ([`OciError`]); nothing is ignored
 //! silently. The order of the init's steps follows runc's:
 //!
-//! 1. join the namespaces given by path (`setns`), wait until `create` has
-//!    put the init in its cgroups (and run the `prestart`/`createRuntime`
-//!    hooks), unshare the cgroup namespace;
+//! 1. join the namespaces given by path (`setns`); with a new cgroup
+//!    namespace, wait until `create` has put the init in its cgroups (and
+//!    run the `prestart`/`createRuntime` hooks), then unshare it;
 //! 2. the root: `/` a recursive slave (then `linux.rootfsPropagation`), the
 //!    bundle's root bound onto itself (nodev), every `mounts` entry in
 //!    order, each destination resolved inside the root without following a
 //!    symlink out of it ([`crate::child_oci`]); the default devices and
 //!    `linux.devices`, the `/dev/fd` symlinks; `/dev` remounted read-only;
-//!    `pivot_root`;
+//!    without a new cgroup namespace, the wait for the cgroups and hooks
+//!    here, so the mounts overlap the cgroup join; `pivot_root`;
 //! 3. hostname, sysctls, then `maskedPaths`, `readonlyPaths` (`/proc/sys`
 //!    among them) and `root.readonly`; `lo` up in a new network namespace,
 //!    a new session, the terminal (`--console-socket`), `oomScoreAdj`,
@@ -783,8 +784,13 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
             "sharing the host's pid namespace is not supported",
         ));
     }
-    steps.push(Step::WaitForParent);
+    // The init waits here for `create` to put it in its cgroups (and run
+    // the hooks) only where the next step needs that: a new cgroup namespace
+    // is rooted at the cgroup joined. Otherwise it waits right before
+    // pivot_root, as runc's hooks run, so its mounts overlap the join, whose
+    // v1 cgroup.procs write costs an RCU grace period (~10 ms).
     if cgroup_ns {
+        steps.push(Step::WaitForParent);
         steps.push(Step::UnshareCgroupNamespace);
     }
 
@@ -994,6 +1000,9 @@ pub fn build(spec: &Spec, inputs: OciInputs<'_>) -> Result<OciInit, OciError> {
             "/dev",
             Path::new("/dev"),
         )?)));
+    }
+    if !cgroup_ns {
+        steps.push(Step::WaitForParent);
     }
     steps.push(Step::StampRootfsReady);
     steps.push(Step::PivotRoot);

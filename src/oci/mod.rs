@@ -298,21 +298,21 @@ fn run_hooks(spec: &Spec, kind: &'static str, state: &state::StateJson) -> Resul
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&input);
         }
+        // Read in a thread: a hook that writes much to stderr must not block on a full pipe.
+        let stderr = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut e, &mut s);
+                s
+            })
+        });
         let deadline = h
             .timeout()
             .map(|t| Instant::now() + Duration::from_secs(t.max(1) as u64));
-        loop {
-            if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
-                if !status.success() {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                    return Err(fail(format!("{status}: {}", err.trim())));
-                }
-                break;
-            }
-            if deadline.is_some_and(|d| Instant::now() > d) {
+        // A hook is on create's critical path: woken by its pidfd, not a poll interval.
+        match duet_shared::child_wait::wait_until(&mut child, deadline) {
+            Err(e) => return Err(fail(e.to_string())),
+            Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(fail(format!(
@@ -320,7 +320,11 @@ fn run_hooks(spec: &Spec, kind: &'static str, state: &state::StateJson) -> Resul
                     h.timeout().unwrap_or(0)
                 )));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            Ok(Some(status)) if !status.success() => {
+                let err = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+                return Err(fail(format!("{status}: {}", err.trim())));
+            }
+            Ok(Some(_)) => {}
         }
     }
     Ok(())
