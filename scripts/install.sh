@@ -46,6 +46,8 @@ if [ "$files_only" = 0 ]; then
         erofs-utils e2fsprogs     # layer images for VMs
         iproute2 procps util-linux curl ca-certificates
         protobuf-compiler         # protoc, for the CRI test's gRPC bindings (k8s-cri)
+        nftables                  # NAT and published ports of duet's bridge network
+        wget                      # the network tests fetch from instances with it
     )
     echo "== apt-get install ${packages[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -5,6 +5,7 @@
 mod backends;
 mod cmd;
 mod monitor;
+mod network;
 mod oci;
 
 use clap::{Parser, Subcommand};
@@ -101,6 +102,9 @@ enum Command {
     },
     /// Remove what crashed or killed duet runs left behind (cgroups, processes, instance directories).
     Gc,
+    /// duet's bridge network: `duet network ls`, `duet network rm`.
+    #[command(subcommand)]
+    Network(cmd::network::NetworkCommand),
     /// Check whether this host can run microVMs at hardware speed, and what to do if not.
     Doctor,
     /// Measure containers against microVMs (and runc/crun): startup, memory, density, isolation.
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
         Command::Inspect { ids } => cmd::lifecycle::inspect(&ids).map(|()| 0),
         Command::Monitor { id } => Ok(monitor::main(&id)),
         Command::Gc => cmd::instances::gc().map(|()| 0),
+        Command::Network(c) => cmd::network::network(c).map(|()| 0),
         Command::Commit { instance, image } => {
             cmd::instances::commit(&instance, &image).map(|()| 0)
         }

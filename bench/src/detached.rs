@@ -61,6 +61,8 @@ impl IdleLauncher for DetachedIdle {
             .args([
                 "run",
                 "-d",
+                "--network",
+                "none",
                 "--isolation",
                 &self.isolation,
                 &self.image,

@@ -31,8 +31,16 @@ impl Starter for DetachStarter {
 
     fn start_once(&mut self, _i: usize) -> Result<StartSample, StartError> {
         let mut cmd = Command::new(&self.duet);
-        cmd.args(["run", "-d", "--isolation", &self.isolation])
-            .args([&self.image, "--", "sleep", "1000000"]);
+        // No network, as the peers (runc, crun) it is compared with have none.
+        cmd.args([
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--isolation",
+            &self.isolation,
+        ])
+        .args([&self.image, "--", "sleep", "1000000"]);
         let out = timed_ok(&mut cmd, "duet run -d")?;
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let mut rm = Command::new(&self.duet);

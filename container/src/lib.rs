@@ -162,19 +162,11 @@ struct Init {
 }
 
 impl Init {
-    /// Clones the init; the child runs [`child::child_main`] and never returns here.
+    /// Clones the init with `flags` (the new namespaces; `duet exec`:
+    /// none); the child runs [`child::child_main`] and never returns here.
     /// With `cgroup_dir` (a v2 cgroup directory fd) the init starts inside
     /// that cgroup (CLONE_INTO_CGROUP), which spares the migration through
     /// cgroup.procs and its RCU grace period.
-    fn spawn(
-        plan: &ChildPlan,
-        child_end: &Channel,
-        cgroup_dir: Option<&OwnedFd>,
-    ) -> io::Result<Init> {
-        Init::spawn_with_flags(NAMESPACES, plan, child_end, cgroup_dir)
-    }
-
-    /// [`Init::spawn`] with other clone flags than the new namespaces (`duet exec`: none).
     fn spawn_with_flags(
         flags: u64,
         plan: &ChildPlan,
@@ -464,6 +456,12 @@ impl ContainerRuntime {
         let spec = launch.spec;
         let explain = launch.options.explain;
         let workdir = spec.workdir.as_deref().unwrap_or("/");
+        let host_network = spec.network == Some(duet_shared::spec::NetworkMode::Host);
+        let namespaces = if host_network {
+            NAMESPACES & !(libc::CLONE_NEWNET as u64)
+        } else {
+            NAMESPACES
+        };
         let stdio =
             stdio::StdioSetup::for_run(launch.options.tty).map_err(ContainerError::Stdio)?;
         let plan = plan::build(
@@ -481,6 +479,7 @@ impl ContainerRuntime {
                     plan::ChildStdio::Fds([0, 1, 2]) => None,
                     other => Some(other),
                 },
+                host_network,
             },
             CapabilityPlan::for_this_process(),
             Arc::new(seccomp::compile()?),
@@ -518,14 +517,14 @@ impl ContainerRuntime {
                 path: dir.to_path_buf(),
                 source,
             })?;
-            let spawned = Init::spawn(&plan, &child_end, Some(&dir_fd));
+            let spawned = Init::spawn_with_flags(namespaces, &plan, &child_end, Some(&dir_fd));
             report.mark(Phase::NamespacesCreated);
             match spawned {
                 Ok(init) => (init, cgroup),
                 // Kernels before 5.7 know no CLONE_INTO_CGROUP: migrate instead.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG | libc::EINVAL)) => {
-                    let init =
-                        Init::spawn(&plan, &child_end, None).map_err(ContainerError::Clone)?;
+                    let init = Init::spawn_with_flags(namespaces, &plan, &child_end, None)
+                        .map_err(ContainerError::Clone)?;
                     if let Err(e) = cgroup.add_pid(init.pid) {
                         drop(init);
                         return Err(e.into());
@@ -535,7 +534,8 @@ impl ContainerRuntime {
                 Err(e) => return Err(ContainerError::Clone(e)),
             }
         } else {
-            let init = Init::spawn(&plan, &child_end, None).map_err(ContainerError::Clone)?;
+            let init = Init::spawn_with_flags(namespaces, &plan, &child_end, None)
+                .map_err(ContainerError::Clone)?;
             report.mark(Phase::NamespacesCreated);
             // The child mounts its root meanwhile; the parent makes its cgroups.
             let cgroup = Cgroup::create(hierarchies, id, &spec.resources)

@@ -328,6 +328,8 @@ pub struct RootfsSpec<'a> {
     /// The workload's fds 0-2: a new pty, or pipes dup2'ed over the ones
     /// that are terminals; `None`: duet's own, inherited.
     pub stdio: Option<ChildStdio>,
+    /// `--network host`: the host's network namespace (no `lo` to bring up).
+    pub host_network: bool,
 }
 
 fn cstr(what: &'static str, s: impl AsRef<[u8]>) -> Result<CString, PlanError> {
@@ -512,7 +514,11 @@ pub fn build(
         Step::PivotRoot,
         Step::StampPivotDone,
         Step::Hostname(cstr("hostname (spec field `name`)", r.hostname)?),
-        Step::LoopbackUp,
+    ]);
+    if !r.host_network {
+        s.push(Step::LoopbackUp);
+    }
+    s.extend([
         Step::WaitForParent,
         Step::UnshareCgroupNamespace,
         Step::NewSession,
@@ -686,6 +692,7 @@ mod tests {
             command,
             env,
             stdio: None,
+            host_network: false,
         };
         build(
             &r,
@@ -873,6 +880,7 @@ mod tests {
             command: &cmd,
             env: &env,
             stdio: None,
+            host_network: false,
         };
         let caps = CapabilityPlan {
             keep: 0,

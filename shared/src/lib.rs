@@ -5,10 +5,12 @@
 //! directories, and the content-addressed image store.
 
 pub mod agent_abi;
+pub mod child_wait;
 pub mod clock;
 pub mod guest_abi;
 pub mod image;
 pub mod instance;
+pub mod netspec;
 pub mod paths;
 pub mod report;
 pub mod runtime;

@@ -7,12 +7,16 @@
 //! env = { GREETING = "hi" }
 //! workdir = "/"
 //! isolation = "container"     # or "vm"
+//! network = "bridge"         # or "none", "host"; default: the state root's (bridge)
+//! ports = ["8080:80/tcp"]     # HOSTPORT:PORT[/tcp|udp], or PORT for a free host port
+//! dns = ["192.0.2.53"]        # default: the host's resolvers
 //! [resources]
 //! memory_mib = 128
 //! vcpus = 1
 //! pids_max = 256
 //! ```
 
+pub use crate::netspec::{NetworkMode, PortMapping, Protocol};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,6 +109,16 @@ pub struct WorkloadSpec {
     /// Limits.
     #[serde(default)]
     pub resources: Resources,
+    /// How it reaches the network; `None`: the state root's default
+    /// (`bridge` unless `network.toml` says otherwise).
+    #[serde(default)]
+    pub network: Option<NetworkMode>,
+    /// Published ports (bridge network only).
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// DNS servers for the instance's resolv.conf; empty: the host's.
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
 }
 
 fn default_name() -> String {
@@ -156,6 +170,9 @@ impl WorkloadSpec {
             workdir: None,
             isolation: None,
             resources: Resources::default(),
+            network: None,
+            ports: Vec::new(),
+            dns: Vec::new(),
         }
     }
 
@@ -249,6 +266,28 @@ impl WorkloadSpec {
         }
         if r.pids_max == Some(0) {
             return Err(bad("resources.pids_max", "must be at least 1".into()));
+        }
+        if !self.ports.is_empty()
+            && matches!(self.network, Some(NetworkMode::None | NetworkMode::Host))
+        {
+            return Err(bad(
+                "ports",
+                format!(
+                    "ports are published from duet's bridge; network `{}` has none",
+                    self.network.expect("matched")
+                ),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.ports {
+            if let Some(h) = p.host {
+                if !seen.insert((h, p.protocol)) {
+                    return Err(bad(
+                        "ports",
+                        format!("host port {h}/{} is published twice", p.protocol.name()),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -265,6 +265,9 @@ fn valid_spec() -> impl Strategy<Value = WorkloadSpec> {
                         vcpus,
                         pids_max,
                     },
+                    network: None,
+                    ports: Vec::new(),
+                    dns: Vec::new(),
                 }
             },
         )

@@ -239,6 +239,9 @@ fn run_args(iso: Isolation, explain: bool) -> Vec<String> {
         &iso.to_string(),
         "--hostname",
         "duet-demo",
+        // The demo compares isolation, not networking: no bridge on the host.
+        "--network",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 pub fn ps(all: bool) -> Result<()> {
     let root = state_root();
     println!(
-        "{:<20} {:<32} {:<26} {:<12} {:<9} {:<5} COMMAND",
-        "NAME", "ID", "STATUS", "IMAGE", "ISOLATION", "AGE"
+        "{:<20} {:<32} {:<26} {:<12} {:<9} {:<5} {:<24} COMMAND",
+        "NAME", "ID", "STATUS", "IMAGE", "ISOLATION", "AGE", "ADDRESS/PORTS"
     );
     let now = duet_shared::instance::unix_ms();
     for id in InstanceDir::list_ids(&root)? {
@@ -37,8 +37,11 @@ pub fn ps(all: bool) -> Result<()> {
         if command.chars().count() > 40 {
             command = command.chars().take(39).collect::<String>() + "…";
         }
+        let net = crate::network::recorded(inst.path())
+            .map(|a| ports_text(&a))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<20} {:<32} {:<26} {:<12} {:<9} {:<5} {command}",
+            "{:<20} {:<32} {:<26} {:<12} {:<9} {:<5} {net:<24} {command}",
             m.name,
             m.id,
             lifecycle::status_text(&inst),
@@ -48,6 +51,27 @@ pub fn ps(all: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `10.89.0.2 8080->80/tcp,53->53/udp`: the address and published ports.
+fn ports_text(a: &duet_network::Attachment) -> String {
+    let ports: Vec<String> = a
+        .ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{}->{}/{}",
+                p.host.map_or("?".into(), |h| h.to_string()),
+                p.port,
+                p.protocol.name()
+            )
+        })
+        .collect();
+    if ports.is_empty() {
+        a.address.to_string()
+    } else {
+        format!("{} {}", a.address, ports.join(","))
+    }
 }
 
 /// `42s`, `5m`, `3h`, `2d`.
@@ -195,6 +219,11 @@ pub fn gc() -> Result<()> {
         remove_instance_path(&path)?;
         println!("removed {id}");
         removed += 1;
+    }
+    // Addresses whose instance directory is gone altogether.
+    for owner in crate::network::orphan_owners(&root).map_err(|e| anyhow::anyhow!(e))? {
+        crate::network::gc_owner(&root, &owner).map_err(|e| anyhow::anyhow!(e))?;
+        println!("released the address of {owner}");
     }
     removed += gc_scratch(&root)?;
     println!("gc: {removed} removed");

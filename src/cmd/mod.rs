@@ -6,6 +6,7 @@ pub mod exec;
 pub mod image;
 pub mod instances;
 pub mod lifecycle;
+pub mod network;
 pub mod probe;
 pub mod run;
 

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use duet_shared::image::ImageStore;
 use duet_shared::paths::state_root;
+use duet_shared::spec::{NetworkMode, PortMapping};
 use duet_shared::{InstanceDir, Isolation, Launch, Phase, RunOptions, RunReport, WorkloadSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,6 +88,17 @@ pub struct RunArgs {
     /// With -d: remove the instance once it has ended for good.
     #[arg(long, requires = "detach")]
     pub rm: bool,
+    /// bridge (an address on duet's bridge, NAT, published ports; the
+    /// default), none (only lo) or host (the host's network; containers only).
+    #[arg(long)]
+    pub network: Option<NetworkMode>,
+    /// Publish a port: HOSTPORT:PORT[/tcp|udp], or PORT for a free host
+    /// port (see `duet ps`); repeatable; bridge network only.
+    #[arg(short = 'p', long = "publish", value_name = "[HOSTPORT:]PORT[/PROTO]")]
+    pub publish: Vec<PortMapping>,
+    /// A DNS server for the instance's resolv.conf (repeatable; default: the host's).
+    #[arg(long)]
+    pub dns: Vec<std::net::Ipv4Addr>,
     /// Command and arguments, after `--`; default: the spec's or the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -151,8 +163,34 @@ fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
     if let Some(i) = args.isolation {
         spec.isolation = Some(i);
     }
+    if let Some(n) = args.network {
+        spec.network = Some(n);
+    }
+    spec.ports.extend(args.publish.iter().copied());
+    spec.dns.extend(args.dns.iter().copied());
     spec.validate(&origin)?;
     Ok((spec, origin))
+}
+
+/// The network the instance gets: the spec's (or `--network`), else the
+/// state root's default; a microVM's default is `none` until duet's VMM
+/// has a network device, and `host` is refused for it (a guest has its own
+/// kernel and stack).
+fn resolve_network(spec: &mut WorkloadSpec, origin: &Path, root: &Path) -> Result<()> {
+    let isolation = spec.isolation.unwrap_or(Isolation::Container);
+    let mode = match spec.network {
+        Some(m) => m,
+        None if isolation == Isolation::Vm => NetworkMode::None,
+        None => duet_network::NetworkConfig::load(root)?.default,
+    };
+    if isolation == Isolation::Vm && mode == NetworkMode::Host {
+        bail!("{}: network `host` is for containers only: a microVM has its own kernel and network stack", origin.display());
+    }
+    if mode != NetworkMode::Bridge && !spec.ports.is_empty() {
+        bail!("{}: field `ports` (-p): ports are published from duet's bridge; network `{mode}` has none", origin.display());
+    }
+    spec.network = Some(mode);
+    Ok(())
 }
 
 /// Merges the image's defaults into the spec: command, env (spec wins), workdir.
@@ -181,13 +219,14 @@ pub fn merge_image_defaults(spec: &mut WorkloadSpec, image: &duet_shared::image:
 /// `duet run`; returns the exit code duet should exit with.
 pub fn run(args: RunArgs) -> Result<i32> {
     let (mut spec, origin) = effective_spec(&args)?;
+    let root = state_root();
+    resolve_network(&mut spec, &origin, &root)?;
     let isolation = spec.isolation.unwrap_or(Isolation::Container);
     if args.tty && isolation == Isolation::Vm {
         bail!("-t: a microVM's workload has the guest's serial console; `duet exec -t` gives a pty inside the guest");
     }
     let backend = backends::for_isolation(isolation);
     let mut report = RunReport::start(backend.isolation(), &spec.name, &spec.image);
-    let root = state_root();
     let store = ImageStore::open(&root)?;
     let image = store
         .get(&spec.image)

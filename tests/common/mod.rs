@@ -53,12 +53,15 @@ impl Env {
         // Under /var/tmp, not /tmp: overlayfs upper dirs need a real file system, and
         // some hosts mount /tmp as tmpfs with options overlay dislikes.
         std::fs::create_dir_all("/var/tmp/duet-tests").unwrap();
-        Env {
-            root: tempfile::Builder::new()
-                .prefix("root-")
-                .tempdir_in("/var/tmp/duet-tests")
-                .unwrap(),
-        }
+        let root = tempfile::Builder::new()
+            .prefix("root-")
+            .tempdir_in("/var/tmp/duet-tests")
+            .unwrap();
+        // No bridge on the development host: instances get no network
+        // unless a test asks for one (tests/network.rs, in a network
+        // namespace of its own).
+        std::fs::write(root.path().join("network.toml"), "default = \"none\"\n").unwrap();
+        Env { root }
     }
 
     pub fn root(&self) -> &Path {

@@ -64,6 +64,8 @@ export DUET_ROOT=/tmp/duet
 export DUET_TESTBED=1
 export TERM=dumb
 mkdir -p "$DUET_ROOT" "$HOME"
+# The testbed has no nftables: instances get no network unless a case asks.
+printf 'default = "none"\n' > "$DUET_ROOT/network.toml"
 if [ -d "$XDG_CACHE_HOME/duet/kernel/current" ]; then
     export DUET_KERNEL="$XDG_CACHE_HOME/duet/kernel/current/vmlinux"
 fi

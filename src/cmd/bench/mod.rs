@@ -270,6 +270,8 @@ pub fn probe_run_args(isolation: Isolation, args: &[String]) -> Vec<String> {
         &isolation.to_string(),
         "--hostname",
         "duet-probe",
+        "--network",
+        "none",
         "busybox",
         "--",
         "/bin/duet-probe",
