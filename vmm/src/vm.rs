@@ -7,7 +7,7 @@
 use crate::boot_params::{self, BootInfo, BootParamsError};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::console::{Console, ConsoleMode};
-use crate::devices::virtio::vsock::host::VsockThread;
+use crate::devices::virtio::host_thread::HostThread;
 use crate::devices::virtio::{self, Block, BlockConfig, MmioTransport, VhostUserFs, Vsock};
 use crate::devices::{serial, ExitPort, SerialDevice, I8042};
 use crate::event::{VcpuStop, VmEvent};
@@ -640,7 +640,7 @@ impl Vm {
         };
         let vsock = match &self.vsock {
             Some(t) => {
-                Some(VsockThread::spawn(t.clone(), filter.clone()).map_err(VmmError::VsockThread)?)
+                Some(HostThread::spawn(t.clone(), filter.clone()).map_err(VmmError::VsockThread)?)
             }
             None => None,
         };

@@ -38,7 +38,12 @@
 
 pub mod block;
 pub mod fs;
+pub mod host_thread;
 pub mod mmio;
+pub mod net;
+mod ring_io;
+#[cfg(test)]
+pub(crate) mod test_ring;
 pub mod vsock;
 
 pub use block::{Block, BlockConfig};

@@ -43,24 +43,21 @@
 //!
 //! Two threads drive the device, both under its transport's lock: a vCPU
 //! that notifies rx or tx (guest packets, new rx buffers), and the device's
-//! own host thread ([`host::VsockThread`]) that polls the listening socket
+//! own host thread ([`super::host_thread::HostThread`]) that polls the listening socket
 //! and the Unix connections and moves host data into the rx queue.
 
-pub mod host;
 mod packet;
 
 pub use packet::*;
 
-use super::block::direct_chain;
+use super::ring_io::{checked_capacity, has_more, read_from, read_nb, segments, write_to};
 use super::{QueueFailure, QueueOutcome, VirtioDevice, F_VERSION_1, TYPE_VSOCK};
 use crate::memory::GuestMemory;
 use std::collections::{BTreeMap, VecDeque};
-use std::num::Wrapping;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The guest's context id (2 is the host; 0, 1 and u32::MAX are reserved).
@@ -191,23 +188,6 @@ pub struct Vsock {
     config: [u8; 8],
 }
 
-/// A nonblocking read; Ok(None) when nothing is there.
-fn read_nb(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-    loop {
-        // SAFETY: reads into a valid buffer of its length from a descriptor we own.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let e = std::io::Error::last_os_error();
-        match e.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(e),
-        }
-    }
-}
-
 /// A nonblocking send without SIGPIPE; Ok(0) when the socket is full.
 fn send_nb(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     loop {
@@ -241,93 +221,6 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
         return None;
     }
     port.parse().ok()
-}
-
-/// Segments (address, length) of a chain's readable or writable part, or
-/// None if it has an indirect descriptor or the other kind mixed in.
-fn segments(
-    mem: &GuestMemory,
-    queue: &Queue,
-    head: u16,
-    writable: bool,
-) -> Option<Vec<(GuestAddress, usize)>> {
-    let mut out = Vec::new();
-    for d in direct_chain(mem, GuestAddress(queue.desc_table()), queue.size(), head) {
-        if d.refers_to_indirect_table() || d.is_write_only() != writable {
-            return None;
-        }
-        out.push((d.addr(), d.len() as usize));
-    }
-    Some(out)
-}
-
-/// Copies `out.len()` bytes starting `skip` bytes into `segs`; false if
-/// they are too short or not guest memory.
-fn read_from(
-    mem: &GuestMemory,
-    segs: &[(GuestAddress, usize)],
-    skip: usize,
-    out: &mut [u8],
-) -> bool {
-    let mut skip = skip;
-    let mut filled = 0;
-    for &(addr, len) in segs {
-        if filled == out.len() {
-            break;
-        }
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(out.len() - filled);
-        let Some(at) = addr.checked_add(skip as u64) else {
-            return false;
-        };
-        if mem.read_slice(&mut out[filled..filled + n], at).is_err() {
-            return false;
-        }
-        filled += n;
-        skip = 0;
-    }
-    filled == out.len()
-}
-
-/// Copies `data` to the start of `segs`; false if it does not fit or a
-/// segment is not guest memory.
-fn write_to(mem: &GuestMemory, segs: &[(GuestAddress, usize)], data: &[u8]) -> bool {
-    let mut left = data;
-    for &(addr, len) in segs {
-        if left.is_empty() {
-            break;
-        }
-        let n = len.min(left.len());
-        if mem.write_slice(&left[..n], addr).is_err() {
-            return false;
-        }
-        left = &left[n..];
-    }
-    left.is_empty()
-}
-
-/// Total length of segments that all lie in guest memory, or None.
-fn checked_capacity(mem: &GuestMemory, segs: &[(GuestAddress, usize)]) -> Option<usize> {
-    let mut total = 0usize;
-    for &(addr, len) in segs {
-        if len == 0 {
-            continue;
-        }
-        let end = addr.checked_add(len as u64 - 1)?;
-        if !vm_memory::GuestMemoryBackend::check_range(mem, addr, len) || end < addr {
-            return None;
-        }
-        total = total.checked_add(len)?;
-    }
-    Some(total)
-}
-
-fn has_more(queue: &Queue, mem: &GuestMemory) -> Result<bool, virtio_queue::Error> {
-    let idx = queue.avail_idx(mem, Ordering::Acquire)?;
-    Ok(idx != Wrapping(queue.next_avail()))
 }
 
 impl Vsock {
@@ -995,3 +888,18 @@ impl VirtioDevice for Vsock {
 
 #[cfg(test)]
 mod tests;
+
+impl super::host_thread::HostSide for Vsock {
+    type Token = Token;
+    const RX: usize = RX;
+    const THREAD: &'static str = "duet-vsock";
+    fn wake_fd(&self) -> std::io::Result<EventFd> {
+        Vsock::wake_fd(self)
+    }
+    fn poll_set(&self) -> Vec<(RawFd, i16, Token)> {
+        Vsock::poll_set(self)
+    }
+    fn host_io(&mut self, ready: &[(Token, i16)], now: Instant) {
+        Vsock::host_io(self, ready, now)
+    }
+}

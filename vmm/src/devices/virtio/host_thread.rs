@@ -1,14 +1,15 @@
-//! The vsock device's host thread: polls the listening Unix socket and the
-//! host connections (poll(2), the set rebuilt from [`Vsock::poll_set`]
-//! after every wake-up), does the host-side I/O under the transport's lock
-//! ([`Vsock::host_io`]) and runs one rx pass so host data reaches the guest
-//! without waiting for a guest exit. The vCPU threads keep their loop: they
-//! only write the device's wake eventfd when the poll set may have changed.
-//! It runs under the VMM's seccomp filter like the vCPU threads.
+//! A device's host thread, for devices whose data also arrives from the
+//! host side (vsock's Unix connections, net's tap): it polls the device's
+//! host fds (poll(2), the set rebuilt from [`HostSide::poll_set`] after
+//! every wake-up), does the host-side I/O under the transport's lock
+//! ([`HostSide::host_io`]) and runs one rx pass, so host data reaches the
+//! guest without waiting for a guest exit. The vCPU threads keep their
+//! loop: they only write the device's wake eventfd when the poll set may
+//! have changed. It runs under the VMM's seccomp filter like the vCPU
+//! threads.
 
-use super::{Token, Vsock, RX};
-use crate::devices::virtio::MmioTransport;
-use std::os::fd::AsRawFd;
+use super::{MmioTransport, VirtioDevice};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -17,33 +18,50 @@ use vmm_sys_util::eventfd::EventFd;
 /// How often the thread wakes up without an event (connection timeouts).
 const TICK_MS: i32 = 500;
 
+/// What the host thread needs of a device.
+pub trait HostSide: VirtioDevice + 'static {
+    /// Names one polled fd in [`HostSide::host_io`].
+    type Token: Copy + Send;
+    /// The queue host data goes to.
+    const RX: usize;
+    /// The thread's name.
+    const THREAD: &'static str;
+    /// An eventfd written whenever the poll set may have changed (cloned
+    /// before the thread's seccomp filter is on).
+    fn wake_fd(&self) -> std::io::Result<EventFd>;
+    /// The host fds to poll now, with their events.
+    fn poll_set(&self) -> Vec<(RawFd, i16, Self::Token)>;
+    /// The I/O those that are ready allow.
+    fn host_io(&mut self, ready: &[(Self::Token, i16)], now: Instant);
+}
+
 /// The running host thread.
-pub struct VsockThread {
+pub struct HostThread {
     stop: EventFd,
     handle: JoinHandle<()>,
 }
 
-impl VsockThread {
+impl HostThread {
     /// Starts the thread for `transport`; `filter` is installed on it first.
-    pub fn spawn(
-        transport: Arc<Mutex<MmioTransport<Vsock>>>,
+    pub fn spawn<D: HostSide>(
+        transport: Arc<Mutex<MmioTransport<D>>>,
         filter: Option<Arc<seccompiler::BpfProgram>>,
-    ) -> std::io::Result<VsockThread> {
+    ) -> std::io::Result<HostThread> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let stop_rx = stop.try_clone()?;
         let wake = lock(&transport).device().wake_fd()?;
         let handle = std::thread::Builder::new()
-            .name("duet-vsock".into())
+            .name(D::THREAD.into())
             .stack_size(crate::vcpu::VMM_THREAD_STACK)
             .spawn(move || {
                 if let Some(f) = filter {
-                    if crate::seccomp::install(&f, "vsock").is_err() {
+                    if crate::seccomp::install(&f, D::THREAD).is_err() {
                         return;
                     }
                 }
                 run(&transport, &stop_rx, &wake);
             })?;
-        Ok(VsockThread { stop, handle })
+        Ok(HostThread { stop, handle })
     }
 
     /// Stops and joins the thread.
@@ -53,11 +71,13 @@ impl VsockThread {
     }
 }
 
-fn lock(t: &Mutex<MmioTransport<Vsock>>) -> std::sync::MutexGuard<'_, MmioTransport<Vsock>> {
+fn lock<D: VirtioDevice>(
+    t: &Mutex<MmioTransport<D>>,
+) -> std::sync::MutexGuard<'_, MmioTransport<D>> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn run(transport: &Mutex<MmioTransport<Vsock>>, stop: &EventFd, wake: &EventFd) {
+fn run<D: HostSide>(transport: &Mutex<MmioTransport<D>>, stop: &EventFd, wake: &EventFd) {
     let mut again = false;
     loop {
         let set = lock(transport).device().poll_set();
@@ -89,7 +109,7 @@ fn run(transport: &Mutex<MmioTransport<Vsock>>, stop: &EventFd, wake: &EventFd) 
         if fds[1].revents != 0 {
             let _ = wake.read();
         }
-        let ready: Vec<(Token, i16)> = fds[2..]
+        let ready: Vec<(D::Token, i16)> = fds[2..]
             .iter()
             .zip(&set)
             .filter(|(p, _)| p.revents != 0)
@@ -97,6 +117,6 @@ fn run(transport: &Mutex<MmioTransport<Vsock>>, stop: &EventFd, wake: &EventFd) 
             .collect();
         let mut t = lock(transport);
         t.device_mut().host_io(&ready, Instant::now());
-        again = t.process_from_host(RX);
+        again = t.process_from_host(D::RX);
     }
 }
