@@ -3,7 +3,7 @@
 //! exists, all of it undone on delete and by `duet gc` (see duet-network).
 
 use duet_network::{Attachment, Network};
-use duet_shared::runtime::{BackendError, Instance};
+use duet_shared::runtime::{BackendError, Instance, VmNetwork};
 use duet_shared::spec::NetworkMode;
 use duet_shared::{ExecRequest, InstanceDir, Launch, RunReport, Runtime, WorkloadExit};
 use std::path::{Path, PathBuf};
@@ -43,16 +43,39 @@ impl Runtime for Networked {
         if launch.spec.network != Some(NetworkMode::Bridge) {
             return self.inner.create(launch, report);
         }
-        if self.inner.isolation() == "vm" {
-            return Err("network `bridge` for a microVM: not built yet (a virtio-net device is on its way); use --network none".into());
-        }
         let net = Network::open(&self.root)?;
         let id = launch.instance.id();
         let att = net.attach(id, &launch.spec.ports, &launch.spec.dns)?;
         let record = launch.instance.path().join(ATTACHMENT_FILE);
+        let vm = self.inner.isolation() == "vm";
         let made = std::fs::write(&record, serde_json::to_vec_pretty(&att)?)
             .map_err(|e| -> BackendError { format!("writing {}: {e}", record.display()).into() })
-            .and_then(|()| self.inner.create(launch, report));
+            .and_then(|()| {
+                if !vm {
+                    return self.inner.create(launch, report);
+                }
+                // The tap is on the bridge before the VMM starts; the guest
+                // configures eth0 and gets resolv.conf and hosts from its config.
+                let tap = net.tap_for_vm(&att)?;
+                let vm_net = VmNetwork {
+                    tap: std::sync::Arc::new(tap),
+                    mac: att.mac(),
+                    address: att.address,
+                    prefix: att.prefix,
+                    gateway: att.gateway,
+                    resolv_conf: duet_network::files::resolv_conf(&att.dns),
+                    hosts: duet_network::files::hosts(att.address, &launch.spec.name),
+                };
+                let with_net = Launch {
+                    spec: launch.spec,
+                    image: launch.image,
+                    layers: launch.layers.clone(),
+                    instance: launch.instance,
+                    options: launch.options,
+                    network: Some(&vm_net),
+                };
+                self.inner.create(&with_net, report)
+            });
         let inst = match made {
             Ok(i) => i,
             Err(e) => {
@@ -60,10 +83,12 @@ impl Runtime for Networked {
                 return Err(e);
             }
         };
-        if let Err(e) = net.connect_container(&att, inst.pid(), &launch.spec.name) {
-            let _ = inst.delete();
-            let _ = net.detach(&att);
-            return Err(e.into());
+        if !vm {
+            if let Err(e) = net.connect_container(&att, inst.pid(), &launch.spec.name) {
+                let _ = inst.delete();
+                let _ = net.detach(&att);
+                return Err(e.into());
+            }
         }
         Ok(Box::new(Attached {
             inner: Some(inst),

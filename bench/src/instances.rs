@@ -124,6 +124,9 @@ impl CommandIdle {
             "run".to_string(),
             "--isolation".to_string(),
             isolation.to_string(),
+            // Density without networking, as the peers it is compared with.
+            "--network".to_string(),
+            "none".to_string(),
         ];
         argv.extend(extra_args.iter().cloned());
         argv.extend(

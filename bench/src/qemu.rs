@@ -311,7 +311,15 @@ pub fn keep_initrd(
     // whose whole root is in its initramfs.
     let out = Command::new(duet)
         .env("DUET_VM_ROOTFS", "initramfs")
-        .args(["run", "--isolation", "vm", "--keep", "--memory"])
+        .args([
+            "run",
+            "--isolation",
+            "vm",
+            "--network",
+            "none",
+            "--keep",
+            "--memory",
+        ])
         .arg(memory_mib.to_string())
         .arg(image)
         .arg("--")

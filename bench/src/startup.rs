@@ -439,6 +439,9 @@ impl DuetStarter {
             self.isolation.clone(),
             "--report".to_string(),
             "json".to_string(),
+            // Startup as the peers (runc, crun, Firecracker) have it: no network.
+            "--network".to_string(),
+            "none".to_string(),
         ];
         a.extend(self.extra_args.iter().cloned());
         a.push(self.image.clone());
@@ -696,7 +699,7 @@ mod tests {
         };
         assert_eq!(
             s.args().join(" "),
-            "run --isolation vm --report json --memory 128 busybox -- true"
+            "run --isolation vm --report json --network none --memory 128 busybox -- true"
         );
     }
 

@@ -28,6 +28,7 @@ fn main() {
         layers: vec![lower],
         instance: &instance,
         options: &options,
+        network: None,
     };
     let result = ContainerRuntime::new().run(&launch, &mut report);
     instance.remove().expect("remove instance dir");

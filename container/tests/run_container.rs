@@ -122,6 +122,7 @@ fn run_with(command: &[&str], edit: impl FnOnce(&mut WorkloadSpec, &mut RunOptio
         layers: vec![lower().to_path_buf()],
         instance: &instance,
         options: &options,
+        network: None,
     };
     let mut report = RunReport::start("container", &spec.name, "busybox");
     let result = ContainerRuntime::new().run_container(&launch, &mut report);
@@ -504,6 +505,7 @@ fn v2_clone_into_cgroup_places_the_init() {
         layers: vec![lower().to_path_buf()],
         instance: &instance,
         options: &options,
+        network: None,
     };
     let mut report = RunReport::start("container", "v2", "busybox");
     let exit = ContainerRuntime::new()
@@ -549,6 +551,7 @@ fn helper_long_container() {
         )],
         instance: &instance,
         options: &options,
+        network: None,
     };
     let mut report = RunReport::start("container", "helper", "busybox");
     let exit = ContainerRuntime::new().run(&launch, &mut report).unwrap();
@@ -699,6 +702,7 @@ impl Fixture {
             layers: vec![lower().to_path_buf()],
             instance: &self.instance,
             options: &self.options,
+            network: None,
         }
     }
 }

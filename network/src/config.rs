@@ -1,5 +1,6 @@
-//! `<state root>/network.toml`: duet's bridge, its subnet, and the network
-//! instances get when neither the spec nor `--network` names one.
+//! `<state root>/network.toml` (else the machine's `/etc/duet/network.toml`):
+//! duet's bridge, its subnet, and the network instances get when neither
+//! the spec nor `--network` names one.
 //!
 //! ```toml
 //! bridge = "duet0"
@@ -16,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// The file's name in the state root.
 pub const FILE: &str = "network.toml";
+/// The machine's file, used when the state root has none.
+pub const SYSTEM_FILE: &str = "/etc/duet/network.toml";
 
 /// duet's network as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,15 +61,17 @@ pub fn valid_ifname(name: &str) -> bool {
 }
 
 impl NetworkConfig {
-    /// The config of state root `root`: its `network.toml`, or the defaults.
+    /// The config of state root `root`: its `network.toml`, else
+    /// [`SYSTEM_FILE`], else the defaults.
     pub fn load(root: &Path) -> Result<NetworkConfig, NetError> {
-        let path = root.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(NetError::io(format!("reading {}", path.display()), e)),
-        };
-        Self::parse(&text, &path)
+        for path in [root.join(FILE), PathBuf::from(SYSTEM_FILE)] {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => return Self::parse(&text, &path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(NetError::io(format!("reading {}", path.display()), e)),
+            }
+        }
+        Ok(Self::default())
     }
 
     /// Parses the file's text; `path` names it in errors.

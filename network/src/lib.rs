@@ -17,13 +17,14 @@ pub mod files;
 pub mod ipam;
 pub mod link;
 pub mod nat;
+pub mod tap;
 
 pub use config::NetworkConfig;
 use duet_shared::netspec::{PortMapping, Protocol};
 use ipam::Ipam;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// What went wrong, naming the file, link, table or port.
@@ -113,10 +114,25 @@ impl Attachment {
     pub fn veth_name(&self) -> String {
         veth_name(self.address)
     }
+
+    /// A microVM's tap.
+    pub fn tap_name(&self) -> String {
+        tap_name(self.address)
+    }
+
+    /// A microVM's MAC: locally administered, from its address.
+    pub fn mac(&self) -> [u8; 6] {
+        let a = self.address.octets();
+        [0x02, 0xd0, a[0], a[1], a[2], a[3]]
+    }
 }
 
 fn veth_name(a: Ipv4Addr) -> String {
     format!("dv{:08x}", u32::from(a))
+}
+
+fn tap_name(a: Ipv4Addr) -> String {
+    format!("dt{:08x}", u32::from(a))
 }
 
 /// duet's network of one state root.
@@ -324,6 +340,15 @@ impl Network {
             })
     }
 
+    /// A microVM's tap on the bridge (its fd: the tap goes when the last
+    /// copy closes), and the guest's resolv.conf and hosts.
+    pub fn tap_for_vm(&self, att: &Attachment) -> Result<OwnedFd, NetError> {
+        let name = att.tap_name();
+        let fd = tap::open(&name)?;
+        link::attach(&name, &att.bridge)?;
+        Ok(fd)
+    }
+
     /// Removes what [`Network::attach`] and [`Network::connect_container`]
     /// made for one instance.
     pub fn detach(&self, att: &Attachment) -> Result<(), NetError> {
@@ -337,9 +362,11 @@ impl Network {
                 }
             }
         }
-        // Gone with the container's network namespace already, most often.
-        if let Err(e) = link::delete(&att.veth_name()) {
-            first.get_or_insert(e);
+        // Gone with the container's network namespace (or the tap's last fd) already, most often.
+        for name in [att.veth_name(), att.tap_name()] {
+            if let Err(e) = link::delete(&name) {
+                first.get_or_insert(e);
+            }
         }
         self.ipam.release(att.address)?;
         self.down_if_idle()?;
@@ -362,6 +389,7 @@ impl Network {
         }
         for a in mine {
             link::delete(&veth_name(a))?;
+            link::delete(&tap_name(a))?;
             self.ipam.release(a)?;
         }
         self.down_if_idle()

@@ -67,6 +67,30 @@ pub struct Launch<'a> {
     pub instance: &'a InstanceDir,
     /// Command-line options.
     pub options: &'a RunOptions,
+    /// A microVM's place on duet's bridge (made by the CLI's network
+    /// wrapper before the VM); `None`: no network device.
+    pub network: Option<&'a VmNetwork>,
+}
+
+/// What a microVM on duet's bridge gets: its tap, already on the bridge
+/// (the VMM only reads and writes it), and what the guest configures.
+#[derive(Debug, Clone)]
+pub struct VmNetwork {
+    /// The tap, opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a
+    /// 12-byte vnet header.
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// The guest's address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of the bridge's subnet.
+    pub prefix: u8,
+    /// Default gateway (the bridge).
+    pub gateway: std::net::Ipv4Addr,
+    /// The guest's /etc/resolv.conf.
+    pub resolv_conf: String,
+    /// The guest's /etc/hosts.
+    pub hosts: String,
 }
 
 /// A command to run inside a running instance (`duet exec`).

@@ -173,14 +173,12 @@ fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
 }
 
 /// The network the instance gets: the spec's (or `--network`), else the
-/// state root's default; a microVM's default is `none` until duet's VMM
-/// has a network device, and `host` is refused for it (a guest has its own
-/// kernel and stack).
+/// state root's default; `host` is refused for a microVM (a guest has its
+/// own kernel and network stack).
 fn resolve_network(spec: &mut WorkloadSpec, origin: &Path, root: &Path) -> Result<()> {
     let isolation = spec.isolation.unwrap_or(Isolation::Container);
     let mode = match spec.network {
         Some(m) => m,
-        None if isolation == Isolation::Vm => NetworkMode::None,
         None => duet_network::NetworkConfig::load(root)?.default,
     };
     if isolation == Isolation::Vm && mode == NetworkMode::Host {
@@ -264,6 +262,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         layers: store.layer_dirs(&image),
         instance: &instance,
         options: &options,
+        network: None,
     };
     let result = run_foreground(backend.as_ref(), &launch, &mut report);
     let exit_code = result.as_ref().ok().map(|e| e.shell_code());

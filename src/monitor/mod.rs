@@ -378,6 +378,7 @@ async fn supervise(
             layers: store.layer_dirs(image),
             instance: &dir,
             options,
+            network: None,
         };
         let mut report = RunReport::start(m.backend.isolation(), &spec.name, &spec.image);
         let created = m

@@ -287,6 +287,7 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         agent: true,
         user,
         files,
+        network: None,
     };
     workload
         .validate()

@@ -51,7 +51,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 ip link set lo up 2>/dev/null
 hostname testbed
 
-for m in irqbypass kvm kvm-amd overlay loop; do
+for m in $(cat /lib/modules/testbed/order); do
     out=$(insmod "/lib/modules/testbed/$m.ko" 2>&1) || fail "insmod $m.ko: $out"
 done
 if [ ! -c /dev/kvm ]; then
@@ -64,8 +64,10 @@ export DUET_ROOT=/tmp/duet
 export DUET_TESTBED=1
 export TERM=dumb
 mkdir -p "$DUET_ROOT" "$HOME"
-# The testbed has no nftables: instances get no network unless a case asks.
-printf 'default = "none"\n' > "$DUET_ROOT/network.toml"
+# Instances get no network unless a case asks (for every state root the
+# cases use: the machine's file).
+mkdir -p /etc/duet
+printf 'default = "none"\n' > /etc/duet/network.toml
 if [ -d "$XDG_CACHE_HOME/duet/kernel/current" ]; then
     export DUET_KERNEL="$XDG_CACHE_HOME/duet/kernel/current/vmlinux"
 fi

@@ -28,6 +28,7 @@ fn main() {
         disks: Vec::new(),
         agent_socket: None,
         fs: Vec::new(),
+        net: None,
     };
     let next = |what: &str, args: &mut dyn Iterator<Item = String>| {
         args.next().unwrap_or_else(|| {

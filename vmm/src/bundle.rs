@@ -149,6 +149,7 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
         disks: Vec::new(),
         agent_socket: Some(b.socket_dir.join(crate::agent::SOCKET)),
         fs: shares,
+        net: None,
     };
     let jail = jail::JailConfig::for_instance(&b.state_root, &b.instance_dir, &b.id)
         .map_err(crate::VmmError::from)?;

@@ -558,6 +558,7 @@ mod tests {
             agent: false,
             user: None,
             files: Vec::new(),
+            network: None,
         };
         let dr = DiskRoot { layers: 1 };
         let first =

@@ -764,6 +764,8 @@ fn child_run(
     let mut keep = vec![result.as_raw_fd(), alive.as_raw_fd()];
     keep.extend(plan.agent_fd);
     keep.extend(plan.fs_fds.iter().map(|(fd, _)| *fd));
+    // The tap the parent put on the bridge: the VMM's only network resource.
+    keep.extend(plan.jailed.net.iter().map(|n| n.tap.as_raw_fd()));
     close_inherited_fds(&keep)?;
     // SAFETY: connected sockets inherited by the fork and kept open above;
     // this process owns its copies.
@@ -1282,6 +1284,7 @@ mod tests {
             ),
             agent_socket: None,
             fs: Vec::new(),
+            net: None,
         };
         let state = tempfile::tempdir().unwrap();
         let jail =

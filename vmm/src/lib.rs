@@ -89,6 +89,17 @@ pub struct VmConfig {
     /// listens on `socket`; the VMM connects before the jail and the guest
     /// mounts the share by `tag`. Guest memory is then a shared memfd.
     pub fs: Vec<FsShare>,
+    /// A virtio-net device on this tap (already on duet's bridge) with this MAC.
+    pub net: Option<NetDevice>,
+}
+
+/// The virtio-net device of [`VmConfig::net`].
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    /// The tap (IFF_VNET_HDR, 12-byte header); kept open across the jail.
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
 }
 
 /// One virtio-fs share of [`VmConfig::fs`].
@@ -356,6 +367,17 @@ pub(crate) fn boot_and_run(
     }
     for (stream, tag) in fs {
         let o = vm.attach_fs(stream, &tag)?;
+        if !device_options.is_empty() {
+            device_options.push(' ');
+        }
+        device_options.push_str(&o);
+    }
+    if let Some(n) = &cfg.net {
+        let tap = n.tap.try_clone().map_err(|source| VmmError::EventFd {
+            device: "virtio-net",
+            source,
+        })?;
+        let o = vm.attach_net(tap, n.mac)?;
         if !device_options.is_empty() {
             device_options.push(' ');
         }

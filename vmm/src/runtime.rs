@@ -183,6 +183,10 @@ impl VmRuntime {
             // Every VM run has an instance: `duet exec` reaches its guest agent here.
             agent_socket: Some(launch.instance.path().join(crate::agent::SOCKET)),
             fs: Vec::new(),
+            net: launch.network.map(|n| crate::NetDevice {
+                tap: n.tap.clone(),
+                mac: n.mac,
+            }),
         };
         // A missing or bad kernel, or too little memory for it, fails before any work.
         crate::check_config(&cfg)?;
@@ -496,7 +500,7 @@ fn prepare_disks(
     let images = layer_image::ensure_layer_images(&store, layers)?;
     let built = images.iter().filter(|i| i.built).count() as u64;
     let scratch = disks::create_scratch(root, launch.instance.path())?;
-    let workload = rootfs::guest_workload(launch.spec);
+    let workload = rootfs::guest_workload(launch.spec, launch.network);
     let disk_root = disks::DiskRoot {
         layers: layers.len() as u32,
     };

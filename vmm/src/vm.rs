@@ -8,6 +8,7 @@ use crate::boot_params::{self, BootInfo, BootParamsError};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::console::{Console, ConsoleMode};
 use crate::devices::virtio::host_thread::HostThread;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::{self, Block, BlockConfig, MmioTransport, VhostUserFs, Vsock};
 use crate::devices::{serial, ExitPort, SerialDevice, I8042};
 use crate::event::{VcpuStop, VmEvent};
@@ -138,8 +139,8 @@ pub enum VmmError {
     /// The console input thread could not start.
     #[error("spawning the console input thread")]
     InputThread(#[source] std::io::Error),
-    /// The vsock device's host thread could not start.
-    #[error("spawning the virtio-vsock host thread")]
+    /// A device's host thread (vsock, net) could not start.
+    #[error("spawning a virtio device's host thread")]
     VsockThread(#[source] std::io::Error),
     /// The agent socket could not be bound.
     #[error("binding the agent socket {}", path.display())]
@@ -260,7 +261,11 @@ pub struct Vm {
     disks: Vec<Arc<Mutex<MmioTransport<Block>>>>,
     vsock: Option<Arc<Mutex<MmioTransport<Vsock>>>>,
     fs: Vec<Arc<Mutex<MmioTransport<VhostUserFs>>>>,
+    net: Option<Arc<Mutex<MmioTransport<Net>>>>,
 }
+
+/// A virtio device's transport, shared by the vCPUs and its host thread.
+type Shared<D> = Arc<Mutex<MmioTransport<D>>>;
 
 impl Vm {
     /// Steps 1-3: open KVM, create the VM and its memory, and (if asked) the
@@ -304,6 +309,7 @@ impl Vm {
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),
+            net: None,
         })
     }
 
@@ -422,35 +428,36 @@ impl Vm {
     }
 
     fn virtio_devices(&self) -> usize {
-        self.disks.len() + usize::from(self.vsock.is_some()) + self.fs.len()
+        self.disks.len()
+            + usize::from(self.vsock.is_some())
+            + self.fs.len()
+            + usize::from(self.net.is_some())
     }
 
-    /// Step 4c: the virtio-vsock device (guest CID 3), whose host side is
-    /// `listener`, a listening Unix stream socket (see
-    /// [`virtio::vsock`]). Returns the kernel command line option announcing it.
-    pub fn attach_vsock(&mut self, listener: OwnedFd) -> Result<String, VmmError> {
+    /// Puts `device` on the next virtio-mmio slot with an irqfd of its
+    /// own; returns its transport and the command line option announcing it.
+    fn attach_virtio<D: virtio::VirtioDevice + 'static>(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        make: impl FnOnce(&GuestMemory) -> Result<D, VmmError>,
+    ) -> Result<(Shared<D>, String), VmmError> {
         if !self.options.irqchip {
             return Err(VmmError::NoIrqchip);
-        }
-        if self.vsock.is_some() {
-            return Err(VmmError::DevicesAttached);
         }
         let wanted = self.virtio_devices() + 1;
         let Some((base, irq)) = virtio::slot(self.virtio_devices()) else {
             return Err(VmmError::TooManyDevices { wanted });
         };
-        let device = Vsock::new(listener).map_err(|source| VmmError::EventFd {
-            device: "virtio-vsock",
-            source,
-        })?;
+        let device = make(&self.memory)?;
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
-            device: "virtio-vsock",
+            device: kind,
             source,
         })?;
         self.fd
             .register_irqfd(&evt, irq)
             .map_err(|source| VmmError::Irqfd {
-                device: "virtio-vsock",
+                device: kind,
                 gsi: irq,
                 source,
             })?;
@@ -460,9 +467,42 @@ impl Vm {
             evt,
         )));
         self.mmio_bus
-            .insert("virtio-vsock", base, virtio::MMIO_SIZE, transport.clone())?;
-        self.vsock = Some(transport);
-        Ok(virtio::cmdline_option(base, irq))
+            .insert(name, base, virtio::MMIO_SIZE, transport.clone())?;
+        Ok((transport, virtio::cmdline_option(base, irq)))
+    }
+
+    /// Step 4c: the virtio-vsock device (guest CID 3), whose host side is
+    /// `listener`, a listening Unix stream socket (see
+    /// [`virtio::vsock`]). Returns the kernel command line option announcing it.
+    pub fn attach_vsock(&mut self, listener: OwnedFd) -> Result<String, VmmError> {
+        if self.vsock.is_some() {
+            return Err(VmmError::DevicesAttached);
+        }
+        let (t, opt) = self.attach_virtio("virtio-vsock", "virtio-vsock", |_| {
+            Vsock::new(listener).map_err(|source| VmmError::EventFd {
+                device: "virtio-vsock",
+                source,
+            })
+        })?;
+        self.vsock = Some(t);
+        Ok(opt)
+    }
+
+    /// Step 4e: a virtio-net device on `tap` (opened by the caller with a
+    /// 12-byte vnet header, see [`virtio::net`]) with MAC `mac`. Returns the
+    /// kernel command line option announcing it.
+    pub fn attach_net(&mut self, tap: OwnedFd, mac: [u8; 6]) -> Result<String, VmmError> {
+        if self.net.is_some() {
+            return Err(VmmError::DevicesAttached);
+        }
+        let (t, opt) = self.attach_virtio("virtio-net", "virtio-net", |_| {
+            Net::new(tap, mac).map_err(|source| VmmError::EventFd {
+                device: "virtio-net",
+                source,
+            })
+        })?;
+        self.net = Some(t);
+        Ok(opt)
     }
 
     /// Step 4d: a virtio-fs device whose backend (virtiofsd) is at the other
@@ -474,35 +514,12 @@ impl Vm {
         backend: std::os::unix::net::UnixStream,
         tag: &str,
     ) -> Result<String, VmmError> {
-        if !self.options.irqchip {
-            return Err(VmmError::NoIrqchip);
-        }
-        let wanted = self.virtio_devices() + 1;
-        let Some((base, irq)) = virtio::slot(self.virtio_devices()) else {
-            return Err(VmmError::TooManyDevices { wanted });
-        };
-        let device = VhostUserFs::connect(backend, tag, &self.memory)?;
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
-            device: "virtio-fs",
-            source,
-        })?;
-        self.fd
-            .register_irqfd(&evt, irq)
-            .map_err(|source| VmmError::Irqfd {
-                device: "virtio-fs",
-                gsi: irq,
-                source,
-            })?;
         let name = format!("virtio-fs.{tag}");
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            device,
-            self.memory.clone(),
-            evt,
-        )));
-        self.mmio_bus
-            .insert(&name, base, virtio::MMIO_SIZE, transport.clone())?;
-        self.fs.push(transport);
-        Ok(virtio::cmdline_option(base, irq))
+        let (t, opt) = self.attach_virtio("virtio-fs", &name, |mem| {
+            Ok(VhostUserFs::connect(backend, tag, mem)?)
+        })?;
+        self.fs.push(t);
+        Ok(opt)
     }
 
     /// Adds a port I/O device at `base..base+len`.
@@ -638,12 +655,20 @@ impl Vm {
                 None => None,
             },
         };
-        let vsock = match &self.vsock {
-            Some(t) => {
-                Some(HostThread::spawn(t.clone(), filter.clone()).map_err(VmmError::VsockThread)?)
+        let mut host_threads = Vec::new();
+        if let Some(t) = &self.vsock {
+            host_threads
+                .push(HostThread::spawn(t.clone(), filter.clone()).map_err(VmmError::VsockThread)?);
+        }
+        if let Some(t) = &self.net {
+            match HostThread::spawn(t.clone(), filter.clone()) {
+                Ok(h) => host_threads.push(h),
+                Err(e) => {
+                    host_threads.into_iter().for_each(HostThread::stop);
+                    return Err(VmmError::VsockThread(e));
+                }
             }
-            None => None,
-        };
+        }
         let mut handles: Vec<(u32, JoinHandle<()>)> = Vec::new();
         let started = Instant::now();
         // Stamped before the first thread starts: vCPU 0 may reach the
@@ -655,9 +680,7 @@ impl Vm {
                 Ok(h) => handles.push((id, h)),
                 Err(e) => {
                     let _ = stop_vcpus(&self.stop, handles);
-                    if let Some(v) = vsock {
-                        v.stop();
-                    }
+                    host_threads.into_iter().for_each(HostThread::stop);
                     return Err(e.into());
                 }
             }
@@ -669,9 +692,7 @@ impl Vm {
         if let Some(input) = input {
             input.stop();
         }
-        if let Some(v) = vsock {
-            v.stop();
-        }
+        host_threads.into_iter().for_each(HostThread::stop);
         stopped?;
 
         let mut counters: BTreeMap<String, u64> = BTreeMap::new();
@@ -682,6 +703,9 @@ impl Vm {
         }
         if let Some(v) = &self.vsock {
             counters.extend(v.lock().unwrap_or_else(|p| p.into_inner()).counters());
+        }
+        if let Some(n) = &self.net {
+            counters.extend(n.lock().unwrap_or_else(|p| p.into_inner()).counters());
         }
         for f in &self.fs {
             counters.extend(f.lock().unwrap_or_else(|p| p.into_inner()).counters());

@@ -104,6 +104,7 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
         ],
         agent_socket: Some(instance.join(duet_vmm::agent::SOCKET)),
         fs: Vec::new(),
+        net: None,
     };
     let j = JailConfig::for_instance(dir.path(), &instance, "tiny-0123abcd").unwrap();
     let (uid, gid) = (j.uid, j.gid);
@@ -341,6 +342,7 @@ fn a_failure_inside_the_jail_comes_back_with_its_cause() {
         }],
         agent_socket: None,
         fs: Vec::new(),
+        net: None,
     };
     let instance = dir.path().join("instance");
     std::fs::create_dir(&instance).unwrap();

@@ -393,6 +393,7 @@ fn run_vm_boots_an_elf_kernel_the_linux_way() {
         disks: Vec::new(),
         agent_socket: None,
         fs: Vec::new(),
+        net: None,
     };
     let out = SharedBuffer::default();
     let mut report = RunReport::start("vm", "elf", "none");
@@ -430,6 +431,7 @@ fn bad_inputs_give_clear_errors() {
         disks: Vec::new(),
         agent_socket: None,
         fs: Vec::new(),
+        net: None,
     };
     let chain = |e: &dyn std::error::Error| {
         let mut s = e.to_string();

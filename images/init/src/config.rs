@@ -42,6 +42,21 @@ pub struct GuestWorkload {
     /// ([`crate::files`]: what an engine bind-mounts from the host).
     #[serde(default)]
     pub files: Vec<crate::files::GuestFile>,
+    /// `eth0` on duet's bridge (the virtio-net device); `None`: only `lo`.
+    #[serde(default)]
+    pub network: Option<GuestNetwork>,
+}
+
+/// How the init configures `eth0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNetwork {
+    /// The guest's address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gateway: std::net::Ipv4Addr,
 }
 
 /// The ids the workload runs as (an OCI `process.user`).
@@ -208,6 +223,11 @@ mod tests {
                 content: b"127.0.0.1 localhost\n".to_vec(),
                 read_only: true,
             }],
+            network: Some(GuestNetwork {
+                address: std::net::Ipv4Addr::new(10, 89, 0, 2),
+                prefix: 16,
+                gateway: std::net::Ipv4Addr::new(10, 89, 0, 1),
+            }),
         }
     }
 

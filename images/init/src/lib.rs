@@ -13,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod disk_root;
 pub mod files;
+pub mod net;
 pub mod ports;
 pub mod status;
 

@@ -67,6 +67,8 @@ enum InitError {
     Files(#[from] files::FileError),
     #[error("cannot set the hostname to {0:?}")]
     Hostname(String, #[source] Errno),
+    #[error(transparent)]
+    Net(#[from] duet_init::net::NetError),
     #[error("cannot apply pids_max = {limit}: {}", path.display())]
     Cgroup {
         limit: u64,
@@ -97,6 +99,7 @@ impl InitError {
             | InitError::Files(_) => InitFailure::Mount,
             InitError::Config(_) => InitFailure::Config,
             InitError::Hostname(..)
+            | InitError::Net(_)
             | InitError::Cgroup { .. }
             | InitError::NoPidsController(_)
             | InitError::ChildSetup => InitFailure::Setup,
@@ -155,6 +158,7 @@ fn boot(ports: &GuestPorts) -> Result<u32, InitError> {
     files::place(&w.files)?;
     nix::unistd::sethostname(&w.hostname)
         .map_err(|e| InitError::Hostname(w.hostname.clone(), e))?;
+    duet_init::net::configure(w.network.as_ref())?;
     if let Some(limit) = w.pids_max {
         setup_pids_cgroup(limit)?;
     }

@@ -112,6 +112,7 @@ fn workload(script: &str) -> GuestWorkload {
         agent: false,
         user: None,
         files: Vec::new(),
+        network: None,
     }
 }
 

@@ -20,6 +20,7 @@ fn ctx(workload_pid: i32) -> AgentContext {
             agent: true,
             user: None,
             files: Vec::new(),
+            network: None,
         },
         workload_pid,
         cgroup_procs: None,

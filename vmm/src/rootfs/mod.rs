@@ -229,7 +229,10 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// with the same environment a container gets: the spec's env plus `PATH`,
 /// `HOSTNAME` (= the instance name, also the guest's hostname) and
 /// `HOME=/root` where missing, sorted by name.
-pub fn guest_workload(spec: &WorkloadSpec) -> GuestWorkload {
+pub fn guest_workload(
+    spec: &WorkloadSpec,
+    network: Option<&duet_shared::runtime::VmNetwork>,
+) -> GuestWorkload {
     let mut env = spec.env.clone();
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
@@ -245,7 +248,26 @@ pub fn guest_workload(spec: &WorkloadSpec) -> GuestWorkload {
         // The VM has a vsock device (runtime.rs): `duet exec` reaches it.
         agent: true,
         user: None,
-        files: Vec::new(),
+        files: network
+            .map(|n| {
+                [
+                    ("/etc/resolv.conf", &n.resolv_conf),
+                    ("/etc/hosts", &n.hosts),
+                ]
+                .into_iter()
+                .map(|(path, content)| duet_init::files::GuestFile {
+                    path: path.into(),
+                    content: content.clone().into_bytes(),
+                    read_only: false,
+                })
+                .collect()
+            })
+            .unwrap_or_default(),
+        network: network.map(|n| duet_init::config::GuestNetwork {
+            address: n.address,
+            prefix: n.prefix,
+            gateway: n.gateway,
+        }),
     }
 }
 
@@ -263,7 +285,7 @@ pub fn build_for_launch(
         &launch.layers,
         &launch.image.layers,
         init_binary,
-        &guest_workload(launch.spec),
+        &guest_workload(launch.spec, launch.network),
         &dir.join("workload.cpio"),
     )?;
     let initrd = dir.join("initrd.cpio");

@@ -101,6 +101,7 @@ fn sample_workload() -> GuestWorkload {
         agent: false,
         user: None,
         files: Vec::new(),
+        network: None,
     }
 }
 
@@ -618,6 +619,7 @@ fn unpacked_initramfs_boots_duet_init_in_namespaces() {
         agent: false,
         user: None,
         files: Vec::new(),
+        network: None,
     };
     let info = build_initramfs(
         t.path(),
@@ -669,7 +671,7 @@ fn guest_workload_gets_the_container_environment_defaults() {
         spec.env.insert(k.into(), v.into());
     }
     spec.resources.pids_max = Some(9);
-    let g = guest_workload(&spec);
+    let g = guest_workload(&spec, None);
     assert_eq!(g.argv, ["sh", "-c", "true"]);
     assert_eq!(
         g.env,
@@ -686,7 +688,7 @@ fn guest_workload_gets_the_container_environment_defaults() {
     g.validate().unwrap();
     spec.workdir = Some("/srv".into());
     spec.env.insert("PATH".into(), "/bin".into());
-    let g = guest_workload(&spec);
+    let g = guest_workload(&spec, None);
     assert_eq!(g.workdir, "/srv");
     assert!(g.env.contains(&"PATH=/bin".to_string()));
     assert!(g.env.contains(&"HOME=/home/x".to_string()));
