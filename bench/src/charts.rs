@@ -124,8 +124,21 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
             }
         })
         .collect();
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    stacked_bars(&labels, &stacks, title, "ms", "startup").map(Some)
+}
+
+/// Stacked bars, one per label, one colored segment per name in `stacks`
+/// (a single segment draws plain bars), with a legend.
+fn stacked_bars(
+    labels: &[String],
+    stacks: &[Vec<(String, f64)>],
+    title: &str,
+    y_desc: &str,
+    chart_name: &'static str,
+) -> Result<String, ChartError> {
     let mut names: Vec<String> = Vec::new();
-    for s in &stacks {
+    for s in stacks {
         for (n, _) in s {
             if !names.contains(n) {
                 names.push(n.clone());
@@ -138,10 +151,9 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
         .fold(0.0, f64::max)
         .max(0.001)
         * 1.1;
-    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
-    let err = draw_err("startup");
+    let err = draw_err(chart_name);
     // Bars at most 160 px wide, with at least a tenth of their slot free.
-    let slot = (WIDTH - LEGEND_W - 100) as f64 / rows.len() as f64;
+    let slot = (WIDTH - LEGEND_W - 100) as f64 / labels.len() as f64;
     let gap = ((slot - (slot * 0.8).min(160.0)) / 2.0) as u32;
     let mut svg = String::new();
     {
@@ -153,13 +165,13 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..rows.len() - 1).into_segmented(), 0f64..top)
+            .build_cartesian_2d((0..labels.len() - 1).into_segmented(), 0f64..top)
             .map_err(&err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .y_desc("ms")
-            .x_labels(rows.len())
+            .y_desc(y_desc)
+            .x_labels(labels.len())
             .x_label_formatter(&|v: &SegmentValue<usize>| match v {
                 SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
                 _ => String::new(),
@@ -177,7 +189,7 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
                     if n == name {
                         // Integer segmented axes include their end value, so
                         // the axis is 0..n-1 and the last bar ends at `Last`.
-                        let right = if ri + 1 == rows.len() {
+                        let right = if ri + 1 == labels.len() {
                             SegmentValue::Last
                         } else {
                             SegmentValue::Exact(ri + 1)
@@ -197,7 +209,35 @@ pub fn startup_svg(rows: &[StartupResult], title: &str) -> Result<Option<String>
         draw_legend(&legend, &entries, Swatch::Block).map_err(&err)?;
         root.present().map_err(&err)?;
     }
-    Ok(Some(svg))
+    Ok(svg)
+}
+
+/// Network rows: a bar chart each for the 1-byte round trip (median),
+/// bulk throughput and HTTP requests per second. Empty if none was measured.
+pub fn network_svgs(rows: &[crate::network::NetworkResult]) -> Result<Vec<String>, ChartError> {
+    let rows: Vec<_> = rows
+        .iter()
+        .filter(|r| r.status == crate::startup::RowStatus::Measured)
+        .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    type Value = fn(&crate::network::NetworkResult) -> f64;
+    let charts: [(&str, &str, Value); 3] = [
+        ("Network: 1-byte TCP round trip, median (us)", "us", |r| r.rtt_p50_us),
+        ("Network: bulk TCP throughput (Mbit/s)", "Mbit/s", |r| r.throughput_mbit_s),
+        ("Network: HTTP requests per second", "req/s", |r| r.http_rps),
+    ];
+    let mut out = Vec::new();
+    for (title, unit, value) in charts {
+        let stacks: Vec<Vec<(String, f64)>> = rows
+            .iter()
+            .map(|r| vec![(unit.to_string(), value(r))])
+            .collect();
+        out.push(stacked_bars(&labels, &stacks, title, unit, "network")?);
+    }
+    Ok(out)
 }
 
 fn line_chart(

@@ -27,6 +27,7 @@ pub mod instances;
 pub mod isolation;
 pub mod lifecycle;
 pub mod memory;
+pub mod network;
 pub mod oci;
 pub mod qemu;
 pub mod report;

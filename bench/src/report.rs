@@ -43,6 +43,9 @@ pub struct Report {
     pub disk: Vec<DiskResult>,
     /// `duet bench isolation` table.
     pub isolation: Option<IsolationTable>,
+    /// `duet bench network` rows.
+    #[serde(default)]
+    pub network: Vec<crate::network::NetworkResult>,
     /// Free-form notes (what was not measured and why).
     pub notes: Vec<String>,
 }
@@ -66,6 +69,7 @@ impl Report {
             density: Vec::new(),
             disk: Vec::new(),
             isolation: None,
+            network: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -391,6 +395,48 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
             ));
         }
     }
+    if !r.network.is_empty() {
+        let rows = r
+            .network
+            .iter()
+            .map(|n| {
+                let measured = n.status == RowStatus::Measured;
+                let cell = |v: f64, unit: &str| {
+                    if measured {
+                        format!("{v:.1} {unit}")
+                    } else {
+                        "-".into()
+                    }
+                };
+                vec![
+                    n.label.clone(),
+                    cell(n.rtt_p50_us, "us"),
+                    cell(n.rtt_p99_us, "us"),
+                    cell(n.throughput_mbit_s, "Mbit/s"),
+                    cell(n.http_rps, "req/s"),
+                    cell(n.http_p99_ms, "ms"),
+                    status_text(&n.status),
+                    crate::network::reading(n, &r.network),
+                ]
+            })
+            .collect();
+        out.push((
+            "Network (from the host side to a server inside: 1-byte TCP round trip, bulk TCP, HTTP under load)".to_string(),
+            [
+                "target",
+                "rtt p50",
+                "rtt p99",
+                "bulk TCP",
+                "HTTP",
+                "HTTP p99",
+                "status",
+                "reading",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        ));
+    }
     if !r.lifecycle.is_empty() {
         out.push((
             "Lifecycle (`run -d` until running; `exec ID true` round trip)".to_string(),
@@ -644,6 +690,7 @@ th{background:#f3f3f3}.chart{margin:1em 0}</style></head><body>\n\
     let mut charts_html = String::new();
     let mut svgs = charts::startup_svgs(&r.startup)?;
     svgs.extend(charts::density_memory_svg(&r.density)?);
+    svgs.extend(charts::network_svgs(&r.network)?);
     svgs.extend(charts::density_time_svg(&r.density)?);
     for svg in svgs {
         charts_html.push_str(&format!("<div class=\"chart\">{svg}</div>\n"));

@@ -34,8 +34,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod network;
 mod progress;
 mod testbed;
+pub use network::NetArgs;
 pub use progress::{spinner, Bars};
 pub use testbed::*;
 
@@ -131,6 +133,15 @@ pub enum BenchCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// TCP latency and throughput and an HTTP server under load, from the
+    /// host to the same servers on its loopback, in a container and in a VM
+    /// (in a network namespace of the bench's own).
+    Network {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        network: NetArgs,
+    },
     /// Every scenario.
     All {
         #[command(flatten)]
@@ -141,6 +152,8 @@ pub enum BenchCommand {
         memory: MemoryArgs,
         #[command(flatten)]
         density: DensityArgs,
+        #[command(flatten)]
+        network: NetArgs,
     },
 }
 
@@ -151,6 +164,7 @@ struct Plan {
     memory: Option<MemoryArgs>,
     density: Option<DensityArgs>,
     isolation: bool,
+    network: Option<NetArgs>,
 }
 
 /// Settle time before an idle instance's memory is read.
@@ -953,11 +967,19 @@ pub fn bench(c: BenchCommand) -> Result<()> {
                 ..Plan::default()
             },
         ),
+        BenchCommand::Network { common, network } => (
+            common,
+            Plan {
+                network: Some(network),
+                ..Plan::default()
+            },
+        ),
         BenchCommand::All {
             common,
             startup,
             memory,
             density,
+            network,
         } => (
             common,
             Plan {
@@ -965,6 +987,7 @@ pub fn bench(c: BenchCommand) -> Result<()> {
                 memory: Some(memory),
                 density: Some(density),
                 isolation: true,
+                network: Some(network),
             },
         ),
     };
@@ -1053,6 +1076,10 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
         eprintln!("duet bench density: up to {} idle instances", a.max);
         b.density(a, &native, peer_rows)?;
     }
+    if let Some(a) = plan.network.as_ref().filter(|_| !interrupt::requested()) {
+        eprintln!("duet bench network: from this side to servers on loopback, in a container and in a VM");
+        b.network(a, &native, peers)?;
+    }
     let mut extra_cols = Vec::new();
     if want_vm && !interrupt::requested() {
         match &vm_place {
@@ -1127,6 +1154,11 @@ fn add_vm_missing(
     if plan.isolation {
         cols.push((label.to_string(), Err(anyhow::anyhow!("{why}"))));
     }
+    if plan.network.is_some() {
+        let n = duet_bench::network::NetworkResult::unavailable(label, Kind::Vm, why);
+        network::say_network(&n);
+        r.network.push(n);
+    }
 }
 
 /// A row saying a scenario failed for `label`.
@@ -1140,6 +1172,10 @@ fn add_failed_row(r: &mut Report, scenario: &str, label: &str, iso: &str, why: S
         "memory" => r.memory.push(MemoryResult {
             status: RowStatus::Failed(why),
             ..memory_unavailable(label, k, "")
+        }),
+        "network" => r.network.push(duet_bench::network::NetworkResult {
+            status: RowStatus::Failed(why),
+            ..duet_bench::network::NetworkResult::unavailable(label, k, "")
         }),
         _ => r.density.push(DensityResult {
             status: RowStatus::Failed(why.clone()),

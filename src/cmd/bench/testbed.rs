@@ -288,6 +288,10 @@ pub fn run_testbed(
         cmd.arg("--file")
             .arg(format!("{}:/usr/local/bin/duet-probe", p.display()));
     }
+    // nftables for duet's bridge network (the network rows).
+    if let Some(nft) = duet_shared::testing::find_program("nft") {
+        cmd.arg("--with-libs").arg(nft);
+    }
     cmd.args(["--", "sh", "-c"])
         .arg(format!("{TESTBED_PRELUDE}{script}"))
         .env("DUET_BIN", &exe)
@@ -427,6 +431,12 @@ pub(super) fn vm_in_testbed(
         add("density", "vm", vec!["--max".into(), k.to_string()]);
         boots += k;
     }
+    if let Some(n) = &plan.network {
+        add("network", "vm", n.args());
+        // The same servers in a container inside the same emulated machine.
+        add("network", "container", n.args());
+        boots += 1;
+    }
     let probe_ok = plan.isolation && b.image.probe_missing().is_none();
     if let (true, Some(c)) = (probe_ok, canary) {
         let mut argv = vec!["duet".to_string()];
@@ -486,6 +496,11 @@ pub(super) fn vm_in_testbed(
         for mut d in inner.disk {
             d.label = format!("{} (testbed)", d.label);
             b.report.disk.push(d);
+        }
+        for mut n in inner.network {
+            n.label = format!("{} (testbed)", n.label);
+            super::network::say_network(&n);
+            b.report.network.push(n);
         }
         for n in inner.notes {
             let n = format!("testbed: {n}");
