@@ -466,6 +466,12 @@ fn bench_all_writes_every_scenario() {
         "1",
         "--max",
         "2",
+        "--pings",
+        "100",
+        "--bulk-mib",
+        "8",
+        "--http-requests",
+        "100",
         "--out",
         dir.to_str().unwrap(),
     ]);
@@ -495,10 +501,79 @@ fn bench_all_writes_every_scenario() {
     let iso = r.isolation.as_ref().expect("isolation table");
     assert!(!iso.rows.is_empty(), "{iso:?}");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    for section in ["## Startup", "## Memory", "## Density", "## Isolation"] {
+    assert!(
+        r.network.iter().any(|n| n.label == "duet container"),
+        "no network row: {:?}",
+        r.network
+    );
+    for section in [
+        "## Startup",
+        "## Memory",
+        "## Density",
+        "## Isolation",
+        "## Network",
+    ] {
         assert!(md.contains(section), "no {section} in report.md:\n{md}");
     }
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("<svg"), "no chart in report.html");
     assert_eq!(env.instances(), Vec::<String>::new(), "instances left");
+}
+
+/// Host links whose names duet's network gives (its bridge, veths, taps).
+fn duet_links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n == "duet0" || n.starts_with("dv") || n.starts_with("dt"))
+        .collect()
+}
+
+/// `duet bench network` for a container: the host loopback baseline and
+/// the container on the bridge, measured in the bench's own network
+/// namespace, so the host gets no bridge, veth or nftables table.
+#[test]
+fn bench_network_measures_the_host_loopback_and_a_container() {
+    if skip_unless_root("bench_network_measures_the_host_loopback_and_a_container") {
+        return;
+    }
+    let env = Env::new();
+    let before = duet_links();
+    let (r, err) = bench_json(
+        &env,
+        &[
+            "network",
+            "--pings",
+            "300",
+            "--bulk-mib",
+            "16",
+            "--http-requests",
+            "200",
+        ],
+    );
+    let row = |label: &str| {
+        r.network
+            .iter()
+            .find(|n| n.label == label)
+            .unwrap_or_else(|| panic!("no {label} row: {:?}\n{err}", r.network))
+    };
+    for label in ["host loopback", "duet container"] {
+        let n = row(label);
+        assert_eq!(n.status, RowStatus::Measured, "{n:?}\n{err}");
+        assert!(n.rtt_p50_us > 0.0 && n.rtt_p99_us >= n.rtt_p50_us, "{n:?}");
+        assert!(n.throughput_mbit_s > 0.0 && n.http_rps > 0.0, "{n:?}");
+        assert_eq!(n.config.pings, 300);
+    }
+    let reading = duet_bench::network::reading(row("duet container"), &r.network);
+    assert!(
+        reading.contains("latency") && reading.contains("x"),
+        "{reading}"
+    );
+    assert_eq!(duet_links(), before, "the bench touched the host's links");
+    let nft = std::process::Command::new("nft")
+        .args(["list", "table", "ip", "duet_duet0"])
+        .output()
+        .unwrap();
+    assert!(!nft.status.success(), "a duet table on the host");
 }

@@ -225,8 +225,12 @@ pub fn network_svgs(rows: &[crate::network::NetworkResult]) -> Result<Vec<String
     let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     type Value = fn(&crate::network::NetworkResult) -> f64;
     let charts: [(&str, &str, Value); 3] = [
-        ("Network: 1-byte TCP round trip, median (us)", "us", |r| r.rtt_p50_us),
-        ("Network: bulk TCP throughput (Mbit/s)", "Mbit/s", |r| r.throughput_mbit_s),
+        ("Network: 1-byte TCP round trip, median (us)", "us", |r| {
+            r.rtt_p50_us
+        }),
+        ("Network: bulk TCP throughput (Mbit/s)", "Mbit/s", |r| {
+            r.throughput_mbit_s
+        }),
         ("Network: HTTP requests per second", "req/s", |r| r.http_rps),
     ];
     let mut out = Vec::new();

@@ -157,7 +157,8 @@ fn bulk(addr: Ipv4Addr, mib: usize) -> Result<f64, String> {
     for _ in 0..mib * 16 {
         s.write_all(&chunk).map_err(|e| io("bulk write", e))?;
     }
-    s.shutdown(Shutdown::Write).map_err(|e| io("bulk shutdown", e))?;
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| io("bulk shutdown", e))?;
     // The sink closes once it has read everything.
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
@@ -175,12 +176,20 @@ fn http_get(addr: Ipv4Addr, port: u16) -> Result<f64, String> {
     let mut body = Vec::new();
     s.read_to_end(&mut body).map_err(|e| io("http read", e))?;
     if !body.starts_with(b"HTTP/1.") || body.len() < HTTP_BYTES {
-        return Err(format!("http: a short or bad answer ({} bytes)", body.len()));
+        return Err(format!(
+            "http: a short or bad answer ({} bytes)",
+            body.len()
+        ));
     }
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-fn http_load(addr: Ipv4Addr, port: u16, clients: usize, requests: usize) -> Result<(f64, f64), String> {
+fn http_load(
+    addr: Ipv4Addr,
+    port: u16,
+    clients: usize,
+    requests: usize,
+) -> Result<(f64, f64), String> {
     let each = requests.div_ceil(clients.max(1));
     let t = Instant::now();
     let results: Vec<Result<Vec<f64>, String>> = std::thread::scope(|s| {
@@ -188,7 +197,10 @@ fn http_load(addr: Ipv4Addr, port: u16, clients: usize, requests: usize) -> Resu
             .map(|_| s.spawn(move || (0..each).map(|_| http_get(addr, port)).collect()))
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("an HTTP client panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("an HTTP client panicked".into()))
+            })
             .collect()
     });
     let secs = t.elapsed().as_secs_f64();
@@ -207,7 +219,13 @@ fn percentile(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// Measures the servers at `addr` (HTTP on `http_port`).
-pub fn measure(label: &str, kind: Kind, addr: Ipv4Addr, http_port: u16, cfg: NetConfig) -> NetworkResult {
+pub fn measure(
+    label: &str,
+    kind: Kind,
+    addr: Ipv4Addr,
+    http_port: u16,
+    cfg: NetConfig,
+) -> NetworkResult {
     let run = || -> Result<NetworkResult, String> {
         let mut rtt = ping_pong(addr, cfg.pings)?;
         let p50 = stats::summarize(&rtt).map(|s| s.median).unwrap_or(0.0);
@@ -252,7 +270,9 @@ pub fn reading(row: &NetworkResult, rows: &[NetworkResult]) -> String {
         ),
     };
     let Some(peer) = rows.iter().find(|r| {
-        r.status == RowStatus::Measured && r.kind == peer_kind && r.label.contains("(testbed)") == testbed
+        r.status == RowStatus::Measured
+            && r.kind == peer_kind
+            && r.label.contains("(testbed)") == testbed
     }) else {
         return String::new();
     };
@@ -279,7 +299,12 @@ mod tests {
     #[test]
     fn the_script_starts_the_three_servers() {
         let s = server_script(8080);
-        for want in ["-p 7000 -e cat", "-p 7001 -e dd", "httpd -f -p 8080", "head -c 4096"] {
+        for want in [
+            "-p 7000 -e cat",
+            "-p 7001 -e dd",
+            "httpd -f -p 8080",
+            "head -c 4096",
+        ] {
             assert!(s.contains(want), "{s}");
         }
     }

@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(k.instance, "busybox-x1");
         assert_eq!(std::fs::read(&dest).unwrap(), b"initrd");
         assert!(
-            calls.contains("run --isolation vm --keep --memory 128 busybox -- true"),
+            calls.contains("run --isolation vm --network none --keep --memory 128 busybox -- true"),
             "{calls}"
         );
         assert!(calls.contains("rm busybox-x1"), "{calls}");

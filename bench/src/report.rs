@@ -12,7 +12,7 @@ use crate::Kind;
 use serde::{Deserialize, Serialize};
 
 /// Current [`Report::schema`]; bumped on incompatible change.
-pub const BENCH_SCHEMA: u32 = 2;
+pub const BENCH_SCHEMA: u32 = 3;
 
 /// Everything one `duet bench` run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1077,7 +1077,9 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
         b.density(a, &native, peer_rows)?;
     }
     if let Some(a) = plan.network.as_ref().filter(|_| !interrupt::requested()) {
-        eprintln!("duet bench network: from this side to servers on loopback, in a container and in a VM");
+        eprintln!(
+            "duet bench network: from this side to servers on loopback, in a container and in a VM"
+        );
         b.network(a, &native, peers)?;
     }
     let mut extra_cols = Vec::new();

@@ -110,7 +110,9 @@ fn in_own_netns(
             std::io::Error::last_os_error()
         ));
     }
-    let lo = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    let lo = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
     if !lo.is_ok_and(|s| s.success()) {
         return Err("`ip link set lo up` in the bench's network namespace failed".into());
     }
@@ -142,11 +144,21 @@ fn host_row(cfg: NetConfig) -> NetworkResult {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return NetworkResult::unavailable(label, Kind::Process, &format!("busybox: {e}")),
+        Err(e) => {
+            return NetworkResult::unavailable(label, Kind::Process, &format!("busybox: {e}"))
+        }
     };
     let r = network::wait_listening(Ipv4Addr::LOCALHOST, HOST_HTTP_PORT, READY)
         .and_then(|()| network::wait_listening(Ipv4Addr::LOCALHOST, network::SINK_PORT, READY))
-        .map(|()| network::measure(label, Kind::Process, Ipv4Addr::LOCALHOST, HOST_HTTP_PORT, cfg));
+        .map(|()| {
+            network::measure(
+                label,
+                Kind::Process,
+                Ipv4Addr::LOCALHOST,
+                HOST_HTTP_PORT,
+                cfg,
+            )
+        });
     // The servers are this group's (nc forks a child per connection).
     // SAFETY: a signal to the process group of a child we started.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
@@ -167,16 +179,22 @@ fn instance_row(exe: &Path, root: &Path, iso: Isolation, cfg: NetConfig) -> Netw
     let script = network::server_script(network::HTTP_PORT);
     let iso_s = iso.to_string();
     let out = match duet(&[
-        "run", "-d", "--network", "bridge", "--isolation", &iso_s, "busybox", "--", "sh", "-c",
+        "run",
+        "-d",
+        "--network",
+        "bridge",
+        "--isolation",
+        &iso_s,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
         &script,
     ]) {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
             return NetworkResult {
-                status: RowStatus::Failed(format!(
-                    "duet run -d: {}",
-                    startup::tail(&o.stderr)
-                )),
+                status: RowStatus::Failed(format!("duet run -d: {}", startup::tail(&o.stderr))),
                 ..NetworkResult::unavailable(&label, kind, "")
             }
         }

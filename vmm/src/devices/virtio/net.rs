@@ -29,7 +29,9 @@
 //!
 //! [`HostThread`]: super::host_thread::HostThread
 
-use super::ring_io::{checked_capacity, has_more, read_from, read_nb, segments, write_to};
+use super::ring_io::{
+    checked_capacity, has_more, read_from, read_nb, segments, serve_rx_tx, write_to,
+};
 use super::{QueueFailure, QueueOutcome, VirtioDevice, F_VERSION_1};
 use crate::memory::GuestMemory;
 use std::collections::BTreeMap;
@@ -280,36 +282,26 @@ impl VirtioDevice for Net {
         queues: &mut [Queue],
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, QueueFailure> {
-        let fail = |queue: usize, source| QueueFailure {
-            device: "virtio-net".into(),
-            queue,
-            source,
-        };
-        let mut out = QueueOutcome::default();
-        // A tx notify may free the tap for waiting rx too; an rx notify
-        // posted buffers a waiting frame may take.
-        let order: &[usize] = if index == TX { &[TX, RX] } else { &[RX] };
-        for &qi in order {
-            let Some(q) = queues.get_mut(qi).filter(|q| q.ready()) else {
-                continue;
-            };
-            let (used, more) = if qi == TX {
-                self.process_tx(q, mem)
-            } else {
-                self.process_rx(q, mem)
-            }
-            .map_err(|e| fail(qi, e))?;
-            out.more |= more;
-            if used && q.needs_notification(mem).map_err(|e| fail(qi, e))? {
-                out.interrupt = true;
-            }
-        }
-        if out.more {
-            self.stats.budget_yields += 1;
-            out.interrupt = true;
-        }
+        let mut yields = self.stats.budget_yields;
+        let out = serve_rx_tx(
+            "virtio-net",
+            index,
+            (RX, TX),
+            queues,
+            mem,
+            &mut yields,
+            |qi, q| {
+                if qi == TX {
+                    self.process_tx(q, mem)
+                } else {
+                    // A vCPU posted rx buffers (or tx freed the way): a waiting frame may go now.
+                    self.process_rx(q, mem)
+                }
+            },
+        );
+        self.stats.budget_yields = yields;
         self.flush_wake();
-        Ok(out)
+        out
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {

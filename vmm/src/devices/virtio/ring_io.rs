@@ -113,3 +113,49 @@ pub(super) fn has_more(queue: &Queue, mem: &GuestMemory) -> Result<bool, virtio_
     let idx = queue.avail_idx(mem, Ordering::Acquire)?;
     Ok(idx != Wrapping(queue.next_avail()))
 }
+
+/// One notify of queue `index` on a device with an rx and a tx queue
+/// (vsock, net): a tx notify runs a tx pass and then an rx pass (answers
+/// and waiting data may now fit), an rx notify an rx pass (new buffers),
+/// each through `pass(queue index, queue)` -> (used buffers added, work
+/// left). Queues not `ready()` are left alone; left-over work counts in
+/// `budget_yields` and interrupts the driver so it comes back.
+pub(super) fn serve_rx_tx(
+    device: &str,
+    index: usize,
+    (rx, tx): (usize, usize),
+    queues: &mut [Queue],
+    mem: &GuestMemory,
+    budget_yields: &mut u64,
+    mut pass: impl FnMut(usize, &mut Queue) -> Result<(bool, bool), virtio_queue::Error>,
+) -> Result<super::QueueOutcome, super::QueueFailure> {
+    let fail = |queue: usize, source| super::QueueFailure {
+        device: device.into(),
+        queue,
+        source,
+    };
+    let mut out = super::QueueOutcome::default();
+    let order: &[usize] = if index == tx {
+        &[tx, rx]
+    } else if index == rx {
+        &[rx]
+    } else {
+        &[]
+    };
+    for &qi in order {
+        let Some(q) = queues.get_mut(qi).filter(|q| q.ready()) else {
+            continue;
+        };
+        let (used, more) = pass(qi, q).map_err(|e| fail(qi, e))?;
+        out.more |= more;
+        if used && q.needs_notification(mem).map_err(|e| fail(qi, e))? {
+            out.interrupt = true;
+        }
+    }
+    if out.more {
+        *budget_yields += 1;
+        // Left-over work must reach the driver: interrupt so it comes back.
+        out.interrupt = true;
+    }
+    Ok(out)
+}

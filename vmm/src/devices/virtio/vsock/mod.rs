@@ -50,7 +50,9 @@ mod packet;
 
 pub use packet::*;
 
-use super::ring_io::{checked_capacity, has_more, read_from, read_nb, segments, write_to};
+use super::ring_io::{
+    checked_capacity, has_more, read_from, read_nb, segments, serve_rx_tx, write_to,
+};
 use super::{QueueFailure, QueueOutcome, VirtioDevice, F_VERSION_1, TYPE_VSOCK};
 use crate::memory::GuestMemory;
 use std::collections::{BTreeMap, VecDeque};
@@ -835,37 +837,25 @@ impl VirtioDevice for Vsock {
         queues: &mut [Queue],
         mem: &GuestMemory,
     ) -> Result<QueueOutcome, QueueFailure> {
-        let fail = |queue: usize, source| QueueFailure {
-            device: "virtio-vsock".into(),
-            queue,
-            source,
-        };
-        let mut out = QueueOutcome::default();
-        if index == TX {
-            if let Some(q) = queues.get_mut(TX).filter(|q| q.ready()) {
-                let (used, more) = self.process_tx(q, mem).map_err(|e| fail(TX, e))?;
-                out.more |= more;
-                if used && q.needs_notification(mem).map_err(|e| fail(TX, e))? {
-                    out.interrupt = true;
+        let mut yields = self.stats.budget_yields;
+        let out = serve_rx_tx(
+            "virtio-vsock",
+            index,
+            (RX, TX),
+            queues,
+            mem,
+            &mut yields,
+            |qi, q| {
+                if qi == TX {
+                    self.process_tx(q, mem)
+                } else {
+                    self.process_rx(q, mem)
                 }
-            }
-        }
-        if index == TX || index == RX {
-            if let Some(q) = queues.get_mut(RX).filter(|q| q.ready()) {
-                let (used, more) = self.process_rx(q, mem).map_err(|e| fail(RX, e))?;
-                out.more |= more;
-                if used && q.needs_notification(mem).map_err(|e| fail(RX, e))? {
-                    out.interrupt = true;
-                }
-            }
-        }
-        if out.more {
-            self.stats.budget_yields += 1;
-            // Left-over work must reach the driver: interrupt so it comes back.
-            out.interrupt = true;
-        }
+            },
+        );
+        self.stats.budget_yields = yields;
         self.flush_wake();
-        Ok(out)
+        out
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {
