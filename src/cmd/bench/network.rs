@@ -75,12 +75,12 @@ impl Bench {
     ) -> Result<()> {
         let cfg = a.config();
         let exe = self.exe.clone();
-        // A state root of its own (in this run's scratch directory, which
-        // `duet gc` removes if the bench dies): its bridge, leases and
-        // instances go with it.
-        let root = self.scratch.path().join("network-root");
+        // A state root of its own (a scratch directory `duet gc` removes if
+        // the bench dies; short, as instance sockets live below it): its
+        // bridge, leases and instances go with it.
+        let root = Scratch::new(&self.image.store, "net")?;
         let rows = std::thread::scope(|s| {
-            s.spawn(|| in_own_netns(&exe, &root, native, baseline, cfg))
+            s.spawn(|| in_own_netns(&exe, root.path(), native, baseline, cfg))
                 .join()
                 .unwrap_or_else(|_| Err("the network bench thread panicked".into()))
         })
