@@ -104,6 +104,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         let child = Command::new("unshare")
             .args(["-m", "--propagation", "private", "containerd", "--config"])
             .arg(d("config.toml"))
+            // Shim and runtime messages too: what a failed test prints.
+            .args(["--log-level", "debug"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -741,7 +743,19 @@ fn inner_cri_duet_vm() {
         assert!(
             e.message()
                 .contains("cannot join another container's namespace"),
-            "{e}"
+            "{e}\ncontainerd's log:\n{}\nlogs: {}",
+            ctd_log(),
+            std::fs::read_dir(&logs)
+                .map(|rd| rd
+                    .flatten()
+                    .map(|f| format!(
+                        "{:?}: {}",
+                        f.path(),
+                        std::fs::read_to_string(f.path()).unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+                .unwrap_or_default()
         );
         c.remove_container(RemoveContainerRequest { container_id: id })
             .await

@@ -22,6 +22,8 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("containerd-shim-runc-v2", "containerd"),
     ("runc", "runc"),
     ("/usr/lib/qemu/virtiofsd", "qemu-system-common"),
+    // `docker run -p` without iptables.
+    ("docker-proxy", "docker.io"),
 ];
 
 fn case(test: &str, name: &str) -> Option<&'static Case> {
@@ -165,4 +167,48 @@ fn docker_vm_exec_runs_as_the_containers_user() {
         "{}",
         c.output
     );
+}
+
+/// With Docker's bridge network the VM takes the address Docker gave the
+/// container (duet_network::engine): reached by it and through `-p`.
+#[test]
+fn docker_vm_gets_the_containers_address_and_published_ports() {
+    let t = "docker_vm_gets_the_containers_address_and_published_ports";
+    let Some(up) = case(t, "dockerd_bridged_up") else {
+        return;
+    };
+    assert_eq!(
+        up.rc, 0,
+        "the bridged dockerd did not start:\n{}",
+        up.output
+    );
+    let c = case(t, "docker_vm_published").unwrap();
+    assert_eq!(c.rc, 0, "{}", c.output);
+    assert!(c.output.contains("docker-ip 172.17."), "{}", c.output);
+    assert!(
+        c.output.contains("by-address: vm-behind-docker"),
+        "{}",
+        c.output
+    );
+    assert!(
+        c.output.contains("published: vm-behind-docker"),
+        "{}",
+        c.output
+    );
+    assert!(c.output.contains("guest-eth0: 1"), "{}", c.output);
+    assert!(c.output.contains("removed"), "{}", c.output);
+}
+
+/// `--read-only` with an image that has no /run: the guest init cannot
+/// make the mount point on the read-only root and goes without it (an
+/// engine's pause image is such a root).
+#[test]
+fn docker_vm_read_only_root_without_run() {
+    let t = "docker_vm_read_only_root_without_run";
+    let Some(c) = ok(t, "docker_vm_read_only") else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    // (dockerd may warn about IPv4 forwarding first.)
+    assert!(c.output.ends_with("ro-ok\nro-root\n"), "{}", c.output);
 }

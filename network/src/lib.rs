@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod engine;
 pub mod files;
 pub mod ipam;
 pub mod link;

@@ -245,3 +245,116 @@ pub fn veth_into(
     }
     configured
 }
+
+/// An IPv4 address on a link of this network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkAddress {
+    /// The link's name.
+    pub link: String,
+    /// The address.
+    pub address: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+/// Every IPv4 address on a link other than `lo`, and the default gateway.
+pub fn ipv4_config() -> Result<(Vec<LinkAddress>, Option<Ipv4Addr>), NetError> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    with_handle(async |h| {
+        let mut names = std::collections::BTreeMap::new();
+        let mut links = h.link().get().execute();
+        while let Some(m) = links.try_next().await.map_err(nl_err("listing links"))? {
+            let name = m.attributes.iter().find_map(|a| match a {
+                rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let Some(n) = name {
+                names.insert(m.header.index, n);
+            }
+        }
+        let mut out = Vec::new();
+        let mut addrs = h.address().get().execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(nl_err("listing addresses"))?
+        {
+            let Some(name) = names.get(&m.header.index).filter(|n| *n != "lo") else {
+                continue;
+            };
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(v4)) = a {
+                    out.push(LinkAddress {
+                        link: name.clone(),
+                        address: *v4,
+                        prefix: m.header.prefix_len,
+                    });
+                }
+            }
+        }
+        let mut gateway = None;
+        let mut routes = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes.try_next().await.map_err(nl_err("listing routes"))? {
+            if r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            for a in &r.attributes {
+                if let RouteAttribute::Gateway(RouteAddress::Inet(g)) = a {
+                    gateway.get_or_insert(*g);
+                }
+            }
+        }
+        Ok((out, gateway))
+    })
+}
+
+/// Removes `address/prefix` from link `name`.
+pub fn remove_address(name: &str, address: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+    with_handle(async |h| {
+        let index = index_of(&h, name)
+            .await?
+            .ok_or_else(|| NetError::Other(format!("link {name} is gone")))?;
+        let mut addrs = h
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(IpAddr::V4(address))
+            .set_prefix_length_filter(prefix)
+            .execute();
+        while let Some(m) = addrs
+            .try_next()
+            .await
+            .map_err(nl_err(format!("listing the addresses of {name}")))?
+        {
+            h.address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(nl_err(format!("removing {address}/{prefix} from {name}")))?;
+        }
+        Ok(())
+    })
+}
+
+/// A bridge without an address, up (a VM's: it joins the engine's link and the tap).
+pub fn plain_bridge(name: &str) -> Result<(), NetError> {
+    with_handle(async |h| {
+        match h.link().add(LinkBridge::new(name).build()).execute().await {
+            Ok(()) => {}
+            Err(e) if is_errno(&e, libc::EEXIST) => {}
+            Err(e) => return Err(nl_err(format!("creating bridge {name}"))(e)),
+        }
+        let index = index_of(&h, name)
+            .await?
+            .ok_or_else(|| NetError::Other(format!("bridge {name} vanished")))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("bringing {name} up")))
+    })
+}

@@ -84,6 +84,9 @@ struct KeeperConfig {
     state_root: PathBuf,
     /// The agent's and virtiofsd's sockets ([`socket_dir`]).
     socket_dir: PathBuf,
+    /// Where the keeper lives, network-wise.
+    #[serde(default)]
+    netns: EngineNetns,
 }
 
 /// Where VM containers' sockets live: a Unix socket's path is limited to
@@ -132,6 +135,19 @@ struct Translated {
     vcpus: u32,
     read_only: bool,
     terminal: bool,
+    netns: EngineNetns,
+}
+
+/// The network namespace the keeper (and so the VM's tap) lives in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+enum EngineNetns {
+    /// No network namespace in the config (the host's): the VM gets no device.
+    #[default]
+    Host,
+    /// A new one, which the engine fills (Docker's libnetwork hook).
+    New,
+    /// One the engine made (a pod's, a CNI plugin's), joined by path.
+    Path(PathBuf),
 }
 
 fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
@@ -152,6 +168,7 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         }
     });
     let linux = spec.linux().as_ref();
+    let mut netns = EngineNetns::Host;
     for (i, ns) in linux
         .and_then(|l| l.namespaces().as_ref())
         .into_iter()
@@ -162,17 +179,17 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
             (LinuxNamespaceType::User, _) => bail!(
                 "config.json: linux.namespaces[{i}] (user): isolation vm runs the workload in a guest kernel of its own, without user namespaces"
             ),
-            // A pod's containers join its sandbox's network, IPC and UTS
-            // namespaces (CRI). A microVM has its own kernel and so its own
-            // IPC and hostname (the pod's hostname comes from its
-            // /etc/hostname bind, below); it has no network device yet.
-            // So these joins are accepted, and the pod's VMs share none of
-            // them: what a VM per pod (as Kata) would add, not built yet.
-            (
-                LinuxNamespaceType::Network | LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts,
-                _,
-            )
-            | (_, None) => {}
+            // The network namespace the engine prepares for the container
+            // (new, or a pod's by path) is where the keeper lives: the
+            // engine's address goes to the VM (duet_network::engine).
+            (LinuxNamespaceType::Network, None) => netns = EngineNetns::New,
+            (LinuxNamespaceType::Network, Some(p)) => netns = EngineNetns::Path(p.clone()),
+            // A pod's containers join its sandbox's IPC and UTS namespaces
+            // (CRI). A microVM has its own kernel and so its own IPC and
+            // hostname (the pod's hostname comes from its /etc/hostname
+            // bind, below). So these joins are accepted, and the pod's VMs
+            // share none of them: what a VM per pod (as Kata) would add.
+            (LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts, _) | (_, None) => {}
             (t, Some(path)) => bail!(
                 "config.json: linux.namespaces[{i}] ({t:?} at {}): a microVM cannot join another container's namespace",
                 path.display()
@@ -309,6 +326,7 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
             .and_then(|r| r.readonly())
             .unwrap_or(false),
         terminal: p.terminal().unwrap_or(false),
+        netns,
     })
 }
 
@@ -425,6 +443,7 @@ pub fn create(
         vcpus: t.vcpus,
         state_root,
         socket_dir: socket_dir(&a.container_id),
+        netns: t.netns.clone(),
     };
     let cfg_path = dir.path.join("vm.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)
@@ -447,6 +466,7 @@ pub fn create(
     let created = state::now_rfc3339();
     let started = (|| -> Result<Record> {
         let mut cmd = std::process::Command::new("/proc/self/exe");
+        in_netns(&mut cmd, &t.netns)?;
         cmd.arg0("duet-runc")
             .arg("--root")
             .arg(root)
@@ -522,6 +542,80 @@ pub fn create(
     Ok(0)
 }
 
+/// The keeper is born in a new network namespace, or joins the engine's.
+fn in_netns(cmd: &mut std::process::Command, netns: &EngineNetns) -> Result<()> {
+    match netns {
+        EngineNetns::Host => {}
+        EngineNetns::New => {
+            // SAFETY: unshare is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        EngineNetns::Path(p) => {
+            let f = std::fs::File::open(p).with_context(|| {
+                format!("config.json: linux.namespaces (network at {})", p.display())
+            })?;
+            let fd: OwnedFd = f.into();
+            // SAFETY: setns is async-signal-safe; the fd lives in the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the keeper's network namespace is one the engine made for
+/// containers: never the host's (pid 1's), whose address must not move.
+fn own_netns(netns: &EngineNetns) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    match netns {
+        EngineNetns::Host => false,
+        EngineNetns::New | EngineNetns::Path(_) => {
+            let mine = id("/proc/self/ns/net");
+            mine.is_some() && mine != id("/proc/1/ns/net")
+        }
+    }
+}
+
+/// The engine's address for the VM (see duet_network::engine), if its
+/// namespace has one.
+fn engine_network(
+    netns: &EngineNetns,
+) -> Result<Option<(duet_vmm::NetDevice, duet_init::config::GuestNetwork)>> {
+    if !own_netns(netns) {
+        return Ok(None);
+    }
+    let Some(l) = duet_network::engine::take_over()
+        .context("giving the engine's network address to the microVM")?
+    else {
+        return Ok(None);
+    };
+    let a = l.address.octets();
+    let dev = duet_vmm::NetDevice {
+        tap: std::sync::Arc::new(l.tap),
+        mac: [0x02, 0xd0, a[0], a[1], a[2], a[3]],
+    };
+    let guest = duet_init::config::GuestNetwork {
+        address: l.address,
+        prefix: l.prefix,
+        gateway: l.gateway,
+    };
+    Ok(Some((dev, guest)))
+}
+
 /// The keeper: waits for `start`, then boots the VM and exits with the
 /// workload's exit code.
 pub fn keeper(root: &Path, id: &str) -> Result<u8> {
@@ -536,11 +630,16 @@ pub fn keeper(root: &Path, id: &str) -> Result<u8> {
     drop(fifo);
     std::fs::create_dir_all(&cfg.socket_dir)
         .with_context(|| format!("creating {}", cfg.socket_dir.display()))?;
+    // After `start`: the engine's hook (libnetwork-setkey) has filled the namespace by now.
+    let net = engine_network(&cfg.netns)?;
+    let mut workload = cfg.workload;
+    workload.network = net.as_ref().map(|(_, g)| *g);
     let b = BundleVm {
         id: cfg.id,
         rootfs: cfg.rootfs,
         read_only: cfg.read_only,
-        workload: cfg.workload,
+        workload,
+        net: net.map(|(d, _)| d),
         memory_mib: cfg.memory_mib,
         vcpus: cfg.vcpus,
         instance_dir: dir.path.clone(),

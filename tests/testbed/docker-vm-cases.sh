@@ -32,12 +32,14 @@ start_dockerd() {
     R=/tmp/bb-rootfs
     mkdir -p $R/bin $R/etc $R/tmp $R/root
     cp /bin/busybox $R/bin/busybox
-    for a in sh echo cat sleep ls id hostname pwd grep tty head dd true; do ln -sf busybox $R/bin/$a; done
+    for a in sh echo cat sleep ls id hostname pwd grep tty head dd true httpd nc ip; do ln -sf busybox $R/bin/$a; done
     tar -C $R -cf $D/bb.tar . && dk import --change 'ENV PATH=/bin' --change 'WORKDIR /tmp' $D/bb.tar busybox > /dev/null && echo imported
 }
 case_ dockerd_up start_dockerd
 
 case_ docker_vm_echo dk run --rm --runtime duet-vm busybox echo hi-from-a-microvm
+# A read-only root without /run (this image has none): the guest goes without it.
+case_ docker_vm_read_only dk run --rm --read-only --runtime duet-vm busybox sh -c 'echo ro-ok; touch /x 2>/dev/null || echo ro-root'
 case_ docker_vm_exit7 dk run --rm --runtime duet-vm busybox sh -c 'exit 7'
 case_ docker_vm_missing dk run --rm --runtime duet-vm busybox /no/such/program
 case_ docker_vm_env_user dk run --rm --runtime duet-vm -e GREETING=hello -w /root -u 1000:1000 busybox sh -c 'echo "$GREETING $(id -u):$(id -g) $(pwd)"; uname -r'
@@ -91,3 +93,36 @@ docker_vm_leftovers() {
 }
 case_ docker_vm_leftovers docker_vm_leftovers
 kill "$(cat $D/dockerd.pid)" 2>/dev/null
+i=0; while [ -e /proc/"$(cat $D/dockerd.pid 2>/dev/null)" ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+
+# The same image with Docker's own bridge network: dockerd in a network
+# namespace of its own (docker0, veths and docker-proxy there, no iptables),
+# so `docker run -p` reaches a microVM that took the container's address.
+start_bridged_dockerd() {
+    unshare -n sh -c 'ip link set lo up; exec dockerd --data-root '$D'/data --exec-root '$D'/exec2 \
+        --pidfile '$D'/dockerd2.pid --config-file '$D'/daemon.json --host='$SOCK' \
+        --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false' > $D/dockerd2.log 2>&1 &
+    i=0
+    until dk version --format '{{.Server.Version}}' > /dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -ge 600 ]; then tail -30 $D/dockerd2.log; return 1; fi
+        sleep 0.2
+    done
+    echo "bridged dockerd up"
+}
+case_ dockerd_bridged_up start_bridged_dockerd
+in_dockerd_ns() { nsenter -t "$(cat $D/dockerd2.pid)" -n "$@"; }
+get() { printf 'GET /hostname HTTP/1.0\r\n\r\n' | in_dockerd_ns nc -w 10 "$1" "$2" | tail -n 1; }
+docker_vm_published() {
+    id=$(dk run -d --runtime duet-vm --hostname vm-behind-docker -p 8090:80 busybox httpd -f -p 80 -h /etc) || return 1
+    ip=$(dk inspect -f '{{.NetworkSettings.IPAddress}}' "$id")
+    echo "docker-ip $ip"
+    i=0
+    until [ -n "$(get "$ip" 80)" ] || [ $i -ge 120 ]; do i=$((i + 1)); sleep 1; done
+    echo "by-address: $(get "$ip" 80)"
+    echo "published: $(get 127.0.0.1 8090)"
+    echo "guest-eth0: $(dk exec "$id" ip addr show eth0 | grep -c "inet $ip/")"
+    dk rm -f "$id" > /dev/null && echo removed
+}
+case_ docker_vm_published docker_vm_published
+kill "$(cat $D/dockerd2.pid)" 2>/dev/null

@@ -58,6 +58,8 @@ pub struct BundleVm {
     pub console: bool,
     /// Host directories mounted inside the root, each over a share of its own.
     pub volumes: Vec<Volume>,
+    /// A virtio-net device (the engine's address, see duet_network::engine).
+    pub net: Option<crate::NetDevice>,
 }
 
 /// A host directory the guest mounts at `target` (an engine's volume).
@@ -149,7 +151,7 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
         disks: Vec::new(),
         agent_socket: Some(b.socket_dir.join(crate::agent::SOCKET)),
         fs: shares,
-        net: None,
+        net: b.net.clone(),
     };
     let jail = jail::JailConfig::for_instance(&b.state_root, &b.instance_dir, &b.id)
         .map_err(crate::VmmError::from)?;

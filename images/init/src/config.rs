@@ -55,8 +55,9 @@ pub struct GuestNetwork {
     pub address: std::net::Ipv4Addr,
     /// Prefix length.
     pub prefix: u8,
-    /// Default gateway.
-    pub gateway: std::net::Ipv4Addr,
+    /// Default gateway, if any.
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
 }
 
 /// The ids the workload runs as (an OCI `process.user`).
@@ -226,7 +227,7 @@ mod tests {
             network: Some(GuestNetwork {
                 address: std::net::Ipv4Addr::new(10, 89, 0, 2),
                 prefix: 16,
-                gateway: std::net::Ipv4Addr::new(10, 89, 0, 1),
+                gateway: Some(std::net::Ipv4Addr::new(10, 89, 0, 1)),
             }),
         }
     }

@@ -177,6 +177,20 @@ fn mkdir(path: &str, mode: u32) -> Result<(), InitError> {
     }
 }
 
+/// [`mkdir`], except that a read-only root without the directory is
+/// `Ok(false)` (nothing is mounted there) rather than an error.
+fn optional_dir(path: &str, mode: u32) -> Result<bool, InitError> {
+    match mkdir(path, mode) {
+        Ok(()) => Ok(true),
+        Err(InitError::MkDir { source, .. })
+            if source.raw_os_error() == Some(libc::EROFS) && !Path::new(path).exists() =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn mount_fs(
     fstype: &'static str,
     target: &'static str,
@@ -249,16 +263,19 @@ fn mount_rest() -> Result<(), InitError> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
-    mkdir("/run", 0o755)?;
-    mount_fs(
-        "tmpfs",
-        "/run",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )?;
+    // A read-only root (an engine's sandbox image, `docker run --read-only`)
+    // may lack /run or /tmp and cannot get them: the workload goes without,
+    // as it would in a container of that image.
+    if optional_dir("/run", 0o755)? {
+        mount_fs(
+            "tmpfs",
+            "/run",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )?;
+    }
     // The initramfs root is already in RAM: /tmp needs to exist, not a mount.
-    if !Path::new("/tmp").exists() {
-        mkdir("/tmp", 0o1777)?;
+    if !Path::new("/tmp").exists() && optional_dir("/tmp", 0o1777)? {
         // The umask took the sticky/other bits off; put them back.
         std::fs::set_permissions("/tmp", std::fs::Permissions::from_mode(0o1777)).map_err(
             |source| InitError::MkDir {

@@ -108,6 +108,9 @@ pub fn configure(net: Option<&GuestNetwork>) -> Result<(), NetError> {
         || format!("setting the netmask {mask} on eth0"),
     )?;
     up(&s, "eth0")?;
+    let Some(gateway) = n.gateway else {
+        return Ok(());
+    };
     // SAFETY: an all-zero rtentry is valid (null rt_dev, zero addresses).
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
     let as_sockaddr = |a: Ipv4Addr| {
@@ -116,10 +119,10 @@ pub fn configure(net: Option<&GuestNetwork>) -> Result<(), NetError> {
     };
     rt.rt_dst = as_sockaddr(Ipv4Addr::UNSPECIFIED);
     rt.rt_genmask = as_sockaddr(Ipv4Addr::UNSPECIFIED);
-    rt.rt_gateway = as_sockaddr(n.gateway);
+    rt.rt_gateway = as_sockaddr(gateway);
     rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
     // SAFETY: SIOCADDRT reads the rtentry we own.
     check(unsafe { libc::ioctl(s.0, libc::SIOCADDRT, &rt) }, || {
-        format!("adding the default route via {}", n.gateway)
+        format!("adding the default route via {gateway}")
     })
 }

@@ -266,7 +266,7 @@ pub fn guest_workload(
         network: network.map(|n| duet_init::config::GuestNetwork {
             address: n.address,
             prefix: n.prefix,
-            gateway: n.gateway,
+            gateway: Some(n.gateway),
         }),
     }
 }
