@@ -111,24 +111,31 @@ impl Runtime for Networked {
     }
 }
 
-/// Releases what instance `id` holds on the network of `root`, if that network was ever used.
-pub fn gc_owner(root: &Path, id: &str) -> Result<(), BackendError> {
+/// The network of `root` if it was ever used (its state directory exists);
+/// `duet gc` makes none.
+fn used_network(root: &Path) -> Result<Option<Network>, BackendError> {
     let cfg = duet_network::NetworkConfig::load(root)?;
     if !cfg.state_dir(root).exists() {
-        return Ok(());
+        return Ok(None);
     }
-    Network::open(root)?.gc_owner(id)?;
+    Ok(Some(Network::open(root)?))
+}
+
+/// Releases what instance `id` holds on the network of `root`, if that network was ever used.
+pub fn gc_owner(root: &Path, id: &str) -> Result<(), BackendError> {
+    if let Some(net) = used_network(root)? {
+        net.gc_owner(id)?;
+    }
     Ok(())
 }
 
 /// Lease owners of the network of `root` that no instance directory names any more.
 pub fn orphan_owners(root: &Path) -> Result<Vec<String>, BackendError> {
-    let cfg = duet_network::NetworkConfig::load(root)?;
-    if !cfg.state_dir(root).exists() {
+    let Some(net) = used_network(root)? else {
         return Ok(Vec::new());
-    }
+    };
     let ids = InstanceDir::list_ids(root)?;
-    let mut owners = Network::open(root)?.owners()?;
+    let mut owners: Vec<String> = net.leases()?.into_iter().map(|(_, o)| o).collect();
     owners.retain(|o| !ids.contains(o));
     owners.sort();
     owners.dedup();

@@ -249,8 +249,21 @@ impl Network {
             ports: Vec::new(),
             dns,
         };
+        // What the table publishes, listed once and kept up to date here
+        // (the lock keeps every other process out of it meanwhile).
+        let mut taken = if ports.is_empty() {
+            Vec::new()
+        } else {
+            match nat::published(&self.table()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.undo(&att);
+                    return Err(e);
+                }
+            }
+        };
         for p in ports {
-            match self.publish(p, address) {
+            match self.publish(p, address, &mut taken) {
                 Ok(done) => att.ports.push(done),
                 Err(e) => {
                     self.undo(&att);
@@ -261,9 +274,12 @@ impl Network {
         Ok(att)
     }
 
-    fn publish(&self, p: &PortMapping, address: Ipv4Addr) -> Result<PortMapping, NetError> {
-        let table = self.table();
-        let taken = nat::published(&table)?;
+    fn publish(
+        &self,
+        p: &PortMapping,
+        address: Ipv4Addr,
+        taken: &mut Vec<nat::Published>,
+    ) -> Result<PortMapping, NetError> {
         let by_duet = |port: u16| {
             taken
                 .iter()
@@ -292,7 +308,13 @@ impl Network {
                 .find(|&h| !by_duet(h))
                 .ok_or_else(|| NetError::Other("no free host port found".into()))?,
         };
-        nat::publish(&table, p.protocol, host, address, p.port)?;
+        nat::publish(&self.table(), p.protocol, host, address, p.port)?;
+        taken.push(nat::Published {
+            protocol: p.protocol,
+            host_port: host,
+            addr: address,
+            port: p.port,
+        });
         Ok(PortMapping {
             host: Some(host),
             ..*p
@@ -409,11 +431,6 @@ impl Network {
             )));
         }
         self.down()
-    }
-
-    /// Owners of the leases, for `duet gc` (an owner with no instance left is garbage).
-    pub fn owners(&self) -> Result<Vec<String>, NetError> {
-        Ok(self.leases()?.into_iter().map(|(_, o)| o).collect())
     }
 
     /// Every lease: address and owning instance.
