@@ -95,6 +95,14 @@ pub struct NetworkResult {
 }
 
 impl NetworkResult {
+    /// A row whose measuring failed, saying how.
+    pub fn failed(label: &str, kind: Kind, why: String) -> NetworkResult {
+        NetworkResult {
+            status: RowStatus::Failed(why),
+            ..NetworkResult::unavailable(label, kind, "")
+        }
+    }
+
     /// A row that could not be measured, saying why.
     pub fn unavailable(label: &str, kind: Kind, why: &str) -> NetworkResult {
         NetworkResult {
@@ -244,10 +252,7 @@ pub fn measure(
             http_p99_ms: http_p99,
         })
     };
-    run().unwrap_or_else(|why| NetworkResult {
-        status: RowStatus::Failed(why),
-        ..NetworkResult::unavailable(label, kind, "")
-    })
+    run().unwrap_or_else(|why| NetworkResult::failed(label, kind, why))
 }
 
 /// A row's "reading": what it costs next to the row below it in isolation

@@ -1175,10 +1175,9 @@ fn add_failed_row(r: &mut Report, scenario: &str, label: &str, iso: &str, why: S
             status: RowStatus::Failed(why),
             ..memory_unavailable(label, k, "")
         }),
-        "network" => r.network.push(duet_bench::network::NetworkResult {
-            status: RowStatus::Failed(why),
-            ..duet_bench::network::NetworkResult::unavailable(label, k, "")
-        }),
+        "network" => r
+            .network
+            .push(duet_bench::network::NetworkResult::failed(label, k, why)),
         _ => r.density.push(DensityResult {
             status: RowStatus::Failed(why.clone()),
             stopped_because: why,

@@ -193,10 +193,11 @@ fn instance_row(exe: &Path, root: &Path, iso: Isolation, cfg: NetConfig) -> Netw
     ]) {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
-            return NetworkResult {
-                status: RowStatus::Failed(format!("duet run -d: {}", startup::tail(&o.stderr))),
-                ..NetworkResult::unavailable(&label, kind, "")
-            }
+            return NetworkResult::failed(
+                &label,
+                kind,
+                format!("duet run -d: {}", startup::tail(&o.stderr)),
+            )
         }
         Err(e) => return NetworkResult::unavailable(&label, kind, &format!("duet: {e}")),
     };
@@ -212,8 +213,5 @@ fn instance_row(exe: &Path, root: &Path, iso: Isolation, cfg: NetConfig) -> Netw
             .map(|()| network::measure(&label, kind, addr, network::HTTP_PORT, cfg)),
     };
     let _ = duet(&["rm", "-f", &id]);
-    r.unwrap_or_else(|why| NetworkResult {
-        status: RowStatus::Failed(why),
-        ..NetworkResult::unavailable(&label, kind, "")
-    })
+    r.unwrap_or_else(|why| NetworkResult::failed(&label, kind, why))
 }
