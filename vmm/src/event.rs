@@ -44,6 +44,8 @@ pub enum VcpuStop {
 /// A message to the waiting thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEvent {
+    /// A control request (a snapshot) is queued for the waiting thread.
+    Control,
     /// The guest wrote the ready port.
     Ready {
         /// CLOCK_MONOTONIC ns at the exit.

@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod scratch_mount;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtiofsd;
 pub mod vm;

@@ -157,6 +157,38 @@ pub fn create_shared_guest_memory(memory_mib: u64) -> Result<GuestMemory, Memory
     Ok(memory)
 }
 
+/// Guest RAM of a restored VM: each region of the snapshot file mapped
+/// `MAP_PRIVATE` at its offset, so pages are read from the file on first
+/// touch, a write copies the page into this VM only, and clones of one
+/// snapshot share every page none of them wrote (the page cache holds one
+/// copy). The file may be open read-only.
+pub fn map_snapshot_memory(
+    file: &std::fs::File,
+    regions: &[crate::snapshot::RegionState],
+    memory_mib: u64,
+) -> Result<GuestMemory, MemoryError> {
+    use vm_memory::FileOffset;
+    let fail = |source: std::io::Error| MemoryError::Mmap { memory_mib, source };
+    let mut out = Vec::new();
+    for r in regions {
+        let dup = file.try_clone().map_err(fail)?;
+        let mapping = MmapRegionBuilder::new(r.size as usize)
+            .with_file_offset(FileOffset::new(dup, r.file_offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+        out.push(
+            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr)).ok_or_else(|| {
+                fail(std::io::Error::other(
+                    "guest region wraps the address space",
+                ))
+            })?,
+        );
+    }
+    GuestMemory::from_regions(out).map_err(|e| fail(std::io::Error::other(e.to_string())))
+}
+
 /// Huge page size the guest RAM mapping is aligned to.
 pub const HUGE_PAGE: usize = 2 << 20;
 

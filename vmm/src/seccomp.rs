@@ -1,25 +1,40 @@
 //! The seccomp filter duet's VMM threads (vCPUs, console input) run under,
 //! installed by each thread on itself after its setup, with no_new_privs.
 //!
-//! Allow-list: KVM_RUN (plus KVM_GET_REGS/SREGS for error reports) as the
-//! only ioctls; read/write/poll for the console and eventfds; preadv/pwritev/fdatasync
+//! Allow-list: KVM_RUN (plus KVM_GET_REGS/SREGS for error reports, and the
+//! read-only KVM_GET_* of a vCPU's own state a snapshot takes on the
+//! paused vCPU's thread, as Firecracker's vCPU filter allows) as the only
+//! ioctls; read/write/poll for the console and eventfds; preadv/pwritev/fdatasync
 //! for virtio-blk disks; accept4 and sendto for virtio-vsock's Unix socket side
 //! (its thread, and vCPU threads forwarding guest data); sendmsg/recvmsg
 //! for the virtio-fs device's vhost-user socket; futex and
 //! memory management for Rust's runtime (mprotect without PROT_EXEC); signal return for the kick signal;
 //! thread exit. Anything else kills the process (SIGSYS).
 
-use kvm_bindings::{kvm_regs, kvm_sregs, KVMIO};
+use kvm_bindings::{
+    kvm_cpuid2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule,
 };
 use std::collections::BTreeMap;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iowr_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+// What crate::snapshot::capture_vcpu reads.
+ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
 
 /// Errors building or installing the filter.
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +95,20 @@ const ALLOWED: &[libc::c_long] = &[
 ];
 
 /// The ioctl request numbers a running vCPU thread may issue.
-pub fn allowed_ioctls() -> [u64; 3] {
+pub fn allowed_ioctls() -> [u64; 12] {
     [
         KVM_RUN() as u64,
         KVM_GET_REGS() as u64,
         KVM_GET_SREGS() as u64,
+        KVM_GET_MSRS() as u64,
+        KVM_GET_LAPIC() as u64,
+        KVM_GET_CPUID2() as u64,
+        KVM_GET_MP_STATE() as u64,
+        KVM_GET_VCPU_EVENTS() as u64,
+        KVM_GET_DEBUGREGS() as u64,
+        KVM_GET_TSC_KHZ() as u64,
+        KVM_GET_XSAVE() as u64,
+        KVM_GET_XCRS() as u64,
     ]
 }
 
@@ -152,7 +176,24 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_are_the_kernel_ones() {
-        assert_eq!(allowed_ioctls(), [0xae80, 0x8090_ae81, 0x8138_ae83]);
+        // From linux/kvm.h on x86_64.
+        assert_eq!(
+            allowed_ioctls(),
+            [
+                0xae80,
+                0x8090_ae81,
+                0x8138_ae83,
+                0xc008_ae88,
+                0x8400_ae8e,
+                0xc008_ae91,
+                0x8004_ae98,
+                0x8040_ae9f,
+                0x8080_aea1,
+                0xaea3,
+                0x9000_aea4,
+                0x8188_aea6,
+            ]
+        );
     }
 
     #[test]

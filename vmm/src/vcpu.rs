@@ -78,6 +78,11 @@ impl Vcpu {
         self.id
     }
 
+    /// Its KVM fd (restoring a snapshot writes its state through it).
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// Sets CPUID (from `supported`), boot MSRs, registers for `mode`, and
     /// the LAPIC LINT pins when the VM has an in-kernel irqchip.
     pub fn configure(
@@ -135,6 +140,10 @@ pub struct VcpuContext {
     pub filter: Option<Arc<BpfProgram>>,
     /// Exit counters.
     pub exits: ExitCounters,
+    /// Where a snapshot asks the vCPUs to pause ([`crate::snapshot::PauseGate`]).
+    pub pause: Arc<crate::snapshot::PauseGate>,
+    /// KVM_GET_MSR_INDEX_LIST: the MSRs a paused vCPU saves.
+    pub msr_index: Arc<Vec<u32>>,
 }
 
 thread_local! {
@@ -268,6 +277,14 @@ fn run_loop(vcpu: &mut Vcpu, ctx: &VcpuContext) -> Option<VcpuStop> {
             Step::Interrupted => {
                 ctx.exits.interrupted.fetch_add(1, Ordering::Relaxed);
                 vcpu.fd.set_kvm_immediate_exit(0);
+                // KVM_RUN returned EINTR: the access of the last exit is
+                // complete, the state consistent; a snapshot may read it.
+                if ctx.pause.requested() {
+                    let state = crate::snapshot::capture_vcpu(&vcpu.fd, vcpu.id, &ctx.msr_index)
+                        .map_err(|e| crate::error_with_causes(&e));
+                    ctx.pause
+                        .park(vcpu.id, state, &|| ctx.stop.load(Ordering::Acquire));
+                }
             }
             Step::Stop(mut stop) => {
                 match &mut stop {

@@ -180,6 +180,9 @@ pub enum VmmError {
     /// The virtio-fs backend could not be set up.
     #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),
+    /// A snapshot could not be taken or restored.
+    #[error("snapshot")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// The VMM jail could not be set up, or the jailed VMM failed.
     #[error("jailed VMM")]
     Jail(#[from] crate::jail::JailError),
@@ -262,6 +265,28 @@ pub struct Vm {
     vsock: Option<Arc<Mutex<MmioTransport<Vsock>>>>,
     fs: Vec<Arc<Mutex<MmioTransport<VhostUserFs>>>>,
     net: Option<Arc<Mutex<MmioTransport<Net>>>>,
+    exit_port: Option<Arc<Mutex<ExitPort>>>,
+    /// The virtio devices in slot order.
+    slots: Vec<Slot>,
+    pause: Arc<crate::snapshot::PauseGate>,
+    snapshots_tx: std::sync::mpsc::Sender<SnapshotRequest>,
+    snapshots_rx: Receiver<SnapshotRequest>,
+    /// Identity of the guest kernel, written into snapshots.
+    kernel_identity: Option<String>,
+}
+
+mod restore;
+mod snapshot;
+pub use restore::RestoreConfig;
+pub use snapshot::{SnapshotHandle, SnapshotRequest};
+
+/// What sits on a virtio-mmio slot (index into the Vm's list of its kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Disk(usize),
+    Vsock,
+    Fs(usize),
+    Net,
 }
 
 /// A virtio device's transport, shared by the vCPUs and its host thread.
@@ -285,6 +310,17 @@ impl Vm {
         } else {
             memory::create_guest_memory(options.memory_mib)?
         };
+        Vm::with_memory(options, kvm, fd, memory)
+    }
+
+    /// The rest of [`Vm::new`] once guest memory exists (a restore maps it
+    /// from the snapshot instead).
+    fn with_memory(
+        options: VmOptions,
+        kvm: Kvm,
+        fd: VmFd,
+        memory: GuestMemory,
+    ) -> Result<Vm, VmmError> {
         memory::register_memory(&fd, &memory)?;
         fd.set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(VmmError::SetTssAddress)?;
@@ -292,7 +328,11 @@ impl Vm {
             create_irqchip_and_pit(&fd)?;
         }
         let (events_tx, events_rx) = channel();
+        let (snapshots_tx, snapshots_rx) = channel();
         Ok(Vm {
+            slots: Vec::new(),
+            snapshots_tx,
+            snapshots_rx,
             vcpus: Vec::new(),
             fd,
             kvm,
@@ -310,7 +350,16 @@ impl Vm {
             vsock: None,
             fs: Vec::new(),
             net: None,
+            exit_port: None,
+            pause: Arc::new(crate::snapshot::PauseGate::default()),
+            kernel_identity: None,
         })
+    }
+
+    /// Names the guest kernel in snapshots of this VM (a digest), so a
+    /// restore can refuse a snapshot of another kernel.
+    pub fn set_kernel_identity(&mut self, identity: Option<String>) {
+        self.kernel_identity = identity;
     }
 
     /// Guest memory.
@@ -325,6 +374,15 @@ impl Vm {
 
     /// Step 4: COM1 (IRQ 4 via irqfd), the i8042 and duet's ready/exit ports.
     pub fn attach_legacy_devices(&mut self, console: ConsoleConfig) -> Result<(), VmmError> {
+        self.attach_legacy_devices_with(console, None)
+    }
+
+    /// [`Vm::attach_legacy_devices`], with COM1 in a saved state.
+    fn attach_legacy_devices_with(
+        &mut self,
+        console: ConsoleConfig,
+        serial_state: Option<&crate::snapshot::SerialState>,
+    ) -> Result<(), VmmError> {
         if self.console.is_some() {
             return Err(VmmError::DevicesAttached);
         }
@@ -342,7 +400,11 @@ impl Vm {
                     source,
                 })?;
         }
-        let serial = Arc::new(Mutex::new(SerialDevice::new(irq, con.clone())));
+        let serial = match serial_state {
+            Some(st) => SerialDevice::from_state(irq, con.clone(), st).map_err(VmmError::Config)?,
+            None => SerialDevice::new(irq, con.clone()),
+        };
+        let serial = Arc::new(Mutex::new(serial));
         self.io_bus.insert(
             "serial",
             u64::from(serial::COM1_PORT),
@@ -365,11 +427,13 @@ impl Vm {
             1,
             i8042,
         )?;
-        let exit: SharedDevice = Arc::new(Mutex::new(ExitPort::new(
+        let exit_port = Arc::new(Mutex::new(ExitPort::new(
             self.events_tx.clone(),
             self.stop.clone(),
             con.clone(),
         )));
+        self.exit_port = Some(exit_port.clone());
+        let exit: SharedDevice = exit_port;
         self.io_bus
             .insert("exit_port", u64::from(READY_PORT), 1, exit.clone())?;
         self.io_bus.insert(
@@ -421,6 +485,7 @@ impl Vm {
             )));
             self.mmio_bus
                 .insert(&name, base, virtio::MMIO_SIZE, transport.clone())?;
+            self.slots.push(Slot::Disk(self.disks.len()));
             self.disks.push(transport);
             options.push(virtio::cmdline_option(base, irq));
         }
@@ -484,6 +549,7 @@ impl Vm {
                 source,
             })
         })?;
+        self.slots.push(Slot::Vsock);
         self.vsock = Some(t);
         Ok(opt)
     }
@@ -501,6 +567,7 @@ impl Vm {
                 source,
             })
         })?;
+        self.slots.push(Slot::Net);
         self.net = Some(t);
         Ok(opt)
     }
@@ -518,6 +585,7 @@ impl Vm {
         let (t, opt) = self.attach_virtio("virtio-fs", &name, |mem| {
             Ok(VhostUserFs::connect(backend, tag, mem)?)
         })?;
+        self.slots.push(Slot::Fs(self.fs.len()));
         self.fs.push(t);
         Ok(opt)
     }
@@ -640,6 +708,13 @@ impl Vm {
         vcpu::register_kick_handler()?;
         let io_bus = Arc::new(std::mem::replace(&mut self.io_bus, Bus::new("io")));
         let mmio_bus = Arc::new(std::mem::replace(&mut self.mmio_bus, Bus::new("mmio")));
+        // The MSRs a snapshot saves; an empty list where KVM cannot tell
+        // (a snapshot then fails loudly at restore, not here).
+        let msr_index = self
+            .kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().to_vec())
+            .unwrap_or_default();
         let ctx = Arc::new(VcpuContext {
             io_bus: io_bus.clone(),
             mmio_bus: mmio_bus.clone(),
@@ -647,6 +722,8 @@ impl Vm {
             events: self.events_tx.clone(),
             filter: filter.clone(),
             exits: ExitCounters::default(),
+            pause: self.pause.clone(),
+            msr_index: Arc::new(msr_index),
         });
         let input = match std::mem::take(&mut self.input) {
             ConsoleInput::None => None,
@@ -655,20 +732,9 @@ impl Vm {
                 None => None,
             },
         };
-        let mut host_threads = Vec::new();
-        if let Some(t) = &self.vsock {
-            host_threads
-                .push(HostThread::spawn(t.clone(), filter.clone()).map_err(VmmError::VsockThread)?);
-        }
-        if let Some(t) = &self.net {
-            match HostThread::spawn(t.clone(), filter.clone()) {
-                Ok(h) => host_threads.push(h),
-                Err(e) => {
-                    host_threads.into_iter().for_each(HostThread::stop);
-                    return Err(VmmError::VsockThread(e));
-                }
-            }
-        }
+        let host_threads = self
+            .spawn_host_threads(&filter)
+            .map_err(VmmError::VsockThread)?;
         let mut handles: Vec<(u32, JoinHandle<()>)> = Vec::new();
         let started = Instant::now();
         // Stamped before the first thread starts: vCPU 0 may reach the
@@ -687,12 +753,19 @@ impl Vm {
         }
         report.mark_at(Phase::VcpusStarted, started_ns);
 
-        let end = self.wait_for_end(started, timeout, report);
-        let stopped = stop_vcpus(&self.stop, handles);
+        let mut running = Running {
+            handles,
+            host_threads,
+            filter,
+        };
+        let end = self.wait_for_end(started, timeout, report, &mut running);
+        // A vCPU parked by a snapshot that failed half-way must not block the stop.
+        self.pause.resume();
+        let stopped = stop_vcpus(&self.stop, running.handles);
         if let Some(input) = input {
             input.stop();
         }
-        host_threads.into_iter().for_each(HostThread::stop);
+        running.host_threads.into_iter().for_each(HostThread::stop);
         stopped?;
 
         let mut counters: BTreeMap<String, u64> = BTreeMap::new();
@@ -747,11 +820,36 @@ impl Vm {
         }
     }
 
+    /// One host thread per device with a host side (vsock, net).
+    fn spawn_host_threads(
+        &self,
+        filter: &Option<Arc<seccompiler::BpfProgram>>,
+    ) -> std::io::Result<Vec<HostThread>> {
+        let mut host_threads = Vec::new();
+        let spawned = (|| {
+            if let Some(t) = &self.vsock {
+                host_threads.push(HostThread::spawn(t.clone(), filter.clone())?);
+            }
+            if let Some(t) = &self.net {
+                host_threads.push(HostThread::spawn(t.clone(), filter.clone())?);
+            }
+            Ok(())
+        })();
+        match spawned {
+            Ok(()) => Ok(host_threads),
+            Err(e) => {
+                host_threads.into_iter().for_each(HostThread::stop);
+                Err(e)
+            }
+        }
+    }
+
     fn wait_for_end(
         &self,
         started: Instant,
         timeout: Option<Duration>,
         report: &mut RunReport,
+        running: &mut Running,
     ) -> VmEnd {
         let mut halted = 0;
         // Wake up this often to notice SIGINT/SIGTERM (see crate::signals).
@@ -781,6 +879,15 @@ impl Vm {
             let (end, at_ns) = match event {
                 VmEvent::Ready { at_ns } => {
                     report.mark_at(Phase::Ready, at_ns);
+                    continue;
+                }
+                VmEvent::Control => {
+                    while let Ok(req) = self.snapshots_rx.try_recv() {
+                        let r = self
+                            .take_snapshot(running, &req.out, req.user)
+                            .map_err(|e| crate::error_with_causes(&e));
+                        let _ = req.reply.send(r);
+                    }
                     continue;
                 }
                 VmEvent::Exit { status, at_ns } => match guest_abi::decode_exit(status) {
@@ -844,6 +951,13 @@ fn create_irqchip_and_pit(fd: &VmFd) -> Result<(), VmmError> {
         ..Default::default()
     };
     fd.create_pit2(pit).map_err(VmmError::CreatePit)
+}
+
+/// What runs while the VM runs: vCPU threads, device host threads.
+struct Running {
+    handles: Vec<(u32, JoinHandle<()>)>,
+    host_threads: Vec<HostThread>,
+    filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 /// Sets the stop flag, kicks every vCPU thread until it leaves KVM_RUN, joins them.

@@ -35,6 +35,22 @@ impl ExitPort {
     }
 }
 
+impl ExitPort {
+    /// Whether the guest already said ready.
+    pub fn ready_sent(&self) -> bool {
+        self.ready_sent
+    }
+
+    /// A restored guest that said ready before its snapshot: forward its
+    /// console from the start and never report ready again.
+    pub fn restore_ready(&mut self, ready_sent: bool) {
+        if ready_sent {
+            self.ready_sent = true;
+            self.console.start_forwarding();
+        }
+    }
+}
+
 impl BusDevice for ExitPort {
     fn read(&mut self, _addr: u64, _offset: u64, data: &mut [u8]) {
         data.fill(0);

@@ -40,6 +40,27 @@ impl SerialDevice {
         }
     }
 
+    /// A UART in the state a snapshot saved (registers and unread input).
+    pub fn from_state(
+        irq: EventFd,
+        console: Arc<Console>,
+        state: &crate::snapshot::SerialState,
+    ) -> Result<SerialDevice, String> {
+        Serial::from_state(
+            &state.into(),
+            IrqTrigger(irq),
+            NoEvents,
+            ConsoleWriter(console),
+        )
+        .map(|uart| SerialDevice { uart })
+        .map_err(|e| format!("serial state: {e:?}"))
+    }
+
+    /// Its registers and unread input, for a snapshot.
+    pub fn state(&self) -> crate::snapshot::SerialState {
+        self.uart.state().into()
+    }
+
     /// Queues input bytes for the guest; returns how many fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         if bytes.is_empty() || self.uart.fifo_capacity() == 0 {

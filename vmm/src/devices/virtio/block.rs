@@ -174,6 +174,31 @@ struct Parts {
 }
 
 impl Block {
+    /// The backing file (a snapshot copies a writable disk from it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether the disk refuses writes.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The serial the guest sees.
+    pub fn serial(&self) -> String {
+        let end = self
+            .serial
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(SERIAL_LEN);
+        String::from_utf8_lossy(&self.serial[..end]).into_owned()
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.sectors * 512
+    }
+
     /// Opens `cfg.path` (read-only or read-write) as a disk.
     pub fn open(cfg: &BlockConfig) -> Result<Block, BlockError> {
         let serial = cfg.serial.as_bytes();

@@ -115,6 +115,81 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.pending.get(index).copied().unwrap_or(false)
     }
 
+    /// Registers and queues, for a snapshot (taken while no vCPU runs).
+    pub fn save_state(&self) -> crate::snapshot::TransportState {
+        crate::snapshot::TransportState {
+            status: self.status,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+        }
+    }
+
+    /// Puts a new transport into the state a snapshot saved, and activates
+    /// its device if the driver had. Refuses queues that do not fit the
+    /// device (count, sizes) or this guest memory, and features the device
+    /// never offered: a snapshot file is not trusted.
+    pub fn restore_state(&mut self, s: &crate::snapshot::TransportState) -> Result<(), String> {
+        let name = self.device.name().to_string();
+        if s.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{name}: {} queues saved, the device has {}",
+                s.queues.len(),
+                self.queues.len()
+            ));
+        }
+        if s.acked_features & !self.device.features() != 0 {
+            return Err(format!("{name}: saved features the device does not offer"));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, (q, max)) in s
+            .queues
+            .iter()
+            .zip(self.device.queue_max_sizes())
+            .enumerate()
+        {
+            if q.max_size != *max {
+                return Err(format!(
+                    "{name}: queue {i} has max size {}, saved {}",
+                    max, q.max_size
+                ));
+            }
+            let queue = Queue::try_from(virtio_queue::QueueState::from(q))
+                .map_err(|e| format!("{name}: queue {i}: {e}"))?;
+            if queue.ready() && !queue.is_valid(&self.mem) {
+                return Err(format!("{name}: queue {i} lies outside guest memory"));
+            }
+            queues.push(queue);
+        }
+        self.queues = queues;
+        self.status = s.status;
+        self.acked_features = s.acked_features;
+        self.queue_sel = s.queue_sel;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.interrupt_status = s.interrupt_status;
+        self.config_generation = s.config_generation;
+        if self.live() {
+            self.device
+                .activate(&super::Activation {
+                    acked_features: self.acked_features,
+                    queues: &self.queues,
+                    mem: &self.mem,
+                    irq: &self.irq,
+                })
+                .map_err(|e| format!("{name}: activating: {e}"))?;
+        }
+        if self.interrupt_status != 0 {
+            // An interrupt the guest had not acknowledged stays pending.
+            let _ = self.irq.write(1);
+        }
+        Ok(())
+    }
+
     /// The device status register (ACKNOWLEDGE, DRIVER, FEATURES_OK, ...).
     pub fn status(&self) -> u32 {
         self.status
