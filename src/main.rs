@@ -100,6 +100,14 @@ enum Command {
         /// Name of the new image.
         image: String,
     },
+    /// Pause a running microVM, write its snapshot to FILE, let it go on
+    /// (start a copy with `duet run --from-snapshot FILE`).
+    Snapshot {
+        /// Instance: name, id or a unique id prefix.
+        instance: String,
+        /// The snapshot file to write (must not exist).
+        file: std::path::PathBuf,
+    },
     /// Remove what crashed or killed duet runs left behind (cgroups, processes, instance directories).
     Gc,
     /// duet's bridge network: `duet network ls`, `duet network rm`.
@@ -160,6 +168,9 @@ fn main() -> ExitCode {
         Command::Inspect { ids } => cmd::lifecycle::inspect(&ids).map(|()| 0),
         Command::Monitor { id } => Ok(monitor::main(&id)),
         Command::Gc => cmd::instances::gc().map(|()| 0),
+        Command::Snapshot { instance, file } => {
+            cmd::snapshot::snapshot(&instance, &file).map(|()| 0)
+        }
         Command::Network(c) => cmd::network::network(c).map(|()| 0),
         Command::Commit { instance, image } => {
             cmd::instances::commit(&instance, &image).map(|()| 0)

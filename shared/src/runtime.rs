@@ -52,6 +52,8 @@ pub struct RunOptions {
     /// Container: give the workload a pty of its own even when duet's
     /// stdio is not a terminal (`-t`; with a terminal it always gets one).
     pub tty: bool,
+    /// VM: restore this snapshot (`duet snapshot`) instead of booting.
+    pub from_snapshot: Option<PathBuf>,
 }
 
 /// Everything a backend needs to start one instance: the resolved spec

@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod probe;
 pub mod run;
+pub mod snapshot;
 
 /// `error: cause: cause` on one line, the whole `source()` chain.
 pub fn error_chain(e: &anyhow::Error) -> String {

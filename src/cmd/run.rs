@@ -29,8 +29,12 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "image")]
     pub spec: Option<PathBuf>,
     /// Image to run when no spec is given (e.g. busybox).
-    #[arg(required_unless_present = "spec")]
+    #[arg(required_unless_present_any = ["spec", "from_snapshot"])]
     pub image: Option<String>,
+    /// Start a microVM from a snapshot (`duet snapshot`) instead of booting
+    /// one: the workload goes on where it was, with the snapshot's spec.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["spec", "image"])]
+    pub from_snapshot: Option<PathBuf>,
     /// Instance name: a handle no other instance may have (see `duet ps`),
     /// and the hostname inside unless --hostname is given.
     #[arg(long)]
@@ -127,8 +131,43 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// The spec kept in the snapshot at `path`; what a restored guest already
+/// has in its memory cannot be overridden.
+fn snapshot_spec(args: &RunArgs, path: &Path) -> Result<(WorkloadSpec, PathBuf)> {
+    for (given, flag) in [
+        (!args.command.is_empty(), "a command"),
+        (args.hostname.is_some(), "--hostname"),
+        (args.memory.is_some(), "--memory"),
+        (args.vcpus.is_some(), "--vcpus"),
+        (!args.env.is_empty(), "--env"),
+        (args.network.is_some(), "--network"),
+        (!args.publish.is_empty(), "--publish"),
+        (!args.dns.is_empty(), "--dns"),
+        (args.tty, "-t"),
+    ] {
+        if given {
+            bail!("{flag} does not go with --from-snapshot: the restored guest keeps what it had when the snapshot was taken");
+        }
+    }
+    if args.isolation == Some(Isolation::Container) {
+        bail!("--from-snapshot restores a microVM: --isolation container does not go with it");
+    }
+    let snap = duet_vmm::runtime::snapshots::open_checked(path)?;
+    let user = duet_vmm::runtime::snapshots::SnapshotUser::from_state(&snap.state)
+        .with_context(|| path.display().to_string())?;
+    let mut spec = user.spec;
+    spec.isolation = Some(Isolation::Vm);
+    // A snapshot has no network device (`duet snapshot` refuses one).
+    spec.network = Some(NetworkMode::None);
+    spec.ports.clear();
+    Ok((spec, path.to_path_buf()))
+}
+
 /// Builds the effective spec from the file or IMAGE plus command-line overrides.
 fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
+    if let Some(p) = &args.from_snapshot {
+        return snapshot_spec(args, p);
+    }
     let (mut spec, origin) = match &args.spec {
         Some(p) => (WorkloadSpec::load(p)?, p.clone()),
         None => {
@@ -243,6 +282,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         explain: args.explain,
         cgroup_parent: args.cgroup_parent.clone(),
         tty: args.tty,
+        from_snapshot: args.from_snapshot.clone(),
     };
     if args.detach {
         return run_detached(&args, &root, &spec, &image, backend.isolation());
@@ -357,6 +397,7 @@ fn run_detached(
             restart: args.restart,
             remove: args.rm,
             tty: args.tty,
+            from_snapshot: args.from_snapshot.clone(),
         };
         let p = instance.path().join(monitor::LAUNCH_FILE);
         std::fs::write(&p, serde_json::to_vec_pretty(&cfg)?)

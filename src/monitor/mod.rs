@@ -56,6 +56,9 @@ pub struct DetachedLaunch {
     /// `-t`: the workload gets a pty (its output still goes to the log).
     #[serde(default)]
     pub tty: bool,
+    /// `--from-snapshot` (VM).
+    #[serde(default)]
+    pub from_snapshot: Option<PathBuf>,
 }
 
 /// `--restart no|on-failure[:N]|always`.
@@ -292,6 +295,7 @@ fn run(id: &str, ready: &mut Ready) -> Result<()> {
         explain: false,
         cgroup_parent: launch_cfg.cgroup_parent.clone(),
         tty: launch_cfg.tty,
+        from_snapshot: launch_cfg.from_snapshot.clone(),
     };
     let log = Rc::new(RefCell::new(log::LogWriter::open(dir.path())?));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -17,6 +17,7 @@ use std::time::Duration;
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut cfg = VmConfig {
+        snapshots: Default::default(),
         kernel: PathBuf::new(),
         initrd: None,
         cmdline: BASE_CMDLINE.to_string(),

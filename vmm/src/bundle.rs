@@ -136,6 +136,7 @@ pub fn run(b: &BundleVm, report: &mut RunReport) -> Result<WorkloadExit, VmRunti
         GuestRoot::Fs(&root),
     )?;
     let cfg = VmConfig {
+        snapshots: Default::default(),
         kernel,
         initrd: Some(initrd.initrd),
         cmdline: rootfs::kernel_cmdline(b.console),

@@ -374,6 +374,15 @@ pub fn run_jailed(
         None => (None, None),
     };
     plan.agent_fd = agent_fd.as_ref().map(|f| f.as_raw_fd());
+    // The control socket (`duet snapshot`) likewise.
+    let (control_fd, _control_file) = match cfg.snapshots.control_socket.as_deref() {
+        Some(p) => {
+            let (fd, file) = crate::control::bind_listener(p)?;
+            (Some(fd), Some(file))
+        }
+        None => (None, None),
+    };
+    plan.control_fd = control_fd.as_ref().map(|f| f.as_raw_fd());
     // virtio-fs backends are reached from here too; the VMM keeps the
     // connected sockets and never sees their paths.
     let fs = crate::connect_fs(&cfg.fs)?;
@@ -387,8 +396,9 @@ pub fn run_jailed(
     }
     drop(result_tx);
     drop(alive_rx);
-    // Only the VMM holds the listener: once it ends, connections are refused.
+    // Only the VMM holds the listeners: once it ends, connections are refused.
     drop(agent_fd);
+    drop(control_fd);
     // And only it holds the backends' connections: virtiofsd ends with it.
     drop(fs);
     if let Some(tx) = &jail.notify_pid {
@@ -655,6 +665,8 @@ struct JailPlan {
     agent_fd: Option<RawFd>,
     /// Connected virtio-fs backend sockets and their tags, inherited too.
     fs_fds: Vec<(RawFd, String)>,
+    /// The control socket's listener, inherited too.
+    control_fd: Option<RawFd>,
 }
 
 /// Where /dev/kvm appears inside the jail.
@@ -672,13 +684,22 @@ impl JailPlan {
             });
             Path::new("/").join(name)
         };
-        jailed.kernel = add(&cfg.kernel, "kernel".into(), true);
-        // Not a path in the jail: the VMM gets the bound socket (agent_fd).
-        jailed.agent_socket = None;
-        jailed.fs = Vec::new();
-        if let Some(i) = &cfg.initrd {
-            jailed.initrd = Some(add(i, "initrd".into(), true));
+        match &cfg.snapshots.restore {
+            // A restore needs neither kernel nor initrd: both are in its RAM.
+            Some(snap) => {
+                jailed.snapshots.restore = Some(add(snap, "snapshot".into(), true));
+            }
+            None => {
+                jailed.kernel = add(&cfg.kernel, "kernel".into(), true);
+                if let Some(i) = &cfg.initrd {
+                    jailed.initrd = Some(add(i, "initrd".into(), true));
+                }
+            }
         }
+        // Not paths in the jail: the VMM gets the bound sockets.
+        jailed.agent_socket = None;
+        jailed.snapshots.control_socket = None;
+        jailed.fs = Vec::new();
         for (n, d) in cfg.disks.iter().enumerate() {
             let base = d
                 .path
@@ -698,6 +719,7 @@ impl JailPlan {
             jailed,
             agent_fd: None,
             fs_fds: Vec::new(),
+            control_fd: None,
         })
     }
 }
@@ -763,6 +785,7 @@ fn child_run(
     parent_alive(alive)?;
     let mut keep = vec![result.as_raw_fd(), alive.as_raw_fd()];
     keep.extend(plan.agent_fd);
+    keep.extend(plan.control_fd);
     keep.extend(plan.fs_fds.iter().map(|(fd, _)| *fd));
     // The tap the parent put on the bridge: the VMM's only network resource.
     keep.extend(plan.jailed.net.iter().map(|n| n.tap.as_raw_fd()));
@@ -782,6 +805,10 @@ fn child_run(
     // SAFETY: the parent's listening socket, inherited by the fork and kept
     // open above; this process owns its copy and never returns to the caller.
     let agent = plan.agent_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: as above, for the control socket's listener.
+    let control = plan
+        .control_fd
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     // A session of its own: the caller's terminal (still its stdin/stdout)
     // is no longer its controlling terminal, so a VMM taken over by the
     // guest cannot push input into the caller's shell with TIOCSTI. duet
@@ -831,6 +858,7 @@ fn child_run(
         }),
         agent,
         fs,
+        control,
     )
     .map_err(|e| crate::error_with_causes(&e))?;
     report.counters.insert("jail_uid".into(), u64::from(uid));
@@ -1270,6 +1298,7 @@ mod tests {
     #[test]
     fn plan_puts_every_file_at_the_jail_root() {
         let cfg = VmConfig {
+            snapshots: Default::default(),
             kernel: "/cache/kernel/current/vmlinux".into(),
             initrd: Some("/state/instances/x/init.cpio".into()),
             cmdline: String::new(),

@@ -15,6 +15,7 @@ pub mod boot_params;
 pub mod bundle;
 pub mod bus;
 pub mod console;
+pub mod control;
 pub mod cpuid;
 pub mod devices;
 pub mod disks;
@@ -92,6 +93,23 @@ pub struct VmConfig {
     pub fs: Vec<FsShare>,
     /// A virtio-net device on this tap (already on duet's bridge) with this MAC.
     pub net: Option<NetDevice>,
+    /// Snapshots of this VM, and restoring one instead of booting.
+    pub snapshots: SnapshotConfig,
+}
+
+/// The snapshot side of a [`VmConfig`] ([`snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotConfig {
+    /// Where the VMM listens for `duet snapshot` (`<instance>/vmm.sock`,
+    /// [`control::SOCKET`]); bound before the VM starts, like the agent socket.
+    pub control_socket: Option<PathBuf>,
+    /// Kept in every snapshot of this VM (duet: the instance's spec and image).
+    pub user: serde_json::Value,
+    /// Identity of the guest kernel, written into snapshots.
+    pub kernel_identity: Option<String>,
+    /// Restore this snapshot instead of booting: `kernel` and `initrd` are
+    /// then not used, and `disks` are matched to the saved ones by serial.
+    pub restore: Option<PathBuf>,
 }
 
 /// The virtio-net device of [`VmConfig::net`].
@@ -319,7 +337,17 @@ pub fn run_vm_with_sink(
         None => (None, None),
     };
     let fs = connect_fs(&cfg.fs)?;
-    boot_and_run(cfg, report, sink, None, fd, fs)
+    let control = cfg
+        .snapshots
+        .control_socket
+        .as_deref()
+        .map(control::bind_listener)
+        .transpose()?;
+    let (control_fd, _control_file) = match control {
+        Some((fd, file)) => (Some(fd), Some(file)),
+        None => (None, None),
+    };
+    boot_and_run(cfg, report, sink, None, fd, fs, control_fd)
 }
 
 /// What the jailed VMM ([`jail`]) adds to a run.
@@ -339,8 +367,91 @@ pub(crate) fn boot_and_run(
     mut hooks: Option<RunHooks<'_>>,
     agent_listener: Option<std::os::fd::OwnedFd>,
     fs: Vec<(std::os::unix::net::UnixStream, String)>,
+    control_listener: Option<std::os::fd::OwnedFd>,
 ) -> Result<VmOutcome, VmmError> {
     check_config(cfg)?;
+    let vm = match &cfg.snapshots.restore {
+        Some(path) => restore(cfg, path, report, sink, agent_listener, &fs)?,
+        None => boot(cfg, report, sink, agent_listener, fs)?,
+    };
+    let proc_files = match hooks.as_mut() {
+        Some(h) => {
+            (h.before_vcpus)()?;
+            h.proc_files
+        }
+        None => None,
+    };
+    let control = control_listener
+        .map(|l| control::ControlServer::spawn(l, vm.snapshot_handle(), cfg.snapshots.user.clone()))
+        .transpose()
+        .map_err(VmmError::VsockThread)?;
+    // `run` consumes the VM; this handle keeps the guest memory mapped
+    // past it so its resident size can be measured (memory_usage).
+    let memory = vm.memory().clone();
+    let outcome = vm.run(cfg.timeout, report);
+    if let Some(c) = control {
+        c.stop();
+    }
+    let outcome = outcome?;
+    memory_usage::record_with(&memory, report, proc_files);
+    Ok(outcome)
+}
+
+/// A VM in the state of the snapshot at `path` (disks: `cfg.disks`).
+fn restore(
+    cfg: &VmConfig,
+    path: &std::path::Path,
+    report: &mut RunReport,
+    sink: Box<dyn Write + Send>,
+    agent_listener: Option<std::os::fd::OwnedFd>,
+    fs: &[(std::os::unix::net::UnixStream, String)],
+) -> Result<Vm, VmmError> {
+    if !fs.is_empty() {
+        return Err(snapshot::SnapshotError::Unsupported(
+            "a restored VM cannot get virtio-fs shares".into(),
+        )
+        .into());
+    }
+    let t = std::time::Instant::now();
+    let file = std::fs::File::open(path).map_err(|e| {
+        snapshot::SnapshotError::io(format!("opening the snapshot {}", path.display()), e)
+    })?;
+    let snap = snapshot::open(file)?;
+    let vm = Vm::restore(
+        &snap,
+        vm::RestoreConfig {
+            console: ConsoleConfig {
+                mode: cfg.console,
+                sink,
+                input: if cfg.stdin {
+                    ConsoleInput::Stdin
+                } else {
+                    ConsoleInput::None
+                },
+            },
+            disks: cfg.disks.clone(),
+            agent_listener,
+            seccomp: true,
+        },
+    )?;
+    report.mark(Phase::VmCreated);
+    report
+        .counters
+        .insert("snapshot_restore_us".into(), t.elapsed().as_micros() as u64);
+    report
+        .counters
+        .insert("snapshot_mapped_bytes".into(), snap.state.memory_mib << 20);
+    Ok(vm)
+}
+
+/// A new VM with `cfg`'s kernel, initrd, devices and vCPUs, ready to run.
+fn boot(
+    cfg: &VmConfig,
+    report: &mut RunReport,
+    sink: Box<dyn Write + Send>,
+    agent_listener: Option<std::os::fd::OwnedFd>,
+    fs: Vec<(std::os::unix::net::UnixStream, String)>,
+) -> Result<Vm, VmmError> {
     let mut vm = Vm::new(VmOptions {
         memory_mib: cfg.memory_mib,
         vcpus: cfg.vcpus,
@@ -394,24 +505,17 @@ pub(crate) fn boot_and_run(
     let cr3 = vm.setup_long_mode()?;
     vm.write_mptable()?;
     vm.create_vcpus(vm::linux_entry(&kernel, cr3))?;
-    let proc_files = match hooks.as_mut() {
-        Some(h) => {
-            (h.before_vcpus)()?;
-            h.proc_files
-        }
-        None => None,
-    };
-    // `run` consumes the VM; this handle keeps the guest memory mapped
-    // past it so its resident size can be measured (memory_usage).
-    let memory = vm.memory().clone();
-    let outcome = vm.run(cfg.timeout, report)?;
-    memory_usage::record_with(&memory, report, proc_files);
-    Ok(outcome)
+    vm.set_kernel_identity(cfg.snapshots.kernel_identity.clone());
+    Ok(vm)
 }
 
 /// Checks what can be checked before touching KVM: the kernel file (its
 /// format and size against memory_mib) and the vCPU count.
 pub fn check_config(cfg: &VmConfig) -> Result<(), VmmError> {
+    if cfg.snapshots.restore.is_some() {
+        // Sizes and vCPUs come from the snapshot, checked as it is opened.
+        return Ok(());
+    }
     if cfg.vcpus == 0 || cfg.vcpus > mptable::MAX_VCPUS {
         return Err(VmmError::Config(format!(
             "vcpus = {}: duet supports 1..={}",

@@ -22,6 +22,8 @@ use duet_shared::runtime::BackendError;
 use duet_shared::{Instance, Launch, Phase, RunReport, Runtime, WorkloadExit};
 use std::path::PathBuf;
 
+pub mod snapshots;
+
 /// Environment variable naming the guest kernel (ELF vmlinux or bzImage).
 pub const KERNEL_ENV: &str = "DUET_KERNEL";
 /// Environment variable whose words are appended to the guest kernel's
@@ -162,6 +164,7 @@ impl VmRuntime {
         let kernel = find_kernel()?;
         let opts = launch.options;
         let mut cfg = VmConfig {
+            snapshots: Default::default(),
             kernel,
             initrd: None,
             cmdline: match std::env::var(KERNEL_APPEND_ENV) {
@@ -188,6 +191,7 @@ impl VmRuntime {
                 mac: n.mac,
             }),
         };
+        cfg.snapshots = snapshots::config(launch, &cfg.kernel);
         // A missing or bad kernel, or too little memory for it, fails before any work.
         crate::check_config(&cfg)?;
         let kernel = &cfg.kernel;
@@ -199,8 +203,18 @@ impl VmRuntime {
                 init.display()
             );
         }
-        match RootfsMode::from_env()? {
-            RootfsMode::Initramfs => {
+        match (&opts.from_snapshot, RootfsMode::from_env()?) {
+            (Some(path), _) => {
+                snapshots::prepare_restore(launch, path, &mut cfg, report)?;
+                if opts.explain {
+                    eprintln!(
+                        "duet: restoring the snapshot {} (RAM mapped copy-on-write, {} disk(s))",
+                        path.display(),
+                        cfg.disks.len()
+                    );
+                }
+            }
+            (None, RootfsMode::Initramfs) => {
                 let (info, initrd) =
                     rootfs::build_for_launch(launch.instance.state_root(), launch, &init)?;
                 report.mark(Phase::RootfsReady);
@@ -218,7 +232,7 @@ impl VmRuntime {
                 }
                 cfg.initrd = Some(initrd);
             }
-            RootfsMode::Disks => {
+            (None, RootfsMode::Disks) => {
                 prepare_disks(launch, &init, &mut cfg, report)?;
             }
         }

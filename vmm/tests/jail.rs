@@ -82,6 +82,7 @@ fn jailed_vmm_has_no_capabilities_own_namespaces_and_an_empty_root() {
     assert!(canary_fd > 2);
 
     let cfg = VmConfig {
+        snapshots: Default::default(),
         kernel,
         initrd: Some(initrd),
         cmdline: "console=ttyS0".into(),
@@ -327,6 +328,7 @@ fn a_failure_inside_the_jail_comes_back_with_its_cause() {
     let odd = dir.path().join("odd.img");
     std::fs::write(&odd, [0u8; 100]).unwrap();
     let cfg = VmConfig {
+        snapshots: Default::default(),
         kernel,
         initrd: None,
         cmdline: String::new(),

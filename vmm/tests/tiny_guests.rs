@@ -382,6 +382,7 @@ fn run_vm_boots_an_elf_kernel_the_linux_way() {
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, [7u8, 1, 2, 3]).unwrap();
     let cfg = VmConfig {
+        snapshots: Default::default(),
         kernel,
         initrd: Some(initrd),
         cmdline: "quiet console=ttyS0".into(),
@@ -420,6 +421,7 @@ fn run_vm_boots_an_elf_kernel_the_linux_way() {
 fn bad_inputs_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let base = VmConfig {
+        snapshots: Default::default(),
         kernel: dir.path().join("missing-vmlinux"),
         initrd: None,
         cmdline: String::new(),
@@ -453,6 +455,7 @@ fn bad_inputs_give_clear_errors() {
     let not_kernel = dir.path().join("notes.txt");
     std::fs::write(&not_kernel, "just text\n").unwrap();
     let cfg = VmConfig {
+        snapshots: Default::default(),
         kernel: not_kernel,
         ..base.clone()
     };
@@ -462,6 +465,7 @@ fn bad_inputs_give_clear_errors() {
     let big = dir.path().join("big-vmlinux");
     std::fs::write(&big, tiny_elf(0x100_0000, &[0xf4])).unwrap();
     let cfg = VmConfig {
+        snapshots: Default::default(),
         kernel: big.clone(),
         memory_mib: 8,
         ..base.clone()
@@ -475,6 +479,7 @@ fn bad_inputs_give_clear_errors() {
     );
 
     let cfg = VmConfig {
+        snapshots: Default::default(),
         kernel: big,
         initrd: Some(dir.path().join("missing-initrd")),
         memory_mib: 32,
