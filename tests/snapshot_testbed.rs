@@ -97,7 +97,10 @@ fn bad_snapshots_and_other_kernels_are_refused() {
     };
     refused("corrupted", &["/tmp/snap1", "checksum"]);
     refused("truncated", &["/tmp/snap1", "truncated"]);
-    refused("too_short", &["/etc/passwd", "too short to be a duet snapshot"]);
+    refused(
+        "too_short",
+        &["/etc/passwd", "too short to be a duet snapshot"],
+    );
     refused("not_a_snapshot", &["vmlinux", "not a duet snapshot"]);
     refused(
         "other_kernel",
