@@ -15,7 +15,7 @@
 use crate::snapshot::WriteStats;
 use crate::vm::SnapshotHandle;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -159,8 +159,6 @@ fn handle(
         }
     }
 }
-
-use std::io::Read as _;
 
 /// One recvmsg: the bytes and at most one fd (any others are closed).
 fn recv_with_fd(sock: RawFd) -> std::io::Result<(Vec<u8>, Option<OwnedFd>)> {

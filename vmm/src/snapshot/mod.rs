@@ -121,6 +121,3 @@ impl SnapshotError {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;
