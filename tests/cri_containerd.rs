@@ -442,33 +442,35 @@ async fn run_pod(
 }
 
 /// StopPodSandbox then RemovePodSandbox of `pod`.
-async fn remove_pod(c: &mut Cri, pod: &str) {
+async fn remove_pod(c: &mut Cri, pod: &str, log: &dyn Fn() -> String) {
     c.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: pod.into(),
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", log()));
     c.remove_pod_sandbox(RemovePodSandboxRequest {
         pod_sandbox_id: pod.into(),
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", log()));
 }
 
-/// StopContainer (grace 1 s) then RemoveContainer of `id`; its status in between.
-async fn stop_and_remove(c: &mut Cri, id: &str) -> ContainerStatus {
+/// StopContainer (grace 1 s) then RemoveContainer of `id`; its status in
+/// between. A failure carries containerd's debug log (the shim's own lines
+/// are in it).
+async fn stop_and_remove(c: &mut Cri, id: &str, log: &dyn Fn() -> String) -> ContainerStatus {
     c.stop_container(StopContainerRequest {
         container_id: id.into(),
         timeout: 1,
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("StopContainer: {e}\n{}", log()));
     let st = status_of(c, id).await;
     c.remove_container(RemoveContainerRequest {
         container_id: id.into(),
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| panic!("RemoveContainer: {e}\n{}", log()));
     st
 }
 
@@ -512,7 +514,7 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
         // The pod's processes run under duet: its state root is the shim's --root.
         assert_eq!(pids_with("sleep\u{0}4545").len(), 1);
 
-        let st = stop_and_remove(&mut c, &created).await;
+        let st = stop_and_remove(&mut c, &created, &ctd_log).await;
         assert_eq!(st.state, ContainerState::ContainerExited as i32);
         assert_eq!(st.exit_code, 137, "sleep as pid 1 ignores TERM: killed");
         // A second container sharing the pod's process namespace
@@ -541,9 +543,9 @@ fn cri_pod_with_runtime_handler_duet_runs_execs_logs_and_stops() {
             String::from_utf8_lossy(&ex.stdout),
             "sleep\u{0}2147483\u{0}"
         );
-        stop_and_remove(&mut c, &shared).await;
+        stop_and_remove(&mut c, &shared, &ctd_log).await;
 
-        remove_pod(&mut c, &pod).await;
+        remove_pod(&mut c, &pod, &ctd_log).await;
     });
     assert!(pids_with("sleep\u{0}4545").is_empty());
     assert!(pids_with("sleep\u{0}4646").is_empty());
@@ -714,7 +716,7 @@ fn inner_cri_duet_vm() {
             "no virtio-fs root"
         );
 
-        let st = stop_and_remove(&mut c, &created).await;
+        let st = stop_and_remove(&mut c, &created, &ctd_log).await;
         assert_eq!(st.state, ContainerState::ContainerExited as i32);
         // In the guest the workload is not PID 1 (duet-init is): TERM ends it.
         assert_eq!(st.exit_code, 143, "TERM through the guest agent");
@@ -761,7 +763,7 @@ fn inner_cri_duet_vm() {
             .await
             .unwrap();
 
-        remove_pod(&mut c, &pod).await;
+        remove_pod(&mut c, &pod, &ctd_log).await;
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while live_with("__vm-keeper") + live_with("/usr/lib/qemu/virtiofsd") > 0 {
