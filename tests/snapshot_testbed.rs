@@ -1,7 +1,8 @@
 //! Snapshots of real Linux microVMs (issue 13): `duet snapshot` of a
 //! running VM, `duet run --from-snapshot` clones that go on where it was
 //! and keep their own writes, bad snapshots refused, nothing left after a
-//! killed restore. VMs need the nested-KVM testbed on hosts like ours, so
+//! killed restore; warm starts (`--warm`) from a template built once per
+//! key and collected by gc and `image rm`. VMs need the nested-KVM testbed on hosts like ours, so
 //! the cases run there once for the whole file (tests/testbed/snapshot-cases.sh).
 
 mod common;
@@ -130,4 +131,127 @@ fn nothing_is_left_after_a_killed_restore_and_gc() {
     };
     assert_eq!(up.rc, 0, "{}", up.output);
     assert_eq!(ok("k9").output.trim(), "instances=0 procs=0 mounts=0");
+}
+
+/// `"name": N` of a `--report json` counter in a case's output.
+fn counter(c: &Case, name: &str) -> Option<u64> {
+    let at = c.output.find(&format!("\"{name}\": "))? + name.len() + 4;
+    c.output[at..]
+        .split(|ch: char| !ch.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The line after the `warm-hi` marker with index `n` (0: hostname, 1: random bytes).
+fn warm_line(c: &Case, n: usize) -> String {
+    let mut lines = c.output.lines().skip_while(|l| *l != "warm-hi").skip(1);
+    lines.nth(n).unwrap_or_default().trim().to_string()
+}
+
+#[test]
+fn warm_runs_restore_a_template_built_once_with_their_own_workload() {
+    let Some(first) = get(
+        "warm_runs_restore_a_template_built_once_with_their_own_workload",
+        "warm_first",
+    ) else {
+        return;
+    };
+    let second = get("", "warm_second").expect("case warm_second");
+    for (c, host, env) in [(first, "warm1", "env=one"), (second, "warm2", "env=two")] {
+        // The workload's exit code, output, hostname and env are this run's.
+        assert_eq!(c.rc, 7, "{}", c.output);
+        assert_eq!(warm_line(c, 0), host, "{}", c.output);
+        assert!(c.output.contains(env), "{}", c.output);
+        assert_eq!(
+            counter(c, "restored_from_snapshot"),
+            Some(1),
+            "{}",
+            c.output
+        );
+    }
+    assert_eq!(
+        counter(first, "warm_template_built"),
+        Some(1),
+        "{}",
+        first.output
+    );
+    assert_eq!(
+        counter(second, "warm_template_built"),
+        Some(0),
+        "{}",
+        second.output
+    );
+    // Clones of one snapshot: the RNG was reseeded, so their bytes differ.
+    let (r1, r2) = (warm_line(first, 1), warm_line(second, 1));
+    assert_eq!(r1.len(), 32, "{}", first.output);
+    assert_ne!(r1, r2, "two clones read the same random bytes");
+    // The clock was set: within a minute of the host's (the snapshot's is older).
+    let time = |c: &Case| counts(c)["time"];
+    let host = time(ok("warm_host_time"));
+    assert!(
+        time(second).abs_diff(host) < 60,
+        "{} vs {host}",
+        second.output
+    );
+    assert_eq!(ok("warm_templates_one").output.trim(), "1");
+}
+
+#[test]
+fn warm_templates_are_keyed_and_removed_by_gc_and_image_rm() {
+    let Some(other) = get(
+        "warm_templates_are_keyed_and_removed_by_gc_and_image_rm",
+        "warm_other_memory",
+    ) else {
+        return;
+    };
+    // Another memory size is another template; so is another kernel.
+    assert_eq!(other.rc, 0, "{}", other.output);
+    assert!(other.output.contains("other-memory"), "{}", other.output);
+    assert_eq!(
+        counter(other, "warm_template_built"),
+        Some(1),
+        "{}",
+        other.output
+    );
+    assert_eq!(ok("warm_templates_two").output.trim(), "2");
+    let k = ok("warm_other_kernel");
+    assert_eq!(counter(k, "warm_template_built"), Some(1), "{}", k.output);
+    // gc removes the one of a kernel duet no longer boots, keeps the rest.
+    let gc = ok("warm_gc_removes_stale");
+    assert_eq!(gc.output.lines().last(), Some("2"), "{}", gc.output);
+    assert_eq!(ok("warm_left").output.trim(), "instances=0 partial=0");
+    let rm = ok("warm_image_rm");
+    assert!(
+        rm.output.contains("2 warm-start template(s)"),
+        "{}",
+        rm.output
+    );
+    assert_eq!(ok("warm_none_left").output.trim(), "templates=0");
+}
+
+#[test]
+fn a_detached_warm_instance_logs_and_execs() {
+    let Some(up) = get(
+        "a_detached_warm_instance_logs_and_execs",
+        "warm_detached_up",
+    ) else {
+        return;
+    };
+    assert_eq!(up.rc, 0, "{}", up.output);
+    ok("warm_detached_log");
+    assert_eq!(ok("warm_exec").output.trim(), "warmd");
+    ok("warm_rm");
+}
+
+#[test]
+fn warm_refuses_a_network_device_and_containers() {
+    let Some(_) = get(
+        "warm_refuses_a_network_device_and_containers",
+        "warm_bridge_refused",
+    ) else {
+        return;
+    };
+    refused("warm_bridge_refused", &["--warm", "--network none"]);
+    refused("warm_container_refused", &["--warm", "container"]);
 }

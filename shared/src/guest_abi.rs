@@ -26,6 +26,9 @@ use crate::runtime::WorkloadExit;
 /// The vsock port duet-init's agent listens on in the guest (`duet exec`
 /// and `Kill` requests, protocol in `crate::agent_abi`); the guest is CID 3.
 pub const AGENT_PORT: u32 = 1024;
+/// The vsock port a warm-start template guest waits on for the workload of
+/// the clone it becomes (duet-init's `warm` module; one JSON line).
+pub const WARM_PORT: u32 = 1025;
 /// Guest writes [`READY_VALUE`] (one byte) here right before it execs the workload.
 pub const READY_PORT: u16 = 0x510;
 /// The byte written to [`READY_PORT`].

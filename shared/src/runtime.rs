@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub tty: bool,
     /// VM: restore this snapshot (`duet snapshot`) instead of booting.
     pub from_snapshot: Option<PathBuf>,
+    /// VM: restore the image's warm-start template (built on first use)
+    /// and hand the guest this run's workload, instead of booting.
+    pub warm: bool,
 }
 
 /// Everything a backend needs to start one instance: the resolved spec

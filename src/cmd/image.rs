@@ -81,8 +81,15 @@ pub fn image(c: ImageCommand) -> Result<()> {
         }
         ImageCommand::Rm { names } => {
             for n in names {
+                let layers = store.get(&n)?.layers;
                 let removed = store.remove(&n)?;
-                println!("removed {n} ({} layers freed)", removed.len());
+                let templates =
+                    duet_vmm::runtime::templates::remove_for_layers(&state_root(), &layers);
+                print!("removed {n} ({} layers freed", removed.len());
+                if templates > 0 {
+                    print!(", {templates} warm-start template(s)");
+                }
+                println!(")");
             }
         }
     }

@@ -226,6 +226,18 @@ pub fn gc() -> Result<()> {
         println!("released the address of {owner}");
     }
     removed += gc_scratch(&root)?;
+    // Warm-start templates of another duet, kernel or init, or of no image.
+    let images: Vec<Vec<String>> = duet_shared::image::ImageStore::open(&root)?
+        .list()?
+        .into_iter()
+        .map(|i| i.layers)
+        .collect();
+    for p in duet_vmm::runtime::templates::gc(&root, |k| {
+        !duet_vmm::runtime::templates::still_valid(k, &images)
+    }) {
+        println!("removed {}", p.display());
+        removed += 1;
+    }
     println!("gc: {removed} removed");
     Ok(())
 }

@@ -35,6 +35,12 @@ pub struct RunArgs {
     /// one: the workload goes on where it was, with the snapshot's spec.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["spec", "image"])]
     pub from_snapshot: Option<PathBuf>,
+    /// Start the microVM warm: restore a snapshot of the image's template
+    /// (booted once per image, guest kernel, memory and vCPUs, and cached)
+    /// and hand the guest this run's workload, instead of booting a kernel.
+    /// Implies --isolation vm; no network device yet (--network none).
+    #[arg(long, conflicts_with = "from_snapshot")]
+    pub warm: bool,
     /// Instance name: a handle no other instance may have (see `duet ps`),
     /// and the hostname inside unless --hostname is given.
     #[arg(long)]
@@ -205,10 +211,39 @@ fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
     if let Some(n) = args.network {
         spec.network = Some(n);
     }
+    if args.warm {
+        warm_spec(&mut spec, &origin)?;
+    }
     spec.ports.extend(args.publish.iter().copied());
     spec.dns.extend(args.dns.iter().copied());
     spec.validate(&origin)?;
     Ok((spec, origin))
+}
+
+/// `--warm`: a microVM (unless the spec says container: refused) with no
+/// network device (a template has none; refused if asked for one).
+fn warm_spec(spec: &mut WorkloadSpec, origin: &Path) -> Result<()> {
+    if spec.isolation == Some(Isolation::Container) {
+        bail!(
+            "{}: --warm restores a microVM from a template: it does not go with isolation `container`",
+            origin.display()
+        );
+    }
+    spec.isolation = Some(Isolation::Vm);
+    match spec.network {
+        None | Some(NetworkMode::None) => spec.network = Some(NetworkMode::None),
+        Some(m) => bail!(
+            "{}: --warm: a warm-start template has no network device yet; network `{m}` needs a cold boot (drop --warm, or use --network none)",
+            origin.display()
+        ),
+    }
+    if !spec.ports.is_empty() {
+        bail!(
+            "{}: --warm: ports (-p) need a network device, which a warm start has not",
+            origin.display()
+        );
+    }
+    Ok(())
 }
 
 /// The network the instance gets: the spec's (or `--network`), else the
@@ -283,6 +318,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         cgroup_parent: args.cgroup_parent.clone(),
         tty: args.tty,
         from_snapshot: args.from_snapshot.clone(),
+        warm: args.warm,
     };
     if args.detach {
         return run_detached(&args, &root, &spec, &image, backend.isolation());
@@ -398,6 +434,7 @@ fn run_detached(
             remove: args.rm,
             tty: args.tty,
             from_snapshot: args.from_snapshot.clone(),
+            warm: args.warm,
         };
         let p = instance.path().join(monitor::LAUNCH_FILE);
         std::fs::write(&p, serde_json::to_vec_pretty(&cfg)?)

@@ -59,6 +59,9 @@ pub struct DetachedLaunch {
     /// `--from-snapshot` (VM).
     #[serde(default)]
     pub from_snapshot: Option<PathBuf>,
+    /// VM: a warm start from the image's template (`--warm`).
+    #[serde(default)]
+    pub warm: bool,
 }
 
 /// `--restart no|on-failure[:N]|always`.
@@ -296,6 +299,7 @@ fn run(id: &str, ready: &mut Ready) -> Result<()> {
         cgroup_parent: launch_cfg.cgroup_parent.clone(),
         tty: launch_cfg.tty,
         from_snapshot: launch_cfg.from_snapshot.clone(),
+        warm: launch_cfg.warm,
     };
     let log = Rc::new(RefCell::new(log::LogWriter::open(dir.path())?));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -305,6 +305,7 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         user,
         files,
         network: None,
+        template: false,
     };
     workload
         .validate()

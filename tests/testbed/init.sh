@@ -62,6 +62,10 @@ export HOME=/root
 export XDG_CACHE_HOME=/root/.cache
 export DUET_ROOT=/tmp/duet
 export DUET_TESTBED=1
+# This machine's CPU is QEMU's TCG: a restored guest needs its TR marked
+# available for user-space port I/O (see TCG_TSS_QUIRK_ENV in
+# vmm/src/snapshot/vcpu_state.rs); hardware KVM never sets this.
+export DUET_TCG_TSS_QUIRK=1
 export TERM=dumb
 mkdir -p "$DUET_ROOT" "$HOME"
 # Instances get no network unless a case asks (for every state root the

@@ -52,6 +52,28 @@ case_ net_rm duet rm -f snapnet
 case_ k9_up duet run -d --name clonek --from-snapshot /tmp/snap1
 case_ k9 sh -c 'for f in /tmp/duet/instances/clonek-*/meta.json; do pid=$(sed -n "s/.*\"owner_pid\": *\([0-9]*\).*/\1/p" "$f"); done; kill -9 "$pid"; sleep 1; '"$DUET_EXE"' gc >/dev/null; echo instances=$(ls /tmp/duet/instances | wc -l) procs=$(n=0; for c in /proc/[0-9]*/comm; do [ "$(cat $c 2>/dev/null)" = duet ] && n=$((n + 1)); done; echo $n) mounts=$(grep -c /tmp/duet /proc/mounts)'
 
+# Warm start (--warm): the first run boots the image's template and
+# snapshots it at duet-init's wait; later runs restore it and hand over
+# their own workload, hostname, env, RNG seed and clock.
+WARM='echo warm-hi; hostname; od -An -N16 -tx1 /dev/urandom | tr -d " "; echo "time=$(date +%s)"; echo "env=$FOO"; exit 7'
+case_ warm_first duet run --warm --hostname warm1 -e FOO=one --report json busybox -- sh -c "$WARM"
+case_ warm_second duet run --warm --hostname warm2 -e FOO=two --report json busybox -- sh -c "$WARM"
+case_ warm_host_time sh -c 'echo "time=$(date +%s)"'
+case_ warm_templates_one sh -c 'ls /tmp/duet/templates | grep -c "[.]snap$"'
+case_ warm_other_memory duet run --warm --memory 192 --report json busybox -- echo other-memory
+case_ warm_templates_two sh -c 'ls /tmp/duet/templates | grep -c "[.]snap$"'
+case_ warm_detached_up duet run -d --warm --name warmd busybox -- sh -c 'echo up; sleep 600'
+case_ warm_detached_log wait_log warmd '^up$'
+case_ warm_exec duet exec warmd hostname
+case_ warm_rm duet rm -f warmd
+case_ warm_bridge_refused duet run --warm --network bridge busybox -- true
+case_ warm_container_refused duet run --warm --isolation container busybox -- true
+cp "$DUET_KERNEL" /tmp/other-vmlinux
+case_ warm_other_kernel env DUET_KERNEL=/tmp/other-vmlinux "$DUET_EXE" run --warm --report json busybox -- echo other-kernel
+rm -f /tmp/other-vmlinux
+case_ warm_gc_removes_stale sh -c "$DUET_EXE gc; ls /tmp/duet/templates | grep -c '[.]snap\$'"
+case_ warm_left sh -c 'echo instances=$(ls /tmp/duet/instances | wc -l) partial=$(ls -a /tmp/duet/templates | grep -c tmp)'
+
 # Bad snapshots, last: the tmpfs holds no full copy of a snapshot (busybox
 # cp does not keep holes), so /tmp/snap1 itself is damaged, step by step.
 cp "$DUET_KERNEL" /tmp/other-vmlinux
@@ -68,3 +90,7 @@ truncate -s $((size / 2)) /tmp/snap1
 case_ truncated duet run --from-snapshot /tmp/snap1
 case_ left_after_refusals sh -c 'echo instances=$(ls /tmp/duet/instances | wc -l)'
 rm -f /tmp/snap1
+
+# Removing the image removes its templates.
+case_ warm_image_rm duet image rm busybox
+case_ warm_none_left sh -c 'echo templates=$(ls /tmp/duet/templates | grep -c "[.]snap$")'

@@ -190,6 +190,31 @@ fn connect(dir: &InstanceDir) -> Result<Conn, AgentError> {
 }
 
 fn connect_path(id: &str, path: &Path, wait: Duration) -> Result<Conn, AgentError> {
+    connect_port(id, path, AGENT_PORT, wait)
+}
+
+/// A stream to guest vsock `port` through the instance's hybrid-vsock
+/// socket at `path`, past the `CONNECT`/`OK` handshake (retrying while the
+/// guest does not accept yet, up to `wait`). The warm-start hand-over
+/// ([`crate::runtime::templates`]) uses it beside the agent.
+pub fn open_port(
+    id: &str,
+    path: &Path,
+    port: u32,
+    wait: Duration,
+) -> Result<UnixStream, AgentError> {
+    let c = connect_port(id, path, port, wait)?;
+    if c.dec.buffered() != 0 {
+        // The guest spoke first: nothing on these ports does.
+        return Err(AgentError::Protocol {
+            id: id.to_string(),
+            source: ProtocolError::BadMessage("bytes before the request".into()),
+        });
+    }
+    Ok(c.stream)
+}
+
+fn connect_port(id: &str, path: &Path, port: u32, wait: Duration) -> Result<Conn, AgentError> {
     let deadline = Instant::now() + wait;
     loop {
         let stream = match UnixStream::connect(path) {
@@ -221,7 +246,7 @@ fn connect_path(id: &str, path: &Path, wait: Duration) -> Result<Conn, AgentErro
             .set_read_timeout(Some(wait.max(Duration::from_secs(1))))
             .map_err(|e| c.io(e))?;
         c.stream
-            .write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+            .write_all(format!("CONNECT {port}\n").as_bytes())
             .map_err(|e| c.io(e))?;
         // Reset by the guest (nobody listens yet) or closed by the device: retry.
         let answered = match c.line() {

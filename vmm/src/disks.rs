@@ -559,6 +559,7 @@ mod tests {
             user: None,
             files: Vec::new(),
             network: None,
+            template: false,
         };
         let dr = DiskRoot { layers: 1 };
         let first =

@@ -23,6 +23,16 @@ use duet_shared::{Instance, Launch, Phase, RunReport, Runtime, WorkloadExit};
 use std::path::PathBuf;
 
 pub mod snapshots;
+pub mod templates;
+
+/// What a created VM boots as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Boot {
+    /// The run's own workload (or a restore of `--from-snapshot`/`--warm`).
+    Normal,
+    /// A warm-start template: root mounted, then duet-init waits ([`templates`]).
+    Template,
+}
 
 /// Environment variable naming the guest kernel (ELF vmlinux or bzImage).
 pub const KERNEL_ENV: &str = "DUET_KERNEL";
@@ -70,6 +80,18 @@ pub enum VmRuntimeError {
     /// The virtio-fs backend could not be found or started.
     #[error(transparent)]
     Virtiofsd(#[from] crate::virtiofsd::VirtiofsdError),
+    /// A warm start failed: its template, or the hand-over to the clone.
+    #[error("warm start of image `{image}`")]
+    Template {
+        /// The image.
+        image: String,
+        /// What failed.
+        #[source]
+        source: templates::TemplateError,
+    },
+    /// `--warm` with a network device (a snapshot has none yet).
+    #[error("--warm: a warm-start template has no network device; run it with `--network none`")]
+    WarmNetwork,
 }
 
 /// Removes the VMM's cgroups when the run ends, however it ends.
@@ -160,7 +182,12 @@ impl VmRuntime {
 
     /// Everything before the boot: kernel, init, disks or initramfs, the
     /// jail and the VMM's cgroups.
-    fn create_vm(&self, launch: &Launch<'_>, report: &mut RunReport) -> Result<Vm, VmRuntimeError> {
+    pub(crate) fn create_vm(
+        &self,
+        launch: &Launch<'_>,
+        report: &mut RunReport,
+        boot: Boot,
+    ) -> Result<Vm, VmRuntimeError> {
         let kernel = find_kernel()?;
         let opts = launch.options;
         let mut cfg = VmConfig {
@@ -203,7 +230,41 @@ impl VmRuntime {
                 init.display()
             );
         }
-        match (&opts.from_snapshot, RootfsMode::from_env()?) {
+        let mut warm = None;
+        let mode = match boot {
+            // The template's root is always the shared layer disks.
+            Boot::Template => RootfsMode::Disks,
+            Boot::Normal => RootfsMode::from_env()?,
+        };
+        match (&opts.from_snapshot, mode) {
+            (None, _) if opts.warm && boot == Boot::Normal => {
+                if launch.network.is_some() {
+                    return Err(VmRuntimeError::WarmNetwork);
+                }
+                let key = templates::key_for(launch, &cfg, &init)?;
+                let (path, built) = templates::ensure(self, launch, &key).map_err(|source| {
+                    VmRuntimeError::Template {
+                        image: launch.image.name.clone(),
+                        source,
+                    }
+                })?;
+                snapshots::prepare_restore(launch, &path, &mut cfg, report)?;
+                report
+                    .counters
+                    .insert("warm_template_built".into(), u64::from(built));
+                if opts.explain {
+                    eprintln!(
+                        "duet: warm start from the template {} ({}), the workload handed over on vsock port {}",
+                        path.display(),
+                        if built { "built now" } else { "cached" },
+                        duet_shared::guest_abi::WARM_PORT
+                    );
+                }
+                warm = Some(templates::warm_start(rootfs::guest_workload(
+                    launch.spec,
+                    None,
+                )));
+            }
             (Some(path), _) => {
                 snapshots::prepare_restore(launch, path, &mut cfg, report)?;
                 if opts.explain {
@@ -233,7 +294,7 @@ impl VmRuntime {
                 cfg.initrd = Some(initrd);
             }
             (None, RootfsMode::Disks) => {
-                prepare_disks(launch, &init, &mut cfg, report)?;
+                prepare_disks(launch, &init, &mut cfg, report, boot == Boot::Template)?;
             }
         }
         let guard = crate::signals::RunGuard::enter();
@@ -248,6 +309,7 @@ impl VmRuntime {
             exit: None,
             instance: launch.instance.clone(),
             killed_with: std::sync::atomic::AtomicI32::new(0),
+            warm,
         };
         match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
@@ -329,6 +391,8 @@ pub struct Vm {
     /// The last signal [`Instance::kill`] sent the VMM (0: none): a VMM
     /// that then dies without a result ended by that signal.
     killed_with: std::sync::atomic::AtomicI32,
+    /// A warm start's hand-over, sent once the restored VM runs.
+    warm: Option<duet_init::config::WarmStart>,
 }
 
 fn eventfd() -> Result<std::os::fd::OwnedFd, VmRuntimeError> {
@@ -409,6 +473,23 @@ impl Instance for Vm {
         // The pid arrives right after the fork; a VMM that failed before it
         // closes the channel and `wait` reports why.
         self.pid = rx.recv().unwrap_or(0);
+        if let Some(w) = self.warm.take() {
+            if self.pid != 0 {
+                if let Err(source) =
+                    templates::hand_over(self.instance.id(), self.instance.path(), w)
+                {
+                    // A clone without its workload would only wait: stop it.
+                    if self.jail.is_some() {
+                        // SAFETY: kill with plain values on our unreaped child.
+                        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                    }
+                    return Err(Box::new(VmRuntimeError::Template {
+                        image: self.instance.meta().image.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -503,6 +584,7 @@ fn prepare_disks(
     init: &std::path::Path,
     cfg: &mut VmConfig,
     report: &mut RunReport,
+    template: bool,
 ) -> Result<(), VmRuntimeError> {
     let root = launch.instance.state_root();
     let layers = &launch.image.layers;
@@ -514,7 +596,8 @@ fn prepare_disks(
     let images = layer_image::ensure_layer_images(&store, layers)?;
     let built = images.iter().filter(|i| i.built).count() as u64;
     let scratch = disks::create_scratch(root, launch.instance.path())?;
-    let workload = rootfs::guest_workload(launch.spec, launch.network);
+    let mut workload = rootfs::guest_workload(launch.spec, launch.network);
+    workload.template = template;
     let disk_root = disks::DiskRoot {
         layers: layers.len() as u32,
     };
@@ -569,7 +652,7 @@ impl Runtime for VmRuntime {
         launch: &Launch<'_>,
         report: &mut RunReport,
     ) -> Result<Box<dyn Instance>, BackendError> {
-        Ok(Box::new(self.create_vm(launch, report)?))
+        Ok(Box::new(self.create_vm(launch, report, Boot::Normal)?))
     }
 
     fn exec(

@@ -45,6 +45,28 @@ pub struct GuestWorkload {
     /// `eth0` on duet's bridge (the virtio-net device); `None`: only `lo`.
     #[serde(default)]
     pub network: Option<GuestNetwork>,
+    /// A warm-start template: mount the root, then wait on vsock port
+    /// `duet_shared::guest_abi::WARM_PORT` for the real workload
+    /// ([`WarmStart`]); the rest of this config is not used.
+    #[serde(default)]
+    pub template: bool,
+}
+
+/// What a clone of a warm-start template gets on
+/// `duet_shared::guest_abi::WARM_PORT`: its workload and what must differ
+/// between clones of one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmStart {
+    /// The workload (hostname included).
+    pub workload: GuestWorkload,
+    /// Bytes mixed into the guest's RNG and credited (clones of one snapshot
+    /// would otherwise share its state).
+    pub seed: Vec<u8>,
+    /// The host's wall clock (ns since the epoch): the guest's stopped at the snapshot.
+    pub unix_time_ns: u64,
+    /// A fresh /etc/machine-id (32 hex digits), written where the image has one.
+    pub machine_id: String,
 }
 
 /// How the init configures `eth0`.
@@ -229,6 +251,7 @@ mod tests {
                 prefix: 16,
                 gateway: Some(std::net::Ipv4Addr::new(10, 89, 0, 1)),
             }),
+            template: false,
         }
     }
 

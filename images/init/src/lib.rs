@@ -16,5 +16,6 @@ pub mod files;
 pub mod net;
 pub mod ports;
 pub mod status;
+pub mod warm;
 
 pub use config::{GuestWorkload, INIT_PATH, WORKLOAD_PATH};

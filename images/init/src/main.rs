@@ -67,6 +67,8 @@ enum InitError {
     Files(#[from] files::FileError),
     #[error("cannot set the hostname to {0:?}")]
     Hostname(String, #[source] Errno),
+    #[error("warm start: waiting for the workload")]
+    Warm(#[source] std::io::Error),
     #[error(transparent)]
     Net(#[from] duet_init::net::NetError),
     #[error("cannot apply pids_max = {limit}: {}", path.display())]
@@ -105,7 +107,7 @@ impl InitError {
             | InitError::ChildSetup => InitFailure::Setup,
             InitError::Pipe(_) | InitError::Fork(_) => InitFailure::Exec,
             InitError::Wait(..) => InitFailure::Wait,
-            InitError::Ports(_) => InitFailure::Other,
+            InitError::Ports(_) | InitError::Warm(_) => InitFailure::Other,
         }
     }
 }
@@ -155,6 +157,15 @@ fn boot(ports: &GuestPorts) -> Result<u32, InitError> {
         disk_root::enter_fs(&root)?;
     }
     mount_rest()?;
+    let w = if w.template {
+        // Snapshotted here; each clone continues with its own workload.
+        let warm =
+            duet_init::warm::wait(duet_shared::guest_abi::WARM_PORT).map_err(InitError::Warm)?;
+        duet_init::warm::apply(&warm);
+        warm.workload
+    } else {
+        w
+    };
     files::place(&w.files)?;
     nix::unistd::sethostname(&w.hostname)
         .map_err(|e| InitError::Hostname(w.hostname.clone(), e))?;

@@ -113,6 +113,7 @@ fn workload(script: &str) -> GuestWorkload {
         user: None,
         files: Vec::new(),
         network: None,
+        template: false,
     }
 }
 

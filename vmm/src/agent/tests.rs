@@ -21,6 +21,7 @@ fn ctx(workload_pid: i32) -> AgentContext {
             user: None,
             files: Vec::new(),
             network: None,
+            template: false,
         },
         workload_pid,
         cgroup_procs: None,

@@ -268,6 +268,7 @@ pub fn guest_workload(
             prefix: n.prefix,
             gateway: Some(n.gateway),
         }),
+        template: false,
     }
 }
 

@@ -102,6 +102,7 @@ fn sample_workload() -> GuestWorkload {
         user: None,
         files: Vec::new(),
         network: None,
+        template: false,
     }
 }
 
@@ -620,6 +621,7 @@ fn unpacked_initramfs_boots_duet_init_in_namespaces() {
         user: None,
         files: Vec::new(),
         network: None,
+        template: false,
     };
     let info = build_initramfs(
         t.path(),

@@ -73,6 +73,28 @@ fn read_msrs(fd: &VcpuFd, id: u32, index: &[u32]) -> Result<Vec<kvm_msr_entry>, 
     Ok(out)
 }
 
+/// Environment variable (`1`) for nested KVM under QEMU's TCG only (duet's
+/// testbed): restore the task register as an available 64-bit TSS (type 9)
+/// instead of the busy one (11) KVM reports.
+///
+/// KVM_GET_SREGS on AMD always sets TR's busy bit (the hardware does not
+/// keep it), and a busy TSS is what real CPUs hold; but QEMU's emulated CPU
+/// refuses every user-space `in`/`out` unless the cached TR type is 9
+/// (`check_io` in target/i386/tcg/seg_helper.c), so a restored guest's
+/// ioperm(2) grants stop working there and duet-init cannot report the
+/// workload's exit. Never set it on hardware: Intel's VM entry refuses a
+/// TR of type 9.
+pub const TCG_TSS_QUIRK_ENV: &str = "DUET_TCG_TSS_QUIRK";
+
+/// [`TCG_TSS_QUIRK_ENV`]'s change, when `on`.
+fn tcg_tss_quirk(sregs: &mut kvm_bindings::kvm_sregs, on: bool) {
+    const BUSY_TSS64: u8 = 0xb;
+    const AVAILABLE_TSS64: u8 = 0x9;
+    if on && sregs.tr.type_ == BUSY_TSS64 {
+        sregs.tr.type_ = AVAILABLE_TSS64;
+    }
+}
+
 /// Writes `s` into a new vCPU (before it first runs).
 pub fn restore_vcpu(fd: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
     let id = s.id;
@@ -89,7 +111,12 @@ pub fn restore_vcpu(fd: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
     fd.set_cpuid2(&cpuid).map_err(k("KVM_SET_CPUID2"))?;
     fd.set_mp_state(s.mp_state).map_err(k("KVM_SET_MP_STATE"))?;
     fd.set_regs(&s.regs).map_err(k("KVM_SET_REGS"))?;
-    fd.set_sregs(&s.sregs).map_err(k("KVM_SET_SREGS"))?;
+    let mut sregs = s.sregs;
+    tcg_tss_quirk(
+        &mut sregs,
+        std::env::var_os(TCG_TSS_QUIRK_ENV).is_some_and(|v| v == "1"),
+    );
+    fd.set_sregs(&sregs).map_err(k("KVM_SET_SREGS"))?;
     // SAFETY: a kvm_xsave read from KVM_GET_XSAVE of the same layout (the
     // legacy 4 KiB area: no dynamic features, so no larger buffer is needed).
     unsafe { fd.set_xsave(&s.xsave) }.map_err(k("KVM_SET_XSAVE"))?;
@@ -114,4 +141,22 @@ pub fn restore_vcpu(fd: &VcpuFd, s: &VcpuState) -> Result<(), SnapshotError> {
     // on the gap. Not every guest uses kvm-clock: failure is harmless.
     let _ = fd.kvmclock_ctrl();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tcg_tss_quirk_only_marks_a_busy_tss_available_when_asked() {
+        let mut s = kvm_bindings::kvm_sregs::default();
+        s.tr.type_ = 0xb;
+        tcg_tss_quirk(&mut s, false);
+        assert_eq!(s.tr.type_, 0xb);
+        tcg_tss_quirk(&mut s, true);
+        assert_eq!(s.tr.type_, 0x9);
+        s.tr.type_ = 0x3;
+        tcg_tss_quirk(&mut s, true);
+        assert_eq!(s.tr.type_, 0x3);
+    }
 }
