@@ -428,6 +428,8 @@ pub struct DuetStarter {
     pub command: Vec<String>,
     /// Extra `duet run` arguments (e.g. `--memory 128`).
     pub extra_args: Vec<String>,
+    /// The row's label when not `duet <isolation>` (e.g. `duet vm --warm`).
+    pub label: Option<String>,
 }
 
 impl DuetStarter {
@@ -453,7 +455,9 @@ impl DuetStarter {
 
 impl Starter for DuetStarter {
     fn label(&self) -> String {
-        format!("duet {}", self.isolation)
+        self.label
+            .clone()
+            .unwrap_or_else(|| format!("duet {}", self.isolation))
     }
 
     fn kind(&self) -> Kind {
@@ -696,6 +700,7 @@ mod tests {
             image: "busybox".into(),
             command: vec!["true".into()],
             extra_args: vec!["--memory".into(), "128".into()],
+            label: None,
         };
         assert_eq!(
             s.args().join(" "),
@@ -726,7 +731,9 @@ mod tests {
             image: "busybox".into(),
             command: vec!["true".into()],
             extra_args: vec![],
+            label: Some("duet container as a test".into()),
         };
+        assert_eq!(s.label(), "duet container as a test");
         let r = run(
             &StartupConfig { runs: 2, warmup: 0 },
             &mut s,

@@ -216,6 +216,9 @@ pub fn open_port(
 
 fn connect_port(id: &str, path: &Path, port: u32, wait: Duration) -> Result<Conn, AgentError> {
     let deadline = Instant::now() + wait;
+    // Short retries first (a restored guest accepts within milliseconds),
+    // then at most every 200 ms (a booting one takes seconds).
+    let mut pause = Duration::from_millis(2);
     loop {
         let stream = match UnixStream::connect(path) {
             Ok(s) => s,
@@ -266,7 +269,8 @@ fn connect_port(id: &str, path: &Path, port: u32, wait: Duration) -> Result<Conn
         if Instant::now() >= deadline {
             return Err(AgentError::NoAgent { id: id.to_string() });
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 

@@ -310,6 +310,7 @@ impl VmRuntime {
             instance: launch.instance.clone(),
             killed_with: std::sync::atomic::AtomicI32::new(0),
             warm,
+            handover_us: None,
         };
         match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
@@ -393,6 +394,8 @@ pub struct Vm {
     killed_with: std::sync::atomic::AtomicI32,
     /// A warm start's hand-over, sent once the restored VM runs.
     warm: Option<duet_init::config::WarmStart>,
+    /// How long the warm start's hand-over took (the `warm_handover_us` counter).
+    handover_us: Option<u64>,
 }
 
 fn eventfd() -> Result<std::os::fd::OwnedFd, VmRuntimeError> {
@@ -475,9 +478,10 @@ impl Instance for Vm {
         self.pid = rx.recv().unwrap_or(0);
         if let Some(w) = self.warm.take() {
             if self.pid != 0 {
-                if let Err(source) =
-                    templates::hand_over(self.instance.id(), self.instance.path(), w)
-                {
+                let t = std::time::Instant::now();
+                let handed = templates::hand_over(self.instance.id(), self.instance.path(), w);
+                self.handover_us = Some(t.elapsed().as_micros() as u64);
+                if let Err(source) = handed {
                     // A clone without its workload would only wait: stop it.
                     if self.jail.is_some() {
                         // SAFETY: kill with plain values on our unreaped child.
@@ -547,6 +551,9 @@ impl Instance for Vm {
         };
         let (outcome, r) = t.join().map_err(|_| "the VM's thread panicked")?;
         *report = r;
+        if let Some(us) = self.handover_us {
+            report.counters.insert("warm_handover_us".into(), us);
+        }
         let killed = self.killed_with.load(std::sync::atomic::Ordering::SeqCst);
         let outcome = match outcome {
             // The VMM died of the signal `kill` sent it (SIGKILL): that is how it ended.

@@ -366,6 +366,7 @@ impl Bench {
             image: "busybox".into(),
             command: vec!["true".into()],
             extra_args: vec![],
+            label: None,
         }
     }
 
@@ -389,6 +390,24 @@ impl Bench {
             self.report.startup.push(r);
             if interrupt::requested() {
                 return Ok(());
+            }
+            if iso == Isolation::Vm {
+                // The warm start: a restore of the image's template. The
+                // untimed first run builds the template (if not cached).
+                let mut warm = self.duet_starter(iso);
+                warm.extra_args.push("--warm".into());
+                warm.label = Some("duet vm --warm".into());
+                let wcfg = StartupConfig {
+                    runs: cfg.runs,
+                    warmup: cfg.warmup.max(1),
+                };
+                let r = startup::run(&wcfg, &mut warm, &mut self.bars);
+                self.bars.clear();
+                say_startup(&r);
+                self.report.startup.push(r);
+                if interrupt::requested() {
+                    return Ok(());
+                }
             }
         }
         self.lifecycle_rows(&cfg, isolations, peers);
@@ -737,6 +756,39 @@ impl Bench {
                     crate::cmd::error_chain(&e)
                 )),
                 None => {}
+            }
+        }
+        // Warm-started microVMs: clones of the image's template, whose
+        // unwritten pages are one copy for all of them (MAP_PRIVATE).
+        if isolations.contains(&Isolation::Vm) && !interrupt::requested() {
+            let warm = vec!["--warm".to_string()];
+            // The template first, so the curve's baseline already holds it.
+            let built = std::process::Command::new(&self.exe)
+                .args(["run", "--warm", "busybox", "--", "true"])
+                .stdout(std::process::Stdio::null())
+                .output();
+            match built {
+                Ok(o) if o.status.success() => {
+                    let mut l = CommandIdle::duet(&self.exe, "vm", "busybox", &warm);
+                    l.label = "duet vm --warm".into();
+                    let r = run_density(&cfg, &mut l, &mut self.bars);
+                    self.bars.clear();
+                    say_density(&r);
+                    self.report.density.push(r);
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(o) => format!(
+                            "building the warm-start template failed: {}",
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        ),
+                        Err(e) => format!("cannot start {}: {e}", self.exe.display()),
+                    };
+                    let mut r = density_unavailable("duet vm --warm", Kind::Vm, &why);
+                    r.status = RowStatus::Failed(why);
+                    say_density(&r);
+                    self.report.density.push(r);
+                }
             }
         }
         // The same instances left to their monitors (`run -d`): the monitor's

@@ -434,7 +434,8 @@ pub(super) fn vm_in_testbed(
     if let Some(d) = &plan.density {
         let k = d.max.min(TESTBED_DENSITY_MAX);
         add("density", "vm", vec!["--max".into(), k.to_string()]);
-        boots += k;
+        // Cold VMs, the template, warm clones, then detached VMs.
+        boots += k + 1 + k + k;
     }
     if let Some(n) = &plan.network {
         // Emulated, everything is 50-100x slower: smaller counts, the same for both rows.
