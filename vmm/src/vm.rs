@@ -143,7 +143,7 @@ pub enum VmmError {
     #[error("spawning a virtio device's host thread")]
     VsockThread(#[source] std::io::Error),
     /// The agent socket could not be bound.
-    #[error("binding the agent socket {}", path.display())]
+    #[error("binding the socket {} (agent or control)", path.display())]
     AgentSocket {
         /// The socket's path.
         path: std::path::PathBuf,
