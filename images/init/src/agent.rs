@@ -79,11 +79,9 @@ pub fn listen_vsock(port: u32) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Accepts connections forever, one forked session each. Never returns.
-pub fn serve(listener: OwnedFd, ctx: &AgentContext) -> ! {
-    // Sessions are reaped by the kernel (no zombies in this process).
-    // SAFETY: SIG_IGN for SIGCHLD runs no code of ours.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+/// The next connection on `listener`; waits through EINTR, and sleeps
+/// 100 ms after other errors (EMFILE and the like) rather than spin.
+pub fn accept(listener: &OwnedFd) -> OwnedFd {
     loop {
         // SAFETY: accept4 on our listener; no peer address wanted.
         let fd = unsafe {
@@ -94,16 +92,23 @@ pub fn serve(listener: OwnedFd, ctx: &AgentContext) -> ! {
                 libc::SOCK_CLOEXEC,
             )
         };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                // EMFILE and the like: do not spin.
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            continue;
+        if fd >= 0 {
+            // SAFETY: accept4 returned a new descriptor that only we hold.
+            return unsafe { OwnedFd::from_raw_fd(fd) };
         }
-        // SAFETY: accept4 returned a new descriptor.
-        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// Accepts connections forever, one forked session each. Never returns.
+pub fn serve(listener: OwnedFd, ctx: &AgentContext) -> ! {
+    // Sessions are reaped by the kernel (no zombies in this process).
+    // SAFETY: SIG_IGN for SIGCHLD runs no code of ours.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    loop {
+        let conn = accept(&listener);
         // SAFETY: this process is single-threaded; the child only serves
         // the connection and _exits.
         match unsafe { libc::fork() } {

@@ -15,7 +15,7 @@
 
 use crate::config::WarmStart;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 /// The longest request accepted (a workload config; files included).
 pub const MAX_REQUEST: usize = 4 << 20;
@@ -24,24 +24,7 @@ pub const MAX_REQUEST: usize = 4 << 20;
 pub fn wait(port: u32) -> std::io::Result<WarmStart> {
     let listener = crate::agent::listen_vsock(port)?;
     loop {
-        // SAFETY: accept4 on our listener; no peer address wanted.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            continue;
-        }
-        // SAFETY: accept4 returned a new descriptor that only we hold.
-        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        let conn = crate::agent::accept(&listener);
         let mut conn = std::fs::File::from(conn);
         match read_line(&mut conn) {
             // The readiness probe, or a host that gave up: keep waiting.
