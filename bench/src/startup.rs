@@ -740,7 +740,7 @@ mod tests {
             &mut NoProgress,
         );
         assert_eq!(r.status, RowStatus::Measured, "{r:?}");
-        assert_eq!(r.label, "duet container");
+        assert_eq!(r.label, "duet container as a test");
         assert!(r.segments.iter().any(|x| x.name == "pivot_done"));
     }
 
