@@ -465,7 +465,6 @@ struct NamesLock(#[allow(dead_code)] std::fs::File);
 
 impl NamesLock {
     fn take(root: &Path) -> Result<NamesLock, InstanceError> {
-        use std::os::fd::AsRawFd;
         let p = root.join("names.lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -473,10 +472,7 @@ impl NamesLock {
             .write(true)
             .open(&p)
             .map_err(io_err(&p))?;
-        // SAFETY: flock on a file we own; blocks until the lock is ours.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(&p)(io::Error::last_os_error()));
-        }
+        crate::paths::flock_exclusive(&f).map_err(io_err(&p))?;
         Ok(NamesLock(f))
     }
 }

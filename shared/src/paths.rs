@@ -89,6 +89,21 @@ pub fn make_private(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Blocks until `f` holds an exclusive flock(2), through EINTR.
+pub fn flock_exclusive(f: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor borrowed for the call; no memory is passed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

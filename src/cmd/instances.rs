@@ -232,9 +232,8 @@ pub fn gc() -> Result<()> {
         .into_iter()
         .map(|i| i.layers)
         .collect();
-    for p in duet_vmm::runtime::templates::gc(&root, |k| {
-        !duet_vmm::runtime::templates::still_valid(k, &images)
-    }) {
+    let current = duet_vmm::runtime::templates::Current::now(images);
+    for p in duet_vmm::runtime::templates::gc(&root, |k| !current.matches(k)) {
         println!("removed {}", p.display());
         removed += 1;
     }

@@ -144,7 +144,7 @@ pub fn scratch_template(state_root: &Path) -> Result<(PathBuf, bool), DiskError>
     std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     let lock_path = dir.join(".lock");
     let lock = File::create(&lock_path).map_err(io_err("cannot create lock file", &lock_path))?;
-    flock_exclusive(&lock).map_err(io_err("cannot lock", &lock_path))?;
+    duet_shared::paths::flock_exclusive(&lock).map_err(io_err("cannot lock", &lock_path))?;
     if path.is_file() {
         return Ok((path, false));
     }
@@ -230,19 +230,6 @@ pub fn create_scratch(state_root: &Path, instance_dir: &Path) -> Result<Scratch,
     })
 }
 
-fn flock_exclusive(f: &File) -> std::io::Result<()> {
-    loop {
-        // SAFETY: flock on a descriptor borrowed for the call; no memory is passed.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// Copies `src` to a new file `dest` of the same size, only its data
 /// extents (SEEK_DATA/SEEK_HOLE + copy_file_range): holes stay holes.
 pub fn sparse_copy(src: &Path, dest: &Path) -> Result<(), DiskError> {
@@ -254,28 +241,8 @@ pub fn sparse_copy(src: &Path, dest: &Path) -> Result<(), DiskError> {
         .open(dest)
         .map_err(io_err("cannot create", dest))?;
     to.set_len(size).map_err(io_err("cannot size", dest))?;
-    let seek = |off: u64, whence| -> std::io::Result<Option<u64>> {
-        // SAFETY: lseek on a descriptor we own; no memory is passed.
-        let r = unsafe { libc::lseek(from.as_raw_fd(), off as i64, whence) };
-        if r >= 0 {
-            Ok(Some(r as u64))
-        } else {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
-    };
-    let mut off = 0u64;
-    while off < size {
-        let Some(data) = seek(off, libc::SEEK_DATA).map_err(io_err("cannot read", src))? else {
-            break;
-        };
-        let end = seek(data, libc::SEEK_HOLE)
-            .map_err(io_err("cannot read", src))?
-            .unwrap_or(size);
+    let extents = data_extents(&from, 0, size).map_err(io_err("cannot read", src))?;
+    for (data, end) in extents {
         let mut pos = data;
         while pos < end {
             let mut src_off = pos as i64;
@@ -304,9 +271,41 @@ pub fn sparse_copy(src: &Path, dest: &Path) -> Result<(), DiskError> {
             }
             pos += n as u64;
         }
-        off = end;
     }
     Ok(())
+}
+
+/// The data extents of `f` within `[start, end)` (SEEK_DATA/SEEK_HOLE),
+/// so a sparse file's holes are neither read nor copied; a file system
+/// without SEEK_DATA reports the whole range as data.
+pub fn data_extents(f: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let seek = |at: u64, whence| {
+        // SAFETY: lseek on a descriptor we hold; no memory is involved.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let data = match seek(at, libc::SEEK_DATA) {
+            Ok(d) => d,
+            // No data after `at`.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![(at, end)]),
+            Err(e) => return Err(e),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.min(end);
+        out.push((data, hole));
+        at = hole;
+    }
+    Ok(out)
 }
 
 /// What [`build_initramfs`] produced.

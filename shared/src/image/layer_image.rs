@@ -23,7 +23,6 @@
 
 use super::store::ImageStore;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -124,7 +123,7 @@ pub fn ensure_layer_image(store: &ImageStore, digest: &str) -> Result<LayerImage
     let layer_dir = store.layer_path(digest);
     let lock_path = layer_dir.join(".layer-image.lock");
     let lock = File::create(&lock_path).map_err(io_err("cannot create lock file", &lock_path))?;
-    flock_exclusive(&lock).map_err(io_err("cannot lock", &lock_path))?;
+    crate::paths::flock_exclusive(&lock).map_err(io_err("cannot lock", &lock_path))?;
     // Another process may have built it while this one waited.
     if path.is_file() {
         return Ok(done(false));
@@ -142,19 +141,6 @@ pub fn ensure_layer_images(
         .iter()
         .map(|d| ensure_layer_image(store, d))
         .collect()
-}
-
-fn flock_exclusive(f: &File) -> std::io::Result<()> {
-    loop {
-        // SAFETY: flock on a descriptor this function borrows; no memory is passed.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 /// Builds an erofs image of `tree` at `dest` through a temporary file.

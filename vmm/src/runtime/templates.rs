@@ -174,16 +174,8 @@ impl Lock {
             .write(true)
             .open(path)
             .map_err(io(path))?;
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(Lock(f));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io(path)(e));
-            }
-        }
+        duet_shared::paths::flock_exclusive(&f).map_err(io(path))?;
+        Ok(Lock(f))
     }
 }
 
@@ -389,9 +381,10 @@ pub fn hand_over(id: &str, dir: &Path, mut warm: WarmStart) -> Result<(), Templa
     };
     stream.set_read_timeout(Some(HANDOVER_WAIT)).map_err(lost)?;
     stream.write_all(&line).map_err(lost)?;
+    // The guest's answer is a word or a message: at most 4 KiB of it.
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .take_line(&mut answer)
+    BufReader::new(std::io::Read::take(&stream, 4096))
+        .read_line(&mut answer)
         .map_err(lost)?;
     match answer.trim_end() {
         "ok" => Ok(()),
@@ -399,17 +392,6 @@ pub fn hand_over(id: &str, dir: &Path, mut warm: WarmStart) -> Result<(), Templa
             "it closed the connection without an answer".into(),
         )),
         other => Err(TemplateError::Refused(other.to_string())),
-    }
-}
-
-/// `read_line` capped at 4 KiB (the guest's answer is a word or a message).
-trait TakeLine {
-    fn take_line(&mut self, out: &mut String) -> std::io::Result<usize>;
-}
-
-impl<R: BufRead> TakeLine for R {
-    fn take_line(&mut self, out: &mut String) -> std::io::Result<usize> {
-        std::io::Read::take(self, 4096).read_line(out)
     }
 }
 
@@ -477,19 +459,38 @@ pub fn gc(root: &Path, stale: impl Fn(&TemplateKey) -> bool) -> Vec<PathBuf> {
     removed
 }
 
-/// Whether `key` still matches this duet, the guest kernel and init it
-/// would boot now, and an image in the store.
-pub fn still_valid(key: &TemplateKey, images: &[Vec<String>]) -> bool {
-    let kernel = super::find_kernel()
-        .ok()
-        .and_then(|k| snapshots::kernel_identity(&k));
-    let init = crate::rootfs::find_init_binary()
-        .ok()
-        .and_then(|i| snapshots::kernel_identity(&i));
-    key.duet == duet_identity()
-        && kernel.as_deref() == Some(key.kernel.as_str())
-        && init.as_deref() == Some(key.init.as_str())
-        && images.contains(&key.layers)
+/// What a template's key must match to be of use now: this duet, the
+/// guest kernel and init it would boot, and an image in the store.
+/// Looked up once for all templates (`duet gc`).
+pub struct Current {
+    duet: String,
+    kernel: Option<String>,
+    init: Option<String>,
+    images: Vec<Vec<String>>,
+}
+
+impl Current {
+    /// This duet, kernel and init; `images` are the store's images' layers.
+    pub fn now(images: Vec<Vec<String>>) -> Current {
+        Current {
+            duet: duet_identity(),
+            kernel: super::find_kernel()
+                .ok()
+                .and_then(|k| snapshots::kernel_identity(&k)),
+            init: crate::rootfs::find_init_binary()
+                .ok()
+                .and_then(|i| snapshots::kernel_identity(&i)),
+            images,
+        }
+    }
+
+    /// Whether `key` still matches.
+    pub fn matches(&self, key: &TemplateKey) -> bool {
+        key.duet == self.duet
+            && self.kernel.as_deref() == Some(key.kernel.as_str())
+            && self.init.as_deref() == Some(key.init.as_str())
+            && self.images.contains(&key.layers)
+    }
 }
 
 #[cfg(test)]

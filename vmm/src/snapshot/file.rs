@@ -42,47 +42,12 @@ fn is_zero(page: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
-/// Writes `data` at `offset` of `out`, leaving runs of zero pages as holes.
-/// The data extents of `f` within `[start, end)` (SEEK_DATA/SEEK_HOLE), so
-/// a sparse disk's holes are neither read nor scanned; a file system
-/// without them reports the whole range as data.
-fn data_extents(f: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsRawFd;
-    let seek = |at: u64, whence| {
-        // SAFETY: lseek on a descriptor we hold; no memory is involved.
-        let r = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(r as u64)
-        }
-    };
-    let mut out = Vec::new();
-    let mut at = start;
-    while at < end {
-        let data = match seek(at, libc::SEEK_DATA) {
-            Ok(d) => d,
-            // No data after `at`.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![(at, end)]),
-            Err(e) => return Err(e),
-        };
-        if data >= end {
-            break;
-        }
-        let hole = seek(data, libc::SEEK_HOLE)?.min(end);
-        out.push((data, hole));
-        at = hole;
-    }
-    Ok(out)
-}
-
 /// Copies `len` bytes of `src` at `src_at` to `dst` at `dst_at`, data
 /// extents only and zero pages as holes; returns the bytes written.
 fn copy_data(src: &File, src_at: u64, len: u64, dst: &File, dst_at: u64) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0;
-    for (from, to) in data_extents(src, src_at, src_at + len)? {
+    for (from, to) in crate::disks::data_extents(src, src_at, src_at + len)? {
         let mut at = from;
         while at < to {
             let n = ((to - at) as usize).min(CHUNK);
@@ -94,6 +59,7 @@ fn copy_data(src: &File, src_at: u64, len: u64, dst: &File, dst_at: u64) -> std:
     Ok(written)
 }
 
+/// Writes `data` at `offset` of `out`, leaving runs of zero pages as holes.
 fn write_sparse(out: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
     let mut written = 0u64;
     let mut run: Option<usize> = None;
@@ -244,31 +210,18 @@ mod tests {
 
     #[test]
     fn only_data_extents_are_copied_and_offsets_hold() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("src"))
-            .unwrap();
+        let src = tempfile::tempfile().unwrap();
         // 64 MiB, data at 1 MiB and at 40 MiB + 3 bytes, holes elsewhere.
         src.set_len(64 << 20).unwrap();
         src.write_all_at(b"first", 1 << 20).unwrap();
         src.write_all_at(b"second", (40 << 20) + 3).unwrap();
-        let extents = data_extents(&src, 0, 64 << 20).unwrap();
+        let extents = crate::disks::data_extents(&src, 0, 64 << 20).unwrap();
         let covered: u64 = extents.iter().map(|(a, b)| b - a).sum();
         assert!(
             covered < 8 << 20,
             "holes were reported as data: {extents:?}"
         );
-        let dst = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("dst"))
-            .unwrap();
+        let dst = tempfile::tempfile().unwrap();
         // A window of the source from 512 KiB, to offset 0 of the copy.
         let from = 512 << 10;
         dst.set_len((64 << 20) - from).unwrap();
