@@ -60,7 +60,7 @@ fn case(test: &str, name: &str) -> Option<&'static Case> {
     }
     let cases = CASES.get_or_init(|| {
         let attacker = build_attacker()?;
-        testbed::run_cases_with(
+        let ran = testbed::run_cases_with(
             SCRIPT,
             &[
                 attacker.display().to_string(),
@@ -69,7 +69,12 @@ fn case(test: &str, name: &str) -> Option<&'static Case> {
                     hostile_kernel().display()
                 ),
             ],
-        )
+        );
+        // The attacker's build directory goes once it is packed and run.
+        if let Some(dir) = attacker.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        ran
     });
     match cases {
         Ok(c) => Some(
