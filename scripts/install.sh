@@ -59,6 +59,10 @@ if [ "$files_only" = 0 ]; then
     # Without recommends: docker.io recommends cgroupfs-mount, whose init
     # script would mount cgroup hierarchies on a host that has them its way.
     apt-get install -y -q --no-install-recommends docker.io containerd >&2
+    # A real registry (distribution 2.8), skopeo to fill it, and htpasswd
+    # for its basic auth: `duet pull`'s tests start a private registry of
+    # their own (the package's own service is not used).
+    apt-get install -y -q --no-install-recommends docker-registry skopeo apache2-utils >&2
 
     if ! command -v cargo >/dev/null; then
         [ -x "$HOME/.cargo/bin/cargo" ] || {

@@ -25,10 +25,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a workload: `duet run busybox -- echo hi`, or `duet run --spec w.toml`.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// Manage images: import, ls, rm.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Pull an image from a registry: `duet pull debian:12`, `duet pull --insecure 127.0.0.1:5000/app`.
+    Pull(cmd::pull::PullArgs),
+    /// Store registry credentials (checked first) where Docker keeps them: `duet login HOST -u USER --password-stdin`.
+    Login(cmd::pull::LoginArgs),
     /// Run a command inside a running instance: `duet exec [-i] [-t] NAME CMD [ARG...]`.
     Exec(cmd::exec::ExecArgs),
     /// List running instances (-a: also ended, kept and stale ones).
@@ -150,9 +154,11 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let result = match cli.command {
-        Command::Run(args) => cmd::run::run(args),
+        Command::Run(args) => cmd::run::run(*args),
         Command::Exec(args) => cmd::exec::exec(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),
+        Command::Pull(a) => cmd::pull::pull(&a).map(|()| 0),
+        Command::Login(a) => cmd::pull::login(&a).map(|()| 0),
         Command::Ps { all } => cmd::instances::ps(all).map(|()| 0),
         Command::Rm { force, ids } => cmd::instances::rm(&ids, force).map(|()| 0),
         Command::Stop { time, ids } => {

@@ -408,8 +408,13 @@ async fn web_container(
         .await
         .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", ctd_log()))
         .into_inner();
-    assert_eq!(String::from_utf8_lossy(&ex.stdout), "in bar\n");
-    assert_eq!(ex.exit_code, 3);
+    assert_eq!(
+        (String::from_utf8_lossy(&ex.stdout).as_ref(), ex.exit_code),
+        ("in bar\n", 3),
+        "ExecSync's stdout and exit code (stderr: {:?})\ncontainerd's log:\n{}",
+        String::from_utf8_lossy(&ex.stderr),
+        ctd_log()
+    );
     // The container's log, in CRI's format: "TIME stdout F LINE".
     let log = logs.join("web.log");
     let deadline = Instant::now() + Duration::from_secs(60);

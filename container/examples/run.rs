@@ -20,6 +20,7 @@ fn main() {
         name: "lower".into(),
         layers: Vec::new(),
         config: ImageConfig::default(),
+        source: None,
     };
     let options = RunOptions::default();
     let launch = Launch {

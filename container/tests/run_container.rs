@@ -115,6 +115,7 @@ fn run_with(command: &[&str], edit: impl FnOnce(&mut WorkloadSpec, &mut RunOptio
         name: "busybox".into(),
         layers: Vec::new(),
         config: ImageConfig::default(),
+        source: None,
     };
     let launch = Launch {
         spec: &spec,
@@ -497,6 +498,7 @@ fn v2_clone_into_cgroup_places_the_init() {
         name: "busybox".into(),
         layers: Vec::new(),
         config: ImageConfig::default(),
+        source: None,
     };
     let options = RunOptions::default();
     let launch = Launch {
@@ -541,6 +543,7 @@ fn helper_long_container() {
         name: "busybox".into(),
         layers: Vec::new(),
         config: ImageConfig::default(),
+        source: None,
     };
     let options = RunOptions::default();
     let launch = Launch {
@@ -690,6 +693,7 @@ impl Fixture {
                 name: "busybox".into(),
                 layers: Vec::new(),
                 config: ImageConfig::default(),
+                source: None,
             },
             options: RunOptions::default(),
         }

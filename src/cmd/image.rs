@@ -28,7 +28,8 @@ pub enum ImageCommand {
     Ls,
     /// Remove images (and layers no other image uses).
     Rm {
-        /// Image names.
+        /// Image names, or manifest digests of pulled images
+        /// (`sha256:...`, or at least 12 of its hex digits).
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -58,7 +59,10 @@ pub fn image(c: ImageCommand) -> Result<()> {
             );
         }
         ImageCommand::Ls => {
-            println!("{:<24} {:>6} {:>10}  TOP LAYER", "NAME", "LAYERS", "SIZE");
+            println!(
+                "{:<40} {:<12} {:<19} {:>6} {:>10}  AGE",
+                "REPOSITORY", "TAG", "DIGEST", "LAYERS", "SIZE"
+            );
             for img in store.list()? {
                 let size: u64 = img
                     .layers
@@ -66,21 +70,26 @@ pub fn image(c: ImageCommand) -> Result<()> {
                     .filter_map(|d| std::fs::read_to_string(store.layer_path(d).join("size")).ok())
                     .filter_map(|s| s.trim().parse::<u64>().ok())
                     .sum();
-                let top = img
-                    .layers
-                    .last()
-                    .map(|d| &d[..12.min(d.len())])
-                    .unwrap_or("-");
+                let (repo, tag) = split_name(&img.name);
+                let digest = img
+                    .source
+                    .as_ref()
+                    .map(|s| s.digest.chars().take(19).collect::<String>())
+                    .unwrap_or_else(|| "-".into());
+                let age = store
+                    .modified(&img.name)
+                    .and_then(|t| t.elapsed().ok())
+                    .map(human_age)
+                    .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<24} {:>6} {:>8.1}MB  sha256:{top}",
-                    img.name,
+                    "{repo:<40} {tag:<12} {digest:<19} {:>6} {:>8.1}MB  {age}",
                     img.layers.len(),
                     size as f64 / 1e6
                 );
             }
         }
         ImageCommand::Rm { names } => {
-            for n in names {
+            for n in names.iter().flat_map(|n| by_name_or_digest(&store, n)) {
                 let layers = store.get(&n)?.layers;
                 let removed = store.remove(&n)?;
                 let templates =
@@ -94,4 +103,60 @@ pub fn image(c: ImageCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `team/app:1` -> (`team/app`, `1`); `app@sha256:..` -> (`app`, `<digest>`);
+/// a plain name has no tag (`-`).
+fn split_name(name: &str) -> (String, String) {
+    if let Some((repo, _)) = name.split_once('@') {
+        return (repo.to_string(), "<digest>".into());
+    }
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (name.to_string(), "-".into()),
+    }
+}
+
+fn human_age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s} seconds ago"),
+        60..=3599 => format!("{} minutes ago", s / 60),
+        3600..=86399 => format!("{} hours ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+/// The images `arg` names: itself, or the pulled images whose manifest
+/// digest is `arg` (`sha256:<hex>` or a hex prefix of 12 or more digits).
+fn by_name_or_digest(store: &ImageStore, arg: &str) -> Vec<String> {
+    let hex = arg.strip_prefix("sha256:").unwrap_or(arg);
+    let digest_like = hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if store.contains(arg) {
+        return vec![arg.to_string()];
+    }
+    if !digest_like {
+        // `debian` is stored as `debian:latest`.
+        let normal = duet_registry::reference::parse(arg)
+            .map(|r| duet_registry::reference::store_name(&r))
+            .ok()
+            .filter(|n| store.contains(n));
+        return vec![normal.unwrap_or_else(|| arg.to_string())];
+    }
+    let hits: Vec<String> = store
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| {
+            i.source
+                .as_ref()
+                .is_some_and(|s| s.digest.trim_start_matches("sha256:").starts_with(hex))
+        })
+        .map(|i| i.name)
+        .collect();
+    if hits.is_empty() {
+        vec![arg.to_string()]
+    } else {
+        hits
+    }
 }

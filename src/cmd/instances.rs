@@ -237,6 +237,11 @@ pub fn gc() -> Result<()> {
         println!("removed {}", p.display());
         removed += 1;
     }
+    // Downloads an interrupted pull left (none that a pull holds now).
+    for p in duet_registry::blob::gc(&root) {
+        println!("removed {}", p.display());
+        removed += 1;
+    }
     println!("gc: {removed} removed");
     Ok(())
 }

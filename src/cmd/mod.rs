@@ -8,6 +8,7 @@ pub mod instances;
 pub mod lifecycle;
 pub mod network;
 pub mod probe;
+pub mod pull;
 pub mod run;
 pub mod snapshot;
 

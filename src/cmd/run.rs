@@ -41,6 +41,12 @@ pub struct RunArgs {
     /// Implies --isolation vm; no network device yet (--network none).
     #[arg(long, conflicts_with = "from_snapshot")]
     pub warm: bool,
+    /// When to pull the image from its registry: always, missing (only if
+    /// the store lacks it) or never. The built-in `busybox` is never pulled.
+    #[arg(long, value_enum, default_value_t = super::pull::PullPolicy::Missing)]
+    pub pull: super::pull::PullPolicy,
+    #[command(flatten)]
+    pub registry: super::pull::RegistryArgs,
     /// Instance name: a handle no other instance may have (see `duet ps`),
     /// and the hostname inside unless --hostname is given.
     #[arg(long)]
@@ -265,11 +271,11 @@ fn resolve_network(spec: &mut WorkloadSpec, origin: &Path, root: &Path) -> Resul
     Ok(())
 }
 
-/// Merges the image's defaults into the spec: command, env (spec wins), workdir.
+/// Merges the image's defaults into the spec: the argv as Docker makes it
+/// (entrypoint + the given command, or + the image's), env (spec wins),
+/// workdir.
 pub fn merge_image_defaults(spec: &mut WorkloadSpec, image: &duet_shared::image::Image) {
-    if spec.command.is_empty() {
-        spec.command = image.config.cmd.clone();
-    }
+    spec.command = image.config.argv(&spec.command);
     for kv in &image.config.env {
         if let Some((k, v)) = kv.split_once('=') {
             spec.env
@@ -300,8 +306,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let backend = backends::for_isolation(isolation);
     let mut report = RunReport::start(backend.isolation(), &spec.name, &spec.image);
     let store = ImageStore::open(&root)?;
-    let image = store
-        .get(&spec.image)
+    let image = super::pull::resolve_image(&store, &spec.image, args.pull, &args.registry)
         .with_context(|| format!("{}: field `image`", origin.display()))?;
     merge_image_defaults(&mut spec, &image);
     if spec.command.is_empty() {
@@ -484,7 +489,9 @@ mod tests {
                 env: vec!["A=image".into(), "B=image".into()],
                 cmd: vec!["/bin/sh".into()],
                 workdir: Some("/srv".into()),
+                ..Default::default()
             },
+            source: None,
         };
         merge_image_defaults(&mut spec, &img);
         assert_eq!(spec.command, vec!["/bin/sh"]);

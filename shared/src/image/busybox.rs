@@ -255,7 +255,9 @@ pub(crate) fn create(store: &ImageStore) -> Result<Image, ImageError> {
             env: vec![DEFAULT_PATH.to_string()],
             cmd: vec!["/bin/sh".to_string()],
             workdir: Some("/".to_string()),
+            ..Default::default()
         },
+        source: None,
     };
     store.put(&image)?;
     Ok(image)

@@ -159,6 +159,7 @@ pub fn commit_upper(
             name: name.to_string(),
             layers,
             config: base.config.clone(),
+            source: None,
         };
         store.put(&image)?;
         Ok(Committed { image, warnings })

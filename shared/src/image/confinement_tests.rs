@@ -526,6 +526,7 @@ fn commit_archives_fifos_and_devices_and_skips_sockets() {
         name: "base".into(),
         layers: vec![],
         config: ImageConfig::default(),
+        source: None,
     };
     let got = commit_upper(&store, &base, &upper, "derived").unwrap();
     assert!(

@@ -97,7 +97,7 @@ pub fn add_layer(
 }
 
 /// [`add_layer`], also returning warnings about what was not unpacked.
-pub(crate) fn add_layer_reporting(
+pub fn add_layer_reporting(
     store: &ImageStore,
     tar: impl Read + 'static,
     what: &Path,
@@ -178,7 +178,9 @@ pub fn import_tarball(
                     env: vec![DEFAULT_PATH.to_string()],
                     cmd: vec!["/bin/sh".to_string()],
                     workdir: None,
+                    ..Default::default()
                 },
+                source: None,
             };
             (image, warnings)
         }

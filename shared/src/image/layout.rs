@@ -42,6 +42,10 @@ struct RunConfig {
     entrypoint: Option<Vec<String>>,
     #[serde(default)]
     working_dir: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// Opens archive member `rel` beneath `dir` (symlinks resolve inside the
@@ -101,16 +105,17 @@ fn read_json<T: for<'de> Deserialize<'de>>(
 
 fn config_from(cfg: ConfigFile) -> ImageConfig {
     let rc = cfg.config.unwrap_or_default();
-    let mut cmd = rc.entrypoint.unwrap_or_default();
-    cmd.extend(rc.cmd.unwrap_or_default());
     let mut env = rc.env.unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.to_string());
     }
     ImageConfig {
         env,
-        cmd,
+        cmd: rc.cmd.unwrap_or_default(),
+        entrypoint: rc.entrypoint.unwrap_or_default(),
         workdir: rc.working_dir.filter(|w| !w.is_empty()),
+        user: rc.user.filter(|u| !u.is_empty()),
+        exposed_ports: rc.exposed_ports.unwrap_or_default().into_keys().collect(),
     }
 }
 
@@ -151,6 +156,7 @@ pub(super) fn import_docker_save(
         name: name.to_string(),
         layers,
         config: config_from(cfg),
+        source: None,
     };
     Ok((image, warnings))
 }
@@ -237,6 +243,7 @@ pub(super) fn import_oci_layout(
         name: name.to_string(),
         layers,
         config: config_from(cfg),
+        source: None,
     };
     Ok((image, warnings))
 }

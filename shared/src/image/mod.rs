@@ -31,10 +31,10 @@ pub mod whiteout;
 pub use busybox::{ensure_probe_layer, find_probe, PROBE_ENV, PROBE_IN_IMAGE, SYSTEM_PROBE_PATH};
 pub use commit::{commit_upper, write_layer_tar, Committed};
 pub use import::{
-    add_layer, import_tarball, ImportFormat, ImportOptions, Imported, DEFAULT_PATH,
-    MAX_INDEX_DEPTH, MAX_JSON,
+    add_layer, add_layer_reporting, import_tarball, ImportFormat, ImportOptions, Imported,
+    DEFAULT_PATH, MAX_INDEX_DEPTH, MAX_JSON,
 };
-pub use store::{ImageError, ImageStore};
+pub use store::{valid_reference_name, ImageError, ImageStore};
 pub use whiteout::{is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 use serde::{Deserialize, Serialize};
@@ -48,12 +48,46 @@ pub struct ImageConfig {
     /// `KEY=VALUE` entries.
     #[serde(default)]
     pub env: Vec<String>,
-    /// Default command (entrypoint + cmd, already joined).
+    /// Default arguments (Docker's `Cmd`): replaced by a command given at run.
     #[serde(default)]
     pub cmd: Vec<String>,
+    /// Docker's `Entrypoint`: put before the command, given or default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
     /// Default working directory.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// The user to run as (`uid`, `uid:gid`, or a name in the image's /etc/passwd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Ports the image says it listens on (`80/tcp`); informational.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
+}
+
+impl ImageConfig {
+    /// The argv to run, as Docker combines them: the entrypoint, then the
+    /// given command (or, if none, the default one).
+    pub fn argv(&self, command: &[String]) -> Vec<String> {
+        let mut argv = self.entrypoint.clone();
+        argv.extend_from_slice(if command.is_empty() {
+            &self.cmd
+        } else {
+            command
+        });
+        argv
+    }
+}
+
+/// Where a pulled image came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    /// The whole reference pulled (`docker.io/library/debian:12`).
+    pub reference: String,
+    /// Digest of the image manifest (`sha256:...`).
+    pub digest: String,
+    /// The platform chosen (`linux/amd64`).
+    pub platform: String,
 }
 
 /// An image manifest.
@@ -65,4 +99,7 @@ pub struct Image {
     pub layers: Vec<String>,
     /// Run defaults.
     pub config: ImageConfig,
+    /// The registry it was pulled from; `None` for an imported or committed image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageSource>,
 }

@@ -16,7 +16,7 @@ pub enum ImageError {
         available: Vec<String>,
     },
     /// Names must be usable as file names.
-    #[error("`{0}` is not a valid image name (1-63 of a-z, A-Z, 0-9, '-', '_', '.')")]
+    #[error("`{0}` is not a valid image name (1-63 of a-z, A-Z, 0-9, '-', '_', '.'; or a registry reference such as `debian:12` or `host:5000/team/app@sha256:...`)")]
     BadName(String),
     /// A layer the manifest names is missing from the store.
     #[error("image `{image}` needs layer sha256:{digest}, which is missing from the store")]
@@ -119,13 +119,24 @@ impl ImageStore {
         unreachable!()
     }
 
+    /// `images/<name>.json`; a reference's `/` is stored as `%` (which no
+    /// reference contains), so every image is one file in one directory.
     fn manifest_path(&self, name: &str) -> PathBuf {
-        self.root.join("images").join(format!("{name}.json"))
+        self.root
+            .join("images")
+            .join(format!("{}.json", name.replace('/', "%")))
     }
 
     /// Whether an image of that name is stored (the built-in busybox counts once built).
     pub fn contains(&self, name: &str) -> bool {
         self.manifest_path(name).exists()
+    }
+
+    /// When the image's record was last written (imported, pulled, committed).
+    pub fn modified(&self, name: &str) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.manifest_path(name))
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     /// Names of all images, sorted.
@@ -135,7 +146,7 @@ impl ImageStore {
         let mut names: Vec<String> = rd
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .filter_map(|n| n.strip_suffix(".json").map(|n| n.replace('%', "/")))
             .collect();
         names.sort();
         Ok(names)
@@ -192,7 +203,7 @@ impl ImageStore {
         let p = self.manifest_path(&image.name);
         let tmp = self.root.join("tmp").join(format!(
             "{}.json.{}.{}",
-            image.name,
+            image.name.replace('/', "%"),
             std::process::id(),
             crate::clock::monotonic_ns()
         ));
@@ -226,6 +237,21 @@ impl ImageStore {
     }
 }
 
+impl ImageStore {
+    /// Removes layer `digest` unless an image uses it (a layer a failed
+    /// pull unpacked under a digest its config did not name).
+    pub fn remove_layer_if_unused(&self, digest: &str) -> Result<(), ImageError> {
+        if self
+            .list()?
+            .iter()
+            .any(|i| i.layers.iter().any(|d| d == digest))
+        {
+            return Ok(());
+        }
+        remove_tree(&self.layer_path(digest))
+    }
+}
+
 /// Removes a directory tree; a missing one is fine.
 pub(crate) fn remove_tree(p: &Path) -> Result<(), ImageError> {
     match std::fs::remove_dir_all(p) {
@@ -235,8 +261,22 @@ pub(crate) fn remove_tree(p: &Path) -> Result<(), ImageError> {
     }
 }
 
+/// A pulled image's name: a registry reference (`debian:12`,
+/// `host:5000/team/app@sha256:...`): up to 255 of a-z, A-Z, 0-9 and
+/// `.-_/:@`, with no empty, `.` or `..` path component.
+pub fn valid_reference_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with('.'))
+}
+
 fn check_name(name: &str) -> Result<(), ImageError> {
-    if crate::spec::valid_name(name) {
+    if crate::spec::valid_name(name) || valid_reference_name(name) {
         Ok(())
     } else {
         Err(ImageError::BadName(name.to_string()))

@@ -106,7 +106,14 @@ fn docker_save_with_whiteout_imports() {
     let img = imp(&store, &f, "saved").unwrap();
     assert_eq!(img.layers.len(), 2);
     assert_eq!(img.layers[1], hex::encode(Sha256::digest(&top)));
-    assert_eq!(img.config.cmd, vec!["/bin/sh", "-c", "echo"]);
+    assert_eq!(img.config.entrypoint, vec!["/bin/sh"]);
+    assert_eq!(img.config.cmd, vec!["-c", "echo"]);
+    // Docker's rule: a command given at run replaces Cmd, not the entrypoint.
+    assert_eq!(img.config.argv(&[]), vec!["/bin/sh", "-c", "echo"]);
+    assert_eq!(
+        img.config.argv(&["-c".into(), "true".into()]),
+        vec!["/bin/sh", "-c", "true"]
+    );
     assert_eq!(img.config.workdir.as_deref(), Some("/app"));
     assert!(img.config.env.contains(&"A=1".to_string()));
     let upper = store.layer_dir(&img.layers[1]);

@@ -20,11 +20,11 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// File name that marks its directory as opaque.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
-/// Opens a possibly gzip-compressed tar stream (detected by magic bytes).
+/// Opens a possibly gzip- or zstd-compressed tar stream (detected by magic bytes).
 pub fn decompressed(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
-    let mut magic = [0u8; 2];
+    let mut magic = [0u8; 4];
     let mut got = 0;
-    while got < 2 {
+    while got < magic.len() {
         let n = r.read(&mut magic[got..])?;
         if n == 0 {
             break;
@@ -32,8 +32,12 @@ pub fn decompressed(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
         got += n;
     }
     let chained = io::Cursor::new(magic[..got].to_vec()).chain(r);
-    if got == 2 && magic == [0x1f, 0x8b] {
+    if got >= 2 && magic[..2] == [0x1f, 0x8b] {
         Ok(Box::new(flate2::read::GzDecoder::new(chained)))
+    } else if got == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        let d = ruzstd::decoding::StreamingDecoder::new(chained)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
+        Ok(Box::new(d))
     } else {
         Ok(Box::new(chained))
     }

@@ -1,0 +1,724 @@
+//! `duet pull` / `duet run REF` against a real registry: Debian's
+//! `docker-registry` (distribution 2.8), started by each test on
+//! 127.0.0.1 with its own storage, filled by `skopeo copy` from OCI
+//! layouts the test writes (busybox from the host, layers with a
+//! whiteout, a multi-arch index with an arm64 entry), stopped at the end.
+
+mod common;
+use common::*;
+use duet_shared::testing::skip_unless_program;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn sha(d: &[u8]) -> String {
+    hex::encode(Sha256::digest(d))
+}
+
+fn needs_tools(test: &str) -> bool {
+    skip_unless_program(test, "docker-registry", "docker-registry")
+        || skip_unless_program(test, "skopeo", "skopeo")
+        || skip_unless_program(test, "htpasswd", "apache2-utils")
+}
+
+/// A private registry: storage, config and log in a temporary directory.
+struct Registry {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+    auth: Option<(String, String)>,
+}
+
+impl Registry {
+    fn start(auth: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("duet-registry-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((u, p)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "htpasswd failed");
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: duet-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let r = Registry {
+            dir,
+            child,
+            port,
+            auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start: {}",
+                r.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// GET requests the registry served for blob `digest`.
+    fn blob_gets(&self, digest: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest} ")))
+            .count()
+    }
+
+    /// Copies image `tag` of the OCI layout `layout` to `repo:tag` here.
+    fn push(&self, layout: &Path, tag: &str, repo: &str, all: bool) {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if all {
+            c.arg("--all");
+        }
+        if let Some((u, p)) = &self.auth {
+            c.arg(format!("--dest-creds={u}:{p}"));
+        }
+        let out = c
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy {tag}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// The data file of blob `digest` in the registry's storage.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tar of `entries`: (path, contents or None for a directory, mode), root-owned;
+/// a content starting with "->" makes a symlink to the rest.
+fn tar_of(entries: &[(&str, Option<&[u8]>, u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        match data {
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+            Some(d) if d.starts_with(b"->") => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, path, std::str::from_utf8(&d[2..]).unwrap())
+                    .unwrap();
+            }
+            Some(d) => {
+                h.set_size(d.len() as u64);
+                b.append_data(&mut h, path, *d).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(d: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(d).unwrap();
+    e.finish().unwrap()
+}
+
+/// The bottom layer: the host's busybox-static with a few applet links, and /etc/motd.
+fn busybox_layer() -> Vec<u8> {
+    let bb = std::fs::read("/bin/busybox").expect("busybox-static");
+    let mut entries: Vec<(&str, Option<&[u8]>, u32)> = vec![
+        ("bin", None, 0o755),
+        ("etc", None, 0o755),
+        ("srv", None, 0o755),
+        ("tmp", None, 0o1777),
+        ("bin/busybox", Some(&bb), 0o755),
+        ("etc/motd", Some(b"from the bottom layer\n"), 0o644),
+    ];
+    for app in ["sh", "echo", "cat", "pwd", "test", "ls", "sleep", "id"] {
+        let path: &'static str = Box::leak(format!("bin/{app}").into_boxed_str());
+        entries.push((path, Some(b"->busybox"), 0o777));
+    }
+    tar_of(&entries)
+}
+
+/// An OCI layout being written: blobs and the `index.json` entries.
+struct Layout {
+    dir: tempfile::TempDir,
+    index: Vec<serde_json::Value>,
+}
+
+impl Layout {
+    fn new() -> Layout {
+        let dir = tempfile::Builder::new()
+            .prefix("duet-oci-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        Layout {
+            dir,
+            index: Vec::new(),
+        }
+    }
+
+    fn blob(&self, d: &[u8]) -> serde_json::Value {
+        std::fs::write(self.dir.path().join("blobs/sha256").join(sha(d)), d).unwrap();
+        serde_json::json!({"digest": format!("sha256:{}", sha(d)), "size": d.len()})
+    }
+
+    /// An image of `layers` (uncompressed tars, stored gzipped) and `config`;
+    /// its manifest's descriptor.
+    fn image(
+        &self,
+        layers: &[Vec<u8>],
+        arch: &str,
+        config: serde_json::Value,
+    ) -> serde_json::Value {
+        let cfg = serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| format!("sha256:{}", sha(l))).collect::<Vec<_>>()},
+        });
+        let mut c = self.blob(cfg.to_string().as_bytes());
+        c["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+        let ls: Vec<_> = layers
+            .iter()
+            .map(|l| {
+                let mut d = self.blob(&gzip(l));
+                d["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+                d
+            })
+            .collect();
+        let m = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": c,
+            "layers": ls,
+        });
+        let mut d = self.blob(m.to_string().as_bytes());
+        d["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+        d["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        d
+    }
+
+    /// Names `desc` (a manifest or an index) `tag` in index.json.
+    fn tag(&mut self, mut desc: serde_json::Value, tag: &str) {
+        desc.as_object_mut().unwrap().remove("platform");
+        desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+        self.index.push(desc);
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": self.index});
+        std::fs::write(self.dir.path().join("index.json"), index.to_string()).unwrap();
+    }
+
+    /// An index over `manifests`; its descriptor.
+    fn index_of(&self, manifests: &[serde_json::Value]) -> serde_json::Value {
+        let i = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let mut d = self.blob(i.to_string().as_bytes());
+        d["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
+        d
+    }
+}
+
+/// The test image's config: entrypoint + cmd, env, workdir, a port.
+fn app_config() -> serde_json::Value {
+    serde_json::json!({
+        "Env": ["PATH=/bin", "GREETING=hi"],
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo $GREETING from $(pwd); cat hello; test -e /etc/motd || echo motd-gone"],
+        "WorkingDir": "/srv",
+        "ExposedPorts": {"8080/tcp": {}},
+    })
+}
+
+/// The app layer: a file, and a whiteout of the bottom layer's /etc/motd.
+fn app_layer() -> Vec<u8> {
+    tar_of(&[
+        ("etc", None, 0o755),
+        ("etc/.wh.motd", Some(b""), 0o644),
+        ("srv", None, 0o755),
+        ("srv/hello", Some(b"hello from the app layer\n"), 0o644),
+    ])
+}
+
+fn ok(env: &Env, args: &[&str]) -> String {
+    let o = env.run(args);
+    assert!(
+        o.status.success(),
+        "duet {args:?}: {}\n{}",
+        o.status,
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn failed(env: &Env, args: &[&str]) -> String {
+    let o = env.run(args);
+    assert!(
+        !o.status.success(),
+        "duet {args:?} should fail:\n{}",
+        stdout(&o)
+    );
+    stderr(&o)
+}
+
+fn store(env: &Env) -> duet_shared::image::ImageStore {
+    duet_shared::image::ImageStore::open(env.root()).unwrap()
+}
+
+/// Layer directories in the store, and partial downloads.
+fn store_contents(env: &Env) -> (Vec<String>, Vec<String>) {
+    let list = |p: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    (
+        list(env.root().join("layers/sha256")),
+        list(env.root().join("blobs/partial")),
+    )
+}
+
+#[test]
+fn pull_by_tag_digest_and_platform_then_run_with_the_images_config() {
+    let test = "pull_by_tag_digest_and_platform_then_run_with_the_images_config";
+    if needs_tools(test) || skip_unless_root(test) {
+        return;
+    }
+    let reg = Registry::start(None);
+    let mut layout = Layout::new();
+    let (bottom, app) = (busybox_layer(), app_layer());
+    let amd = layout.image(&[bottom.clone(), app.clone()], "amd64", app_config());
+    layout.tag(amd.clone(), "1");
+    let arm_only = tar_of(&[("arch-arm64", Some(b"arm\n"), 0o644)]);
+    let arm = layout.image(&[bottom.clone(), arm_only.clone()], "arm64", app_config());
+    let multi = layout.index_of(&[amd.clone(), arm]);
+    layout.tag(multi, "multi");
+    reg.push(layout.dir.path(), "1", "team/app", false);
+    reg.push(layout.dir.path(), "multi", "team/app", true);
+
+    let env = Env::new();
+    let host = reg.host();
+    let by_tag = format!("{host}/team/app:1");
+    // Plain HTTP only when asked for, and only to this machine.
+    let e = failed(&env, &["pull", &by_tag]);
+    assert!(e.contains(&by_tag) || e.contains("team/app"), "{e}");
+    let e = failed(
+        &env,
+        &["pull", "--insecure", "registry.invalid:5000/team/app:1"],
+    );
+    assert!(
+        e.contains("this machine only") && e.contains("--insecure-registry"),
+        "{e}"
+    );
+
+    let out = ok(&env, &["pull", "--insecure", &by_tag]);
+    assert_eq!(out.trim(), by_tag);
+    let img = store(&env).get(&by_tag).unwrap();
+    assert_eq!(img.layers, vec![sha(&bottom), sha(&app)]);
+    assert_eq!(img.config.entrypoint, vec!["/bin/sh", "-c"]);
+    assert_eq!(img.config.workdir.as_deref(), Some("/srv"));
+    assert_eq!(img.config.exposed_ports, vec!["8080/tcp"]);
+    let source = img
+        .source
+        .clone()
+        .expect("a pulled image records its source");
+    assert_eq!(source.reference, by_tag);
+    assert_eq!(source.digest, amd["digest"].as_str().unwrap());
+    let ls = ok(&env, &["image", "ls"]);
+    assert!(
+        ls.contains(&format!("{host}/team/app")) && ls.contains(&source.digest[..19]),
+        "{ls}"
+    );
+
+    // The image's entrypoint, cmd, env and workdir; the whiteout hides /etc/motd.
+    let out = ok(&env, &["run", "--pull", "never", &by_tag]);
+    assert_eq!(out, "hi from /srv\nhello from the app layer\nmotd-gone\n");
+    // A command replaces Cmd, not the entrypoint (Docker's rule).
+    let out = ok(&env, &["run", &by_tag, "--", "echo given $GREETING"]);
+    assert_eq!(out, "given hi\n");
+
+    // By digest: the same layers, nothing downloaded again.
+    let by_digest = format!("{host}/team/app@{}", source.digest);
+    assert_eq!(
+        ok(&env, &["pull", "--insecure", &by_digest]).trim(),
+        by_digest
+    );
+    assert_eq!(store(&env).get(&by_digest).unwrap().layers, img.layers);
+    let bottom_blob = format!("sha256:{}", sha(&gzip(&bottom)));
+    assert_eq!(reg.blob_gets(&bottom_blob), 1, "{}", reg.log());
+
+    // The index: amd64 is chosen, the arm64 entry is not; its shared layer
+    // is not fetched again.
+    let multi_ref = format!("{host}/team/app:multi");
+    ok(&env, &["pull", "--insecure", &multi_ref]);
+    assert_eq!(store(&env).get(&multi_ref).unwrap().layers, img.layers);
+    assert_eq!(
+        reg.blob_gets(&bottom_blob),
+        1,
+        "a shared layer is fetched once"
+    );
+    let arm_blob = format!("sha256:{}", sha(&gzip(&arm_only)));
+    assert_eq!(
+        reg.blob_gets(&arm_blob),
+        0,
+        "the arm64 layer is not fetched"
+    );
+    let e = failed(
+        &env,
+        &[
+            "pull",
+            "--insecure",
+            "--platform",
+            "linux/s390x",
+            &multi_ref,
+        ],
+    );
+    assert!(
+        e.contains("linux/s390x") && e.contains("linux/amd64") && e.contains("linux/arm64"),
+        "{e}"
+    );
+    // An image for another CPU is refused by what its config says.
+    let e = failed(
+        &env,
+        &["pull", "--insecure", "--platform", "linux/arm64", &by_tag],
+    );
+    assert!(
+        e.contains("linux/amd64") && e.contains("linux/arm64"),
+        "{e}"
+    );
+
+    // rm by digest removes every image of that manifest (the index's
+    // amd64 entry is the same manifest), and their layers.
+    let rm = ok(&env, &["image", "rm", &source.digest[7..19]]);
+    assert!(
+        rm.contains(&by_digest) && rm.contains(&by_tag) && rm.contains(&multi_ref),
+        "{rm}"
+    );
+    assert_eq!(store_contents(&env), (vec![], vec![]), "nothing left");
+}
+
+#[test]
+fn a_blob_with_a_wrong_digest_fails_the_pull_and_leaves_nothing() {
+    let test = "a_blob_with_a_wrong_digest_fails_the_pull_and_leaves_nothing";
+    if needs_tools(test) {
+        return;
+    }
+    let reg = Registry::start(None);
+    let mut layout = Layout::new();
+    let app = app_layer();
+    let d = layout.image(&[busybox_layer(), app.clone()], "amd64", app_config());
+    layout.tag(d, "1");
+    reg.push(layout.dir.path(), "1", "bad/app", false);
+    // The registry's copy of the app layer: same size, other bytes.
+    let blob = reg.blob_file(&format!("sha256:{}", sha(&gzip(&app))));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let env = Env::new();
+    let r = format!("{}/bad/app:1", reg.host());
+    let e = failed(&env, &["pull", "--insecure", &r]);
+    assert!(e.contains("digest") && e.contains("layer 2 of 2"), "{e}");
+    assert!(store(&env).get(&r).is_err(), "no image");
+    let (layers, partial) = store_contents(&env);
+    assert!(partial.is_empty(), "partial downloads left: {partial:?}");
+    // The good bottom layer may have landed (it is verified and shared); the bad one did not.
+    assert!(!layers.contains(&sha(&app)), "{layers:?}");
+    let gc = ok(&env, &["gc"]);
+    assert!(gc.contains("gc:"), "{gc}");
+}
+
+/// A TCP proxy in front of the registry that cuts the first response to a
+/// request for `blob` after `cut` bytes, and records request heads.
+struct CuttingProxy {
+    port: u16,
+    requests: Arc<Mutex<String>>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: u16, blob: String, cut: usize) -> CuttingProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(String::new()));
+        let armed = Arc::new(AtomicBool::new(true));
+        let reqs = requests.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (reqs, armed, blob) = (reqs.clone(), armed.clone(), blob.clone());
+                let seen = Arc::new(AtomicBool::new(false));
+                let (c2, up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+                let seen2 = seen.clone();
+                std::thread::spawn(move || {
+                    let (mut c, mut up) = (c2, up2);
+                    let mut buf = [0u8; 16 << 10];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if text.contains(&blob) {
+                            seen2.store(true, Ordering::SeqCst);
+                        }
+                        reqs.lock().unwrap().push_str(&text);
+                        if up.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = up.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let (mut c, mut up) = (c, up);
+                    let mut buf = [0u8; 16 << 10];
+                    let mut sent = 0;
+                    while let Ok(n) = up.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if seen.load(Ordering::SeqCst) && armed.load(Ordering::SeqCst) {
+                            sent += n;
+                            if sent > cut {
+                                armed.store(false, Ordering::SeqCst);
+                                let _ = c.shutdown(std::net::Shutdown::Both);
+                                let _ = up.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                        }
+                        if c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CuttingProxy { port, requests }
+    }
+}
+
+#[test]
+fn a_pull_cut_off_mid_layer_leaves_no_image_and_the_next_pull_resumes() {
+    let test = "a_pull_cut_off_mid_layer_leaves_no_image_and_the_next_pull_resumes";
+    if needs_tools(test) {
+        return;
+    }
+    let reg = Registry::start(None);
+    let mut layout = Layout::new();
+    // 4 MiB that gzip cannot shrink.
+    let mut noise = vec![0u8; 4 << 20];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let big = tar_of(&[("noise", Some(&noise), 0o644)]);
+    let d = layout.image(&[busybox_layer(), big.clone()], "amd64", app_config());
+    layout.tag(d, "1");
+    reg.push(layout.dir.path(), "1", "big/app", false);
+    let blob = format!("sha256:{}", sha(&gzip(&big)));
+    let proxy = CuttingProxy::start(reg.port, blob.clone(), 1 << 20);
+
+    let env = Env::new();
+    let r = format!("127.0.0.1:{}/big/app:1", proxy.port);
+    let e = failed(&env, &["pull", "--insecure", &r]);
+    assert!(e.contains("layer 2 of 2"), "{e}");
+    assert!(
+        store(&env).get(&r).is_err(),
+        "no image after a cut-off pull"
+    );
+    let (layers, partial) = store_contents(&env);
+    assert!(
+        !layers.contains(&sha(&big)),
+        "no half-written layer: {layers:?}"
+    );
+    let big_partial = format!("sha256-{}", &blob[7..]);
+    assert!(
+        partial.contains(&big_partial),
+        "the partial download waits for a resume: {partial:?}"
+    );
+    let before = std::fs::metadata(env.root().join("blobs/partial").join(&big_partial))
+        .unwrap()
+        .len();
+    assert!(before > 0 && before < gzip(&big).len() as u64, "{before}");
+
+    // The next pull asks for the rest only, and completes.
+    let out = ok(&env, &["pull", "--insecure", &r]);
+    assert_eq!(out.trim(), r);
+    assert_eq!(store(&env).get(&r).unwrap().layers[1], sha(&big));
+    let heads = proxy.requests.lock().unwrap().clone();
+    assert!(
+        heads.contains(&format!("range: bytes={before}-"))
+            || heads.contains(&format!("Range: bytes={before}-")),
+        "no range request from byte {before}:\n{heads}"
+    );
+    assert_eq!(
+        store_contents(&env).1,
+        Vec::<String>::new(),
+        "no partial left"
+    );
+
+    // A cut-off pull's partial download is garbage for `duet gc`.
+    let proxy2 = CuttingProxy::start(reg.port, blob, 1 << 20);
+    ok(&env, &["image", "rm", &r]);
+    let r2 = format!("127.0.0.1:{}/big/app:1", proxy2.port);
+    failed(&env, &["pull", "--insecure", &r2]);
+    assert!(store_contents(&env).1.contains(&big_partial));
+    let gc = ok(&env, &["gc"]);
+    assert!(gc.contains("blobs/partial"), "{gc}");
+    assert_eq!(store_contents(&env).1, Vec::<String>::new());
+}
+
+#[test]
+fn basic_auth_refuses_a_wrong_password_and_login_stores_the_right_one() {
+    let test = "basic_auth_refuses_a_wrong_password_and_login_stores_the_right_one";
+    if needs_tools(test) {
+        return;
+    }
+    let reg = Registry::start(Some(("duet", "s3cret")));
+    let mut layout = Layout::new();
+    let d = layout.image(&[busybox_layer()], "amd64", app_config());
+    layout.tag(d, "1");
+    reg.push(layout.dir.path(), "1", "private/app", false);
+    let env = Env::new();
+    let docker_config = tempfile::tempdir().unwrap();
+    let duet = |args: &[&str], stdin: &str| {
+        let mut c = env.cmd(args);
+        c.env("DOCKER_CONFIG", docker_config.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let r = format!("{}/private/app:1", reg.host());
+    let o = duet(&["pull", "--insecure", &r], "");
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("refused anonymous access") && e.contains("duet login"),
+        "{e}"
+    );
+
+    let o = duet(
+        &[
+            "login",
+            &reg.host(),
+            "-u",
+            "duet",
+            "--password-stdin",
+            "--insecure",
+        ],
+        "wrong\n",
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("refused the credentials of user `duet`"), "{e}");
+    assert!(
+        !docker_config.path().join("config.json").exists(),
+        "nothing stored"
+    );
+
+    let o = duet(
+        &[
+            "login",
+            &reg.host(),
+            "-u",
+            "duet",
+            "--password-stdin",
+            "--insecure",
+        ],
+        "s3cret\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("Login Succeeded"));
+    let o = duet(&["pull", "--insecure", &r], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(store(&env).get(&r).is_ok());
+}
