@@ -195,6 +195,16 @@ fn busybox_layer() -> Vec<u8> {
         ("tmp", None, 0o1777),
         ("bin/busybox", Some(&bb), 0o755),
         ("etc/motd", Some(b"from the bottom layer\n"), 0o644),
+        (
+            "etc/passwd",
+            Some(b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/srv:/bin/sh\n"),
+            0o644,
+        ),
+        (
+            "etc/group",
+            Some(b"root:x:0:\napp:x:1000:\nstaff:x:50:app\n"),
+            0o644,
+        ),
     ];
     for app in ["sh", "echo", "cat", "pwd", "test", "ls", "sleep", "id"] {
         let path: &'static str = Box::leak(format!("bin/{app}").into_boxed_str());
@@ -295,8 +305,9 @@ fn app_config() -> serde_json::Value {
     serde_json::json!({
         "Env": ["PATH=/bin", "GREETING=hi"],
         "Entrypoint": ["/bin/sh", "-c"],
-        "Cmd": ["echo $GREETING from $(pwd); cat hello; test -e /etc/motd || echo motd-gone"],
+        "Cmd": ["echo $GREETING from $(pwd) as $(id -u):$(id -g); cat hello; test -e /etc/motd || echo motd-gone"],
         "WorkingDir": "/srv",
+        "User": "app",
         "ExposedPorts": {"8080/tcp": {}},
     })
 }
@@ -406,9 +417,23 @@ fn pull_by_tag_digest_and_platform_then_run_with_the_images_config() {
         "{ls}"
     );
 
-    // The image's entrypoint, cmd, env and workdir; the whiteout hides /etc/motd.
+    // The image's entrypoint, cmd, env, workdir and user (a name in its
+    // /etc/passwd); the whiteout hides /etc/motd.
     let out = ok(&env, &["run", "--pull", "never", &by_tag]);
-    assert_eq!(out, "hi from /srv\nhello from the app layer\nmotd-gone\n");
+    assert_eq!(
+        out,
+        "hi from /srv as 1000:1000\nhello from the app layer\nmotd-gone\n"
+    );
+    // --user overrides the image's, by number or by name:group.
+    let out = ok(&env, &["run", "--user", "0", &by_tag, "--", "id -u; id -g"]);
+    assert_eq!(out, "0\n0\n");
+    let out = ok(
+        &env,
+        &["run", "--user", "app:staff", &by_tag, "--", "id -u; id -g"],
+    );
+    assert_eq!(out, "1000\n50\n");
+    let e = failed(&env, &["run", "--user", "nobody", &by_tag, "--", "true"]);
+    assert!(e.contains("`nobody`") && e.contains("/etc/passwd"), "{e}");
     // A command replaces Cmd, not the entrypoint (Docker's rule).
     let out = ok(&env, &["run", &by_tag, "--", "echo given $GREETING"]);
     assert_eq!(out, "given hi\n");

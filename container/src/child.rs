@@ -199,6 +199,15 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
             Ok(())
         }
         Step::DropCapabilities => plan.caps.apply(),
+        Step::User { uid, gid } => {
+            let groups = [*gid];
+            // SAFETY: raw syscalls with integer arguments and a one-element array we own.
+            unsafe {
+                check(libc::syscall(libc::SYS_setgroups, 1, groups.as_ptr()) as libc::c_int)?;
+                check(libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) as libc::c_int)?;
+                check(libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) as libc::c_int)
+            }
+        }
         // SAFETY: prctl with integer arguments.
         Step::NoNewPrivs => check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
         Step::Seccomp => crate::seccomp::install_all(&plan.seccomp),

@@ -480,6 +480,7 @@ impl ContainerRuntime {
                     other => Some(other),
                 },
                 host_network,
+                user: spec.numeric_user(),
             },
             CapabilityPlan::for_this_process(),
             Arc::new(seccomp::compile()?),

@@ -148,6 +148,13 @@ pub enum Step {
     Umask(libc::mode_t),
     /// Drop capabilities to [`ChildPlan::caps`].
     DropCapabilities,
+    /// setgroups([gid]), setresgid, setresuid: the workload's user.
+    User {
+        /// User id.
+        uid: u32,
+        /// Group id (also the only supplementary group).
+        gid: u32,
+    },
     /// PR_SET_NO_NEW_PRIVS.
     NoNewPrivs,
     /// Install [`ChildPlan::seccomp`].
@@ -241,6 +248,9 @@ impl Step {
             Step::Workdir(p) => format!("changing to workdir `{}` (spec field `workdir`)", show(p)),
             Step::Umask(m) => format!("setting umask {m:o}"),
             Step::DropCapabilities => "dropping capabilities".into(),
+            Step::User { uid, gid } => {
+                format!("switching to user {uid}:{gid} (spec field `user`, or the image's)")
+            }
             Step::NoNewPrivs => "setting no_new_privs".into(),
             Step::Seccomp => "installing the seccomp filter".into(),
             Step::AwaitStart => "waiting for `start` (the instance is created)".into(),
@@ -330,6 +340,8 @@ pub struct RootfsSpec<'a> {
     pub stdio: Option<ChildStdio>,
     /// `--network host`: the host's network namespace (no `lo` to bring up).
     pub host_network: bool,
+    /// The workload's (uid, gid), resolved from the image; `None`: root.
+    pub user: Option<(u32, u32)>,
 }
 
 fn cstr(what: &'static str, s: impl AsRef<[u8]>) -> Result<CString, PlanError> {
@@ -528,7 +540,7 @@ pub fn build(
         Some(ChildStdio::Fds(fds)) => s.push(Step::Stdio(fds)),
         None => {}
     }
-    s.extend(restrictions(r.workdir)?);
+    s.extend(restrictions(r.workdir, r.user)?);
     // Created: everything is ready; execve waits for `start`.
     s.push(Step::AwaitStart);
 
@@ -539,9 +551,11 @@ pub fn build(
 /// exec'd command, so exec never gets more than the workload has: no fd
 /// but 0-2 (closed before the workdir, the first path the image chooses:
 /// a workdir of `/proc/self/fd/N` must not reach a directory duet's caller
-/// left open), the workdir, umask, capabilities, no_new_privs, seccomp.
-fn restrictions(workdir: &str) -> Result<[Step; 7], PlanError> {
-    Ok([
+/// left open), the workdir, umask, capabilities, the user (its change
+/// of uid empties the effective and permitted sets, as with Docker),
+/// no_new_privs, seccomp.
+fn restrictions(workdir: &str, user: Option<(u32, u32)>) -> Result<Vec<Step>, PlanError> {
+    let mut s = vec![
         Step::CloseOtherFds,
         Step::Workdir(cstr(
             "workdir",
@@ -549,10 +563,12 @@ fn restrictions(workdir: &str) -> Result<[Step; 7], PlanError> {
         )?),
         Step::Umask(0o022),
         Step::DropCapabilities,
-        Step::NoNewPrivs,
-        Step::CloseInheritedFds,
-        Step::Seccomp,
-    ])
+    ];
+    if let Some((uid, gid)) = user {
+        s.push(Step::User { uid, gid });
+    }
+    s.extend([Step::NoNewPrivs, Step::CloseInheritedFds, Step::Seccomp]);
+    Ok(s)
 }
 
 /// A plan of `steps` that ends in execve of `command` with `env`.
@@ -635,6 +651,8 @@ pub struct ExecSpec<'a> {
     pub env_overrides: &'a [(String, String)],
     /// Its stdio.
     pub stdio: ChildStdio,
+    /// The workload's (uid, gid): an exec runs as the workload's user.
+    pub user: Option<(u32, u32)>,
 }
 
 /// Namespaces `duet exec` joins: every one the container's init has of its own.
@@ -668,7 +686,7 @@ pub fn build_exec(
         ChildStdio::Console(c) => Step::Console(c),
         ChildStdio::Fds(fds) => Step::Stdio(fds),
     });
-    s.extend(restrictions(e.workdir)?);
+    s.extend(restrictions(e.workdir, e.user)?);
     let mut env = environment(e.env, e.hostname);
     for (k, v) in e.env_overrides {
         env.insert(k.clone(), v.clone());
@@ -693,6 +711,7 @@ mod tests {
             env,
             stdio: None,
             host_network: false,
+            user: Some((1000, 50)),
         };
         build(
             &r,
@@ -773,6 +792,10 @@ mod tests {
         );
         assert!(overlay < chdir && chdir < proc_ && proc_ < mask && mask < pivot && ro < pivot);
         assert!(pivot < wait && wait < cgns && cgns < caps && caps < nnp);
+        // The user changes after the capability drop (which needs root's
+        // caps) and before no_new_privs and seccomp.
+        let user = position(&p, |s| matches!(s, Step::User { uid: 1000, gid: 50 }));
+        assert!(caps < user && user < nnp);
         assert!(
             matches!(p.steps.last(), Some(Step::AwaitStart)),
             "the created init waits for start last"
@@ -881,6 +904,7 @@ mod tests {
             env: &env,
             stdio: None,
             host_network: false,
+            user: None,
         };
         let caps = CapabilityPlan {
             keep: 0,
@@ -926,6 +950,7 @@ mod tests {
                 env: &env,
                 env_overrides: &overrides,
                 stdio: ChildStdio::Fds([10, 1, 2]),
+                user: None,
             },
             CapabilityPlan {
                 keep: 1,
@@ -982,6 +1007,7 @@ mod tests {
                 env: &env,
                 env_overrides: &[],
                 stdio: console,
+                user: None,
             },
             CapabilityPlan {
                 keep: 1,

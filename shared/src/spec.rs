@@ -119,6 +119,11 @@ pub struct WorkloadSpec {
     /// DNS servers for the instance's resolv.conf; empty: the host's.
     #[serde(default)]
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// The user to run as: `uid[:gid]`, or `name[:group]` from the image's
+    /// /etc/passwd and /etc/group; `None`: the image's user, else root.
+    /// `duet run` resolves it to `uid:gid` before a backend sees it.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 fn default_name() -> String {
@@ -173,7 +178,15 @@ impl WorkloadSpec {
             network: None,
             ports: Vec::new(),
             dns: Vec::new(),
+            user: None,
         }
+    }
+
+    /// The resolved user as (uid, gid): `uid:gid`, or `uid` (gid 0, as runc
+    /// does for a uid the image's /etc/passwd lacks); `None` for root or a
+    /// name not resolved yet.
+    pub fn numeric_user(&self) -> Option<(u32, u32)> {
+        parse_numeric_user(self.user.as_deref()?)
     }
 
     /// Reads, parses and validates a spec file.
@@ -240,6 +253,22 @@ impl WorkloadSpec {
                 return Err(bad(
                     "env",
                     format!("`{k}` is not a valid variable name (no '=', no NUL, not empty)"),
+                ));
+            }
+        }
+        if let Some(u) = &self.user {
+            let ok = !u.is_empty()
+                && u.len() <= 64
+                && u.split(':').count() <= 2
+                && u.split(':').all(|p| {
+                    !p.is_empty()
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                });
+            if !ok {
+                return Err(bad(
+                    "user",
+                    format!("`{u}` is not uid[:gid] or name[:group]"),
                 ));
             }
         }
@@ -323,6 +352,14 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     let (key, _) = line.split_once('=')?;
     let key = key.trim();
     (!key.is_empty() && !key.starts_with('[') && !key.starts_with('#')).then(|| key.to_string())
+}
+
+/// `uid[:gid]` as numbers; a missing gid is 0.
+pub fn parse_numeric_user(u: &str) -> Option<(u32, u32)> {
+    match u.split_once(':') {
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+        None => Some((u.parse().ok()?, 0)),
+    }
 }
 
 #[cfg(test)]

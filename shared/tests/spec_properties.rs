@@ -268,6 +268,7 @@ fn valid_spec() -> impl Strategy<Value = WorkloadSpec> {
                     network: None,
                     ports: Vec::new(),
                     dns: Vec::new(),
+                    user: None,
                 }
             },
         )

@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Hostname inside (the spec's `name`); not a handle, so many instances may share it.
     #[arg(long)]
     pub hostname: Option<String>,
+    /// User to run as: uid[:gid] or name[:group] from the image; overrides the spec and the image.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
     /// Memory in MiB (cgroup limit / guest RAM); overrides the spec.
     #[arg(long)]
     pub memory: Option<u64>,
@@ -149,6 +152,7 @@ fn snapshot_spec(args: &RunArgs, path: &Path) -> Result<(WorkloadSpec, PathBuf)>
     for (given, flag) in [
         (!args.command.is_empty(), "a command"),
         (args.hostname.is_some(), "--hostname"),
+        (args.user.is_some(), "--user"),
         (args.memory.is_some(), "--memory"),
         (args.vcpus.is_some(), "--vcpus"),
         (!args.env.is_empty(), "--env"),
@@ -195,6 +199,9 @@ fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
     };
     if !args.command.is_empty() {
         spec.command = args.command.clone();
+    }
+    if let Some(u) = &args.user {
+        spec.user = Some(u.clone());
     }
     if let Some(n) = args.hostname.as_ref().or(args.name.as_ref()) {
         spec.name = n.clone();
@@ -283,6 +290,9 @@ pub fn merge_image_defaults(spec: &mut WorkloadSpec, image: &duet_shared::image:
                 .or_insert_with(|| v.to_string());
         }
     }
+    if spec.user.is_none() {
+        spec.user = image.config.user.clone();
+    }
     if spec.workdir.is_none() {
         spec.workdir = Some(
             image
@@ -292,6 +302,29 @@ pub fn merge_image_defaults(spec: &mut WorkloadSpec, image: &duet_shared::image:
                 .unwrap_or_else(|| "/".to_string()),
         );
     }
+}
+
+/// The spec's user (or the image's) as `uid:gid`, from the image's
+/// /etc/passwd and /etc/group; root stays `None`.
+fn resolve_spec_user(
+    spec: &mut WorkloadSpec,
+    store: &ImageStore,
+    image: &duet_shared::image::Image,
+    origin: &Path,
+) -> Result<()> {
+    let Some(u) = spec.user.clone() else {
+        return Ok(());
+    };
+    let (uid, gid) =
+        duet_shared::image::resolve_user(&store.layer_dirs(image), &u).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: field `user` (image `{}`): {e}",
+                origin.display(),
+                image.name
+            )
+        })?;
+    spec.user = (uid != 0 || gid != 0).then(|| format!("{uid}:{gid}"));
+    Ok(())
 }
 
 /// `duet run`; returns the exit code duet should exit with.
@@ -306,9 +339,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let backend = backends::for_isolation(isolation);
     let mut report = RunReport::start(backend.isolation(), &spec.name, &spec.image);
     let store = ImageStore::open(&root)?;
-    let image = super::pull::resolve_image(&store, &spec.image, args.pull, &args.registry)
-        .with_context(|| format!("{}: field `image`", origin.display()))?;
-    merge_image_defaults(&mut spec, &image);
+    let image = match &args.from_snapshot {
+        // A snapshot's spec had the image's defaults merged when it first ran.
+        Some(_) => store.get(&spec.image),
+        None => Ok(
+            super::pull::resolve_image(&store, &spec.image, args.pull, &args.registry)
+                .with_context(|| format!("{}: field `image`", origin.display()))?,
+        ),
+    }
+    .with_context(|| format!("{}: field `image`", origin.display()))?;
+    if args.from_snapshot.is_none() {
+        merge_image_defaults(&mut spec, &image);
+        resolve_spec_user(&mut spec, &store, &image, &origin)?;
+    }
     if spec.command.is_empty() {
         bail!(
             "image `{}` has no default command; give one after `--` or in the spec's `command`",

@@ -26,6 +26,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod unpack;
+mod user;
 pub mod whiteout;
 
 pub use busybox::{ensure_probe_layer, find_probe, PROBE_ENV, PROBE_IN_IMAGE, SYSTEM_PROBE_PATH};
@@ -35,6 +36,7 @@ pub use import::{
     DEFAULT_PATH, MAX_INDEX_DEPTH, MAX_JSON,
 };
 pub use store::{valid_reference_name, ImageError, ImageStore};
+pub use user::resolve_user;
 pub use whiteout::{is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 use serde::{Deserialize, Serialize};

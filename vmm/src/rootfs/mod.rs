@@ -247,7 +247,13 @@ pub fn guest_workload(
         pids_max: spec.resources.pids_max,
         // The VM has a vsock device (runtime.rs): `duet exec` reaches it.
         agent: true,
-        user: None,
+        user: spec
+            .numeric_user()
+            .map(|(uid, gid)| duet_init::config::GuestUser {
+                uid,
+                gid,
+                additional_gids: vec![gid],
+            }),
         files: network
             .map(|n| {
                 [

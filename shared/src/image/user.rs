@@ -1,0 +1,140 @@
+//! Resolving a run's user (`uid[:gid]`, `name[:group]`, as Docker takes
+//! `--user` and an image's `User`) to numbers, from the image's own
+//! /etc/passwd and /etc/group: the top-most layer that has the file wins
+//! (a whiteout above it hides it), and each is opened beneath its layer
+//! directory, so a symlinked /etc/passwd in a hostile image reads nothing
+//! of the host's.
+
+use super::beneath::Beneath;
+use super::whiteout::WHITEOUT_PREFIX;
+use rustix::fs::OFlags;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest passwd or group file read.
+const MAX_DB: u64 = 1 << 20;
+
+/// The file `rel` (under `etc/`) as the merged layers show it, if any.
+fn merged_file(layers: &[PathBuf], name: &str) -> Option<String> {
+    for dir in layers.iter().rev() {
+        let root = Beneath::open(dir).ok()?;
+        let rel = Path::new("etc").join(name);
+        if let Ok(fd) = root.open_in_root(&rel, OFlags::RDONLY | OFlags::NONBLOCK) {
+            let st = rustix::fs::fstat(&fd).ok()?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            {
+                return None;
+            }
+            let mut text = String::new();
+            std::fs::File::from(fd)
+                .take(MAX_DB)
+                .read_to_string(&mut text)
+                .ok()?;
+            return Some(text);
+        }
+        let whiteout = Path::new("etc").join(format!("{WHITEOUT_PREFIX}{name}"));
+        let hidden = dir.join(&whiteout).exists()
+            || root
+                .open_in_root(&rel, OFlags::PATH | OFlags::NOFOLLOW)
+                .is_ok();
+        if hidden {
+            return None;
+        }
+    }
+    None
+}
+
+/// `name:x:uid:gid:...` lines: (name, uid, gid).
+fn passwd(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        Some((
+            *f.first()?,
+            f.get(2)?.parse().ok()?,
+            f.get(3)?.parse().ok()?,
+        ))
+    })
+}
+
+/// `name:x:gid:members` lines: (name, gid).
+fn group(text: &str) -> impl Iterator<Item = (&str, u32)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        Some((*f.first()?, f.get(2)?.parse().ok()?))
+    })
+}
+
+/// `user` as `uid:gid` for an image of `layers` (bottom first); the error
+/// says which name the image does not have.
+pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32), String> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let pw = merged_file(layers, "passwd").unwrap_or_default();
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, passwd(&pw).find(|e| e.1 == n).map(|e| e.2).unwrap_or(0)),
+        Err(_) => passwd(&pw)
+            .find(|e| e.0 == u)
+            .map(|e| (e.1, e.2))
+            .ok_or_else(|| format!("user `{u}` is not in the image's /etc/passwd"))?,
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                let gr = merged_file(layers, "group").unwrap_or_default();
+                let found = group(&gr).find(|e| e.0 == g).map(|e| e.1);
+                found.ok_or_else(|| format!("group `{g}` is not in the image's /etc/group"))?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_numbers_resolve_from_the_top_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let (low, high) = (d.path().join("low"), d.path().join("high"));
+        for l in [&low, &high] {
+            std::fs::create_dir_all(l.join("etc")).unwrap();
+        }
+        std::fs::write(
+            low.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nold:x:5:5::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            high.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/srv:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(low.join("etc/group"), "root:x:0:\nstaff:x:50:app\n").unwrap();
+        let layers = vec![low.clone(), high.clone()];
+        assert_eq!(resolve_user(&layers, "app"), Ok((1000, 1001)));
+        assert_eq!(resolve_user(&layers, "app:staff"), Ok((1000, 50)));
+        assert_eq!(resolve_user(&layers, "1000"), Ok((1000, 1001)));
+        assert_eq!(resolve_user(&layers, "4242"), Ok((4242, 0)));
+        assert_eq!(resolve_user(&layers, "7:8"), Ok((7, 8)));
+        let e = resolve_user(&layers, "old").unwrap_err();
+        assert!(e.contains("`old`") && e.contains("/etc/passwd"), "{e}");
+        let e = resolve_user(&layers, "app:wheel").unwrap_err();
+        assert!(e.contains("`wheel`"), "{e}");
+    }
+
+    #[test]
+    fn a_symlinked_passwd_reads_nothing_of_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        let l = d.path().join("l");
+        std::fs::create_dir_all(l.join("etc")).unwrap();
+        // The host's /etc/passwd names root; beneath the layer this leads nowhere.
+        std::os::unix::fs::symlink("/etc/passwd", l.join("etc/passwd")).unwrap();
+        let e = resolve_user(&[l], "root").unwrap_err();
+        assert!(e.contains("`root`"), "{e}");
+    }
+}
