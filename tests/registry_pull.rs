@@ -747,3 +747,73 @@ fn basic_auth_refuses_a_wrong_password_and_login_stores_the_right_one() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(store(&env).get(&r).is_ok());
 }
+
+/// In the testbed: a registry there, `duet pull`, and the image's
+/// entrypoint, env, workdir and user in a microVM.
+const TESTBED_CASE: &str = r#"set -eu
+printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: /testbed/registry-data\nhttp:\n  addr: 127.0.0.1:5000\n' > /tmp/registry.yml
+docker-registry serve /tmp/registry.yml > /tmp/registry.log 2>&1 &
+i=0
+until wget -q -O /dev/null http://127.0.0.1:5000/v2/; do
+  i=$((i + 1)); [ $i -lt 300 ] || { cat /tmp/registry.log; exit 1; }
+  sleep 0.1
+done
+duet pull --insecure 127.0.0.1:5000/team/app:1
+echo "== default"
+duet run --isolation vm --pull never 127.0.0.1:5000/team/app:1
+echo "== user"
+duet run --isolation vm --user app:staff 127.0.0.1:5000/team/app:1 -- 'id -u; id -g; pwd'
+echo "registry-vm: ok"
+"#;
+
+#[test]
+fn a_pulled_image_runs_in_a_microvm_in_the_testbed() {
+    let test = "a_pulled_image_runs_in_a_microvm_in_the_testbed";
+    if needs_tools(test) {
+        return;
+    }
+    if let Some(why) = common::testbed::missing() {
+        duet_shared::testing::skip(test, &format!("the nested-KVM testbed {why}"));
+        return;
+    }
+    let reg = Registry::start(None);
+    let mut layout = Layout::new();
+    let d = layout.image(&[busybox_layer(), app_layer()], "amd64", app_config());
+    layout.tag(d, "1");
+    reg.push(layout.dir.path(), "1", "team/app", false);
+    let work = tempfile::Builder::new()
+        .prefix("duet-registry-vm-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let script = work.path().join("registry-vm.sh");
+    std::fs::write(&script, TESTBED_CASE).unwrap();
+    let registry = duet_shared::testing::find_program("docker-registry").unwrap();
+    let out = Command::new(common::testbed::repo().join("tests/testbed/run"))
+        .args(["--timeout", "600", "--with-libs"])
+        .arg(&registry)
+        .arg("--file")
+        .arg(format!(
+            "{}:/testbed/registry-data",
+            reg.dir.path().join("data").display()
+        ))
+        .arg("--file")
+        .arg(&script)
+        .args(["--", "sh", "/testbed/files/registry-vm.sh"])
+        .env("DUET_BIN", duet_bin())
+        .env("DUET_INIT", common::testbed::duet_init())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(125), "the testbed failed: {text}");
+    assert!(
+        out.status.success() && text.contains("registry-vm: ok"),
+        "{text}"
+    );
+    let default = text.split("== default\n").nth(1).unwrap_or_default();
+    assert!(
+        default.starts_with("hi from /srv as 1000:1000\nhello from the app layer\nmotd-gone\n"),
+        "{text}"
+    );
+    let user = text.split("== user\n").nth(1).unwrap_or_default();
+    assert!(user.starts_with("1000\n50\n/srv\n"), "{text}");
+}

@@ -118,6 +118,7 @@ pub fn login(a: &LoginArgs) -> Result<()> {
         bail!("no password on standard input");
     }
     let path = duet_registry::login(
+        &duet_shared::paths::state_root(),
         &a.registry,
         &a.username,
         password,

@@ -143,7 +143,7 @@ impl RegistryError {
 }
 
 /// An error with its sources, `: `-joined (reqwest hides the cause in them).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -69,7 +69,9 @@ fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn client_for(r: &Reference, opts: &PullOptions) -> Result<Client, RegistryError> {
+/// The client for `r`'s registry; `root` holds [`NO_TLS_ROOT`] if needed.
+/// Call it before the runtime's threads start.
+fn client_for(root: &Path, r: &Reference, opts: &PullOptions) -> Result<Client, RegistryError> {
     install_tls_provider();
     let registry = r.registry().to_string();
     let plain = opts.insecure_registries.contains(&registry)
@@ -87,15 +89,74 @@ fn client_for(r: &Reference, opts: &PullOptions) -> Result<Client, RegistryError
     } else {
         ClientProtocol::Https
     };
-    Ok(Client::new(ClientConfig {
+    ensure_roots(root, plain, r)?;
+    let config = ClientConfig {
         protocol,
         platform_resolver: None,
         connect_timeout: Some(std::time::Duration::from_secs(30)),
         read_timeout: Some(std::time::Duration::from_secs(120)),
         user_agent: concat!("duet/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
-    }))
+    };
+    // Client::new would fall back to a default client, which panics on
+    // a machine without CA certificates (see `ensure_roots`).
+    Client::try_from(config).map_err(|e| RegistryError::Network {
+        what: r.whole(),
+        message: format!(
+            "cannot set up the HTTP client for {registry}: {}",
+            crate::error_chain(&e)
+        ),
+    })
 }
+
+/// The HTTP client (reqwest with rustls) needs at least one trusted root
+/// or it panics while it is built. Without the system's CA certificates a
+/// plain-HTTP registry is still reached (the roots then are only
+/// [`NO_TLS_ROOT`], written under the state root and named by
+/// SSL_CERT_FILE); an HTTPS one gets an error saying what to install.
+/// Called before any thread starts (it sets an environment variable).
+fn ensure_roots(root: &Path, plain: bool, r: &Reference) -> Result<(), RegistryError> {
+    if !rustls_native_certs::load_native_certs().certs.is_empty() {
+        return Ok(());
+    }
+    if !plain {
+        return Err(RegistryError::Network {
+            what: r.whole(),
+            message: format!(
+                "this machine has no CA certificates to verify https://{} with (install the ca-certificates package, or set SSL_CERT_FILE)",
+                r.resolve_registry()
+            ),
+        });
+    }
+    let p = root.join("no-tls-root.pem");
+    std::fs::create_dir_all(root)
+        .and_then(|()| std::fs::write(&p, NO_TLS_ROOT))
+        .map_err(|source| RegistryError::Io {
+            what: "cannot write",
+            path: p.clone(),
+            source,
+        })?;
+    std::env::set_var("SSL_CERT_FILE", &p);
+    Ok(())
+}
+
+/// The only trust anchor of a client for a plain-HTTP registry on a
+/// machine without CA certificates: a self-signed certificate whose
+/// private key was thrown away when it was made, so no server can
+/// present a chain to it (TLS through such a client always fails).
+const NO_TLS_ROOT: &str = "-----BEGIN CERTIFICATE-----
+MIIBuzCCAWGgAwIBAgIUFps1F34ifcabeZ7zga3nUCBTCRgwCgYIKoZIzj0EAwIw
+MjEwMC4GA1UEAwwnZHVldCBwbGFpbi1IVFRQIHJlZ2lzdHJ5IGNsaWVudDogbm8g
+VExTMCAXDTI2MTIwNDIwNDMxM1oYDzIxMjYxMTEwMjA0MzEzWjAyMTAwLgYDVQQD
+DCdkdWV0IHBsYWluLUhUVFAgcmVnaXN0cnkgY2xpZW50OiBubyBUTFMwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAAToybqFYBb/YXesRbozU0SY3Ajk2UKwwlxu/Be/
+MBCY6nB+V8BjVF4mgzlumLhswJGFycF0v6RIfiCpc9KzAybco1MwUTAdBgNVHQ4E
+FgQUkJWInlxc4sQiuqADnWBg23a+HEIwHwYDVR0jBBgwFoAUkJWInlxc4sQiuqAD
+nWBg23a+HEIwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiA0RlcQ
+mQB2E1X4SLj71sMdh72hzAztF2RxM2A98FlcagIhAJl8CBszKd2q9lRE70bi+Y48
+sxBjtW+T4l//c84y/Jsn
+-----END CERTIFICATE-----
+";
 
 /// The credentials for `r`, and words that name where they came from.
 fn auth_for(r: &Reference, opts: &PullOptions) -> Result<(RegistryAuth, String), RegistryError> {
@@ -265,6 +326,7 @@ impl Progress for Bar {
 /// Pulls `text` (a reference) into the store; returns the stored image.
 pub fn pull(store: &ImageStore, text: &str, opts: &PullOptions) -> Result<Pulled, RegistryError> {
     let r = reference::parse(text)?;
+    let client = client_for(store.root(), &r, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -274,17 +336,22 @@ pub fn pull(store: &ImageStore, text: &str, opts: &PullOptions) -> Result<Pulled
             path: PathBuf::from(text),
             source,
         })?;
-    rt.block_on(pull_async(store.root().to_path_buf(), r, opts.clone()))
+    rt.block_on(pull_async(
+        store.root().to_path_buf(),
+        client,
+        r,
+        opts.clone(),
+    ))
 }
 
 async fn pull_async(
     root: PathBuf,
+    client: Client,
     r: Reference,
     opts: PullOptions,
 ) -> Result<Pulled, RegistryError> {
     let store = ImageStore::open(&root)?;
     let name = reference::store_name(&r);
-    let client = client_for(&r, &opts)?;
     let (auth, who) = auth_for(&r, &opts)?;
     let registry = r.registry().to_string();
     let who_err = |e| with_who(e, &who, &registry);
@@ -543,6 +610,7 @@ fn unpack(root: &Path, partial: Partial, diff_id: &str, what: &str) -> Result<()
 /// `duet login`: checks user and password against `registry` and stores
 /// them in the docker config; returns its path.
 pub fn login(
+    root: &Path,
     registry: &str,
     user: &str,
     password: &str,
@@ -551,6 +619,7 @@ pub fn login(
     // A repository that need not exist: the registry checks the
     // credentials before it looks the repository up.
     let r = reference::parse(&format!("{registry}/duet-login-check:latest"))?;
+    let client = client_for(root, &r, opts)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -559,7 +628,6 @@ pub fn login(
             path: PathBuf::from(registry),
             source,
         })?;
-    let client = client_for(&r, opts)?;
     let auth = RegistryAuth::Basic(user.to_string(), password.to_string());
     let who = format!("the credentials of user `{user}`");
     rt.block_on(async {
