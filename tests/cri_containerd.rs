@@ -636,6 +636,42 @@ fn cri_pod_with_runtime_handler_duet_vm_in_the_testbed() {
     );
 }
 
+/// The testbed kernel's `signal_generate` and `sched_process_exit` events
+/// (the testbed is a machine of the test's own): which signal reached
+/// which process, and which ended, while the pod ran. Not on the host.
+struct SignalTrace(Option<PathBuf>);
+
+impl SignalTrace {
+    fn start() -> SignalTrace {
+        let t = PathBuf::from("/sys/kernel/tracing");
+        if !t.join("events").is_dir() {
+            let _ = Command::new("mount")
+                .args(["-t", "tracefs", "tracefs"])
+                .arg(&t)
+                .status();
+        }
+        let ev = t.join("events");
+        let ok = std::fs::write(t.join("buffer_size_kb"), "4096").is_ok()
+            // SIGCHLD and Go's preemption signal (SIGURG) are noise.
+            && std::fs::write(ev.join("signal/signal_generate/filter"), "sig != 17 && sig != 23").is_ok()
+            && std::fs::write(ev.join("signal/signal_generate/enable"), "1").is_ok()
+            && std::fs::write(ev.join("sched/sched_process_exit/enable"), "1").is_ok()
+            && std::fs::write(t.join("trace"), "").is_ok();
+        SignalTrace(ok.then_some(t))
+    }
+
+    /// The last events, oldest first.
+    fn text(&self) -> String {
+        let Some(t) = &self.0 else {
+            return "(no kernel trace: tracefs unavailable)".into();
+        };
+        let all = std::fs::read_to_string(t.join("trace")).unwrap_or_default();
+        let lines: Vec<&str> = all.lines().filter(|l| !l.starts_with('#')).collect();
+        let tail = &lines[lines.len().saturating_sub(80)..];
+        format!("kernel trace (signals, exits):\n{}", tail.join("\n"))
+    }
+}
+
 /// Live processes whose command line contains `needle`.
 fn live_with(needle: &str) -> usize {
     pids_with(needle)
@@ -693,7 +729,11 @@ fn inner_cri_duet_vm() {
     rt.block_on(async {
         let mut c = connect(ctd.sock()).await;
         let sandbox_config = sandbox_config("duet-vm-pod", &logs, &parent);
-        let ctd_log = || ctd.log();
+        // What a failure prints: who signalled which process and which
+        // ended, from the testbed kernel's trace, then containerd's log
+        // (with the shims' own lines).
+        let trace = SignalTrace::start();
+        let ctd_log = || format!("{}\ncontainerd's log (continued):\n{}", trace.text(), ctd.log());
         let pod = run_pod(&mut c, &sandbox_config, "duet-vm", &ctd_log).await;
         let created = web_container(&mut c, &pod, &sandbox_config, &logs, &ctd_log).await;
         // The workload runs in the guest: the host sees its keeper, not its sleep.
