@@ -733,7 +733,13 @@ fn inner_cri_duet_vm() {
         // ended, from the testbed kernel's trace, then containerd's log
         // (with the shims' own lines).
         let trace = SignalTrace::start();
-        let ctd_log = || format!("{}\ncontainerd's log (continued):\n{}", trace.text(), ctd.log());
+        let ctd_log = || {
+            format!(
+                "{}\ncontainerd's log (continued):\n{}",
+                trace.text(),
+                ctd.log()
+            )
+        };
         let pod = run_pod(&mut c, &sandbox_config, "duet-vm", &ctd_log).await;
         let created = web_container(&mut c, &pod, &sandbox_config, &logs, &ctd_log).await;
         // The workload runs in the guest: the host sees its keeper, not its sleep.

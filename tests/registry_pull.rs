@@ -660,7 +660,7 @@ fn a_pull_cut_off_mid_layer_leaves_no_image_and_the_next_pull_resumes() {
     assert_eq!(
         store_contents(&env).1,
         Vec::<String>::new(),
-        "no partial left"
+        "no partial left (the big layer is {blob}; the cut-off pull left {partial:?})"
     );
 
     // A cut-off pull's partial download is garbage for `duet gc`.

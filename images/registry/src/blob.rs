@@ -99,8 +99,61 @@ pub trait Progress: Send + Sync {
     fn advance(&self, n: u64);
 }
 
+/// What a download hands the unpacker while it streams.
+pub enum Piece {
+    /// The next bytes of the blob.
+    Data(bytes::Bytes),
+    /// The blob is complete (its digest is still to be checked).
+    End,
+}
+
+/// The unpacker's side of a streaming download: a `Read` of the blob as it
+/// arrives. A download that ends without [`Piece::End`] (failed or
+/// cancelled) is an error here, never a short, valid-looking stream.
+pub struct Streamed {
+    rx: tokio::sync::mpsc::Receiver<Piece>,
+    cur: bytes::Bytes,
+}
+
+impl Streamed {
+    /// The sender for [`fetch`] and the reader for the unpacker.
+    pub fn channel() -> (tokio::sync::mpsc::Sender<Piece>, Streamed) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        (
+            tx,
+            Streamed {
+                rx,
+                cur: bytes::Bytes::new(),
+            },
+        )
+    }
+}
+
+impl Read for Streamed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Piece::Data(b)) => self.cur = b,
+                Some(Piece::End) => return Ok(0),
+                None => {
+                    return Err(std::io::Error::other(
+                        "the download stopped before the blob was complete",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
 /// Downloads `digest` (of `size` bytes) into `partial`, resuming what an
-/// earlier pull left there. Returns the bytes fetched over the network.
+/// earlier pull left there; a fresh download is also passed to `tee` as
+/// it arrives (unpacking while it downloads). Returns the bytes fetched
+/// over the network and whether `tee` got the whole blob.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch(
     client: &Client,
     image: &Reference,
@@ -109,7 +162,8 @@ pub async fn fetch(
     partial: &mut Partial,
     progress: &dyn Progress,
     what: &str,
-) -> Result<u64, RegistryError> {
+    tee: Option<&tokio::sync::mpsc::Sender<Piece>>,
+) -> Result<(u64, bool), RegistryError> {
     let io = |what: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |source| RegistryError::Io {
@@ -143,11 +197,13 @@ pub async fn fetch(
         have = 0;
     }
     progress.advance(have);
+    // A resumed download is unpacked from the file once complete.
+    let mut tee = tee.filter(|_| have == 0);
     let map = |e: oci_client::errors::OciDistributionError| RegistryError::from_oci(what, e);
     let mut stream = if have == 0 {
         client.pull_blob_stream(image, digest).await.map_err(map)?
     } else if have == size {
-        return finish(partial, hasher, digest, size, size, what).map(|_| 0);
+        return finish(partial, hasher, digest, size, size, what).map(|_| (0, false));
     } else {
         match client
             .pull_blob_stream_partial(image, digest, have, None)
@@ -205,11 +261,17 @@ pub async fn fetch(
             .write_all(&chunk)
             .map_err(io("cannot write", &partial.path))?;
         have += chunk.len() as u64;
+        if let Some(t) = tee {
+            if t.send(Piece::Data(chunk.clone())).await.is_err() {
+                // The unpacker stopped (it failed): unpack from the file.
+                tee = None;
+            }
+        }
         fetched += chunk.len() as u64;
         progress.advance(chunk.len() as u64);
     }
     finish(partial, hasher, digest, size, have, what)?;
-    Ok(fetched)
+    Ok((fetched, tee.is_some()))
 }
 
 /// Checks size and digest of a complete download; a bad one is emptied.
@@ -245,6 +307,27 @@ fn finish(
     })
 }
 
+/// Removes the partial download at `path` unless a pull holds it.
+fn remove_unlocked(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; LOCK_NB never blocks.
+    let free = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } == 0;
+    free && std::fs::remove_file(path).is_ok()
+}
+
+/// Removes the partial download of blob `hex` (a layer the store has by
+/// now, e.g. unpacked by a pull that was stopped before it cleaned up).
+pub fn remove_partial(root: &Path, hex: &str) {
+    remove_unlocked(&partial_dir(root).join(format!("sha256-{hex}")));
+}
+
 /// Removes partial downloads no pull holds (`duet gc`); returns their paths.
 pub fn gc(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
@@ -253,18 +336,7 @@ pub fn gc(root: &Path) -> Vec<PathBuf> {
         .flatten()
         .flatten()
     {
-        let Ok(f) = File::open(e.path()) else {
-            continue;
-        };
-        // SAFETY: flock on a descriptor we own; LOCK_NB never blocks.
-        if unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        } == 0
-            && std::fs::remove_file(e.path()).is_ok()
-        {
+        if remove_unlocked(&e.path()) {
             removed.push(e.path());
         }
     }

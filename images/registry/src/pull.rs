@@ -526,6 +526,12 @@ async fn pull_async(
     if let Some(t) = &total {
         t.finish();
     }
+    // Every layer is in the store: no partial download of them is needed.
+    for l in layers {
+        if let Ok(hex) = sha256_hex(l.digest().as_ref(), "") {
+            blob::remove_partial(&root, hex);
+        }
+    }
     let image = Image {
         name,
         layers: hexes,
@@ -568,36 +574,67 @@ async fn fetch_layer(
         partial.remove();
         return Ok(0);
     }
-    let fetched = match blob::fetch(client, r, digest, size, &mut partial, bar, what).await {
-        Ok(n) => n,
+    // Unpack while it downloads: the layer lands in the store only once
+    // complete, and is checked (digest, then diff_id) before any image
+    // refers to it.
+    let (tx, rx) = blob::Streamed::channel();
+    let (unpack_root, unpack_what) = (root.to_path_buf(), what.to_string());
+    let unpacker = tokio::task::spawn_blocking(move || {
+        let store = ImageStore::open(&unpack_root)?;
+        duet_shared::image::add_layer_reporting(&store, rx, Path::new(&unpack_what))
+            .map_err(RegistryError::from)
+    });
+    let fetched = blob::fetch(client, r, digest, size, &mut partial, bar, what, Some(&tx)).await;
+    let streamed = matches!(fetched, Ok((_, true)));
+    if streamed {
+        // (The unpacker may be done already: gzip ends at its trailer.)
+        let _ = tx.send(blob::Piece::End).await;
+    }
+    // Without End the unpacker fails and leaves nothing.
+    drop(tx);
+    let unpacked = unpacker.await.expect("the unpack task does not panic");
+    let fetched = match fetched {
+        Ok((n, _)) => n,
         Err(e) => {
-            if matches!(e, RegistryError::DigestMismatch { .. })
-                || matches!(&e, RegistryError::SizeMismatch { got, .. } if got.starts_with("more"))
-            {
+            // An unpack that finished before the digest was found wrong
+            // stored a layer nothing refers to: not kept either.
+            if let Ok((got, _)) = &unpacked {
+                ImageStore::open(root)?.remove_layer_if_unused(got)?;
+            }
+            if e.is_bad_content() {
                 partial.remove();
             }
             return Err(e);
         }
     };
     let (root, diff_id, what) = (root.to_path_buf(), diff_id.to_string(), what.to_string());
+    if streamed {
+        if let Ok(got) = unpacked {
+            partial.remove();
+            return check_diff_id(&root, got, &diff_id, &what).map(|()| fetched);
+        }
+        // The streamed unpack failed: try once more from the verified file,
+        // which reports the error with the file's name.
+    }
     tokio::task::spawn_blocking(move || unpack(&root, partial, &diff_id, &what))
         .await
         .expect("the unpack task does not panic")?;
     Ok(fetched)
 }
 
-/// Unpacks a verified blob into the store and checks its diff_id.
-fn unpack(root: &Path, partial: Partial, diff_id: &str, what: &str) -> Result<(), RegistryError> {
-    let store = ImageStore::open(root)?;
-    let f = partial.reader()?;
-    let got = duet_shared::image::add_layer_reporting(&store, f, Path::new(what));
-    partial.remove();
-    let (got, warnings) = got?;
+/// Warns of what the unpack skipped; a layer that is not `diff_id` is
+/// removed again (unless an image uses it) and refused.
+fn check_diff_id(
+    root: &Path,
+    (got, warnings): (String, Vec<String>),
+    diff_id: &str,
+    what: &str,
+) -> Result<(), RegistryError> {
     for w in warnings {
         eprintln!("duet: warning: {w}");
     }
     if got != diff_id {
-        store.remove_layer_if_unused(&got)?;
+        ImageStore::open(root)?.remove_layer_if_unused(&got)?;
         return Err(RegistryError::DiffIdMismatch {
             what: what.to_string(),
             expected: format!("sha256:{diff_id}"),
@@ -605,6 +642,15 @@ fn unpack(root: &Path, partial: Partial, diff_id: &str, what: &str) -> Result<()
         });
     }
     Ok(())
+}
+
+/// Unpacks a verified blob from its file into the store and checks its diff_id.
+fn unpack(root: &Path, partial: Partial, diff_id: &str, what: &str) -> Result<(), RegistryError> {
+    let store = ImageStore::open(root)?;
+    let f = partial.reader()?;
+    let got = duet_shared::image::add_layer_reporting(&store, f, Path::new(what));
+    partial.remove();
+    check_diff_id(root, got?, diff_id, what)
 }
 
 /// `duet login`: checks user and password against `registry` and stores
