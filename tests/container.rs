@@ -771,7 +771,9 @@ fn the_callers_memory_limit_still_covers_the_container() {
     let v2 =
         !mount.join("memory.limit_in_bytes").exists() && mount.join("cgroup.controllers").exists();
     // A cgroup for "the caller" (what a user's slice or a CI job's limit would be):
-    // 48 MiB. duet runs inside it; the container asks for 512 MiB and uses 200.
+    // 96 MiB. duet runs inside it; the container asks for 512 MiB and uses 200.
+    // (The limit leaves room for duet itself, ~40 MiB as a debug build: at
+    // a tighter one the OOM killer may pick duet before dd has grown.)
     let caller = own.join(format!("duet-test-caller-{}", std::process::id()));
     std::fs::create_dir(&caller).unwrap();
     let limit = if v2 {
@@ -779,7 +781,7 @@ fn the_callers_memory_limit_still_covers_the_container() {
     } else {
         "memory.limit_in_bytes"
     };
-    std::fs::write(caller.join(limit), (48u64 << 20).to_string()).unwrap();
+    std::fs::write(caller.join(limit), (96u64 << 20).to_string()).unwrap();
     // On v2 the caller's cgroup holds duet, so duet nests under its parent (runc's
     // rule): put duet one level deeper, in a leaf below the limited cgroup.
     let leaf = if v2 {
@@ -843,7 +845,7 @@ fn the_callers_memory_limit_still_covers_the_container() {
     assert_eq!(
         o.status.code(),
         Some(137),
-        "200 MiB inside a caller limited to 48 MiB must be OOM-killed: {}",
+        "200 MiB inside a caller limited to 96 MiB must be OOM-killed: {}",
         stderr(&o)
     );
     assert!(left.is_empty(), "left in the caller's cgroup: {left:?}");

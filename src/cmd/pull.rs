@@ -158,7 +158,7 @@ pub fn resolve_image(
             if duet_registry::reference::parse(name).is_err() {
                 return Ok(store.get(name)?);
             }
-            if policy == PullPolicy::Missing {
+            if policy == PullPolicy::Missing && std::io::stderr().is_terminal() {
                 eprintln!("duet: image `{name}` is not in the store: pulling it");
             }
             match pull_now(store, name, args, false) {
