@@ -300,6 +300,16 @@ impl Layout {
     }
 }
 
+/// A registry (with `auth`) holding one image, `repo:1`, of `layers`.
+fn registry_with(auth: Option<(&str, &str)>, repo: &str, layers: &[Vec<u8>]) -> Registry {
+    let reg = Registry::start(auth);
+    let mut layout = Layout::new();
+    let d = layout.image(layers, "amd64", app_config());
+    layout.tag(d, "1");
+    reg.push(layout.dir.path(), "1", repo, false);
+    reg
+}
+
 /// The test image's config: entrypoint + cmd, env, workdir, a port.
 fn app_config() -> serde_json::Value {
     serde_json::json!({
@@ -504,12 +514,8 @@ fn a_blob_with_a_wrong_digest_fails_the_pull_and_leaves_nothing() {
     if needs_tools(test) {
         return;
     }
-    let reg = Registry::start(None);
-    let mut layout = Layout::new();
     let app = app_layer();
-    let d = layout.image(&[busybox_layer(), app.clone()], "amd64", app_config());
-    layout.tag(d, "1");
-    reg.push(layout.dir.path(), "1", "bad/app", false);
+    let reg = registry_with(None, "bad/app", &[busybox_layer(), app.clone()]);
     // The registry's copy of the app layer: same size, other bytes.
     let blob = reg.blob_file(&format!("sha256:{}", sha(&gzip(&app))));
     let mut bytes = std::fs::read(&blob).unwrap();
@@ -606,8 +612,6 @@ fn a_pull_cut_off_mid_layer_leaves_no_image_and_the_next_pull_resumes() {
     if needs_tools(test) {
         return;
     }
-    let reg = Registry::start(None);
-    let mut layout = Layout::new();
     // 4 MiB that gzip cannot shrink.
     let mut noise = vec![0u8; 4 << 20];
     let mut x = 0x9e3779b97f4a7c15u64;
@@ -618,9 +622,7 @@ fn a_pull_cut_off_mid_layer_leaves_no_image_and_the_next_pull_resumes() {
         *b = x as u8;
     }
     let big = tar_of(&[("noise", Some(&noise), 0o644)]);
-    let d = layout.image(&[busybox_layer(), big.clone()], "amd64", app_config());
-    layout.tag(d, "1");
-    reg.push(layout.dir.path(), "1", "big/app", false);
+    let reg = registry_with(None, "big/app", &[busybox_layer(), big.clone()]);
     let blob = format!("sha256:{}", sha(&gzip(&big)));
     let proxy = CuttingProxy::start(reg.port, blob.clone(), 1 << 20);
 
@@ -680,11 +682,7 @@ fn basic_auth_refuses_a_wrong_password_and_login_stores_the_right_one() {
     if needs_tools(test) {
         return;
     }
-    let reg = Registry::start(Some(("duet", "s3cret")));
-    let mut layout = Layout::new();
-    let d = layout.image(&[busybox_layer()], "amd64", app_config());
-    layout.tag(d, "1");
-    reg.push(layout.dir.path(), "1", "private/app", false);
+    let reg = registry_with(Some(("duet", "s3cret")), "private/app", &[busybox_layer()]);
     let env = Env::new();
     let docker_config = tempfile::tempdir().unwrap();
     let duet = |args: &[&str], stdin: &str| {
@@ -748,6 +746,80 @@ fn basic_auth_refuses_a_wrong_password_and_login_stores_the_right_one() {
     assert!(store(&env).get(&r).is_ok());
 }
 
+#[test]
+fn an_image_saved_by_duet_goes_through_skopeo_into_a_registry_and_back() {
+    let test = "an_image_saved_by_duet_goes_through_skopeo_into_a_registry_and_back";
+    if needs_tools(test) || skip_unless_root(test) {
+        return;
+    }
+    let reg = registry_with(None, "team/app", &[busybox_layer(), app_layer()]);
+    let env = Env::new();
+    let original = format!("{}/team/app:1", reg.host());
+    ok(&env, &["pull", "--insecure", &original]);
+    let want = ok(&env, &["run", &original]);
+    assert_eq!(
+        want,
+        "hi from /srv as 1000:1000\nhello from the app layer\nmotd-gone\n"
+    );
+
+    let archive = env.root().join("saved.tar");
+    let out = ok(
+        &env,
+        &["image", "save", &original, "-o", archive.to_str().unwrap()],
+    );
+    assert!(out.contains("2 layers"), "{out}");
+    // A real reader of `docker save` archives: skopeo.
+    let src = format!("docker-archive:{}", archive.display());
+    let inspect = Command::new("skopeo")
+        .args(["inspect", &src])
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["Layers"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["Architecture"], "amd64");
+    // Through skopeo into the registry under another name, and pulled back.
+    let copy = format!("{}/copy/app:2", reg.host());
+    let pushed = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", &src])
+        .arg(format!("docker://{copy}"))
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    ok(&env, &["pull", "--insecure", &copy]);
+    assert_eq!(
+        ok(&env, &["run", &copy]),
+        want,
+        "the same image after the round trip"
+    );
+    // And `duet image import` reads it as a `docker save` archive.
+    ok(
+        &env,
+        &[
+            "image",
+            "import",
+            archive.to_str().unwrap(),
+            "--name",
+            "imported",
+        ],
+    );
+    assert_eq!(ok(&env, &["run", "imported"]), want);
+    // A save that cannot be written leaves no file.
+    let e = failed(
+        &env,
+        &["image", "save", &original, "-o", "/nonexistent/dir/x.tar"],
+    );
+    assert!(e.contains("/nonexistent/dir"), "{e}");
+}
+
 /// In the testbed: a registry there, `duet pull`, and the image's
 /// entrypoint, env, workdir and user in a microVM.
 const TESTBED_CASE: &str = r#"set -eu
@@ -776,11 +848,7 @@ fn a_pulled_image_runs_in_a_microvm_in_the_testbed() {
         duet_shared::testing::skip(test, &format!("the nested-KVM testbed {why}"));
         return;
     }
-    let reg = Registry::start(None);
-    let mut layout = Layout::new();
-    let d = layout.image(&[busybox_layer(), app_layer()], "amd64", app_config());
-    layout.tag(d, "1");
-    reg.push(layout.dir.path(), "1", "team/app", false);
+    let reg = registry_with(None, "team/app", &[busybox_layer(), app_layer()]);
     let work = tempfile::Builder::new()
         .prefix("duet-registry-vm-")
         .tempdir_in("/var/tmp")

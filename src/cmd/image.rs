@@ -1,4 +1,4 @@
-//! `duet image import|ls|rm`.
+//! `duet image import|ls|save|rm`.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -26,6 +26,15 @@ pub enum ImageCommand {
     },
     /// List images.
     Ls,
+    /// Write an image as a `docker save` archive (for `docker load`,
+    /// `skopeo copy docker-archive:FILE ...`, or `duet image import`).
+    Save {
+        /// The image.
+        name: String,
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Remove images (and layers no other image uses).
     Rm {
         /// Image names, or manifest digests of pulled images
@@ -87,6 +96,19 @@ pub fn image(c: ImageCommand) -> Result<()> {
                     size as f64 / 1e6
                 );
             }
+        }
+        ImageCommand::Save { name, output } => {
+            let img = store.get(&name)?;
+            let warnings = duet_shared::image::save_image(&store, &img, &output)
+                .with_context(|| format!("saving `{name}` to {}", output.display()))?;
+            for w in &warnings {
+                eprintln!("duet: warning: {w}");
+            }
+            println!(
+                "saved {name} ({} layers) to {}",
+                img.layers.len(),
+                output.display()
+            );
         }
         ImageCommand::Rm { names } => {
             for n in names.iter().flat_map(|n| by_name_or_digest(&store, n)) {

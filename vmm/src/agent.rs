@@ -419,6 +419,25 @@ fn flush_nb(c: &Conn, out: &mut Vec<u8>) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Writes all of `d` to the command's output, waiting out a full
+/// non-blocking pipe (an engine's pipes are often O_NONBLOCK: a Go
+/// program's are) instead of dropping what did not fit; a reader that is
+/// gone ends the writing.
+fn write_out(w: &mut dyn Write, mut d: &[u8]) {
+    while !d.is_empty() {
+        match w.write(d) {
+            Ok(0) => return,
+            Ok(n) => d = &d[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = w.flush();
+}
+
 /// Input buffered for the guest at most before stdin is no longer read.
 const OUT_HIGH_WATER: usize = 1 << 20;
 
@@ -435,12 +454,8 @@ fn relay_loop(
     loop {
         while let Some(f) = c.dec.take_frame().map_err(|e| c.proto(e))? {
             match f {
-                Frame::Stdout(d) => {
-                    let _ = io.stdout.write_all(&d).and_then(|_| io.stdout.flush());
-                }
-                Frame::Stderr(d) => {
-                    let _ = io.stderr.write_all(&d).and_then(|_| io.stderr.flush());
-                }
+                Frame::Stdout(d) => write_out(io.stdout, &d),
+                Frame::Stderr(d) => write_out(io.stderr, &d),
                 Frame::Exit(e) => return Ok(e),
                 _ => return Err(c.proto(ProtocolError::BadFrame(0))),
             }
@@ -489,14 +504,19 @@ fn relay_loop(
             let fd = stdin.expect("polled");
             // SAFETY: reads into a valid buffer from our stdin.
             let k = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            let err = std::io::Error::last_os_error().kind();
             let frame = if k > 0 {
                 Frame::Stdin(buf[..k as usize].to_vec())
             } else if k == 0
-                || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                || !matches!(
+                    err,
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                )
             {
                 stdin = None;
                 Frame::StdinEof
             } else {
+                // (A non-blocking stdin with nothing to read is not its end.)
                 continue;
             };
             out.extend(agent_abi::encode_frame(&frame));

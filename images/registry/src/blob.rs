@@ -187,14 +187,18 @@ pub async fn fetch(
             have += n as u64;
         }
     }
-    if have > size {
-        // Not a prefix of this blob: start over.
+    // Empties the partial file to download the blob from its start.
+    let start_over = |partial: &mut Partial, hasher: &mut Sha256, have: &mut u64| {
+        *hasher = Sha256::new();
+        *have = 0;
         partial
             .file
             .set_len(0)
-            .map_err(io("cannot truncate", &partial.path))?;
-        hasher = Sha256::new();
-        have = 0;
+            .map_err(io("cannot truncate", &partial.path))
+    };
+    if have > size {
+        // Not a prefix of this blob.
+        start_over(partial, &mut hasher, &mut have)?;
     }
     progress.advance(have);
     // A resumed download is unpacked from the file once complete.
@@ -213,12 +217,7 @@ pub async fn fetch(
             BlobResponse::Partial(s) => s,
             BlobResponse::Full(s) => {
                 // The registry ignored the range: take the whole blob.
-                partial
-                    .file
-                    .set_len(0)
-                    .map_err(io("cannot truncate", &partial.path))?;
-                hasher = Sha256::new();
-                have = 0;
+                start_over(partial, &mut hasher, &mut have)?;
                 s
             }
         }

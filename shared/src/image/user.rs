@@ -6,6 +6,7 @@
 //! of the host's.
 
 use super::beneath::Beneath;
+use super::escape::escaped;
 use super::whiteout::WHITEOUT_PREFIX;
 use rustix::fs::OFlags;
 use std::io::Read;
@@ -77,7 +78,12 @@ pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32), String
         Err(_) => passwd(&pw)
             .find(|e| e.0 == u)
             .map(|e| (e.1, e.2))
-            .ok_or_else(|| format!("user `{u}` is not in the image's /etc/passwd"))?,
+            .ok_or_else(|| {
+                format!(
+                    "user `{}` is not in the image's /etc/passwd",
+                    escaped(u.as_bytes())
+                )
+            })?,
     };
     let gid = match g {
         None => primary,
@@ -86,7 +92,12 @@ pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32), String
             Err(_) => {
                 let gr = merged_file(layers, "group").unwrap_or_default();
                 let found = group(&gr).find(|e| e.0 == g).map(|e| e.1);
-                found.ok_or_else(|| format!("group `{g}` is not in the image's /etc/group"))?
+                found.ok_or_else(|| {
+                    format!(
+                        "group `{}` is not in the image's /etc/group",
+                        escaped(g.as_bytes())
+                    )
+                })?
             }
         },
     };
@@ -125,6 +136,9 @@ mod tests {
         assert!(e.contains("`old`") && e.contains("/etc/passwd"), "{e}");
         let e = resolve_user(&layers, "app:wheel").unwrap_err();
         assert!(e.contains("`wheel`"), "{e}");
+        // A hostile image's User reaches the terminal escaped.
+        let e = resolve_user(&layers, "x\u{1b}[2J").unwrap_err();
+        assert!(!e.contains('\u{1b}'), "{e:?}");
     }
 
     #[test]

@@ -282,3 +282,34 @@ fn exec_tty_follows_the_terminal_size() {
     assert_eq!(exit, WorkloadExit::Code(0), "{out}");
     assert_eq!(out.trim(), "33 77");
 }
+
+#[test]
+fn output_to_a_full_nonblocking_pipe_is_not_dropped() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the descriptors are new and ours.
+    let (mut r, mut w) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    // SAFETY: fcntl on our write end, as a Go program leaves its pipes.
+    unsafe { libc::fcntl(fds[1], libc::F_SETFL, libc::O_NONBLOCK) };
+    let data: Vec<u8> = (0..(512u32 << 10)).map(|i| (i % 251) as u8).collect();
+    let want = data.clone();
+    let reader = std::thread::spawn(move || {
+        // A slow reader: the 64 KiB pipe fills many times over.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        got
+    });
+    write_out(&mut w, &data);
+    drop(w);
+    assert!(
+        reader.join().unwrap() == want,
+        "every byte arrives, in order"
+    );
+}
