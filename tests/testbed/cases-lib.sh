@@ -14,6 +14,7 @@ case_() {
     echo "=== END $name rc=$rc"
 }
 
-# A silent guest fails its case in minutes instead of stalling the whole run.
+# A silent guest fails its case in minutes instead of stalling the whole run
+# (and a duet that does not end on SIGTERM is killed 10 s later).
 DUET_EXE=$(command -v duet)
-duet() { timeout 180 "$DUET_EXE" "$@"; }
+duet() { timeout -k 10 180 "$DUET_EXE" "$@"; }

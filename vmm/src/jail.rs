@@ -584,6 +584,14 @@ fn wait_for_child(pid: i32, rx: &OwnedFd, timeout: Option<Duration>) -> Result<W
                 }
             }
         }
+        if n == 0 && exited(pid) {
+            // The child is gone but something else (a process that forked
+            // from duet meanwhile) holds the pipe's write end: its result
+            // was written before it exited; take what is there and stop
+            // waiting for an EOF that may never come.
+            drain_nonblocking(rx, &mut bytes);
+            break;
+        }
         if killed.is_some() {
             continue;
         }
@@ -622,6 +630,45 @@ fn wait_for_child(pid: i32, rx: &OwnedFd, timeout: Option<Duration>) -> Result<W
         status,
         killed,
     })
+}
+
+/// Whether child `pid` has exited (it is not reaped: waitpid does that).
+fn exited(pid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with WNOWAIT leaves it to waitpid.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is set by waitid when a child changed state (0 otherwise).
+    r == 0 && unsafe { info.si_pid() } == pid
+}
+
+/// Reads what the pipe holds now, without waiting for more.
+fn drain_nonblocking(rx: &OwnedFd, bytes: &mut Vec<u8>) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) } <= 0 {
+            return;
+        }
+        // SAFETY: reads into a stack buffer of its length from our pipe end.
+        let got = unsafe { libc::read(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got <= 0 {
+            return;
+        }
+        bytes.extend_from_slice(&buf[..got as usize]);
+    }
 }
 
 fn describe_status(status: i32) -> String {
@@ -1178,6 +1225,58 @@ pub fn status_is_jailed(status: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// A process that outlives the VMM and holds the result pipe's write
+    /// end (a sibling duet forked meanwhile) must not keep duet waiting.
+    #[test]
+    fn a_leaked_write_end_does_not_outlast_the_child() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: new descriptors, ours.
+        let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let w = tx.as_raw_fd();
+        // The holder: a `sleep` that keeps a copy of the write end.
+        let mut holder = {
+            use std::os::unix::process::CommandExt;
+            let mut c = std::process::Command::new("sleep");
+            c.arg("30");
+            // SAFETY: dup2 in the child before exec (async-signal-safe).
+            unsafe {
+                c.pre_exec(move || {
+                    if libc::dup2(w, 7) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            c.spawn().unwrap()
+        };
+        // The "VMM": writes its result and exits.
+        // SAFETY: fork; the child only writes and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: write from a static buffer, then _exit.
+            unsafe {
+                libc::write(w, b"result".as_ptr().cast(), 6);
+                libc::_exit(0);
+            }
+        }
+        drop(tx);
+        let t = Instant::now();
+        let got = wait_for_child(pid, &rx, Some(Duration::from_secs(20))).unwrap();
+        let _ = holder.kill();
+        let _ = holder.wait();
+        assert_eq!(got.bytes, b"result");
+        assert!(libc::WIFEXITED(got.status) && libc::WEXITSTATUS(got.status) == 0);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "waited {:?}",
+            t.elapsed()
+        );
+    }
+
     use super::*;
     use duet_shared::guest_abi::InitFailure;
     use duet_shared::runtime::WorkloadExit;
