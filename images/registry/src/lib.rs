@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod blob;
 pub mod manifest;
+mod progress;
 mod pull;
 pub mod reference;
 

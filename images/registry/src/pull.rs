@@ -6,14 +6,16 @@
 //! half-written layer; its partial downloads resume on the next pull and
 //! `duet gc` removes them.
 
-use crate::blob::{self, sha256_hex, Partial, Progress};
+use crate::blob::{self, sha256_hex, Partial};
 use crate::manifest::{self, Manifest, Platform, MAX_MANIFEST};
+use crate::progress::{Bar, Bars};
 use crate::{reference, RegistryError};
 use duet_shared::image::{Image, ImageConfig, ImageSource, ImageStore, DEFAULT_PATH};
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -299,28 +301,10 @@ fn config_from(c: &oci_spec::image::ImageConfiguration) -> ImageConfig {
 
 /// One layer to fetch.
 struct Todo {
-    index: usize,
     digest: String,
     size: u64,
     diff_id: String,
     what: String,
-}
-
-/// Progress of one layer: an indicatif bar, or nothing.
-struct Bar {
-    bar: Option<indicatif::ProgressBar>,
-    total: Option<indicatif::ProgressBar>,
-}
-
-impl Progress for Bar {
-    fn advance(&self, n: u64) {
-        if let Some(b) = &self.bar {
-            b.inc(n);
-        }
-        if let Some(t) = &self.total {
-            t.inc(n);
-        }
-    }
 }
 
 /// Pulls `text` (a reference) into the store; returns the stored image.
@@ -344,6 +328,162 @@ pub fn pull(store: &ImageStore, text: &str, opts: &PullOptions) -> Result<Pulled
     ))
 }
 
+/// The image manifest for the platform (through an index if `r` names
+/// one), and its digest.
+async fn resolve_manifest(
+    client: &Client,
+    r: &Reference,
+    auth: &RegistryAuth,
+    platform: &Platform,
+    who_err: &dyn Fn(RegistryError) -> RegistryError,
+) -> Result<(Box<ImageManifest>, String), RegistryError> {
+    let (bytes, digest) = fetch_manifest(client, r, auth, &r.whole())
+        .await
+        .map_err(who_err)?;
+    let index = match manifest::parse(&bytes, &r.whole())? {
+        Manifest::Image(m) => return Ok((m, digest)),
+        Manifest::Index(index) => index,
+    };
+    let d = manifest::select(&index, platform, &r.whole())?
+        .digest()
+        .to_string();
+    sha256_hex(&d, &r.whole())?;
+    let what = format!("{} ({platform})", r.whole());
+    let (bytes, got) = fetch_manifest(client, &r.clone_with_digest(d.clone()), auth, &what)
+        .await
+        .map_err(who_err)?;
+    verify(&bytes, &d, &what)?;
+    match manifest::parse(&bytes, &what)? {
+        Manifest::Image(m) => Ok((m, got)),
+        Manifest::Index(_) => Err(RegistryError::Manifest {
+            what,
+            message: "the index's entry for the platform is another index".into(),
+        }),
+    }
+}
+
+/// The image's config blob, for `platform`'s CPU and with a diff_id per layer.
+async fn fetch_config(
+    client: &Client,
+    r: &Reference,
+    m: &ImageManifest,
+    platform: &Platform,
+) -> Result<ImageConfiguration, RegistryError> {
+    let desc = m.config();
+    let digest = desc.digest().to_string();
+    let what = format!("{}: config {digest}", r.whole());
+    sha256_hex(&digest, &what)?;
+    let bytes = fetch_small(client, r, &digest, desc.size(), &what).await?;
+    let cfg: ImageConfiguration =
+        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Manifest {
+            what: what.clone(),
+            message: format!("bad image config: {e}"),
+        })?;
+    let (os, arch) = (cfg.os().to_string(), cfg.architecture().to_string());
+    if os != platform.os || arch != platform.architecture {
+        return Err(RegistryError::Manifest {
+            what: r.whole(),
+            message: format!(
+                "the image is for {os}/{arch}, not {platform} (choose another with --platform; duet runs what this machine's CPU runs)"
+            ),
+        });
+    }
+    let (ids, layers) = (cfg.rootfs().diff_ids().len(), m.layers().len());
+    if ids != layers {
+        return Err(RegistryError::Manifest {
+            what,
+            message: format!("the config lists {ids} diff_ids for the manifest's {layers} layers"),
+        });
+    }
+    Ok(cfg)
+}
+
+/// Every layer's diff_id (hex, bottom first), and the layers the store lacks.
+fn plan_layers(
+    store: &ImageStore,
+    r: &Reference,
+    m: &ImageManifest,
+    cfg: &ImageConfiguration,
+) -> Result<(Vec<String>, Vec<Todo>), RegistryError> {
+    let layers = m.layers();
+    let mut todo: Vec<Todo> = Vec::new();
+    let mut hexes = Vec::new();
+    for (i, (l, diff)) in layers.iter().zip(cfg.rootfs().diff_ids()).enumerate() {
+        let d = l.digest().to_string();
+        let what = format!("{}: layer {} of {} ({d})", r.whole(), i + 1, layers.len());
+        manifest::layer_compression(l.media_type().as_ref(), &what)?;
+        sha256_hex(&d, &what)?;
+        let diff_hex = sha256_hex(diff, &what)?.to_string();
+        hexes.push(diff_hex.clone());
+        if store.layer_dir(&diff_hex).is_dir() || todo.iter().any(|t| t.diff_id == diff_hex) {
+            continue;
+        }
+        todo.push(Todo {
+            digest: d,
+            size: l.size(),
+            diff_id: diff_hex,
+            what,
+        });
+    }
+    Ok((hexes, todo))
+}
+
+/// Downloads `todo`, `parallel` at a time; the bytes fetched. On the
+/// first failure the other downloads stop; wrong content also takes the
+/// pull's partial downloads with it.
+async fn download_all(
+    client: &Client,
+    r: &Reference,
+    root: &Path,
+    todo: &[Todo],
+    bars: &Bars,
+    parallel: usize,
+) -> Result<u64, RegistryError> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for t in todo {
+        let bar = bars.layer(t.size, &t.digest[7..19]);
+        let (client, r, root, sem) = (client.clone(), r.clone(), root.to_path_buf(), sem.clone());
+        let (digest, size, diff_id, what) =
+            (t.digest.clone(), t.size, t.diff_id.clone(), t.what.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("the semaphore stays open");
+            let n = fetch_layer(&client, &r, &root, &digest, size, &diff_id, &bar, &what).await?;
+            bar.done();
+            Ok::<_, RegistryError>(n)
+        });
+    }
+    let mut fetched = 0;
+    while let Some(done) = set.join_next().await {
+        let got = done
+            .map_err(|e| RegistryError::Network {
+                what: r.whole(),
+                message: format!("a download task failed: {e}"),
+            })
+            .and_then(|x| x);
+        match got {
+            Ok(n) => fetched += n,
+            Err(e) => {
+                // The other downloads end here (their locks with them).
+                set.shutdown().await;
+                if e.is_bad_content() {
+                    // A registry that serves wrong content is not resumed
+                    // from: nothing of this pull is kept.
+                    for t in todo {
+                        if let Ok(hex) = sha256_hex(&t.digest, &t.what) {
+                            let _ = std::fs::remove_file(
+                                blob::partial_dir(root).join(format!("sha256-{hex}")),
+                            );
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(fetched)
+}
+
 async fn pull_async(
     root: PathBuf,
     client: Client,
@@ -359,175 +499,19 @@ async fn pull_async(
         .auth(&r, &auth, RegistryOperation::Pull)
         .await
         .map_err(|e| who_err(RegistryError::from_oci(&r.whole(), e)))?;
-    let (bytes, mut digest) = fetch_manifest(&client, &r, &auth, &r.whole())
-        .await
-        .map_err(who_err)?;
-    let image_manifest = match manifest::parse(&bytes, &r.whole())? {
-        Manifest::Image(m) => m,
-        Manifest::Index(index) => {
-            let d = manifest::select(&index, &opts.platform, &r.whole())?;
-            let d = d.digest().to_string();
-            sha256_hex(&d, &r.whole())?;
-            let by_digest = r.clone_with_digest(d.clone());
-            let what = format!("{} ({})", r.whole(), opts.platform);
-            let (bytes, got) = fetch_manifest(&client, &by_digest, &auth, &what)
-                .await
-                .map_err(who_err)?;
-            verify(&bytes, &d, &what)?;
-            digest = got;
-            match manifest::parse(&bytes, &what)? {
-                Manifest::Image(m) => m,
-                Manifest::Index(_) => {
-                    return Err(RegistryError::Manifest {
-                        what,
-                        message: "the index's entry for the platform is another index".into(),
-                    })
-                }
-            }
-        }
-    };
-    let cfg_desc = image_manifest.config();
-    let cfg_digest = cfg_desc.digest().to_string();
-    let cfg_what = format!("{}: config {cfg_digest}", r.whole());
-    sha256_hex(&cfg_digest, &cfg_what)?;
-    let cfg_bytes = fetch_small(&client, &r, &cfg_digest, cfg_desc.size(), &cfg_what).await?;
-    let cfg: oci_spec::image::ImageConfiguration =
-        serde_json::from_slice(&cfg_bytes).map_err(|e| RegistryError::Manifest {
-            what: cfg_what.clone(),
-            message: format!("bad image config: {e}"),
-        })?;
-    let (os, arch) = (cfg.os().to_string(), cfg.architecture().to_string());
-    if os != opts.platform.os || arch != opts.platform.architecture {
-        return Err(RegistryError::Manifest {
-            what: r.whole(),
-            message: format!(
-                "the image is for {os}/{arch}, not {} (choose another with --platform; duet runs what this machine's CPU runs)",
-                opts.platform
-            ),
-        });
-    }
-    let diff_ids = cfg.rootfs().diff_ids();
-    let layers = image_manifest.layers();
-    if diff_ids.len() != layers.len() {
-        return Err(RegistryError::Manifest {
-            what: cfg_what,
-            message: format!(
-                "the config lists {} diff_ids for the manifest's {} layers",
-                diff_ids.len(),
-                layers.len()
-            ),
-        });
-    }
-    let mut todo = Vec::new();
-    let mut hexes = Vec::new();
-    for (i, (l, diff)) in layers.iter().zip(diff_ids).enumerate() {
-        let d = l.digest().to_string();
-        let what = format!("{}: layer {} of {} ({d})", r.whole(), i + 1, layers.len());
-        manifest::layer_compression(l.media_type().as_ref(), &what)?;
-        sha256_hex(&d, &what)?;
-        let diff_hex = sha256_hex(diff, &what)?.to_string();
-        hexes.push(diff_hex.clone());
-        if store.layer_dir(&diff_hex).is_dir() || todo.iter().any(|t: &Todo| t.diff_id == diff_hex)
-        {
-            continue;
-        }
-        todo.push(Todo {
-            index: i,
-            digest: d,
-            size: l.size(),
-            diff_id: diff_hex,
-            what,
-        });
-    }
-    let present = layers.len() - todo.len();
-    let multi = (opts.progress && !opts.quiet).then(indicatif::MultiProgress::new);
-    let total = multi.as_ref().map(|m| {
-        let b = m.add(indicatif::ProgressBar::new(
-            todo.iter().map(|t| t.size).sum(),
-        ));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        b.set_prefix(name.clone());
-        b
-    });
-    let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
-    let mut set = tokio::task::JoinSet::new();
-    for t in todo.iter() {
-        let bar = Bar {
-            bar: multi.as_ref().map(|m| {
-                let b = m.add(indicatif::ProgressBar::new(t.size));
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{prefix:>14} [{bar:30}] {bytes}/{total_bytes}",
-                    )
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-                );
-                b.set_prefix(t.digest[7..19].to_string());
-                b
-            }),
-            total: total.clone(),
-        };
-        let (client, r, root, sem) = (client.clone(), r.clone(), root.clone(), sem.clone());
-        let (index, digest, size, diff_id, what) = (
-            t.index,
-            t.digest.clone(),
-            t.size,
-            t.diff_id.clone(),
-            t.what.clone(),
-        );
-        let quiet = opts.quiet || opts.progress;
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await.expect("the semaphore stays open");
-            let fetched =
-                fetch_layer(&client, &r, &root, &digest, size, &diff_id, &bar, &what).await?;
-            if let Some(b) = &bar.bar {
-                b.finish();
-            }
-            if !quiet {
-                eprintln!("{}: pulled ({:.1} MB)", &digest[..19], size as f64 / 1e6);
-            }
-            Ok::<_, RegistryError>((index, fetched))
-        });
-    }
-    let mut fetched_bytes = 0;
-    while let Some(done) = set.join_next().await {
-        let got = done
-            .map_err(|e| RegistryError::Network {
-                what: r.whole(),
-                message: format!("a download task failed: {e}"),
-            })
-            .and_then(|x| x);
-        match got {
-            Ok((_, n)) => fetched_bytes += n,
-            Err(e) => {
-                // The other downloads end here (their locks with them).
-                set.shutdown().await;
-                if e.is_bad_content() {
-                    // A registry that serves wrong content is not resumed
-                    // from: nothing of this pull is kept.
-                    for t in &todo {
-                        if let Ok(hex) = sha256_hex(&t.digest, &t.what) {
-                            let _ = std::fs::remove_file(
-                                blob::partial_dir(&root).join(format!("sha256-{hex}")),
-                            );
-                        }
-                    }
-                }
-                return Err(e);
-            }
-        }
-    }
-    if let Some(t) = &total {
-        t.finish();
-    }
+    let (m, digest) = resolve_manifest(&client, &r, &auth, &opts.platform, &who_err).await?;
+    let cfg = fetch_config(&client, &r, &m, &opts.platform).await?;
+    let (hexes, todo) = plan_layers(&store, &r, &m, &cfg)?;
+    let bars = Bars::new(
+        opts.progress,
+        opts.quiet,
+        todo.iter().map(|t| t.size).sum(),
+        &name,
+    );
+    let fetched_bytes = download_all(&client, &r, &root, &todo, &bars, opts.parallel).await?;
+    bars.finish();
     // Every layer is in the store: no partial download of them is needed.
-    for l in layers {
+    for l in m.layers() {
         if let Ok(hex) = sha256_hex(l.digest().as_ref(), "") {
             blob::remove_partial(&root, hex);
         }
@@ -546,7 +530,7 @@ async fn pull_async(
     Ok(Pulled {
         image,
         fetched_layers: todo.len(),
-        present_layers: present,
+        present_layers: m.layers().len() - todo.len(),
         fetched_bytes,
     })
 }
