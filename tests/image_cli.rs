@@ -47,17 +47,6 @@ fn write(path: &Path, data: &[u8]) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn ok(env: &Env, args: &[&str]) -> String {
-    let o = env.run(args);
-    assert!(
-        o.status.success(),
-        "duet {args:?}: {}\n{}",
-        o.status,
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
 fn sha(d: &[u8]) -> String {
     hex::encode(Sha256::digest(d))
 }

@@ -332,17 +332,6 @@ fn app_layer() -> Vec<u8> {
     ])
 }
 
-fn ok(env: &Env, args: &[&str]) -> String {
-    let o = env.run(args);
-    assert!(
-        o.status.success(),
-        "duet {args:?}: {}\n{}",
-        o.status,
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
 fn failed(env: &Env, args: &[&str]) -> String {
     let o = env.run(args);
     assert!(
@@ -709,17 +698,16 @@ fn basic_auth_refuses_a_wrong_password_and_login_stores_the_right_one() {
         "{e}"
     );
 
-    let o = duet(
-        &[
-            "login",
-            &reg.host(),
-            "-u",
-            "duet",
-            "--password-stdin",
-            "--insecure",
-        ],
-        "wrong\n",
-    );
+    let host = reg.host();
+    let login = [
+        "login",
+        &host,
+        "-u",
+        "duet",
+        "--password-stdin",
+        "--insecure",
+    ];
+    let o = duet(&login, "wrong\n");
     assert!(!o.status.success());
     let e = stderr(&o);
     assert!(e.contains("refused the credentials of user `duet`"), "{e}");
@@ -728,17 +716,7 @@ fn basic_auth_refuses_a_wrong_password_and_login_stores_the_right_one() {
         "nothing stored"
     );
 
-    let o = duet(
-        &[
-            "login",
-            &reg.host(),
-            "-u",
-            "duet",
-            "--password-stdin",
-            "--insecure",
-        ],
-        "s3cret\n",
-    );
+    let o = duet(&login, "s3cret\n");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("Login Succeeded"));
     let o = duet(&["pull", "--insecure", &r], "");

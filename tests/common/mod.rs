@@ -139,6 +139,18 @@ pub fn unique(name: &str) -> String {
     format!("{name}{}", std::process::id())
 }
 
+/// `duet ARGS` in `env`, which must succeed; its stdout.
+pub fn ok(env: &Env, args: &[&str]) -> String {
+    let o = env.run(args);
+    assert!(
+        o.status.success(),
+        "duet {args:?}: {}\n{}",
+        o.status,
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
