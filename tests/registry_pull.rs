@@ -375,11 +375,13 @@ fn pull_by_tag_digest_and_platform_then_run_with_the_images_config() {
     let (bottom, app) = (busybox_layer(), app_layer());
     let amd = layout.image(&[bottom.clone(), app.clone()], "amd64", app_config());
     layout.tag(amd.clone(), "1");
+    layout.tag(amd.clone(), "latest");
     let arm_only = tar_of(&[("arch-arm64", Some(b"arm\n"), 0o644)]);
     let arm = layout.image(&[bottom.clone(), arm_only.clone()], "arm64", app_config());
     let multi = layout.index_of(&[amd.clone(), arm]);
     layout.tag(multi, "multi");
     reg.push(layout.dir.path(), "1", "team/app", false);
+    reg.push(layout.dir.path(), "latest", "team/app", false);
     reg.push(layout.dir.path(), "multi", "team/app", true);
 
     let env = Env::new();
@@ -436,6 +438,21 @@ fn pull_by_tag_digest_and_platform_then_run_with_the_images_config() {
     // A command replaces Cmd, not the entrypoint (Docker's rule).
     let out = ok(&env, &["run", &by_tag, "--", "echo given $GREETING"]);
     assert_eq!(out, "given hi\n");
+
+    // A reference without a tag is pulled (implicitly) as `:latest`, and a
+    // detached instance's monitor finds it under that name.
+    let tagless = format!("{host}/team/app");
+    let id = ok(
+        &env,
+        &["run", "-d", "--name", "pulled", "--insecure", &tagless],
+    );
+    assert!(!id.trim().is_empty());
+    assert_eq!(ok(&env, &["wait", "pulled"]).trim(), "0");
+    let logs = ok(&env, &["logs", "pulled"]);
+    assert!(logs.contains("hi from /srv as 1000:1000"), "{logs}");
+    assert!(store(&env).get(&format!("{tagless}:latest")).is_ok());
+    ok(&env, &["rm", "pulled"]);
+    ok(&env, &["image", "rm", &format!("{tagless}:latest")]);
 
     // By digest: the same layers, nothing downloaded again.
     let by_digest = format!("{host}/team/app@{}", source.digest);

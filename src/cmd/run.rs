@@ -349,6 +349,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     .with_context(|| format!("{}: field `image`", origin.display()))?;
     if args.from_snapshot.is_none() {
+        // The stored name (`debian` was pulled as `debian:latest`): what a
+        // detached instance's monitor and `duet commit` look up later.
+        spec.image = image.name.clone();
         merge_image_defaults(&mut spec, &image);
         resolve_spec_user(&mut spec, &store, &image, &origin)?;
     }
