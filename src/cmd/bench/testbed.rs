@@ -205,12 +205,14 @@ pub fn testbed_section(name: &str, argv: &[String]) -> String {
 /// CMD's stdout, `=== END NAME rc=N`, then CMD's stderr as section `NAME.stderr`.
 pub const TESTBED_PRELUDE: &str = r#"sec() {
     n="$1"; shift
+    sec_err="${TMPDIR:-/tmp}/duet-section.$$.err"
     echo "=== BEGIN $n"
-    "$@" 2>/tmp/duet-section.err
+    "$@" 2>"$sec_err"
     rc=$?
     echo "=== END $n rc=$rc"
     echo "=== BEGIN $n.stderr"
-    cat /tmp/duet-section.err
+    cat "$sec_err"
+    rm -f "$sec_err"
     echo "=== END $n.stderr rc=0"
 }
 echo "=== BEGIN outer_kernel"; uname -r -v; echo "=== END outer_kernel rc=0"
