@@ -159,11 +159,7 @@ fn by_name_or_digest(store: &ImageStore, arg: &str) -> Vec<String> {
     }
     if !digest_like {
         // `debian` is stored as `debian:latest`.
-        let normal = duet_registry::reference::parse(arg)
-            .map(|r| duet_registry::reference::store_name(&r))
-            .ok()
-            .filter(|n| store.contains(n));
-        return vec![normal.unwrap_or_else(|| arg.to_string())];
+        return vec![super::pull::local_name(store, arg).unwrap_or_else(|| arg.to_string())];
     }
     let hits: Vec<String> = store
         .list()

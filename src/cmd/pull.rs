@@ -131,7 +131,7 @@ pub fn login(a: &LoginArgs) -> Result<()> {
 
 /// The stored name `name` goes by: itself, or the reference's normal form
 /// (`debian` is stored as `debian:latest`).
-fn local_name(store: &ImageStore, name: &str) -> Option<String> {
+pub fn local_name(store: &ImageStore, name: &str) -> Option<String> {
     if store.contains(name) {
         return Some(name.to_string());
     }
