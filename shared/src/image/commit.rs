@@ -136,9 +136,7 @@ pub fn commit_upper(
     upper: &Path,
     name: &str,
 ) -> Result<Committed, ImageError> {
-    if !crate::spec::valid_name(name) {
-        return Err(ImageError::BadName(name.to_string()));
-    }
+    super::store::check_name(name)?;
     let scratch = store.scratch("commit")?;
     let result = (|| {
         let tar_path = scratch.join("layer.tar");

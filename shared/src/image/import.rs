@@ -142,9 +142,7 @@ pub fn import_tarball(
     name: &str,
     opts: &ImportOptions,
 ) -> Result<Imported, ImageError> {
-    if !crate::spec::valid_name(name) {
-        return Err(ImageError::BadName(name.to_string()));
-    }
+    super::store::check_name(name)?;
     if !opts.force && store.contains(name) {
         return Err(ImageError::Exists(name.to_string()));
     }

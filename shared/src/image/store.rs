@@ -275,7 +275,7 @@ pub fn valid_reference_name(name: &str) -> bool {
             .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with('.'))
 }
 
-fn check_name(name: &str) -> Result<(), ImageError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ImageError> {
     if crate::spec::valid_name(name) || valid_reference_name(name) {
         Ok(())
     } else {
