@@ -29,6 +29,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod network;
 pub mod oci;
+pub mod pristine;
 pub mod qemu;
 pub mod report;
 pub mod startup;

@@ -12,7 +12,7 @@ use crate::Kind;
 use serde::{Deserialize, Serialize};
 
 /// Current [`Report::schema`]; bumped on incompatible change.
-pub const BENCH_SCHEMA: u32 = 3;
+pub const BENCH_SCHEMA: u32 = 4;
 
 /// Everything one `duet bench` run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +46,9 @@ pub struct Report {
     /// `duet bench network` rows.
     #[serde(default)]
     pub network: Vec<crate::network::NetworkResult>,
+    /// `duet bench pristine-db` rows.
+    #[serde(default)]
+    pub pristine: Vec<crate::pristine::PristineResult>,
     /// Free-form notes (what was not measured and why).
     pub notes: Vec<String>,
 }
@@ -70,6 +73,7 @@ impl Report {
             disk: Vec::new(),
             isolation: None,
             network: Vec::new(),
+            pristine: Vec::new(),
             notes: Vec::new(),
         }
     }

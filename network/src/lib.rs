@@ -121,7 +121,8 @@ impl Attachment {
         tap_name(self.address)
     }
 
-    /// A microVM's MAC: locally administered, from its address.
+    /// The MAC of an instance's eth0 (a container's veth end, a microVM's
+    /// virtio-net): locally administered, from its address.
     pub fn mac(&self) -> [u8; 6] {
         let a = self.address.octets();
         [0x02, 0xd0, a[0], a[1], a[2], a[3]]
@@ -353,6 +354,7 @@ impl Network {
                 address: att.address,
                 prefix: att.prefix,
                 gateway: att.gateway,
+                mac: att.mac(),
             },
         )?;
         let root = PathBuf::from(format!("/proc/{pid}/root"));

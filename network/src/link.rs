@@ -182,6 +182,13 @@ pub struct Inside {
     pub prefix: u8,
     /// The default gateway (the bridge).
     pub gateway: Ipv4Addr,
+    /// eth0's MAC, derived from the address (as Docker's are): an address
+    /// freed and leased again comes back with the same MAC, so the host's
+    /// neighbour entry for it (which outlives the old veth by seconds) stays
+    /// right. A random MAC per veth left a reused address unreachable until
+    /// that entry was probed again (a connect took ~12 s in the pristine-db
+    /// bench).
+    pub mac: [u8; 6],
 }
 
 /// A veth pair: `host` on `bridge`, its peer born as `eth0` in the network
@@ -196,6 +203,7 @@ pub fn veth_into(
     with_handle(async |h| {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name("eth0".to_string())
+            .address(inside.mac.to_vec())
             .setns_by_fd(netns.as_raw_fd())
             .build();
         let msg = LinkVeth::new(host, "eth0")

@@ -10,6 +10,7 @@
 //! `diff_id`), so the same layer imported twice is unpacked once.
 
 mod beneath;
+mod borrow;
 mod busybox;
 mod commit;
 #[cfg(test)]

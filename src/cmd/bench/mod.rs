@@ -35,9 +35,11 @@ use std::process::Command;
 use std::time::Duration;
 
 mod network;
+mod pristine;
 mod progress;
 mod testbed;
 pub use network::NetArgs;
+pub use pristine::PristineArgs;
 pub use progress::{spinner, Bars};
 pub use testbed::*;
 
@@ -142,6 +144,16 @@ pub enum BenchCommand {
         #[command(flatten)]
         network: NetArgs,
     },
+    /// Claim 8 with a real PostgreSQL: N tests that each need a pristine
+    /// database, from one shared server reset between tests, a container
+    /// per test and a microVM per test (in a network namespace of the
+    /// bench's own). The image comes from images/postgres/build.sh.
+    PristineDb {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        pristine: PristineArgs,
+    },
     /// Every scenario.
     All {
         #[command(flatten)]
@@ -154,6 +166,8 @@ pub enum BenchCommand {
         density: DensityArgs,
         #[command(flatten)]
         network: NetArgs,
+        #[command(flatten)]
+        pristine: PristineArgs,
     },
 }
 
@@ -165,6 +179,7 @@ struct Plan {
     density: Option<DensityArgs>,
     isolation: bool,
     network: Option<NetArgs>,
+    pristine: Option<PristineArgs>,
 }
 
 /// Settle time before an idle instance's memory is read.
@@ -1026,12 +1041,20 @@ pub fn bench(c: BenchCommand) -> Result<()> {
                 ..Plan::default()
             },
         ),
+        BenchCommand::PristineDb { common, pristine } => (
+            common,
+            Plan {
+                pristine: Some(pristine),
+                ..Plan::default()
+            },
+        ),
         BenchCommand::All {
             common,
             startup,
             memory,
             density,
             network,
+            pristine,
         } => (
             common,
             Plan {
@@ -1040,6 +1063,7 @@ pub fn bench(c: BenchCommand) -> Result<()> {
                 density: Some(density),
                 isolation: true,
                 network: Some(network),
+                pristine: Some(pristine),
             },
         ),
     };
@@ -1134,6 +1158,13 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
         );
         b.network(a, &native, peers)?;
     }
+    if let Some(a) = plan.pristine.as_ref().filter(|_| !interrupt::requested()) {
+        eprintln!(
+            "duet bench pristine-db: {} tests, each with its own pristine PostgreSQL ({} at a time)",
+            a.tests, a.parallel
+        );
+        b.pristine(a, &native)?;
+    }
     let mut extra_cols = Vec::new();
     if want_vm && !interrupt::requested() {
         match &vm_place {
@@ -1212,6 +1243,12 @@ fn add_vm_missing(
         let n = duet_bench::network::NetworkResult::unavailable(label, Kind::Vm, why);
         network::say_network(&n);
         r.network.push(n);
+    }
+    if let Some(a) = &plan.pristine {
+        for p in pristine::unavailable_rows(a, &[Isolation::Vm], why) {
+            pristine::say_pristine(&p);
+            r.pristine.push(p);
+        }
     }
 }
 

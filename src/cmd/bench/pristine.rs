@@ -1,0 +1,397 @@
+//! `duet bench pristine-db`: N test cases that each need a pristine
+//! PostgreSQL (duet-bench's `pristine` module has the test and the
+//! measures), provided four ways, each measured in this run:
+//!
+//! 1. one shared server (a container), tests one after another, `app`
+//!    dropped and made again from the `seed` template after each;
+//! 2. one container per test, P at a time, from the image's layers with
+//!    its own writable layer;
+//! 3. one cold-booted microVM per test, P at a time;
+//! 4. one microVM clone per test restored from a snapshot of a ready
+//!    server: not measured yet (a snapshot has no network device, so a
+//!    clone has no address to test against); the row says so.
+//!
+//! Everything runs in a network namespace and a state root of the bench's
+//! own (the image is borrowed from the user's store, not copied), so the
+//! bridge, leases and instances go with it.
+
+use super::*;
+use duet_bench::memory::tree_memory;
+use duet_bench::pristine::{self, InstanceSample, PristineResult, Strategy};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Options of the pristine-db scenario.
+#[derive(Args, Clone, Debug)]
+pub struct PristineArgs {
+    /// Test cases per strategy.
+    #[arg(long, default_value_t = 50)]
+    pub tests: usize,
+    /// Instances at once in the per-test strategies.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// The PostgreSQL image (images/postgres/build.sh makes it).
+    #[arg(long, default_value = pristine::DEFAULT_IMAGE)]
+    pub pg_image: String,
+    /// Guest memory of each microVM, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub vm_memory: u32,
+}
+
+impl PristineArgs {
+    /// The same options for an inner run (the testbed's), with at most
+    /// `tests` tests and `parallel` at once there.
+    pub(super) fn args(&self, tests: usize, parallel: usize) -> Vec<String> {
+        vec![
+            "--tests".into(),
+            self.tests.min(tests).to_string(),
+            "--parallel".into(),
+            self.parallel.min(parallel).to_string(),
+            "--pg-image".into(),
+            self.pg_image.clone(),
+            "--vm-memory".into(),
+            self.vm_memory.to_string(),
+        ]
+    }
+}
+
+pub(super) fn say_pristine(r: &PristineResult) {
+    eprintln!(
+        "  pristine-db {:<46} {}",
+        r.label,
+        row_summary(&r.status, || format!(
+            "{}/{} passed, suite {:.2} s, ready p50 {:.0} ms p99 {:.0} ms, peak {:.0} MiB, {:.1} MiB/instance, {:.1} MiB written{}",
+            r.passed,
+            r.tests,
+            r.suite_s,
+            r.ready_p50_ms,
+            r.ready_p99_ms,
+            r.peak_mem_mib,
+            r.pss_mib,
+            r.disk_mib,
+            r.reset_p50_ms
+                .map(|m| format!(", reset p50 {m:.0} ms"))
+                .unwrap_or_default()
+        ))
+    );
+}
+
+/// How long one instance may take to accept connections (a guest boots first).
+const READY: Duration = Duration::from_secs(180);
+
+/// The strategies of `isolations`, in the order they run.
+fn strategies(isolations: &[Isolation]) -> Vec<Strategy> {
+    let mut v = Vec::new();
+    if isolations.contains(&Isolation::Container) {
+        v.extend([Strategy::SharedReset, Strategy::Container]);
+    }
+    if isolations.contains(&Isolation::Vm) {
+        v.extend([Strategy::Vm, Strategy::VmClone]);
+    }
+    v
+}
+
+/// Rows saying why `isolations`' strategies were not measured.
+pub(super) fn unavailable_rows(
+    a: &PristineArgs,
+    isolations: &[Isolation],
+    why: &str,
+) -> Vec<PristineResult> {
+    strategies(isolations)
+        .into_iter()
+        .map(|s| PristineResult::unavailable(s.describe(), s, a.tests, a.parallel, why))
+        .collect()
+}
+
+impl Bench {
+    /// The rows of the strategies of `native`.
+    pub(super) fn pristine(&mut self, a: &PristineArgs, native: &[Isolation]) -> Result<()> {
+        if native.is_empty() {
+            return Ok(());
+        }
+        let rows = match self.pristine_rows(a, native) {
+            Ok(rows) => rows,
+            Err(e) => unavailable_rows(a, native, &crate::cmd::error_chain(&e)),
+        };
+        for r in rows {
+            say_pristine(&r);
+            self.report.pristine.push(r);
+        }
+        Ok(())
+    }
+
+    fn pristine_rows(&self, a: &PristineArgs, native: &[Isolation]) -> Result<Vec<PristineResult>> {
+        let lender = &self.image.store;
+        if !lender.contains(&a.pg_image) {
+            bail!(
+                "no image `{}` in {}: images/postgres/build.sh makes it",
+                a.pg_image,
+                lender.root().display()
+            );
+        }
+        let root = Scratch::new(lender, "pg")?;
+        ImageStore::open(root.path())?
+            .borrow_image(lender, &a.pg_image)
+            .with_context(|| format!("lending `{}` to the bench's state root", a.pg_image))?;
+        let exe = self.exe.clone();
+        let a = a.clone();
+        std::thread::scope(|s| {
+            s.spawn(|| in_own_netns(&exe, root.path(), &a, native))
+                .join()
+                .unwrap_or_else(|_| Err("the pristine-db bench thread panicked".into()))
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+/// What every instance start needs.
+struct Ctx<'a> {
+    exe: &'a Path,
+    root: &'a Path,
+    a: &'a PristineArgs,
+}
+
+impl Ctx<'_> {
+    fn duet(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new(self.exe)
+            .args(args)
+            .env("DUET_ROOT", self.root)
+            .stdin(std::process::Stdio::null())
+            .output()
+    }
+
+    /// `duet run -d` of the image as `strategy` wants it; the instance is
+    /// removed when the returned handle goes.
+    fn start(&self, strategy: Strategy) -> Result<Started<'_>, String> {
+        let mem = self.a.vm_memory.to_string();
+        let mut args = vec!["run", "-d", "--network", "bridge", "--isolation"];
+        match strategy {
+            Strategy::Vm | Strategy::VmClone => args.extend(["vm", "--memory", &mem]),
+            Strategy::SharedReset | Strategy::Container => args.push("container"),
+        }
+        args.push(&self.a.pg_image);
+        let out = self
+            .duet(&args)
+            .map_err(|e| format!("{}: {e}", self.exe.display()))?;
+        if !out.status.success() {
+            return Err(format!("duet run -d: {}", startup::tail(&out.stderr)));
+        }
+        let mut started = Started {
+            ctx: self,
+            id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir: None,
+            addr: None,
+        };
+        let dir = InstanceDir::open(self.root, &started.id)
+            .map_err(|e| format!("instance {}: {e}", started.id))?;
+        started.addr = Some(
+            crate::network::recorded(dir.path())
+                .map(|n| SocketAddr::new(IpAddr::V4(n.address), pristine::PORT))
+                .ok_or_else(|| format!("instance {} has no address on the bridge", started.id))?,
+        );
+        started.dir = Some(dir);
+        Ok(started)
+    }
+}
+
+/// A started instance: removed (`duet rm -f`) on drop.
+struct Started<'a> {
+    ctx: &'a Ctx<'a>,
+    id: String,
+    dir: Option<InstanceDir>,
+    addr: Option<SocketAddr>,
+}
+
+impl Started<'_> {
+    fn addr(&self) -> SocketAddr {
+        self.addr.expect("set by Ctx::start")
+    }
+
+    fn dir(&self) -> &InstanceDir {
+        self.dir.as_ref().expect("set by Ctx::start")
+    }
+
+    /// PSS of the monitor's process tree (it holds the container's
+    /// processes, or the VMM), KiB.
+    fn pss_kib(&self) -> u64 {
+        tree_memory(&[self.dir().meta().owner_pid as u32])
+            .total
+            .pss_kib
+    }
+
+    /// Allocated bytes of its writable layer: a container's upper
+    /// directory, a VM's scratch disk (its fresh ext4's metadata included).
+    fn disk_bytes(&self) -> u64 {
+        let p = self.dir().path();
+        let layer = match std::fs::symlink_metadata(p.join(duet_vmm::disks::SCRATCH_FILE)) {
+            Ok(_) => p.join(duet_vmm::disks::SCRATCH_FILE),
+            Err(_) => p.join("upper"),
+        };
+        usage_bytes_one_fs(&[&layer]).unwrap_or(0)
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        let _ = self.ctx.duet(&["rm", "-f", &self.id]);
+    }
+}
+
+/// Runs on a thread that has left the host's network namespace: everything
+/// it starts is born in the new one, which ends with the thread.
+fn in_own_netns(
+    exe: &Path,
+    root: &Path,
+    a: &PristineArgs,
+    isolations: &[Isolation],
+) -> Result<Vec<PristineResult>, String> {
+    // SAFETY: unshare of this thread's network namespace only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "a network namespace for the bench: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let lo = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    if !lo.is_ok_and(|s| s.success()) {
+        return Err("`ip link set lo up` in the bench's network namespace failed".into());
+    }
+    let ctx = Ctx { exe, root, a };
+    let mut rows = Vec::new();
+    for s in strategies(isolations) {
+        if interrupt::requested() {
+            break;
+        }
+        let row = match s {
+            Strategy::SharedReset => shared_reset(&ctx),
+            Strategy::Container | Strategy::Vm => per_test(&ctx, s),
+            Strategy::VmClone => PristineResult::unavailable(
+                s.describe(),
+                s,
+                a.tests,
+                a.parallel,
+                "not measured yet: a snapshot has no network device, so a clone has no \
+                 address a test could connect to",
+            ),
+        };
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn stop_requested() -> bool {
+    interrupt::requested()
+}
+
+/// Strategy 1: one server, every test after the other, a reset after each.
+fn shared_reset(ctx: &Ctx) -> PristineResult {
+    let (tests, label) = (ctx.a.tests, Strategy::SharedReset.describe());
+    let fail = |why: String| {
+        PristineResult::failed(label, Strategy::SharedReset, tests, 1, why)
+    };
+    let peak = pristine::PeakMemory::start();
+    let t0 = Instant::now();
+    let inst = match ctx.start(Strategy::SharedReset) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    let ready = match pristine::wait_ready(inst.addr(), t0, READY, &stop_requested) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let pss_kib = inst.pss_kib();
+    let mut outcomes = Vec::with_capacity(tests);
+    let mut resets = Vec::with_capacity(tests);
+    for n in 0..tests {
+        if interrupt::requested() {
+            return fail("interrupted".into());
+        }
+        outcomes.push(pristine::run_test(inst.addr(), n));
+        let r0 = Instant::now();
+        if let Err(e) = pristine::reset(inst.addr()) {
+            return fail(e);
+        }
+        resets.push(r0.elapsed());
+    }
+    let sample = InstanceSample {
+        ready,
+        pss_kib,
+        disk_bytes: inst.disk_bytes(),
+    };
+    drop(inst);
+    let suite = t0.elapsed();
+    PristineResult::from_suite(
+        label,
+        Strategy::SharedReset,
+        1,
+        suite,
+        &[sample],
+        &resets,
+        peak.stop(),
+        &outcomes,
+    )
+}
+
+/// One instance's life in a per-test strategy: start, ready, test, measure, remove.
+fn one_instance(ctx: &Ctx, s: Strategy, n: usize) -> (Option<InstanceSample>, Result<(), String>) {
+    let t0 = Instant::now();
+    let inst = match ctx.start(s) {
+        Ok(i) => i,
+        Err(e) => return (None, Err(format!("test-{n}: {e}"))),
+    };
+    let ready = match pristine::wait_ready(inst.addr(), t0, READY, &stop_requested) {
+        Ok(d) => d,
+        Err(e) => return (None, Err(format!("test-{n} ({}): {e}", inst.id))),
+    };
+    let pss_kib = inst.pss_kib();
+    let outcome = pristine::run_test(inst.addr(), n);
+    let sample = InstanceSample {
+        ready,
+        pss_kib,
+        disk_bytes: inst.disk_bytes(),
+    };
+    (Some(sample), outcome)
+}
+
+/// Strategies 2 and 3: an instance per test, P at a time.
+fn per_test(ctx: &Ctx, s: Strategy) -> PristineResult {
+    let (tests, parallel) = (ctx.a.tests, ctx.a.parallel.clamp(1, ctx.a.tests.max(1)));
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::with_capacity(tests));
+    let peak = pristine::PeakMemory::start();
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..parallel {
+            sc.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= tests || interrupt::requested() {
+                    break;
+                }
+                let r = one_instance(ctx, s, n);
+                done.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            });
+        }
+    });
+    let suite = t0.elapsed();
+    let peak = peak.stop();
+    if interrupt::requested() {
+        return PristineResult::failed(s.describe(), s, tests, parallel, "interrupted".into());
+    }
+    let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    let samples: Vec<InstanceSample> = done.iter().filter_map(|(s, _)| s.clone()).collect();
+    let outcomes: Vec<Result<(), String>> = done.into_iter().map(|(_, o)| o).collect();
+    PristineResult::from_suite(
+        s.describe(),
+        s,
+        parallel,
+        suite,
+        &samples,
+        &[],
+        peak,
+        &outcomes,
+    )
+}
