@@ -48,6 +48,7 @@ if [ "$files_only" = 0 ]; then
         protobuf-compiler         # protoc, for the CRI test's gRPC bindings (k8s-cri)
         nftables                  # NAT and published ports of duet's bridge network
         wget                      # the network tests fetch from instances with it
+        debootstrap               # the PostgreSQL image of `duet bench pristine-db` (images/postgres/build.sh)
     )
     echo "== apt-get install ${packages[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

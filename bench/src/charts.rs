@@ -244,6 +244,32 @@ pub fn network_svgs(rows: &[crate::network::NetworkResult]) -> Result<Vec<String
     Ok(out)
 }
 
+/// The pristine-db rows: the suite's time, and memory per instance.
+pub fn pristine_svgs(rows: &[crate::pristine::PristineResult]) -> Result<Vec<String>, ChartError> {
+    let rows: Vec<_> = rows
+        .iter()
+        .filter(|r| r.status == crate::startup::RowStatus::Measured)
+        .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    type Value = fn(&crate::pristine::PristineResult) -> f64;
+    let charts: [(&str, &str, Value); 2] = [
+        ("Pristine database per test: time for the whole suite (s)", "s", |r| r.suite_s),
+        ("Pristine database per test: memory per instance, PSS (MiB)", "MiB", |r| r.pss_mib),
+    ];
+    let mut out = Vec::new();
+    for (title, unit, value) in charts {
+        let stacks: Vec<Vec<(String, f64)>> = rows
+            .iter()
+            .map(|r| vec![(unit.to_string(), value(r))])
+            .collect();
+        out.push(stacked_bars(&labels, &stacks, title, unit, "pristine")?);
+    }
+    Ok(out)
+}
+
 fn line_chart(
     results: &[DensityResult],
     title: &str,

@@ -332,7 +332,51 @@ pub fn claims(r: &Report) -> Vec<ClaimRow> {
         layers_claim(r),
         kernel_claim(r),
         density_claim(r),
+        testing_claim(r),
     ]
+}
+
+fn testing_claim(r: &Report) -> ClaimRow {
+    use crate::pristine::{reading, Strategy};
+    let measured: Vec<(String, String)> = r
+        .pristine
+        .iter()
+        .filter(|p| p.status == RowStatus::Measured)
+        .map(|p| {
+            (
+                p.label.clone(),
+                format!(
+                    "{} tests in {:.2} s, ready {} (median)",
+                    p.tests,
+                    p.suite_s,
+                    ms(p.ready_p50_ms)
+                ),
+            )
+        })
+        .collect();
+    let readings: Vec<String> = r
+        .pristine
+        .iter()
+        .filter(|p| p.strategy != Strategy::SharedReset)
+        .map(|p| reading(p, &r.pristine))
+        .filter(|t| !t.is_empty())
+        .collect();
+    ClaimRow {
+        topic: "testing (pristine database per test)".to_string(),
+        claimed: "each of thousands of tests can get its own pristine copy of a database, \
+                  started in parallel from the same image snapshot"
+            .to_string(),
+        measured: if measured.is_empty() {
+            NOT_MEASURED.to_string()
+        } else {
+            list(&measured)
+        },
+        reading: if readings.is_empty() {
+            NOT_MEASURED.to_string()
+        } else {
+            readings.join("; ")
+        },
+    }
 }
 
 /// The report as pretty JSON.
@@ -433,6 +477,48 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
                 "bulk TCP",
                 "HTTP",
                 "HTTP p99",
+                "status",
+                "reading",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+        ));
+    }
+    if !r.pristine.is_empty() {
+        let rows = r
+            .pristine
+            .iter()
+            .map(|p| {
+                let m = p.status == RowStatus::Measured;
+                let cell = |t: String| if m { t } else { "-".into() };
+                vec![
+                    p.label.clone(),
+                    format!("{} / {}", p.tests, p.parallel),
+                    cell(format!("{}/{}", p.passed, p.tests)),
+                    cell(format!("{:.2} s", p.suite_s)),
+                    cell(format!("{} / {}", ms(p.ready_p50_ms), ms(p.ready_p99_ms))),
+                    cell(p.reset_p50_ms.map(ms).unwrap_or_else(|| "-".into())),
+                    cell(format!("{:.0} MiB", p.peak_mem_mib)),
+                    cell(format!("{:.1} MiB", p.pss_mib)),
+                    cell(format!("{:.1} MiB", p.disk_mib)),
+                    status_text(&p.status),
+                    crate::pristine::reading(p, &r.pristine),
+                ]
+            })
+            .collect();
+        out.push((
+            "Pristine database per test (PostgreSQL 15; N tests, each must see the seed and only its own writes)".to_string(),
+            [
+                "strategy",
+                "tests / at once",
+                "passed",
+                "suite",
+                "ready p50 / p99",
+                "reset p50",
+                "peak host memory",
+                "PSS per instance",
+                "written per instance",
                 "status",
                 "reading",
             ]
@@ -695,6 +781,7 @@ th{background:#f3f3f3}.chart{margin:1em 0}</style></head><body>\n\
     let mut svgs = charts::startup_svgs(&r.startup)?;
     svgs.extend(charts::density_memory_svg(&r.density)?);
     svgs.extend(charts::network_svgs(&r.network)?);
+    svgs.extend(charts::pristine_svgs(&r.pristine)?);
     svgs.extend(charts::density_time_svg(&r.density)?);
     for svg in svgs {
         charts_html.push_str(&format!("<div class=\"chart\">{svg}</div>\n"));

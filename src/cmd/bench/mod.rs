@@ -1204,6 +1204,23 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
     if interrupt::requested() {
         bail!("interrupted");
     }
+    // A test that saw data not its own is a broken isolation, not a slow
+    // row: the run fails (as it does when a test could not reach its database).
+    let unclean: Vec<&duet_bench::pristine::PristineResult> = b
+        .report
+        .pristine
+        .iter()
+        .filter(|p| !p.failures.is_empty())
+        .collect();
+    if let Some(first) = unclean.first() {
+        bail!(
+            "pristine-db: {} test(s) in {} row(s) failed: each must reach a pristine database \
+             of its own and see only its own writes; first: {}",
+            unclean.iter().map(|p| p.tests - p.passed).sum::<usize>(),
+            unclean.len(),
+            first.failures[0]
+        );
+    }
     Ok(())
 }
 
@@ -1267,6 +1284,24 @@ fn add_failed_row(r: &mut Report, scenario: &str, label: &str, iso: &str, why: S
         "network" => r
             .network
             .push(duet_bench::network::NetworkResult::failed(label, k, why)),
+        "pristine-db" => {
+            let iso = if k == Kind::Vm {
+                Isolation::Vm
+            } else {
+                Isolation::Container
+            };
+            let args = PristineArgs {
+                tests: 0,
+                parallel: 0,
+                pg_image: String::new(),
+                vm_memory: 0,
+            };
+            for mut p in pristine::unavailable_rows(&args, &[iso], "") {
+                p.label = format!("{} (testbed)", p.label);
+                p.status = RowStatus::Failed(why.clone());
+                r.pristine.push(p);
+            }
+        }
         _ => r.density.push(DensityResult {
             status: RowStatus::Failed(why.clone()),
             stopped_because: why,

@@ -19,6 +19,10 @@ pub struct Testbed {
     /// Pack dockerd, containerd, the runc shim, runc and the docker CLI
     /// (when this host has them), for the `docker run --runtime duet-vm` rows.
     pub docker: bool,
+    /// Extra files, `HOST:GUEST` (`tests/testbed/run --file`).
+    pub files: Vec<String>,
+    /// The outer machine's memory, MiB (the testbed's default if none).
+    pub memory_mib: Option<u32>,
 }
 
 /// What a dockerd inside the testbed needs, packed with their libraries.
@@ -144,6 +148,8 @@ pub fn find_testbed() -> Result<Testbed, String> {
         kernel_dir: Some(kernel_dir),
         qemu: false,
         docker: false,
+        files: Vec::new(),
+        memory_mib: None,
     })
 }
 
@@ -274,6 +280,12 @@ pub fn run_testbed(
     if tb.qemu {
         cmd.arg("--qemu");
     }
+    for f in &tb.files {
+        cmd.arg("--file").arg(f);
+    }
+    if let Some(m) = tb.memory_mib {
+        cmd.arg("--memory").arg(m.to_string());
+    }
     if tb.docker {
         let found: Vec<_> = DOCKER_PROGRAMS
             .iter()
@@ -373,6 +385,27 @@ pub(super) fn inner_bench_args(
     a
 }
 
+/// Pristine-db tests inside the testbed (at most), and at once.
+const TESTBED_PRISTINE_TESTS: usize = 4;
+const TESTBED_PRISTINE_PARALLEL: usize = 2;
+
+/// The PostgreSQL image as a `duet image save` archive in the bench's
+/// scratch directory, or why there is none.
+fn pristine_archive(b: &Bench, p: &PristineArgs) -> Result<PathBuf, String> {
+    let store = &b.image.store;
+    let img = store.get(&p.pg_image).map_err(|_| {
+        format!(
+            "no image `{}` in {}: images/postgres/build.sh makes it",
+            p.pg_image,
+            store.root().display()
+        )
+    })?;
+    let out = b.scratch.path().join("pristine.tar");
+    duet_shared::image::save_image(store, &img, &out)
+        .map_err(|e| format!("saving `{}` for the testbed: {e}", p.pg_image))?;
+    Ok(out)
+}
+
 /// Network rows' counts inside the testbed (at most).
 const TESTBED_NET_PINGS: usize = 500;
 const TESTBED_NET_BULK_MIB: usize = 32;
@@ -453,6 +486,45 @@ pub(super) fn vm_in_testbed(
         // A boot, and the time of the measuring itself.
         boots += 4;
     }
+    // The pristine-db rows: the PostgreSQL image goes in as a `duet image
+    // save` archive and is imported first; the outer machine gets the
+    // memory for it (the archive, its layers, their erofs images, 2 VMs).
+    let mut files = Vec::new();
+    let mut memory_mib = None;
+    // Sections that run before the others (the image import).
+    let mut pre = String::new();
+    if let Some(p) = &plan.pristine {
+        match pristine_archive(b, p) {
+            Ok(archive) => {
+                files.push(format!("{}:/testbed/files/pristine.tar", archive.display()));
+                memory_mib = Some(6144);
+                pre += &testbed_section(
+                    "pristine-image",
+                    &[
+                        "duet".into(),
+                        "image".into(),
+                        "import".into(),
+                        "--format".into(),
+                        "docker".into(),
+                        "--name".into(),
+                        p.pg_image.clone(),
+                        "/testbed/files/pristine.tar".into(),
+                    ],
+                );
+                let args = p.args(TESTBED_PRISTINE_TESTS, TESTBED_PRISTINE_PARALLEL);
+                add("pristine-db", "vm", args.clone());
+                add("pristine-db", "container", args);
+                // The VMs' boots and their PostgreSQL starts, emulated.
+                boots += 3 * TESTBED_PRISTINE_TESTS.min(p.tests);
+            }
+            Err(why) => {
+                for r in super::pristine::unavailable_rows(p, &[Isolation::Vm], &why) {
+                    super::pristine::say_pristine(&r);
+                    b.report.pristine.push(r);
+                }
+            }
+        }
+    }
     let probe_ok = plan.isolation && b.image.probe_missing().is_none();
     if let (true, Some(c)) = (probe_ok, canary) {
         let mut argv = vec!["duet".to_string()];
@@ -468,8 +540,11 @@ pub(super) fn vm_in_testbed(
     let tb = Testbed {
         qemu: qemu_row,
         docker: qemu_row,
+        files,
+        memory_mib,
         ..tb.clone()
     };
+    let script = format!("{pre}{script}");
     let sections = run_testbed(&tb, b.image.probe.as_deref(), &script, timeout, "VM rows")?;
     let outer = sections
         .get("outer_kernel")
@@ -512,6 +587,11 @@ pub(super) fn vm_in_testbed(
         for mut d in inner.disk {
             d.label = format!("{} (testbed)", d.label);
             b.report.disk.push(d);
+        }
+        for mut p in inner.pristine {
+            p.label = format!("{} (testbed)", p.label);
+            super::pristine::say_pristine(&p);
+            b.report.pristine.push(p);
         }
         for mut n in inner.network {
             n.label = format!("{} (testbed)", n.label);
