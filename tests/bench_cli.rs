@@ -506,12 +506,21 @@ fn bench_all_writes_every_scenario() {
         "no network row: {:?}",
         r.network
     );
+    // This state root has no PostgreSQL image: the rows say how to make one.
+    assert_eq!(r.pristine.len(), 2, "{:?}", r.pristine);
+    for p in &r.pristine {
+        assert!(
+            matches!(&p.status, RowStatus::Unavailable(w) if w.contains("images/postgres/build.sh")),
+            "{p:?}"
+        );
+    }
     for section in [
         "## Startup",
         "## Memory",
         "## Density",
         "## Isolation",
         "## Network",
+        "## Pristine database per test",
     ] {
         assert!(md.contains(section), "no {section} in report.md:\n{md}");
     }

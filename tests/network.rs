@@ -419,3 +419,66 @@ fn sigint_and_kill9_then_gc_leave_nothing() {
         env.assert_clean(&name);
     });
 }
+
+/// eth0's MAC inside instance `id`.
+fn mac_of(env: &Env, id: &str) -> String {
+    let o = ok(env, &["exec", id, "cat", "/sys/class/net/eth0/address"]);
+    o.trim().to_string()
+}
+
+#[test]
+fn an_address_leased_again_keeps_its_mac_and_answers_at_once() {
+    if skip("an_address_leased_again_keeps_its_mac_and_answers_at_once") {
+        return;
+    }
+    in_netns(|| {
+        let env = bridge_env();
+        let start = |name: &str| {
+            ok(
+                &env,
+                &[
+                    "run", "-d", "--name", name, "busybox", "--", "sh", "-c", HTTPD,
+                ],
+            )
+            .trim()
+            .to_string()
+        };
+        let (first, second) = (unique("lease1"), unique("lease2"));
+        let a = start(&first);
+        let addr = address_of(&ps_line(&env, &first));
+        let mac = mac_of(&env, &a);
+        let octets: Vec<String> = addr
+            .split('.')
+            .map(|o| format!("{:02x}", o.parse::<u8>().unwrap()))
+            .collect();
+        assert_eq!(mac, format!("02:d0:{}", octets.join(":")), "from {addr}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wget(&format!("http://{addr}/")).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // This namespace now has a neighbour entry for the address.
+        assert!(wget(&format!("http://{addr}/")).is_some(), "{addr}");
+        ok(&env, &["rm", "-f", &a]);
+        let b = start(&second);
+        assert_eq!(
+            address_of(&ps_line(&env, &second)),
+            addr,
+            "the lease is reused"
+        );
+        assert_eq!(mac_of(&env, &b), mac);
+        // Right away: with a new MAC the stale entry sent it nowhere for seconds.
+        let t0 = Instant::now();
+        let mut got = None;
+        while got.is_none() && t0.elapsed() < Duration::from_secs(2) {
+            got = wget(&format!("http://{addr}/"));
+        }
+        assert_eq!(
+            got,
+            Some(format!("hello-from-{second}\n")),
+            "the reused address answered in {:?}",
+            t0.elapsed()
+        );
+        ok(&env, &["rm", "-f", &b]);
+        assert_network_gone(&env);
+    });
+}

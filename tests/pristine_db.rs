@@ -11,56 +11,15 @@
 
 mod common;
 
-use common::{duet_bin, skip_unless_program, skip_unless_root};
+use common::duet_bin;
+use common::pristine::store;
 use serde_json::Value;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "duet-postgres:15";
-
-/// Skips unless root, busybox and debootstrap are here; else the state
-/// root holding the built image.
-fn store(test: &str) -> Option<&'static Path> {
-    if skip_unless_root(test) || skip_unless_program(test, "/usr/sbin/debootstrap", "debootstrap")
-    {
-        return None;
-    }
-    static STORE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let r = STORE.get_or_init(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"))
-            .join("duet/postgres");
-        let root = cache.join("test-store");
-        std::fs::create_dir_all(&root).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/postgres/build.sh");
-        // flock: another test binary may build it at the same time.
-        let out = Command::new("flock")
-            .arg(cache.join("test-store.lock"))
-            .arg(&script)
-            .arg("--duet")
-            .arg(duet_bin())
-            .env("DUET_ROOT", &root)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(root)
-        } else {
-            Err(format!(
-                "images/postgres/build.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
-    match r {
-        Ok(p) => Some(p),
-        Err(e) => panic!("{e}"),
-    }
-}
+use common::pristine::IMAGE;
 
 fn duet(root: &Path, args: &[&str]) -> Output {
     Command::new(duet_bin())
@@ -118,7 +77,11 @@ fn assert_nothing_left(root: &Path, pid: u32) {
         .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(scratch.is_empty(), "scratch roots left: {scratch:?}");
-    let mine = root.join("tmp").join(&prefix).to_string_lossy().into_owned();
+    let mine = root
+        .join("tmp")
+        .join(&prefix)
+        .to_string_lossy()
+        .into_owned();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&mine), "mounts left under {mine}*");
     let procs = processes_of(&mine);
@@ -160,8 +123,18 @@ fn every_container_strategy_gives_each_test_a_pristine_database() {
     assert_eq!(strategies, ["shared-reset", "container"], "{err}");
     for r in rows {
         assert_eq!(r["status"]["state"], "measured", "{r}");
-        assert_eq!((r["tests"].as_u64(), r["passed"].as_u64()), (Some(4), Some(4)), "{r}");
-        for f in ["suite_s", "ready_p50_ms", "ready_p99_ms", "pss_mib", "disk_mib"] {
+        assert_eq!(
+            (r["tests"].as_u64(), r["passed"].as_u64()),
+            (Some(4), Some(4)),
+            "{r}"
+        );
+        for f in [
+            "suite_s",
+            "ready_p50_ms",
+            "ready_p99_ms",
+            "pss_mib",
+            "disk_mib",
+        ] {
             assert!(r[f].as_f64().unwrap() > 0.0, "{f} in {r}");
         }
     }
@@ -208,14 +181,19 @@ fn a_database_tampered_with_in_the_image_fails_the_run() {
     let _ = duet(root, &["image", "rm", &image]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a tampered database passed: {err}");
-    assert!(err.contains("pristine-db: ") && err.contains("not pristine at the start"), "{err}");
+    assert!(
+        err.contains("pristine-db: ") && err.contains("not pristine at the start"),
+        "{err}"
+    );
     // The shared server's first test sees the intruder; its reset (from
     // the untouched `seed` template) hides it from the rest. Every
     // container of the image starts with it.
     let rows = report["pristine"].as_array().unwrap();
     for (r, passed) in rows.iter().zip([3, 0]) {
         assert_eq!(r["status"]["state"], "failed", "{r}");
-        let why = r["status"]["reason"].as_str().unwrap_or_else(|| panic!("{r}"));
+        let why = r["status"]["reason"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"));
         assert!(why.contains("not pristine at the start"), "{why}");
         assert!(why.contains("test_writes rows 1 (expected 0)"), "{why}");
         assert!(why.contains("intruder (1)"), "{why}");
@@ -285,5 +263,9 @@ fn ctrl_c_in_the_middle_leaves_nothing_behind() {
     assert!(err.contains("interrupted"), "{err}");
     assert_nothing_left(root, pid);
     let gc = duet(root, &["gc"]);
-    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
 }

@@ -256,8 +256,16 @@ pub fn pristine_svgs(rows: &[crate::pristine::PristineResult]) -> Result<Vec<Str
     let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     type Value = fn(&crate::pristine::PristineResult) -> f64;
     let charts: [(&str, &str, Value); 2] = [
-        ("Pristine database per test: time for the whole suite (s)", "s", |r| r.suite_s),
-        ("Pristine database per test: memory per instance, PSS (MiB)", "MiB", |r| r.pss_mib),
+        (
+            "Pristine database per test: time for the whole suite (s)",
+            "s",
+            |r| r.suite_s,
+        ),
+        (
+            "Pristine database per test: memory per instance, PSS (MiB)",
+            "MiB",
+            |r| r.pss_mib,
+        ),
     ];
     let mut out = Vec::new();
     for (title, unit, value) in charts {

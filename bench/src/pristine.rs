@@ -310,11 +310,7 @@ impl PeakMemory {
     /// The peak above the baseline, MiB.
     pub fn stop(mut self) -> f64 {
         self.stop.store(true, Ordering::Relaxed);
-        let peak = self
-            .thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or(0);
+        let peak = self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0);
         peak.saturating_sub(self.baseline_kib) as f64 / 1024.0
     }
 }
@@ -488,12 +484,7 @@ impl PristineResult {
             ready_p99_ms: p99,
             reset_p50_ms: (!resets.is_empty()).then(|| median(resets.iter().map(ms).collect())),
             peak_mem_mib,
-            pss_mib: median(
-                samples
-                    .iter()
-                    .map(|s| s.pss_kib as f64 / 1024.0)
-                    .collect(),
-            ),
+            pss_mib: median(samples.iter().map(|s| s.pss_kib as f64 / 1024.0).collect()),
             disk_mib: median(
                 samples
                     .iter()
@@ -519,7 +510,10 @@ pub fn reading(row: &PristineResult, rows: &[PristineResult]) -> String {
                 && r.label.contains("(testbed)") == testbed
         })
     };
-    let isolated = format!("all {} tests saw only the seed and their own writes", row.tests);
+    let isolated = format!(
+        "all {} tests saw only the seed and their own writes",
+        row.tests
+    );
     match row.strategy {
         Strategy::SharedReset => format!(
             "the classic serial suite: {isolated}, at the price of a {:.0} ms reset after each",

@@ -781,8 +781,8 @@ th{background:#f3f3f3}.chart{margin:1em 0}</style></head><body>\n\
     let mut svgs = charts::startup_svgs(&r.startup)?;
     svgs.extend(charts::density_memory_svg(&r.density)?);
     svgs.extend(charts::network_svgs(&r.network)?);
-    svgs.extend(charts::pristine_svgs(&r.pristine)?);
     svgs.extend(charts::density_time_svg(&r.density)?);
+    svgs.extend(charts::pristine_svgs(&r.pristine)?);
     for svg in svgs {
         charts_html.push_str(&format!("<div class=\"chart\">{svg}</div>\n"));
     }
@@ -974,6 +974,38 @@ mod tests {
             }],
             missing: vec![],
         });
+        r.pristine = vec![
+            crate::pristine::PristineResult {
+                suite_s: 4.0,
+                reset_p50_ms: Some(110.0),
+                ..crate::pristine::PristineResult::unavailable(
+                    "one shared server, reset between tests",
+                    crate::pristine::Strategy::SharedReset,
+                    16,
+                    1,
+                    "",
+                )
+            },
+            crate::pristine::PristineResult {
+                status: RowStatus::Measured,
+                passed: 16,
+                suite_s: 2.0,
+                ready_p50_ms: 90.0,
+                ready_p99_ms: 150.0,
+                pss_mib: 30.0,
+                disk_mib: 15.0,
+                peak_mem_mib: 120.0,
+                ..crate::pristine::PristineResult::unavailable(
+                    "one container per test",
+                    crate::pristine::Strategy::Container,
+                    16,
+                    2,
+                    "",
+                )
+            },
+        ];
+        r.pristine[0].status = RowStatus::Measured;
+        r.pristine[0].passed = 16;
         r.notes = vec!["VM peers (QEMU microvm) not run yet".into()];
         r
     }
@@ -1005,7 +1037,19 @@ mod tests {
     #[test]
     fn claims_come_from_numbers() {
         let c = claims(&fixture());
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.len(), 5);
+        assert!(
+            c[4].measured
+                .contains("one container per test: 16 tests in 2.00 s"),
+            "{:?}",
+            c[4]
+        );
+        assert!(
+            c[4].reading.contains("0.50x the shared server's"),
+            "{:?}",
+            c[4]
+        );
+        assert!(c[4].reading.contains("the claim holds here"), "{:?}", c[4]);
         assert!(
             c[0].measured.contains("duet container: median 11.0 ms"),
             "{:?}",
@@ -1059,9 +1103,10 @@ mod tests {
         }
         assert_eq!(
             html.matches("<svg").count(),
-            4,
-            "startup (containers, VMs) + two density charts"
+            6,
+            "startup (containers, VMs) + two density charts + two pristine-db charts"
         );
+        assert!(html.contains("Pristine database per test: time for the whole suite"));
         // Stacked bars: one rect per segment per measured row, labelled phases in the legend.
         assert!(html.contains("rootfs_ready") && html.contains("vm_created"));
         assert!(html.contains("Density: memory per instance"));
@@ -1143,8 +1188,10 @@ mod tests {
             .skip(1)
             .map(|s| s.split("</svg>").next().unwrap())
             .collect();
-        assert_eq!(svgs.len(), 4);
-        for (i, svg) in svgs.iter().enumerate() {
+        assert_eq!(svgs.len(), 6);
+        // The last two (pristine-db bars) name their rows on the x axis,
+        // not in a legend.
+        for (i, svg) in svgs.iter().enumerate().take(4) {
             let els = svg_elements(&format!("<svg{svg}"));
             let width = els[0].num("width");
             // The plot area: where the mesh (grid lines) is drawn.

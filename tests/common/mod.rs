@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod oci;
+pub mod pristine;
 pub mod testbed;
 
 use std::path::{Path, PathBuf};

@@ -19,8 +19,10 @@ impl ImageStore {
             if std::fs::symlink_metadata(&mine).is_ok() {
                 continue;
             }
-            let theirs = std::fs::canonicalize(lender.layer_path(digest))
-                .map_err(io_err("cannot open the lent layer", &lender.layer_path(digest)))?;
+            let theirs = std::fs::canonicalize(lender.layer_path(digest)).map_err(io_err(
+                "cannot open the lent layer",
+                &lender.layer_path(digest),
+            ))?;
             std::os::unix::fs::symlink(&theirs, &mine)
                 .map_err(io_err("cannot link the lent layer", &mine))?;
         }

@@ -61,7 +61,8 @@ pub(super) fn say_pristine(r: &PristineResult) {
     eprintln!(
         "  pristine-db {:<46} {}",
         r.label,
-        row_summary(&r.status, || format!(
+        row_summary(&r.status, || {
+            format!(
             "{}/{} passed, suite {:.2} s, ready p50 {:.0} ms p99 {:.0} ms, peak {:.0} MiB, {:.1} MiB/instance, {:.1} MiB written{}",
             r.passed,
             r.tests,
@@ -74,7 +75,8 @@ pub(super) fn say_pristine(r: &PristineResult) {
             r.reset_p50_ms
                 .map(|m| format!(", reset p50 {m:.0} ms"))
                 .unwrap_or_default()
-        ))
+        )
+        })
     );
 }
 
@@ -290,9 +292,7 @@ fn stop_requested() -> bool {
 /// Strategy 1: one server, every test after the other, a reset after each.
 fn shared_reset(ctx: &Ctx) -> PristineResult {
     let (tests, label) = (ctx.a.tests, Strategy::SharedReset.describe());
-    let fail = |why: String| {
-        PristineResult::failed(label, Strategy::SharedReset, tests, 1, why)
-    };
+    let fail = |why: String| PristineResult::failed(label, Strategy::SharedReset, tests, 1, why);
     let peak = pristine::PeakMemory::start();
     let t0 = Instant::now();
     let inst = match ctx.start(Strategy::SharedReset) {

@@ -514,8 +514,10 @@ pub(super) fn vm_in_testbed(
                 let args = p.args(TESTBED_PRISTINE_TESTS, TESTBED_PRISTINE_PARALLEL);
                 add("pristine-db", "vm", args.clone());
                 add("pristine-db", "container", args);
-                // The VMs' boots and their PostgreSQL starts, emulated.
-                boots += 3 * TESTBED_PRISTINE_TESTS.min(p.tests);
+                // Emulated: the import of the ~300 MB archive (unpacked and
+                // hashed) and the layers' erofs images, then per test a VM
+                // boot, PostgreSQL's start and the test, and the container rows.
+                boots += 6 + 3 * TESTBED_PRISTINE_TESTS.min(p.tests);
             }
             Err(why) => {
                 for r in super::pristine::unavailable_rows(p, &[Isolation::Vm], &why) {

@@ -1,0 +1,80 @@
+//! `duet bench pristine-db` with microVMs: one testbed boot (the bench
+//! starts it: the image goes in as a `duet image save` archive), 2 tests,
+//! 2 at a time, as cold-booted VMs, next to the container strategies in
+//! the same emulated machine. The snapshot-clone row must say why it is
+//! missing, never pretend.
+
+mod common;
+
+use common::duet_bin;
+use common::pristine::{store, IMAGE};
+use std::process::{Command, Stdio};
+
+#[test]
+fn each_test_gets_a_pristine_database_in_its_own_microvm() {
+    let test = "each_test_gets_a_pristine_database_in_its_own_microvm";
+    if let Some(why) = common::testbed::missing() {
+        common::skip(test, &why);
+        return;
+    }
+    let Some(root) = store(test) else {
+        return;
+    };
+    let out = Command::new(duet_bin())
+        .args([
+            "bench",
+            "pristine-db",
+            "--isolation",
+            "vm",
+            "--vm-via",
+            "testbed",
+            "--tests",
+            "2",
+            "--parallel",
+            "2",
+            "--pg-image",
+            IMAGE,
+            "--report-json",
+            "-",
+        ])
+        .env("DUET_ROOT", root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["pristine"].as_array().unwrap();
+    let by = |s: &str| {
+        rows.iter()
+            .find(|r| r["strategy"] == s)
+            .unwrap_or_else(|| panic!("no {s} row: {err}"))
+    };
+    let vm = by("vm");
+    assert_eq!(vm["status"]["state"], "measured", "{vm}");
+    assert_eq!(
+        (vm["tests"].as_u64(), vm["passed"].as_u64()),
+        (Some(2), Some(2)),
+        "{vm}"
+    );
+    assert!(vm["label"].as_str().unwrap().ends_with("(testbed)"), "{vm}");
+    for f in ["ready_p50_ms", "pss_mib", "disk_mib", "suite_s"] {
+        assert!(vm[f].as_f64().unwrap() > 0.0, "{f}: {vm}");
+    }
+    // A microVM's memory is its own guest's: more than a container's.
+    let ct = by("container");
+    assert_eq!(ct["status"]["state"], "measured", "{ct}");
+    assert!(
+        vm["pss_mib"].as_f64() > ct["pss_mib"].as_f64(),
+        "{vm}\n{ct}"
+    );
+    let clone = by("vm-clone");
+    assert_eq!(clone["status"]["state"], "unavailable", "{clone}");
+    assert!(
+        clone["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no network device"),
+        "{clone}"
+    );
+}
