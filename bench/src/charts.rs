@@ -219,29 +219,19 @@ pub fn network_svgs(rows: &[crate::network::NetworkResult]) -> Result<Vec<String
         .iter()
         .filter(|r| r.status == crate::startup::RowStatus::Measured)
         .collect();
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
     let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
-    type Value = fn(&crate::network::NetworkResult) -> f64;
-    let charts: [(&str, &str, Value); 3] = [
-        ("Network: 1-byte TCP round trip, median (us)", "us", |r| {
-            r.rtt_p50_us
-        }),
-        ("Network: bulk TCP throughput (Mbit/s)", "Mbit/s", |r| {
-            r.throughput_mbit_s
-        }),
-        ("Network: HTTP requests per second", "req/s", |r| r.http_rps),
-    ];
-    let mut out = Vec::new();
-    for (title, unit, value) in charts {
-        let stacks: Vec<Vec<(String, f64)>> = rows
-            .iter()
-            .map(|r| vec![(unit.to_string(), value(r))])
-            .collect();
-        out.push(stacked_bars(&labels, &stacks, title, unit, "network")?);
-    }
-    Ok(out)
+    let rtt: Vec<f64> = rows.iter().map(|r| r.rtt_p50_us).collect();
+    let bulk: Vec<f64> = rows.iter().map(|r| r.throughput_mbit_s).collect();
+    let http: Vec<f64> = rows.iter().map(|r| r.http_rps).collect();
+    one_bar_charts(
+        &labels,
+        &[
+            ("Network: 1-byte TCP round trip, median (us)", "us", &rtt),
+            ("Network: bulk TCP throughput (Mbit/s)", "Mbit/s", &bulk),
+            ("Network: HTTP requests per second", "req/s", &http),
+        ],
+        "network",
+    )
 }
 
 /// The pristine-db rows: the suite's time, and memory per instance.
@@ -250,30 +240,44 @@ pub fn pristine_svgs(rows: &[crate::pristine::PristineResult]) -> Result<Vec<Str
         .iter()
         .filter(|r| r.status == crate::startup::RowStatus::Measured)
         .collect();
-    if rows.is_empty() {
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    let suite: Vec<f64> = rows.iter().map(|r| r.suite_s).collect();
+    let pss: Vec<f64> = rows.iter().map(|r| r.pss_mib).collect();
+    one_bar_charts(
+        &labels,
+        &[
+            (
+                "Pristine database per test: time for the whole suite (s)",
+                "s",
+                &suite,
+            ),
+            (
+                "Pristine database per test: memory per instance, PSS (MiB)",
+                "MiB",
+                &pss,
+            ),
+        ],
+        "pristine",
+    )
+}
+
+/// One bar per row in each chart of `charts` (title, unit, a value per
+/// label); none without labels.
+fn one_bar_charts(
+    labels: &[String],
+    charts: &[(&str, &str, &[f64])],
+    chart_name: &'static str,
+) -> Result<Vec<String>, ChartError> {
+    if labels.is_empty() {
         return Ok(Vec::new());
     }
-    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
-    type Value = fn(&crate::pristine::PristineResult) -> f64;
-    let charts: [(&str, &str, Value); 2] = [
-        (
-            "Pristine database per test: time for the whole suite (s)",
-            "s",
-            |r| r.suite_s,
-        ),
-        (
-            "Pristine database per test: memory per instance, PSS (MiB)",
-            "MiB",
-            |r| r.pss_mib,
-        ),
-    ];
     let mut out = Vec::new();
-    for (title, unit, value) in charts {
-        let stacks: Vec<Vec<(String, f64)>> = rows
+    for (title, unit, values) in charts {
+        let stacks: Vec<Vec<(String, f64)>> = values
             .iter()
-            .map(|r| vec![(unit.to_string(), value(r))])
+            .map(|v| vec![(unit.to_string(), *v)])
             .collect();
-        out.push(stacked_bars(&labels, &stacks, title, unit, "pristine")?);
+        out.push(stacked_bars(labels, &stacks, title, unit, chart_name)?);
     }
     Ok(out)
 }

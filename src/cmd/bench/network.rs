@@ -103,6 +103,25 @@ fn in_own_netns(
     baseline: bool,
     cfg: NetConfig,
 ) -> Result<Vec<NetworkResult>, String> {
+    leave_host_netns()?;
+    let mut rows = Vec::new();
+    if baseline {
+        rows.push(host_row(cfg));
+    }
+    if native.is_empty() {
+        return Ok(rows);
+    }
+    std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    for iso in native {
+        rows.push(instance_row(exe, root, *iso, cfg));
+    }
+    Ok(rows)
+}
+
+/// Moves the calling thread into a new network namespace with `lo` up:
+/// what it starts from then on is born there, and the namespace ends with
+/// the thread and its children. For the benches that make a bridge.
+pub(super) fn leave_host_netns() -> Result<(), String> {
     // SAFETY: unshare of this thread's network namespace only.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(format!(
@@ -116,18 +135,7 @@ fn in_own_netns(
     if !lo.is_ok_and(|s| s.success()) {
         return Err("`ip link set lo up` in the bench's network namespace failed".into());
     }
-    let mut rows = Vec::new();
-    if baseline {
-        rows.push(host_row(cfg));
-    }
-    if native.is_empty() {
-        return Ok(rows);
-    }
-    std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-    for iso in native {
-        rows.push(instance_row(exe, root, *iso, cfg));
-    }
-    Ok(rows)
+    Ok(())
 }
 
 fn host_row(cfg: NetConfig) -> NetworkResult {

@@ -249,19 +249,7 @@ fn in_own_netns(
     a: &PristineArgs,
     isolations: &[Isolation],
 ) -> Result<Vec<PristineResult>, String> {
-    // SAFETY: unshare of this thread's network namespace only.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "a network namespace for the bench: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let lo = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status();
-    if !lo.is_ok_and(|s| s.success()) {
-        return Err("`ip link set lo up` in the bench's network namespace failed".into());
-    }
+    super::network::leave_host_netns()?;
     let ctx = Ctx { exe, root, a };
     let mut rows = Vec::new();
     for s in strategies(isolations) {
