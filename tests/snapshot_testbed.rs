@@ -1,7 +1,8 @@
 //! Snapshots of real Linux microVMs (issue 13): `duet snapshot` of a
 //! running VM, `duet run --from-snapshot` clones that go on where it was
 //! and keep their own writes, bad snapshots refused, nothing left after a
-//! killed restore; warm starts (`--warm`) from a template built once per
+//! killed restore, clones of a VM on the bridge with their own MAC and
+//! address; warm starts (`--warm`) from a template built once per
 //! key and collected by gc and `image rm`. VMs need the nested-KVM testbed on hosts like ours, so
 //! the cases run there once for the whole file (tests/testbed/snapshot-cases.sh).
 
@@ -113,15 +114,69 @@ fn bad_snapshots_and_other_kernels_are_refused() {
     assert_eq!(ok("left_after_refusals").output.trim(), "instances=0");
 }
 
+/// Checks "NAME MAC ADDRESS/PREFIX" lines, as each guest sees its eth0:
+/// `n` guests, no two with one MAC or address, each with duet's MAC for
+/// its address (02:d0 and the address's four bytes).
+fn own_identities(ids: &str, n: usize) {
+    let rows: Vec<Vec<&str>> = ids
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 3)
+        .collect();
+    assert_eq!(rows.len(), n, "{ids}");
+    for i in 0..n {
+        for j in i + 1..n {
+            assert_ne!(rows[i][1], rows[j][1], "two guests share a MAC: {ids}");
+            assert_ne!(rows[i][2], rows[j][2], "two guests share an address: {ids}");
+        }
+    }
+    for r in &rows {
+        let ip: std::net::Ipv4Addr = r[2].split('/').next().unwrap().parse().unwrap();
+        let o = ip.octets();
+        let mac = format!("02:d0:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        assert_eq!(r[1], mac, "{} has not its own MAC: {ids}", r[0]);
+    }
+}
+
+/// Every instance of `who`, and the published port, served the page.
+fn served(answers: &str, who: &[&str]) {
+    for w in who.iter().chain(&["published"]) {
+        assert!(
+            answers
+                .lines()
+                .any(|l| l.starts_with(w) && l.contains("duet-test-page")),
+            "{w} does not answer: {answers}"
+        );
+    }
+}
+
 #[test]
-fn a_vm_with_a_network_device_is_not_snapshotted() {
-    let Some(up) = get("a_vm_with_a_network_device_is_not_snapshotted", "net_up") else {
+fn clones_of_a_vm_on_the_bridge_get_their_own_mac_and_address_and_serve() {
+    let Some(up) = get(
+        "clones_of_a_vm_on_the_bridge_get_their_own_mac_and_address_and_serve",
+        "net_up",
+    ) else {
         return;
     };
     assert_eq!(up.rc, 0, "{}", up.output);
-    refused("net_refused", &["network device", "--network none"]);
-    assert_eq!(ok("net_nothing_written").output.trim(), "0");
+    let before = ok("net_before").output.trim().to_string();
+    ok("net_has_address");
+    assert!(
+        ok("net_source_answers").output.contains("duet-test-page"),
+        "the source VM does not serve"
+    );
+    ok("net_snapshot");
+    ok("net_c1");
+    ok("net_c2");
+    own_identities(&ok("net_identities").output, 3);
+    served(&ok("net_answers").output, &["snapnet", "netc1", "netc2"]);
+    refused("net_overrides_refused", &["--network", "--from-snapshot"]);
     ok("net_rm");
+    assert_eq!(
+        ok("net_after").output.trim(),
+        before,
+        "links, leases or port rules were left"
+    );
 }
 
 #[test]
@@ -219,11 +274,12 @@ fn warm_templates_are_keyed_and_removed_by_gc_and_image_rm() {
     assert_eq!(counter(k, "warm_template_built"), Some(1), "{}", k.output);
     // gc removes the one of a kernel duet no longer boots, keeps the rest.
     let gc = ok("warm_gc_removes_stale");
-    assert_eq!(gc.output.lines().last(), Some("2"), "{}", gc.output);
+    // Two of busybox without a network device (two memory sizes), one with.
+    assert_eq!(gc.output.lines().last(), Some("3"), "{}", gc.output);
     assert_eq!(ok("warm_left").output.trim(), "instances=0 partial=0");
     let rm = ok("warm_image_rm");
     assert!(
-        rm.output.contains("2 warm-start template(s)"),
+        rm.output.contains("3 warm-start template(s)"),
         "{}",
         rm.output
     );
@@ -245,13 +301,25 @@ fn a_detached_warm_instance_logs_and_execs() {
 }
 
 #[test]
-fn warm_refuses_a_network_device_and_containers() {
-    let Some(_) = get(
-        "warm_refuses_a_network_device_and_containers",
-        "warm_bridge_refused",
+fn warm_clones_on_the_bridge_get_their_own_mac_and_address() {
+    let Some(a) = get(
+        "warm_clones_on_the_bridge_get_their_own_mac_and_address",
+        "warm_net_a",
     ) else {
         return;
     };
-    refused("warm_bridge_refused", &["--warm", "--network none"]);
+    assert_eq!(a.rc, 0, "{}", a.output);
+    ok("warm_net_b");
+    ok("warm_net_has_address");
+    own_identities(&ok("warm_net_identities").output, 2);
+    served(&ok("warm_net_answers").output, &["warmneta", "warmnetb"]);
+    ok("warm_net_rm");
+}
+
+#[test]
+fn warm_refuses_containers() {
+    let Some(_) = get("warm_refuses_containers", "warm_container_refused") else {
+        return;
+    };
     refused("warm_container_refused", &["--warm", "container"]);
 }

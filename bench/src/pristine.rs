@@ -385,6 +385,10 @@ pub struct PristineResult {
     pub ready_p99_ms: f64,
     /// The shared strategy's reset after each test: median, ms.
     pub reset_p50_ms: Option<f64>,
+    /// The clone strategy's template, booted until it accepts connections
+    /// and snapshotted once, s (part of `suite_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_s: Option<f64>,
     /// Host memory in use during the suite, peak above the baseline, MiB.
     pub peak_mem_mib: f64,
     /// PSS of one instance's processes (the VMM, or the container's), MiB: median.
@@ -416,6 +420,7 @@ impl PristineResult {
             ready_p50_ms: 0.0,
             ready_p99_ms: 0.0,
             reset_p50_ms: None,
+            template_s: None,
             peak_mem_mib: 0.0,
             pss_mib: 0.0,
             disk_mib: 0.0,
@@ -483,6 +488,7 @@ impl PristineResult {
             ready_p50_ms: ready.as_ref().map_or(0.0, |s| s.median),
             ready_p99_ms: p99,
             reset_p50_ms: (!resets.is_empty()).then(|| median(resets.iter().map(ms).collect())),
+            template_s: None,
             peak_mem_mib,
             pss_mib: median(samples.iter().map(|s| s.pss_kib as f64 / 1024.0).collect()),
             disk_mib: median(
@@ -534,16 +540,33 @@ pub fn reading(row: &PristineResult, rows: &[PristineResult]) -> String {
             ),
             None => isolated,
         },
-        Strategy::Vm | Strategy::VmClone => match peer(Strategy::Container) {
-            Some(c) => format!(
-                "{isolated}; against a container per test: suite {:.2}x, ready {:.1}x, memory per \
-                 instance {:.1}x",
-                row.suite_s / c.suite_s,
-                row.ready_p50_ms / c.ready_p50_ms.max(0.001),
-                row.pss_mib / c.pss_mib.max(0.001)
-            ),
-            None => isolated,
-        },
+        Strategy::Vm | Strategy::VmClone => {
+            let mut out = match peer(Strategy::Container) {
+                Some(c) => format!(
+                    "{isolated}; against a container per test: suite {:.2}x, ready {:.1}x, \
+                     memory per instance {:.1}x",
+                    row.suite_s / c.suite_s,
+                    row.ready_p50_ms / c.ready_p50_ms.max(0.001),
+                    row.pss_mib / c.pss_mib.max(0.001)
+                ),
+                None => isolated,
+            };
+            if row.strategy == Strategy::VmClone {
+                if let Some(v) = peer(Strategy::Vm) {
+                    out.push_str(&format!(
+                        "; against a cold-booted microVM per test: suite {:.2}x, ready {:.2}x",
+                        row.suite_s / v.suite_s.max(0.001),
+                        row.ready_p50_ms / v.ready_p50_ms.max(0.001)
+                    ));
+                }
+                if let Some(t) = row.template_s {
+                    out.push_str(&format!(
+                        " (the template: booted to ready and snapshotted once, {t:.1} s of the suite)"
+                    ));
+                }
+            }
+            out
+        }
     }
 }
 

@@ -44,6 +44,28 @@ pub enum Request {
         /// Signal number.
         signal: i32,
     },
+    /// Give the guest's `eth0` another identity: a clone restored from a
+    /// snapshot of a VM on duet's bridge gets its own MAC, address, route
+    /// and `/etc/hosts`/`/etc/resolv.conf` before it counts as started.
+    Network(NetworkUpdate),
+}
+
+/// The new identity of the guest's `eth0` ([`Request::Network`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkUpdate {
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Its address.
+    pub address: std::net::Ipv4Addr,
+    /// Prefix length of the subnet.
+    pub prefix: u8,
+    /// Default gateway.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// The new `/etc/resolv.conf`.
+    pub resolv_conf: String,
+    /// The new `/etc/hosts`.
+    pub hosts: String,
 }
 
 /// The guest agent's answer to a [`Request`].

@@ -32,13 +32,16 @@ pub struct RunArgs {
     #[arg(required_unless_present_any = ["spec", "from_snapshot"])]
     pub image: Option<String>,
     /// Start a microVM from a snapshot (`duet snapshot`) instead of booting
-    /// one: the workload goes on where it was, with the snapshot's spec.
+    /// one: the workload goes on where it was, with the snapshot's spec. A
+    /// snapshot of a VM on the bridge gives its clone a MAC and address of
+    /// its own there (-p publishes the clone's ports).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["spec", "image"])]
     pub from_snapshot: Option<PathBuf>,
     /// Start the microVM warm: restore a snapshot of the image's template
     /// (booted once per image, guest kernel, memory and vCPUs, and cached)
     /// and hand the guest this run's workload, instead of booting a kernel.
-    /// Implies --isolation vm; no network device yet (--network none).
+    /// Implies --isolation vm; on duet's bridge the clone gets its own MAC
+    /// and address at the hand-over.
     #[arg(long, conflicts_with = "from_snapshot")]
     pub warm: bool,
     /// When to pull the image from its registry: always, missing (only if
@@ -157,7 +160,6 @@ fn snapshot_spec(args: &RunArgs, path: &Path) -> Result<(WorkloadSpec, PathBuf)>
         (args.vcpus.is_some(), "--vcpus"),
         (!args.env.is_empty(), "--env"),
         (args.network.is_some(), "--network"),
-        (!args.publish.is_empty(), "--publish"),
         (!args.dns.is_empty(), "--dns"),
         (args.tty, "-t"),
     ] {
@@ -173,9 +175,21 @@ fn snapshot_spec(args: &RunArgs, path: &Path) -> Result<(WorkloadSpec, PathBuf)>
         .with_context(|| path.display().to_string())?;
     let mut spec = user.spec;
     spec.isolation = Some(Isolation::Vm);
-    // A snapshot has no network device (`duet snapshot` refuses one).
-    spec.network = Some(NetworkMode::None);
-    spec.ports.clear();
+    // A clone of a VM on the bridge gets a place of its own there (its
+    // guest is told its new MAC and address); ports are the clone's own.
+    let bridged = duet_vmm::runtime::snapshots::has_network(&snap);
+    spec.network = Some(if bridged {
+        NetworkMode::Bridge
+    } else {
+        NetworkMode::None
+    });
+    spec.ports = args.publish.clone();
+    if !bridged && !spec.ports.is_empty() {
+        bail!(
+            "{}: --publish: the snapshotted VM had no network device, so its clone has no address to publish",
+            path.display()
+        );
+    }
     Ok((spec, path.to_path_buf()))
 }
 
@@ -233,8 +247,7 @@ fn effective_spec(args: &RunArgs) -> Result<(WorkloadSpec, PathBuf)> {
     Ok((spec, origin))
 }
 
-/// `--warm`: a microVM (unless the spec says container: refused) with no
-/// network device (a template has none; refused if asked for one).
+/// `--warm`: a microVM (unless the spec says container: refused).
 fn warm_spec(spec: &mut WorkloadSpec, origin: &Path) -> Result<()> {
     if spec.isolation == Some(Isolation::Container) {
         bail!(
@@ -243,19 +256,6 @@ fn warm_spec(spec: &mut WorkloadSpec, origin: &Path) -> Result<()> {
         );
     }
     spec.isolation = Some(Isolation::Vm);
-    match spec.network {
-        None | Some(NetworkMode::None) => spec.network = Some(NetworkMode::None),
-        Some(m) => bail!(
-            "{}: --warm: a warm-start template has no network device yet; network `{m}` needs a cold boot (drop --warm, or use --network none)",
-            origin.display()
-        ),
-    }
-    if !spec.ports.is_empty() {
-        bail!(
-            "{}: --warm: ports (-p) need a network device, which a warm start has not",
-            origin.display()
-        );
-    }
     Ok(())
 }
 

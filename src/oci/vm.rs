@@ -613,6 +613,7 @@ fn engine_network(
         address: l.address,
         prefix: l.prefix,
         gateway: l.gateway,
+        mac: Some(dev.mac),
     };
     Ok(Some((dev, guest)))
 }

@@ -42,11 +42,52 @@ case_ b_sees_not_a duet exec cloneb sh -c 'cat /data.txt; ls /mine 2>&1; true'
 case_ a_still_has_its_own duet exec clonea cat /mine
 case_ clones_rm duet rm -f clonea cloneb
 
-# A workload with the network refuses a snapshot (the clone would keep its address).
-case_ net_up duet run -d --name snapnet --isolation vm --network bridge busybox -- sleep 600
-case_ net_refused duet snapshot snapnet /tmp/snapnet
-case_ net_nothing_written sh -c 'ls -a /tmp | grep -c snapnet; true'
-case_ net_rm duet rm -f snapnet
+# A VM on duet's bridge: clones of its snapshot each get a MAC and an
+# address of their own (their guest agent is told them at restore), serve
+# what the snapshotted server served, and one publishes a port.
+get() { printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 "$1" "$2"; }
+wait_for() {
+    i=0
+    while [ $i -lt 120 ]; do
+        out=$(get "$1" "$2" 2>/dev/null) && [ -n "$out" ] && { echo "$out" | tail -n 1; return 0; }
+        i=$((i + 1)); sleep 1
+    done
+    echo "no answer from $1:$2"; return 1
+}
+# The guest's own view of its eth0: "MAC ADDRESS/PREFIX".
+eth0() { duet exec "$1" sh -c 'echo $(cat /sys/class/net/eth0/address) $(ip -4 -o addr show eth0 | awk "{print \$4}")'; }
+addr_of() { eth0 "$1" | awk '{print $2}' | cut -d/ -f1; }
+HTTPD='mkdir -p /www && echo duet-test-page > /www/index.html && exec httpd -f -p 80 -h /www'
+# "NAME MAC ADDRESS/PREFIX" of each instance named.
+identities() { for n in "$@"; do echo "$n $(eth0 $n)"; done; }
+# What each instance named serves on its address, then what 127.0.0.1:$1 serves.
+answers() {
+    port=$1; shift
+    for n in "$@"; do echo "$n $(wait_for "$(addr_of $n)" 80)"; done
+    echo "published $(wait_for 127.0.0.1 "$port")"
+}
+# Until the guest has its address (a guest boots in seconds here).
+has_address() {
+    i=0
+    while [ $i -lt 120 ]; do
+        a=$(addr_of "$1" 2>/dev/null) && [ -n "$a" ] && { echo "$a"; return 0; }
+        i=$((i + 1)); sleep 1
+    done
+    echo "$1 has no address"; return 1
+}
+left() { echo links=$(ip -o link | wc -l) leases=$(ls /tmp/duet/network/duet0/leases 2>/dev/null | wc -l) dnat=$(nft list ruleset 2>/dev/null | grep -c dnat); }
+case_ net_before left
+case_ net_up duet run -d --name snapnet --isolation vm --network bridge busybox -- sh -c "$HTTPD"
+case_ net_has_address has_address snapnet
+case_ net_source_answers wait_for "$(addr_of snapnet)" 80
+case_ net_snapshot duet snapshot snapnet /tmp/snapnet
+case_ net_c1 duet run -d --name netc1 --from-snapshot /tmp/snapnet
+case_ net_c2 duet run -d --name netc2 --from-snapshot /tmp/snapnet -p 8081:80
+case_ net_identities identities snapnet netc1 netc2
+case_ net_answers answers 8081 snapnet netc1 netc2
+case_ net_overrides_refused duet run --from-snapshot /tmp/snapnet --network none
+case_ net_rm duet rm -f snapnet netc1 netc2
+case_ net_after left
 
 # kill -9 of a restoring instance's monitor, then gc: nothing left.
 case_ k9_up duet run -d --name clonek --from-snapshot /tmp/snap1
@@ -66,7 +107,14 @@ case_ warm_detached_up duet run -d --warm --name warmd busybox -- sh -c 'echo up
 case_ warm_detached_log wait_log warmd '^up$'
 case_ warm_exec duet exec warmd hostname
 case_ warm_rm duet rm -f warmd
-case_ warm_bridge_refused duet run --warm --network bridge busybox -- true
+# Warm clones on duet's bridge (a third template: one with a network
+# device): each configures the MAC and address it is handed, and serves.
+case_ warm_net_a duet run -d --warm --name warmneta --network bridge -p 8082:80 busybox -- sh -c "$HTTPD"
+case_ warm_net_b duet run -d --warm --name warmnetb --network bridge busybox -- sh -c "$HTTPD"
+case_ warm_net_has_address has_address warmnetb
+case_ warm_net_identities identities warmneta warmnetb
+case_ warm_net_answers answers 8082 warmneta warmnetb
+case_ warm_net_rm duet rm -f warmneta warmnetb
 case_ warm_container_refused duet run --warm --isolation container busybox -- true
 cp "$DUET_KERNEL" /tmp/other-vmlinux
 case_ warm_other_kernel env DUET_KERNEL=/tmp/other-vmlinux "$DUET_EXE" run --warm --report json busybox -- echo other-kernel

@@ -293,6 +293,17 @@ pub fn kill_path(id: &str, path: &Path, signal: i32, wait: Duration) -> Result<(
     c.request(&Request::Kill { signal })
 }
 
+/// Gives the guest of `dir` the network identity `update` (a clone restored
+/// from a snapshot), waiting at most `wait` for its agent.
+pub fn renumber(
+    dir: &InstanceDir,
+    update: &agent_abi::NetworkUpdate,
+    wait: Duration,
+) -> Result<(), AgentError> {
+    let mut c = connect_path(dir.id(), &dir.path().join(SOCKET), wait)?;
+    c.request(&Request::Network(update.clone()))
+}
+
 /// Where an exec's output goes and its input comes from.
 pub struct ExecIo<'a> {
     /// Read for the command's stdin (with `interactive`).

@@ -431,6 +431,19 @@ fn restore(
             },
             disks: cfg.disks.clone(),
             agent_listener,
+            net: cfg
+                .net
+                .as_ref()
+                .map(|n| {
+                    n.tap
+                        .try_clone()
+                        .map(|tap| (tap, n.mac))
+                        .map_err(|source| VmmError::EventFd {
+                            device: "virtio-net",
+                            source,
+                        })
+                })
+                .transpose()?,
             seccomp: true,
         },
     )?;

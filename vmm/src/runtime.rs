@@ -89,9 +89,16 @@ pub enum VmRuntimeError {
         #[source]
         source: templates::TemplateError,
     },
-    /// `--warm` with a network device (a snapshot has none yet).
-    #[error("--warm: a warm-start template has no network device; run it with `--network none`")]
-    WarmNetwork,
+    /// A clone restored from a snapshot of a VM on the bridge could not be
+    /// given its own MAC and address (its guest agent did not do it).
+    #[error("giving the restored guest its own address {address} on duet's bridge")]
+    Renumber {
+        /// The address it was to get.
+        address: std::net::Ipv4Addr,
+        /// What failed.
+        #[source]
+        source: crate::agent::AgentError,
+    },
 }
 
 /// Removes the VMM's cgroups when the run ends, however it ends.
@@ -231,6 +238,7 @@ impl VmRuntime {
             );
         }
         let mut warm = None;
+        let mut renumber = None;
         let mode = match boot {
             // The template's root is always the shared layer disks.
             Boot::Template => RootfsMode::Disks,
@@ -238,9 +246,6 @@ impl VmRuntime {
         };
         match (&opts.from_snapshot, mode) {
             (None, _) if opts.warm && boot == Boot::Normal => {
-                if launch.network.is_some() {
-                    return Err(VmRuntimeError::WarmNetwork);
-                }
                 let key = templates::key_for(launch, &cfg, &init)?;
                 let (path, built) = templates::ensure(self, launch, &key).map_err(|source| {
                     VmRuntimeError::Template {
@@ -262,11 +267,13 @@ impl VmRuntime {
                 }
                 warm = Some(templates::warm_start(rootfs::guest_workload(
                     launch.spec,
-                    None,
+                    launch.network,
                 )));
             }
             (Some(path), _) => {
                 snapshots::prepare_restore(launch, path, &mut cfg, report)?;
+                // The guest still has its template's MAC and address.
+                renumber = launch.network.map(snapshots::network_update);
                 if opts.explain {
                     eprintln!(
                         "duet: restoring the snapshot {} (RAM mapped copy-on-write, {} disk(s))",
@@ -311,6 +318,8 @@ impl VmRuntime {
             killed_with: std::sync::atomic::AtomicI32::new(0),
             warm,
             handover_us: None,
+            renumber,
+            renumber_us: None,
         };
         match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
@@ -370,6 +379,8 @@ impl VmRuntime {
 /// How long [`Instance::kill`] waits for the guest agent before it
 /// signals the VMM instead.
 const KILL_AGENT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a restored clone's agent may take to take its new address.
+const RENUMBER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the VM's thread hands back: the outcome and the timeline it stamped.
 type VmThreadResult = (Result<crate::VmOutcome, VmmError>, RunReport);
@@ -396,6 +407,10 @@ pub struct Vm {
     warm: Option<duet_init::config::WarmStart>,
     /// How long the warm start's hand-over took (the `warm_handover_us` counter).
     handover_us: Option<u64>,
+    /// A restored clone's own network identity, sent once it runs.
+    renumber: Option<duet_shared::agent_abi::NetworkUpdate>,
+    /// How long that took (the `network_renumber_us` counter).
+    renumber_us: Option<u64>,
 }
 
 fn eventfd() -> Result<std::os::fd::OwnedFd, VmRuntimeError> {
@@ -494,6 +509,26 @@ impl Instance for Vm {
                 }
             }
         }
+        if let Some(u) = self.renumber.take() {
+            if self.pid != 0 {
+                let t = std::time::Instant::now();
+                let done = crate::agent::renumber(&self.instance, &u, RENUMBER_WAIT);
+                self.renumber_us = Some(t.elapsed().as_micros() as u64);
+                if let Err(source) = done {
+                    // A clone with its template's address must not stay on the bridge.
+                    if self.jail.is_some() {
+                        // SAFETY: kill with plain values on our unreaped child.
+                        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                    } else {
+                        crate::signals::request_stop(libc::SIGKILL);
+                    }
+                    return Err(Box::new(VmRuntimeError::Renumber {
+                        address: u.address,
+                        source,
+                    }));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -553,6 +588,9 @@ impl Instance for Vm {
         *report = r;
         if let Some(us) = self.handover_us {
             report.counters.insert("warm_handover_us".into(), us);
+        }
+        if let Some(us) = self.renumber_us {
+            report.counters.insert("network_renumber_us".into(), us);
         }
         let killed = self.killed_with.load(std::sync::atomic::Ordering::SeqCst);
         let outcome = match outcome {

@@ -59,6 +59,38 @@ fn wait_for_count(mem: &GuestMemory, at_least: u32) {
 /// until `run_for`. Returns the snapshot file, the VM's own final count
 /// and its console.
 fn snapshot_a_spinning_guest(run_for: Duration) -> (std::fs::File, u32, String) {
+    snapshot_a_spinning_guest_with(run_for, None)
+}
+
+/// A datagram socketpair standing in for a tap (both keep frame
+/// boundaries); the VM gets one end.
+fn fake_tap() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new descriptors into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: both are new descriptors only we hold.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// As [`snapshot_a_spinning_guest`], with a virtio-net device on `tap` if given.
+fn snapshot_a_spinning_guest_with(
+    run_for: Duration,
+    net: Option<(std::os::fd::OwnedFd, [u8; 6])>,
+) -> (std::fs::File, u32, String) {
     let out = SharedBuffer::default();
     let mut vm = Vm::new(VmOptions {
         memory_mib: 2,
@@ -69,6 +101,9 @@ fn snapshot_a_spinning_guest(run_for: Duration) -> (std::fs::File, u32, String) 
     })
     .unwrap();
     vm.attach_legacy_devices(console(&out)).unwrap();
+    if let Some((tap, mac)) = net {
+        vm.attach_net(tap, mac).unwrap();
+    }
     vm.set_kernel_identity(Some("tiny-spin".into()));
     vm.write_code(CODE, &SPIN).unwrap();
     vm.create_vcpus(CpuMode::Real { ip: CODE as u16 }).unwrap();
@@ -110,6 +145,13 @@ fn saved_counter(snap: &snapshot::Snapshot) -> u32 {
 }
 
 fn restore(snap: &snapshot::Snapshot) -> Result<(Vm, SharedBuffer), VmmError> {
+    restore_with(snap, None)
+}
+
+fn restore_with(
+    snap: &snapshot::Snapshot,
+    net: Option<(std::os::fd::OwnedFd, [u8; 6])>,
+) -> Result<(Vm, SharedBuffer), VmmError> {
     let out = SharedBuffer::default();
     let vm = Vm::restore(
         snap,
@@ -117,6 +159,7 @@ fn restore(snap: &snapshot::Snapshot) -> Result<(Vm, SharedBuffer), VmmError> {
             console: console(&out),
             disks: Vec::new(),
             agent_listener: None,
+            net,
             seccomp: true,
         },
     )?;
@@ -183,6 +226,51 @@ fn clones_of_one_snapshot_each_keep_their_own_writes() {
     assert_eq!(counter(b.memory()), saved);
     run_restored(b, saved, 100);
     assert_ne!(counter(&a_mem), saved);
+}
+
+#[test]
+fn a_network_device_is_saved_and_a_clone_brings_its_own_tap() {
+    if !kvm_usable() {
+        return;
+    }
+    const TEMPLATE_MAC: [u8; 6] = [0x02, 0xd0, 10, 0, 0, 2];
+    const CLONE_MAC: [u8; 6] = [0x02, 0xd0, 10, 0, 0, 3];
+    let (tap, _peer) = fake_tap();
+    let (file, _, _) =
+        snapshot_a_spinning_guest_with(Duration::from_millis(500), Some((tap, TEMPLATE_MAC)));
+    let snap = snapshot::open(file).unwrap();
+    let nets: Vec<_> = snap
+        .state
+        .devices
+        .virtio
+        .iter()
+        .filter_map(|v| match v.device {
+            snapshot::VirtioDeviceState::Net { mac } => Some(mac),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nets, [TEMPLATE_MAC], "the device and its MAC are saved");
+
+    // Without a tap of its own a clone is refused, naming the device.
+    let chain = error_sources(&restore(&snap).err().expect("no tap given"));
+    assert!(chain.contains("network device"), "{chain}");
+
+    // With one it restores and runs on from the saved count.
+    let (tap, _peer) = fake_tap();
+    let saved = saved_counter(&snap);
+    let (vm, _) = restore_with(&snap, Some((tap, CLONE_MAC))).unwrap();
+    run_restored(vm, saved, 100);
+
+    // A tap for a snapshot without a network device is refused too.
+    let (file, _, _) = snapshot_a_spinning_guest(Duration::from_millis(300));
+    let plain = snapshot::open(file).unwrap();
+    let (tap, _peer) = fake_tap();
+    let chain = error_sources(
+        &restore_with(&plain, Some((tap, CLONE_MAC)))
+            .err()
+            .expect("a tap for no device"),
+    );
+    assert!(chain.contains("has none"), "{chain}");
 }
 
 fn reopen(file: &std::fs::File) -> std::fs::File {

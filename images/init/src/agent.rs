@@ -246,7 +246,39 @@ pub fn serve_connection(conn: OwnedFd, ctx: &AgentContext) {
             let _ = write_all(fd, &agent_abi::encode_line(&reply));
         }
         Request::Exec(r) => exec(fd, dec, &r, size, ctx),
+        Request::Network(u) => {
+            let reply = match renumber(&u) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error(e),
+            };
+            let _ = write_all(fd, &agent_abi::encode_line(&reply));
+        }
     }
+}
+
+/// [`Request::Network`]: `eth0`'s new MAC, address and route, then the
+/// new `/etc/resolv.conf` and `/etc/hosts` written over the old ones.
+fn renumber(u: &agent_abi::NetworkUpdate) -> Result<(), String> {
+    let net = crate::config::GuestNetwork {
+        address: u.address,
+        prefix: u.prefix,
+        gateway: u.gateway,
+        mac: Some(u.mac),
+    };
+    crate::net::renumber(&net).map_err(|e| e.to_string())?;
+    let files: Vec<_> = [
+        ("/etc/resolv.conf", &u.resolv_conf),
+        ("/etc/hosts", &u.hosts),
+    ]
+    .into_iter()
+    .map(|(path, content)| crate::files::GuestFile {
+        path: path.into(),
+        content: content.clone().into_bytes(),
+        read_only: false,
+    })
+    .collect();
+    crate::files::validate(&files)?;
+    crate::files::rewrite(&files).map_err(|e| e.to_string())
 }
 
 /// The environment of an exec: the workload's, then the request's over it.

@@ -80,6 +80,10 @@ pub struct GuestNetwork {
     /// Default gateway, if any.
     #[serde(default)]
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// The MAC `eth0` takes first, if given (the device's own: a clone of a
+    /// snapshot still has its template's).
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
 }
 
 /// The ids the workload runs as (an OCI `process.user`).
@@ -250,6 +254,7 @@ mod tests {
                 address: std::net::Ipv4Addr::new(10, 89, 0, 2),
                 prefix: 16,
                 gateway: Some(std::net::Ipv4Addr::new(10, 89, 0, 1)),
+                mac: Some([0x02, 0xd0, 10, 89, 0, 2]),
             }),
             template: false,
         }

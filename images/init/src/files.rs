@@ -38,7 +38,7 @@ pub struct GuestFile {
 
 /// Why a file could not be placed; names the file.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot place {path} in the workload's root ({step})")]
+#[error("cannot place {path} in the workload's root ({step}: {source})")]
 pub struct FileError {
     /// The target path.
     pub path: String,
@@ -136,6 +136,31 @@ pub fn place(files: &[GuestFile]) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Gives files that are already placed new contents, in place (a running
+/// guest's `/etc/hosts` after its address changed): the workload keeps
+/// seeing them at their paths, with no mount stacked on the old. A target
+/// that is not there yet is placed as [`place`] does.
+pub fn rewrite(files: &[GuestFile]) -> Result<(), FileError> {
+    for f in files {
+        let err = |step: &'static str| {
+            let path = f.path.clone();
+            move |source| FileError { path, step, source }
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&f.path)
+        {
+            Ok(mut w) => w
+                .write_all(&f.content)
+                .map_err(err("writing its new contents"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => place(std::slice::from_ref(f))?,
+            Err(e) => return Err(err("opening it for its new contents")(e)),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +171,23 @@ mod tests {
             content: vec![b'x'; len],
             read_only: false,
         }
+    }
+
+    #[test]
+    fn rewrite_replaces_the_contents_of_a_placed_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hosts");
+        std::fs::write(&p, "10.89.0.2 old-and-longer-than-the-new-one\n").unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
+        let f = GuestFile {
+            path: p.to_string_lossy().into_owned(),
+            content: b"10.89.0.3 new\n".to_vec(),
+            read_only: false,
+        };
+        rewrite(&[f]).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "10.89.0.3 new\n");
+        let same = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
+        assert_eq!(ino, same, "the file was replaced, not rewritten");
     }
 
     #[test]

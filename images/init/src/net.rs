@@ -1,8 +1,12 @@
 //! The guest's network: `lo` up always, and `eth0` (the virtio-net device
 //! on duet's bridge) with its address, netmask and default route when the
 //! workload config has a network. Plain ioctls (SIOCSIFADDR,
-//! SIOCSIFNETMASK, SIOCSIFFLAGS, SIOCADDRT), as the init has no netlink
-//! library and needs nothing more.
+//! SIOCSIFNETMASK, SIOCSIFFLAGS, SIOCADDRT, SIOCSIFHWADDR), as the init has
+//! no netlink library and needs nothing more.
+//!
+//! [`renumber`] gives a running guest's `eth0` another MAC and address: a
+//! clone restored from a snapshot of a VM on the bridge still has its
+//! template's, which its own tap's neighbours must not see twice.
 
 use crate::config::GuestNetwork;
 use std::net::Ipv4Addr;
@@ -80,16 +84,63 @@ fn up(s: &Sock, name: &str) -> Result<(), NetError> {
     })
 }
 
-/// `lo` up; with `net`, `eth0` configured and up and the default route via the gateway.
-pub fn configure(net: Option<&GuestNetwork>) -> Result<(), NetError> {
+fn socket() -> Result<Sock, NetError> {
     // SAFETY: socket(2) with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     check(fd, || "a socket for the ioctls".into())?;
-    let s = Sock(fd);
-    up(&s, "lo")?;
-    let Some(n) = net else {
-        return Ok(());
+    Ok(Sock(fd))
+}
+
+/// `struct ifreq` with a hardware address.
+#[repr(C)]
+struct IfreqHw {
+    name: [u8; libc::IFNAMSIZ],
+    addr: libc::sockaddr,
+    _pad: [u8; 8],
+}
+
+fn set_mac(s: &Sock, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+    // SAFETY: an all-zero sockaddr is valid.
+    let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    addr.sa_family = libc::ARPHRD_ETHER;
+    for (d, b) in addr.sa_data.iter_mut().zip(mac) {
+        *d = b as libc::c_char;
+    }
+    let mut r = IfreqHw {
+        name: [0; libc::IFNAMSIZ],
+        addr,
+        _pad: [0; 8],
     };
+    r.name[..name.len()].copy_from_slice(name.as_bytes());
+    let shown = mac.map(|b| format!("{b:02x}")).join(":");
+    // SAFETY: SIOCSIFHWADDR reads an ifreq-sized struct we own.
+    check(unsafe { libc::ioctl(s.0, libc::SIOCSIFHWADDR, &r) }, || {
+        format!("setting the MAC {shown} on {name}")
+    })
+}
+
+/// `eth0` of a running guest gets `net`'s MAC, address, netmask and
+/// default route (the old address, and the routes through it, go).
+pub fn renumber(net: &GuestNetwork) -> Result<(), NetError> {
+    configure_eth0(&socket()?, net)
+}
+
+/// `lo` up; with `net`, `eth0` configured (its MAC first, if given) and up
+/// and the default route via the gateway.
+pub fn configure(net: Option<&GuestNetwork>) -> Result<(), NetError> {
+    let s = socket()?;
+    up(&s, "lo")?;
+    match net {
+        Some(n) => configure_eth0(&s, n),
+        None => Ok(()),
+    }
+}
+
+fn configure_eth0(s: &Sock, n: &GuestNetwork) -> Result<(), NetError> {
+    if let Some(mac) = n.mac {
+        // virtio-net changes its MAC while up (IFF_LIVE_ADDR_CHANGE).
+        set_mac(s, "eth0", mac)?;
+    }
     if n.prefix > 32 {
         return Err(NetError {
             step: format!("prefix /{}", n.prefix),
@@ -107,7 +158,7 @@ pub fn configure(net: Option<&GuestNetwork>) -> Result<(), NetError> {
         unsafe { libc::ioctl(s.0, libc::SIOCSIFNETMASK, &ifreq("eth0", mask)) },
         || format!("setting the netmask {mask} on eth0"),
     )?;
-    up(&s, "eth0")?;
+    up(s, "eth0")?;
     let Some(gateway) = n.gateway else {
         return Ok(());
     };
@@ -122,7 +173,10 @@ pub fn configure(net: Option<&GuestNetwork>) -> Result<(), NetError> {
     rt.rt_gateway = as_sockaddr(gateway);
     rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
     // SAFETY: SIOCADDRT reads the rtentry we own.
-    check(unsafe { libc::ioctl(s.0, libc::SIOCADDRT, &rt) }, || {
-        format!("adding the default route via {gateway}")
-    })
+    let r = unsafe { libc::ioctl(s.0, libc::SIOCADDRT, &rt) };
+    // A default route that outlived a renumbering is the one wanted.
+    if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+        return Ok(());
+    }
+    check(r, || format!("adding the default route via {gateway}"))
 }

@@ -516,8 +516,10 @@ pub(super) fn vm_in_testbed(
                 add("pristine-db", "container", args);
                 // Emulated: the import of the ~300 MB archive (unpacked and
                 // hashed) and the layers' erofs images, then per test a VM
-                // boot, PostgreSQL's start and the test, and the container rows.
-                boots += 6 + 3 * TESTBED_PRISTINE_TESTS.min(p.tests);
+                // boot, PostgreSQL's start and the test, and the container rows;
+                // the clones' template (a boot and its snapshot) and each clone.
+                let n = TESTBED_PRISTINE_TESTS.min(p.tests);
+                boots += 6 + 3 * n + 2 + n;
             }
             Err(why) => {
                 for r in super::pristine::unavailable_rows(p, &[Isolation::Vm], &why) {

@@ -273,6 +273,7 @@ pub fn guest_workload(
             address: n.address,
             prefix: n.prefix,
             gateway: Some(n.gateway),
+            mac: Some(n.mac),
         }),
         template: false,
     }

@@ -66,6 +66,21 @@ pub fn config(launch: &Launch<'_>, kernel: &Path) -> SnapshotConfig {
     }
 }
 
+/// What a clone restored on duet's bridge tells its guest ([`crate::agent::renumber`]):
+/// its own tap's MAC and lease, not the snapshotted VM's.
+pub fn network_update(
+    n: &duet_shared::runtime::VmNetwork,
+) -> duet_shared::agent_abi::NetworkUpdate {
+    duet_shared::agent_abi::NetworkUpdate {
+        mac: n.mac,
+        address: n.address,
+        prefix: n.prefix,
+        gateway: Some(n.gateway),
+        resolv_conf: n.resolv_conf.clone(),
+        hosts: n.hosts.clone(),
+    }
+}
+
 fn invalid(path: &Path, m: String) -> VmRuntimeError {
     VmRuntimeError::Vmm(VmmError::Snapshot(SnapshotError::Invalid(format!(
         "{}: {m}",
@@ -89,6 +104,15 @@ pub fn open_checked(path: &Path) -> Result<snapshot::Snapshot, VmRuntimeError> {
         .check_host()
         .map_err(|e| invalid(path, e.to_string()))?;
     Ok(snap)
+}
+
+/// Whether the snapshot has a network device (its clone needs a place on the bridge).
+pub fn has_network(snap: &snapshot::Snapshot) -> bool {
+    snap.state
+        .devices
+        .virtio
+        .iter()
+        .any(|v| matches!(v.device, VirtioDeviceState::Net { .. }))
 }
 
 /// Makes `cfg` restore the snapshot at `path` instead of booting: checks
@@ -127,6 +151,21 @@ pub fn prepare_restore(
                 launch.image.name
             ),
         ));
+    }
+    match (has_network(&snap), launch.network.is_some()) {
+        (true, false) => {
+            return Err(invalid(
+                path,
+                "the snapshotted VM had a network device: its clone needs network `bridge`".into(),
+            ))
+        }
+        (false, true) => {
+            return Err(invalid(
+                path,
+                "the snapshotted VM had no network device: its clone cannot have one".into(),
+            ))
+        }
+        _ => {}
     }
     let has_disks = snap
         .state

@@ -10,6 +10,11 @@
 //! disk) and hands the guest a [`WarmStart`]: its workload, a fresh RNG
 //! seed, the wall clock and a new machine id.
 //!
+//! A clone on duet's bridge restores a template that has a network device
+//! (on no bridge: see [`template_network`]) with its own tap, and its
+//! guest configures `eth0` at the hand-over with the clone's MAC and
+//! lease, as a cold boot would.
+//!
 //! Templates live in `<root>/templates/<key>.snap`, keyed by everything
 //! the template's guest already depends on ([`TemplateKey`]): duet (its
 //! version and binary), the guest kernel and init, the kernel command line,
@@ -58,6 +63,10 @@ pub struct TemplateKey {
     pub memory_mib: u64,
     /// vCPUs.
     pub vcpus: u32,
+    /// Whether it has a network device (a clone on duet's bridge needs one;
+    /// its guest configures it, with the clone's MAC, at the hand-over).
+    #[serde(default)]
+    pub network: bool,
 }
 
 impl TemplateKey {
@@ -160,7 +169,41 @@ pub fn key_for(
         layers: launch.image.layers.clone(),
         memory_mib: cfg.memory_mib,
         vcpus: cfg.vcpus,
+        network: launch.network.is_some(),
     })
+}
+
+/// The network device of a template whose clones go on duet's bridge: a
+/// datagram socket pair's end as its "tap", on no bridge at all. The
+/// template's guest never configures `eth0` (it is snapshotted before), so
+/// nothing is sent; each clone gets a tap of its own at restore. The other
+/// end is returned, to keep open while the template runs (a closed peer
+/// would make the "tap" readable at end of file forever).
+fn template_network() -> Result<
+    (
+        duet_shared::runtime::VmNetwork,
+        std::os::unix::net::UnixDatagram,
+    ),
+    TemplateError,
+> {
+    let (tap, peer) =
+        std::os::unix::net::UnixDatagram::pair().map_err(|source| TemplateError::Io {
+            path: PathBuf::from("<the template's network device>"),
+            source,
+        })?;
+    let unset = std::net::Ipv4Addr::UNSPECIFIED;
+    Ok((
+        duet_shared::runtime::VmNetwork {
+            tap: std::sync::Arc::new(std::os::fd::OwnedFd::from(tap)),
+            mac: [0x02, 0xd0, 0, 0, 0, 0],
+            address: unset,
+            prefix: 0,
+            gateway: unset,
+            resolv_conf: String::new(),
+            hosts: String::new(),
+        },
+        peer,
+    ))
 }
 
 /// An exclusive flock(2) on a file, held until drop.
@@ -247,13 +290,20 @@ fn build(runtime: &VmRuntime, launch: &Launch<'_>, out: &Path) -> Result<(), Tem
         cgroup_parent: launch.options.cgroup_parent.clone(),
         ..Default::default()
     };
+    let (network, _peer) = match launch.network {
+        Some(_) => {
+            let (n, peer) = template_network()?;
+            (Some(n), Some(peer))
+        }
+        None => (None, None),
+    };
     let tlaunch = Launch {
         spec: launch.spec,
         image: launch.image,
         layers: launch.layers.clone(),
         instance: &inst,
         options: &options,
-        network: None,
+        network: network.as_ref(),
     };
     let mut report = RunReport::start("vm", &launch.spec.name, &launch.spec.image);
     let result = (|| {
@@ -506,6 +556,7 @@ mod tests {
             layers: vec!["aa".into(), "bb".into()],
             memory_mib: 256,
             vcpus: 1,
+            network: false,
         }
     }
 
@@ -514,7 +565,7 @@ mod tests {
         let base = key().hash();
         assert_eq!(base.len(), 32);
         assert_eq!(base, key().hash());
-        let variants: [fn(&mut TemplateKey); 7] = [
+        let variants: [fn(&mut TemplateKey); 8] = [
             |k| k.duet.push('x'),
             |k| k.kernel.push('x'),
             |k| k.init.push('x'),
@@ -522,6 +573,7 @@ mod tests {
             |k| k.layers.push("cc".into()),
             |k| k.memory_mib = 512,
             |k| k.vcpus = 2,
+            |k| k.network = true,
         ];
         for change in variants {
             let mut k = key();

@@ -22,10 +22,15 @@
 //! first touch and N clones of one snapshot share every page none of them
 //! wrote (copy on write, [`memory::map_snapshot_memory`]).
 //!
+//! A network device is saved with its queues but not its tap: the
+//! restoring caller gives a tap of its own, and a frame in flight at the
+//! pause is lost (as on a real link). The guest keeps the address and MAC
+//! it had until it is told others (duet's runtime does it through the guest
+//! agent before a clone counts as started).
+//!
 //! # What is refused
 //! - taking a snapshot of a VM with a virtio-fs share (its queues live in
-//!   virtiofsd, out of duet's reach), a network device (a clone would keep
-//!   the guest's address and MAC) or open vsock connections (their state
+//!   virtiofsd, out of duet's reach) or open vsock connections (their state
 //!   lives in the host thread and the peer's socket);
 //! - restoring a file whose magic, format version, checksum or size is
 //!   wrong, written by another duet version, or on a host CPU of another
@@ -53,7 +58,7 @@ pub use vm_state::{capture_vm, restore_vm};
 /// First bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"DUETSNAP";
 /// Version of the layout and of [`SnapshotState`]; a different one is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before guest RAM.
 pub const HEADER_LEN: u64 = 4096;
 

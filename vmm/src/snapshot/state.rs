@@ -215,6 +215,14 @@ pub enum VirtioDeviceState {
     Block(DiskState),
     /// virtio-vsock (guest CID 3, host side: the restoring VMM's agent socket).
     Vsock,
+    /// virtio-net: the MAC the guest read at probe. The restoring caller
+    /// gives a tap (and MAC) of its own; telling the guest its new MAC and
+    /// address is the caller's too (duet's guest agent, `Request::Network`):
+    /// clones of one snapshot must not share either.
+    Net {
+        /// The saved device's MAC.
+        mac: [u8; 6],
+    },
 }
 
 /// A virtio-blk disk.

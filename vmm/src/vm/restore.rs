@@ -22,6 +22,9 @@ pub struct RestoreConfig {
     pub disks: Vec<BlockConfig>,
     /// The vsock device's host side, if the snapshot has one.
     pub agent_listener: Option<OwnedFd>,
+    /// The network device's tap and MAC, if the snapshot has one (a tap of
+    /// this VM's own: never the snapshotted VM's).
+    pub net: Option<(OwnedFd, [u8; 6])>,
     /// Run VMM threads under the seccomp filter.
     pub seccomp: bool,
 }
@@ -55,6 +58,7 @@ impl Vm {
                 .restore_ready(s.devices.ready_sent);
         }
         let mut listener = cfg.agent_listener;
+        let mut net = cfg.net;
         let mut used = vec![false; cfg.disks.len()];
         for (n, v) in s.devices.virtio.iter().enumerate() {
             match &v.device {
@@ -101,8 +105,24 @@ impl Vm {
                         .restore_state(&v.transport)
                         .map_err(invalid)?;
                 }
+                VirtioDeviceState::Net { .. } => {
+                    let (tap, mac) = net.take().ok_or_else(|| {
+                        invalid("the snapshot has a network device; no tap was given for it".into())
+                    })?;
+                    vm.attach_net(tap, mac)?;
+                    let t = vm.net.as_ref().expect("just attached");
+                    t.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .restore_state(&v.transport)
+                        .map_err(invalid)?;
+                }
             }
             debug_assert_eq!(vm.slots.len(), n + 1);
+        }
+        if net.is_some() {
+            return Err(invalid(
+                "a network device was given but the snapshot has none".into(),
+            ));
         }
         if let Some(i) = used.iter().position(|u| !u) {
             return Err(invalid(format!(

@@ -67,12 +67,6 @@ impl Vm {
         if self.options.shared_memory || !self.fs.is_empty() {
             return no("it has a virtio-fs share, whose queues live in virtiofsd");
         }
-        if self.net.is_some() {
-            return no(
-                "it has a network device (a clone would keep the guest's address and MAC); \
-                 run it with --network none",
-            );
-        }
         Ok(())
     }
 
@@ -193,7 +187,16 @@ impl Vm {
                     let t = lock(self.vsock.as_ref().expect("slot names it"));
                     (VirtioDeviceState::Vsock, t.save_state())
                 }
-                Slot::Fs(_) | Slot::Net => {
+                Slot::Net => {
+                    let t = lock(self.net.as_ref().expect("slot names it"));
+                    (
+                        VirtioDeviceState::Net {
+                            mac: t.device().mac(),
+                        },
+                        t.save_state(),
+                    )
+                }
+                Slot::Fs(_) => {
                     return Err(SnapshotError::Unsupported(
                         "it has a device a snapshot cannot hold".into(),
                     ))

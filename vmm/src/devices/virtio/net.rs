@@ -25,7 +25,11 @@
 //! is hostile: chains with the wrong kind of descriptor, outside guest
 //! memory or too short are returned unused and counted in `malformed`, and
 //! each pass serves at most a queue's worth of chains and
-//! [`BYTES_PER_PASS`] bytes.
+//! [`BYTES_PER_PASS`] bytes. A frame whose source MAC is not the device's
+//! is dropped (`spoofed_dropped`): no guest speaks on the bridge as another
+//! instance, and a clone restored from a snapshot says nothing under its
+//! template's MAC until duet's runtime has given its guest the clone's own
+//! (the device's MAC is the clone's from the restore on).
 //!
 //! [`HostThread`]: super::host_thread::HostThread
 
@@ -68,6 +72,7 @@ struct Stats {
     rx_dropped: u64,
     tx_dropped: u64,
     malformed: u64,
+    spoofed: u64,
     budget_yields: u64,
 }
 
@@ -109,6 +114,11 @@ impl Net {
             changed: false,
             stats: Stats::default(),
         })
+    }
+
+    /// The MAC in config space.
+    pub fn mac(&self) -> [u8; 6] {
+        self.config
     }
 
     fn flush_wake(&mut self) {
@@ -155,6 +165,14 @@ impl Net {
 
     /// One frame to the tap; a full tap queue drops it (as a switch would).
     fn send(&mut self, frame: &[u8]) {
+        // Only frames from the device's own MAC leave: a guest cannot pose
+        // as another instance on the bridge, and a clone restored from a
+        // snapshot sends nothing under its template's MAC before it is told
+        // its own (see the module doc).
+        if frame.get(HDR_LEN + 6..HDR_LEN + 12) != Some(&self.config[..]) {
+            self.stats.spoofed += 1;
+            return;
+        }
         // SAFETY: writes a valid buffer of its length to the tap we own.
         let n = unsafe { libc::write(self.tap.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
         if n == frame.len() as isize {
@@ -314,6 +332,7 @@ impl VirtioDevice for Net {
             ("rx_dropped", s.rx_dropped),
             ("tx_dropped", s.tx_dropped),
             ("malformed", s.malformed),
+            ("spoofed_dropped", s.spoofed),
             ("budget_yields", s.budget_yields),
         ]
         .into_iter()

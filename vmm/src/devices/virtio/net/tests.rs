@@ -121,10 +121,37 @@ impl<'m> Guest<'m> {
     }
 }
 
+/// A frame to and from the device's MAC.
 fn frame(n: usize, fill: u8) -> Vec<u8> {
     let mut f = vec![fill; n];
     f[..6].copy_from_slice(&MAC);
+    f[6..12].copy_from_slice(&MAC);
     f
+}
+
+#[test]
+fn frames_from_another_mac_do_not_leave() {
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let mut other = frame(98, 0xab);
+    other[6..12].copy_from_slice(&[0x02, 0xd0, 0xe7, 0, 0, 9]);
+    // Shorter than an Ethernet header: no source MAC at all.
+    let short = vec![0u8; 10];
+    for f in [&other, &short] {
+        g.send(f);
+    }
+    let mut got = vec![0u8; 4096];
+    assert!(
+        g.wire.recv(&mut got).is_err(),
+        "a spoofed frame reached the tap"
+    );
+    assert_eq!(g.counter("spoofed_dropped"), 2);
+    assert_eq!(g.counter("tx_frames"), 0);
+    // Its chains are still given back to the guest.
+    assert_eq!(g.tx.used().len(), 2);
+    // The device's own MAC goes out.
+    g.send(&frame(98, 0xab));
+    assert!(g.wire.recv(&mut got).is_ok());
 }
 
 #[test]
