@@ -269,3 +269,51 @@ fn ctrl_c_in_the_middle_leaves_nothing_behind() {
         String::from_utf8_lossy(&gc.stderr)
     );
 }
+
+/// `duet demo --scenario pristine-db`: the story, the bench run by the
+/// demo itself, its table with every container way measured and 5/5
+/// passed, the microVM ways named as not run (`--vm-via skip`), and the
+/// conclusions from this run's numbers.
+#[test]
+fn the_demo_tells_the_pristine_database_story_from_a_real_run() {
+    let Some(root) = store("the_demo_tells_the_pristine_database_story_from_a_real_run") else {
+        return;
+    };
+    let out = duet(
+        root,
+        &[
+            "demo",
+            "--scenario",
+            "pristine-db",
+            "--vm-via",
+            "skip",
+            "--explain",
+        ],
+    );
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{text}\n{err}");
+    let line = |label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` row:\n{text}"))
+            .to_string()
+    };
+    for label in [
+        "one shared server, reset between tests",
+        "one container per test",
+    ] {
+        let l = line(label);
+        assert!(l.contains("5/5"), "{l}");
+    }
+    for label in [
+        "one cold-booted microVM per test",
+        "one microVM clone of a snapshot per test",
+    ] {
+        let l = line(label);
+        assert!(l.contains("not run"), "{l}");
+    }
+    assert!(text.contains("A container per test took"), "{text}");
+}

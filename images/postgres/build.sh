@@ -4,8 +4,9 @@
 #
 #   duet-postgres-base:15  Debian bookworm minbase + postgresql-15, one layer
 #                          (debootstrap --variant=minbase, trimmed: no apt
-#                          lists or caches, docs, man pages, translations, or
-#                          the LLVM JIT, which the image turns off)
+#                          lists or caches, docs, man pages, translations,
+#                          perl (postgresql-common's wrappers only) or the
+#                          LLVM JIT, which the image turns off; ~160 MiB)
 #   duet-postgres:15       + a second layer made by `duet run --keep` and
 #                          `duet commit`: initdb, the settings below, and
 #                          seed.sql loaded, then a clean shutdown, so every
@@ -72,11 +73,17 @@ if [ ! -s "$cache/base.tar" ]; then
     debootstrap --variant=minbase --include="$packages" "$suite" "$cache/rootfs.tmp" "$mirror" \
         > "$cache/debootstrap.log" 2>&1 || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
     r="$cache/rootfs.tmp"
-    # What a container image does without. dpkg still lists libllvm14; the
-    # server loads it only for JIT (llvmjit.so), which the image turns off.
+    # What a container image does without. dpkg still lists libllvm14 and
+    # its libz3; the server loads them only for JIT (llvmjit.so), which the
+    # image turns off. Perl serves only postgresql-common's wrappers in
+    # /usr/bin (pg_ctlcluster, the psql wrapper); the image runs the server's
+    # own binaries from /usr/lib/postgresql/15/bin, which link no perl.
     rm -rf "$r"/var/cache/apt/* "$r"/var/lib/apt/lists/* "$r"/usr/share/doc/* \
         "$r"/usr/share/man/* "$r"/usr/share/info/* "$r"/usr/share/locale/* "$r"/usr/share/i18n \
-        "$r"/usr/lib/x86_64-linux-gnu/libLLVM-* "$r"/usr/lib/postgresql/15/lib/llvmjit* \
+        "$r"/usr/lib/x86_64-linux-gnu/libLLVM-* "$r"/usr/lib/x86_64-linux-gnu/libz3.so* \
+        "$r"/usr/lib/x86_64-linux-gnu/perl* "$r"/usr/lib/x86_64-linux-gnu/libperl.so* \
+        "$r"/usr/share/perl "$r"/usr/share/perl5 "$r"/usr/bin/perl* \
+        "$r"/usr/lib/postgresql/15/lib/llvmjit* \
         "$r"/usr/lib/postgresql/15/lib/bitcode "$r"/var/lib/postgresql/15 "$r"/etc/postgresql/15 \
         "$r"/var/log/*.log "$r"/var/cache/debconf/*-old
     mkdir -p "$cache/save"

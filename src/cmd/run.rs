@@ -164,7 +164,7 @@ fn snapshot_spec(args: &RunArgs, path: &Path) -> Result<(WorkloadSpec, PathBuf)>
         (args.tty, "-t"),
     ] {
         if given {
-            bail!("{flag} does not go with --from-snapshot: the restored guest keeps what it had when the snapshot was taken");
+            bail!("{flag} does not go with --from-snapshot: the restored guest keeps what it had when the snapshot was taken (on duet's bridge, with an address of its own; -p publishes its ports)");
         }
     }
     if args.isolation == Some(Isolation::Container) {

@@ -25,14 +25,17 @@ COUNT='echo written-before-the-snapshot > /data.txt; i=0; while :; do i=$((i + 1
 
 case_ src_up duet run -d --name snapsrc --isolation vm --network none busybox -- sh -c "$COUNT"
 case_ src_counting wait_log snapsrc '^count 5$'
+# The snapshot's count lies between the last count logged before it and
+# the last logged right after it.
+BEFORE_COUNT=$(last_count snapsrc)
 case_ snapshot duet snapshot snapsrc /tmp/snap1
-case_ snapshot_again_refused duet snapshot snapsrc /tmp/snap1
 SNAP_COUNT=$(last_count snapsrc)
+case_ snapshot_again_refused duet snapshot snapsrc /tmp/snap1
 case_ src_goes_on sh -c "sleep 2; n=\$($DUET_EXE logs snapsrc | sed -n 's/^count //p' | tail -n 1); echo at-snapshot=$SNAP_COUNT now=\$n; [ \"\$n\" -gt $SNAP_COUNT ]"
 case_ src_rm duet rm -f snapsrc
 
 case_ a_up duet run -d --name clonea --from-snapshot /tmp/snap1
-case_ a_counting sh -c "n=0; while [ \$n -lt 40 ]; do c=\$($DUET_EXE logs clonea | sed -n 's/^count //p' | head -n 1); [ -n \"\$c\" ] && break; n=\$((n + 1)); sleep 0.5; done; last=\$($DUET_EXE logs clonea | sed -n 's/^count //p' | tail -n 1); echo first=\$c last=\$last snapshot=$SNAP_COUNT"
+case_ a_counting sh -c "n=0; while [ \$n -lt 40 ]; do c=\$($DUET_EXE logs clonea | sed -n 's/^count //p' | head -n 1); [ -n \"\$c\" ] && break; n=\$((n + 1)); sleep 0.5; done; last=\$($DUET_EXE logs clonea | sed -n 's/^count //p' | tail -n 1); echo first=\$c last=\$last before=$BEFORE_COUNT after=$SNAP_COUNT"
 case_ a_file duet exec clonea cat /data.txt
 case_ a_writes duet exec clonea sh -c 'echo mine-is-a > /mine; cat /mine'
 case_ b_up duet run -d --name cloneb --from-snapshot /tmp/snap1

@@ -208,14 +208,18 @@ pub fn testbed_section(name: &str, argv: &[String]) -> String {
 }
 
 /// Prelude of a testbed script: `sec NAME CMD...` prints `=== BEGIN NAME`,
-/// CMD's stdout, `=== END NAME rc=N`, then CMD's stderr as section `NAME.stderr`.
+/// CMD's stdout, `=== END NAME rc=N`, then CMD's stderr as section
+/// `NAME.stderr`, then how long CMD took (outside any section, so a testbed
+/// that runs out of time shows in its console tail where the time went).
 pub const TESTBED_PRELUDE: &str = r#"sec() {
     n="$1"; shift
     sec_err="${TMPDIR:-/tmp}/duet-section.$$.err"
+    sec_t0=$(date +%s)
     echo "=== BEGIN $n"
     "$@" 2>"$sec_err"
     rc=$?
     echo "=== END $n rc=$rc"
+    echo "duet-testbed: section $n took $(( $(date +%s) - sec_t0 )) s"
     echo "=== BEGIN $n.stderr"
     cat "$sec_err"
     rm -f "$sec_err"

@@ -7,6 +7,10 @@
 //! nested-KVM testbed if it is available (one boot runs the workload, the
 //! probe and the memory measurement), else the demo says why it is skipped
 //! and how to get it. `--explain` narrates each step as it happens.
+//!
+//! `--scenario pristine-db` is the testing claim instead ([`pristine`]).
+
+mod pristine;
 
 use crate::cmd::bench::{
     self, place_vm, probe_in, probe_on_host, probe_run_args, run_testbed, section_ok,
@@ -22,12 +26,25 @@ use duet_probe::ProbeReport;
 use duet_shared::{Isolation, Phase, RunReport};
 use std::process::Command;
 
+/// What `duet demo` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// One workload as a container and as a microVM, side by side.
+    Classic,
+    /// A pristine PostgreSQL per test, four ways (5 tests each; needs the
+    /// image images/postgres/build.sh makes).
+    PristineDb,
+}
+
 /// Arguments of `duet demo`.
 #[derive(Args)]
 pub struct DemoArgs {
     /// Narrate each step in plain words, with what it cost.
     #[arg(long)]
     pub explain: bool,
+    /// Which demo.
+    #[arg(long, value_enum, default_value_t = Scenario::Classic)]
+    pub scenario: Scenario,
     /// Where the microVM half runs (auto: natively if KVM accelerates, else in the testbed).
     #[arg(long, value_enum, default_value_t = VmVia::Auto)]
     pub vm_via: VmVia,
@@ -712,6 +729,9 @@ fn show(c: &Half, v: &Half, host: Option<&ProbeReport>, width: usize) {
 /// `duet demo`.
 pub fn demo(args: DemoArgs) -> Result<()> {
     interrupt::install();
+    if args.scenario == Scenario::PristineDb {
+        return pristine::demo(&args, &Narrator { on: args.explain });
+    }
     let width = term_width();
     let n = Narrator { on: args.explain };
     n.step("preparing: the busybox image (with the isolation probe) and a canary file");
