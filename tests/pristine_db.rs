@@ -313,7 +313,9 @@ fn the_demo_tells_the_pristine_database_story_from_a_real_run() {
         "one microVM clone of a snapshot per test",
     ] {
         let l = line(label);
-        assert!(l.contains("not run"), "{l}");
+        assert!(l.contains("not run (--vm-via skip)"), "{l}");
     }
-    assert!(text.contains("A container per test took"), "{text}");
+    // The narration (stderr): each way told before it runs, the reading after.
+    assert!(err.contains("One container per test, 2 at a time"), "{err}");
+    assert!(err.contains("A container per test took"), "{err}");
 }

@@ -154,6 +154,9 @@ fn show(rows: &[PristineResult]) {
                 r.ready_p50_ms,
                 r.pss_mib
             ),
+            RowStatus::Unavailable(why) if why.starts_with("not run") => {
+                println!("{:<50} {why}", r.label)
+            }
             RowStatus::Unavailable(why) => println!("{:<50} not run: {why}", r.label),
             RowStatus::Failed(why) => println!("{:<50} FAILED: {why}", r.label),
         }
