@@ -6,7 +6,7 @@
 //!
 //! The image comes from images/postgres/build.sh (debootstrap, cached in
 //! ~/.cache/duet/postgres/), into a state root kept beside that cache, so
-//! the 300 MB image is built once, not per test. The bench runs its
+//! the 210 MB image is built once, not per test. The bench runs its
 //! instances in a state root and network namespace of its own below it.
 
 mod common;
@@ -141,7 +141,7 @@ fn every_container_strategy_gives_each_test_a_pristine_database() {
     assert!(rows[0]["reset_p50_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(rows[1]["parallel"], 2);
     // A container's own writes: its copy-ups of the files PostgreSQL
-    // wrote, never the 300 MB image.
+    // wrote, never the 210 MB image.
     assert!(rows[1]["disk_mib"].as_f64().unwrap() < 200.0, "{}", rows[1]);
     assert!(err.contains("4/4 passed"), "{err}");
     assert_nothing_left(root, pid);

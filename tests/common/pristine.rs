@@ -1,6 +1,6 @@
 //! The PostgreSQL image of the pristine-db tests, built once per test
 //! binary by images/postgres/build.sh into a state root kept beside its
-//! cache (~/.cache/duet/postgres/test-store): a 300 MB image is not
+//! cache (~/.cache/duet/postgres/test-store): a 210 MB image is not
 //! rebuilt per test, and build.sh's stamp rebuilds it when the script or
 //! seed.sql change.
 

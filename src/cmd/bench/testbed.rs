@@ -518,7 +518,7 @@ pub(super) fn vm_in_testbed(
                 let args = p.args(TESTBED_PRISTINE_TESTS, TESTBED_PRISTINE_PARALLEL);
                 add("pristine-db", "vm", args.clone());
                 add("pristine-db", "container", args);
-                // Emulated: the import of the ~300 MB archive (unpacked and
+                // Emulated: the import of the ~210 MB archive (unpacked and
                 // hashed) and the layers' erofs images, then per test a VM
                 // boot, PostgreSQL's start and the test, and the container rows;
                 // the clones' template (a boot and its snapshot) and each clone.

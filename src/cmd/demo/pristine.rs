@@ -67,7 +67,7 @@ pub(super) fn demo(args: &super::DemoArgs, n: &Narrator) -> Result<()> {
     if !store.contains(DEFAULT_IMAGE) {
         bail!(
             "no image `{DEFAULT_IMAGE}` in {}: `images/postgres/build.sh` in duet's source tree \
-             makes it (Debian bookworm with PostgreSQL 15 and a seeded database, ~280 MB)",
+             makes it (Debian bookworm with PostgreSQL 15 and a seeded database, ~210 MB)",
             root.display()
         );
     }
