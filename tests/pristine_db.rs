@@ -1,4 +1,4 @@
-//! `duet bench pristine-db` at small scale (4 tests, 2 at a time) with a
+//! `duet bench pristine-db` at small scale (4 tests, 1 and then 2 at a time) with a
 //! real PostgreSQL in containers on this host: every strategy's row is
 //! measured and its tests passed; a database tampered with in the image
 //! fails the run loudly; Ctrl-C leaves nothing behind. (The microVM rows:
@@ -30,8 +30,9 @@ fn duet(root: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The bench at small scale; its report, exit status and pid.
-fn bench(root: &Path, image: &str) -> (Value, Output, u32) {
+/// The bench at small scale, `parallel` at a time (a list: once per
+/// value); its report, exit status and pid.
+fn bench(root: &Path, image: &str, parallel: &str) -> (Value, Output, u32) {
     let child = Command::new(duet_bin())
         .args([
             "bench",
@@ -41,7 +42,7 @@ fn bench(root: &Path, image: &str) -> (Value, Output, u32) {
             "--tests",
             "4",
             "--parallel",
-            "2",
+            parallel,
             "--pg-image",
             image,
             "--report-json",
@@ -112,7 +113,7 @@ fn every_container_strategy_gives_each_test_a_pristine_database() {
     let Some(root) = store("every_container_strategy_gives_each_test_a_pristine_database") else {
         return;
     };
-    let (report, out, pid) = bench(root, IMAGE);
+    let (report, out, pid) = bench(root, IMAGE, "1,2");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let rows = report["pristine"].as_array().unwrap();
@@ -120,7 +121,21 @@ fn every_container_strategy_gives_each_test_a_pristine_database() {
         .iter()
         .map(|r| r["strategy"].as_str().unwrap())
         .collect();
-    assert_eq!(strategies, ["shared-reset", "container"], "{err}");
+    // The per-test strategy once per P, the shared server once.
+    assert_eq!(
+        strategies,
+        ["shared-reset", "container", "container"],
+        "{err}"
+    );
+    let labels: Vec<&str> = rows.iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(
+        labels,
+        [
+            "one shared server, reset between tests",
+            "one container per test, 1 at a time",
+            "one container per test, 2 at a time"
+        ]
+    );
     for r in rows {
         assert_eq!(r["status"]["state"], "measured", "{r}");
         assert_eq!(
@@ -139,10 +154,13 @@ fn every_container_strategy_gives_each_test_a_pristine_database() {
         }
     }
     assert!(rows[0]["reset_p50_ms"].as_f64().unwrap() > 0.0);
-    assert_eq!(rows[1]["parallel"], 2);
+    assert_eq!(
+        (&rows[1]["parallel"], &rows[2]["parallel"]),
+        (&1.into(), &2.into())
+    );
     // A container's own writes: its copy-ups of the files PostgreSQL
     // wrote, never the 210 MB image.
-    assert!(rows[1]["disk_mib"].as_f64().unwrap() < 200.0, "{}", rows[1]);
+    assert!(rows[2]["disk_mib"].as_f64().unwrap() < 200.0, "{}", rows[2]);
     assert!(err.contains("4/4 passed"), "{err}");
     assert_nothing_left(root, pid);
 }
@@ -177,7 +195,7 @@ fn a_database_tampered_with_in_the_image_fails_the_run() {
     let c = duet(root, &["commit", &keeper, &image]);
     let _ = duet(root, &["rm", "-f", &keeper]);
     assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
-    let (report, out, pid) = bench(root, &image);
+    let (report, out, pid) = bench(root, &image, "2");
     let _ = duet(root, &["image", "rm", &image]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a tampered database passed: {err}");

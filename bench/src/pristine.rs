@@ -509,12 +509,17 @@ pub fn reading(row: &PristineResult, rows: &[PristineResult]) -> String {
         return String::new();
     }
     let testbed = row.label.contains("(testbed)");
+    // The peer of the same place, and of the same P where it was measured.
     let peer = |s: Strategy| {
-        rows.iter().find(|r| {
-            r.status == RowStatus::Measured
-                && r.strategy == s
-                && r.label.contains("(testbed)") == testbed
-        })
+        let of = |same_p: bool| {
+            rows.iter().find(|r| {
+                r.status == RowStatus::Measured
+                    && r.strategy == s
+                    && r.label.contains("(testbed)") == testbed
+                    && (!same_p || r.parallel == row.parallel)
+            })
+        };
+        of(true).or_else(|| of(false))
     };
     let isolated = format!(
         "all {} tests saw only the seed and their own writes",
@@ -633,5 +638,44 @@ mod tests {
             bad.status
         );
         assert_eq!(reading(&bad, &[ok.clone(), bad.clone()]), "");
+    }
+
+    #[test]
+    fn a_vm_row_is_read_against_the_container_row_of_its_own_p() {
+        let row = |s: Strategy, p: usize, suite: u64| {
+            let sample = InstanceSample {
+                ready: Duration::from_millis(100),
+                pss_kib: 2048,
+                disk_bytes: 1 << 20,
+            };
+            PristineResult::from_suite(
+                "x",
+                s,
+                p,
+                Duration::from_secs(suite),
+                &[sample.clone(), sample],
+                &[],
+                10.0,
+                &[Ok(()), Ok(())],
+            )
+        };
+        let rows = [
+            row(Strategy::Container, 1, 8),
+            row(Strategy::Container, 2, 4),
+            row(Strategy::Vm, 2, 12),
+            row(Strategy::Vm, 4, 12),
+        ];
+        // P = 2 has a container row: 12 s against its 4 s.
+        assert!(
+            reading(&rows[2], &rows).contains("suite 3.00x"),
+            "{}",
+            reading(&rows[2], &rows)
+        );
+        // P = 4 has none: the first container row measured stands in.
+        assert!(
+            reading(&rows[3], &rows).contains("suite 1.50x"),
+            "{}",
+            reading(&rows[3], &rows)
+        );
     }
 }

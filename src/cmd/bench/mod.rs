@@ -1067,6 +1067,9 @@ pub fn bench(c: BenchCommand) -> Result<()> {
             },
         ),
     };
+    if let Some(p) = &plan.pristine {
+        p.check()?;
+    }
     run_plan(&common, &plan)
 }
 
@@ -1161,7 +1164,12 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
     if let Some(a) = plan.pristine.as_ref().filter(|_| !interrupt::requested()) {
         eprintln!(
             "duet bench pristine-db: {} tests, each with its own pristine PostgreSQL ({} at a time)",
-            a.tests, a.parallel
+            a.tests,
+            a.sweep()
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", then ")
         );
         b.pristine(a, &native)?;
     }
@@ -1292,7 +1300,7 @@ fn add_failed_row(r: &mut Report, scenario: &str, label: &str, iso: &str, why: S
             };
             let args = PristineArgs {
                 tests: 0,
-                parallel: 0,
+                parallel: vec![0],
                 pg_image: String::new(),
                 vm_memory: 0,
             };

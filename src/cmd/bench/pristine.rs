@@ -32,9 +32,10 @@ pub struct PristineArgs {
     /// Test cases per strategy.
     #[arg(long, default_value_t = 50)]
     pub tests: usize,
-    /// Instances at once in the per-test strategies.
-    #[arg(long, default_value_t = 4)]
-    pub parallel: usize,
+    /// Instances at once in the per-test strategies; a comma-separated
+    /// list (`1,2,4`) measures each per-test strategy once per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [4])]
+    pub parallel: Vec<usize>,
     /// The PostgreSQL image (images/postgres/build.sh makes it).
     #[arg(long, default_value = pristine::DEFAULT_IMAGE)]
     pub pg_image: String,
@@ -47,16 +48,62 @@ impl PristineArgs {
     /// The same options for an inner run (the testbed's), with at most
     /// `tests` tests and `parallel` at once there.
     pub(super) fn args(&self, tests: usize, parallel: usize) -> Vec<String> {
+        let capped = self.capped(tests, parallel);
+        let sweep: Vec<String> = capped.sweep().iter().map(|p| p.to_string()).collect();
         vec![
             "--tests".into(),
-            self.tests.min(tests).to_string(),
+            capped.tests.to_string(),
             "--parallel".into(),
-            self.parallel.min(parallel).to_string(),
+            sweep.join(","),
             "--pg-image".into(),
             self.pg_image.clone(),
             "--vm-memory".into(),
             self.vm_memory.to_string(),
         ]
+    }
+
+    /// These options with at most `tests` tests and `parallel` at once.
+    pub(super) fn capped(&self, tests: usize, parallel: usize) -> PristineArgs {
+        PristineArgs {
+            tests: self.tests.min(tests),
+            parallel: self.parallel.iter().map(|p| (*p).min(parallel)).collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The values of P to measure: each once, in the order given, none
+    /// above the number of tests (a P of 0 is refused by [`check`]).
+    ///
+    /// [`check`]: PristineArgs::check
+    pub(super) fn sweep(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for p in &self.parallel {
+            let p = (*p).clamp(1, self.tests.max(1));
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Refuses options no run can honour.
+    pub(super) fn check(&self) -> Result<()> {
+        if self.tests == 0 {
+            bail!("--tests: at least 1");
+        }
+        if self.parallel.is_empty() || self.parallel.contains(&0) {
+            bail!("--parallel: one or more counts of at least 1 (e.g. 4, or 1,2,4)");
+        }
+        Ok(())
+    }
+
+    /// A per-test strategy's row label: with P in it when several are measured.
+    fn label(&self, s: Strategy, parallel: usize) -> String {
+        if s == Strategy::SharedReset || self.sweep().len() < 2 {
+            s.describe().to_string()
+        } else {
+            format!("{}, {parallel} at a time", s.describe())
+        }
     }
 }
 
@@ -107,10 +154,24 @@ pub(super) fn unavailable_rows(
     isolations: &[Isolation],
     why: &str,
 ) -> Vec<PristineResult> {
-    strategies(isolations)
-        .into_iter()
-        .map(|s| PristineResult::unavailable(s.describe(), s, a.tests, a.parallel, why))
-        .collect()
+    let mut rows = Vec::new();
+    for s in strategies(isolations) {
+        let sweep = if s == Strategy::SharedReset {
+            vec![1]
+        } else {
+            a.sweep()
+        };
+        for p in sweep {
+            rows.push(PristineResult::unavailable(
+                &a.label(s, p),
+                s,
+                a.tests,
+                p,
+                why,
+            ));
+        }
+    }
+    rows
 }
 
 impl Bench {
@@ -289,12 +350,19 @@ fn in_own_netns(
         if interrupt::requested() {
             break;
         }
-        let row = match s {
-            Strategy::SharedReset => shared_reset(&ctx),
-            Strategy::Container | Strategy::Vm => per_test(&ctx, s, Instant::now(), None),
-            Strategy::VmClone => clones(&ctx),
-        };
-        rows.push(row);
+        if s == Strategy::SharedReset {
+            rows.push(shared_reset(&ctx));
+            continue;
+        }
+        for p in a.sweep() {
+            if interrupt::requested() {
+                break;
+            }
+            rows.push(match s {
+                Strategy::VmClone => clones(&ctx, p),
+                _ => per_test(&ctx, s, p, Instant::now(), None),
+            });
+        }
     }
     Ok(rows)
 }
@@ -376,11 +444,13 @@ fn one_instance(ctx: &Ctx, s: Strategy, n: usize) -> (Option<InstanceSample>, Re
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(10);
 
 /// Strategy 4: the template booted to accepting connections, snapshotted
-/// and removed; then a clone of it per test, P at a time.
-fn clones(ctx: &Ctx) -> PristineResult {
+/// and removed; then a clone of it per test, P at a time. Each P gets its
+/// own template, so every row's suite time and peak memory include one.
+fn clones(ctx: &Ctx, parallel: usize) -> PristineResult {
     let s = Strategy::VmClone;
-    let (tests, parallel) = (ctx.a.tests, ctx.a.parallel.clamp(1, ctx.a.tests.max(1)));
-    let fail = |why: String| PristineResult::failed(s.describe(), s, tests, parallel, why);
+    let tests = ctx.a.tests;
+    let fail =
+        |why: String| PristineResult::failed(&ctx.a.label(s, parallel), s, tests, parallel, why);
     let peak = pristine::PeakMemory::start();
     let t0 = Instant::now();
     let snap = ctx
@@ -424,7 +494,7 @@ fn clones(ctx: &Ctx) -> PristineResult {
         snapshot: Some(snap.clone()),
         ..*ctx
     };
-    let mut row = per_test(&clone_ctx, s, t0, Some(peak));
+    let mut row = per_test(&clone_ctx, s, parallel, t0, Some(peak));
     row.template_s = Some(template_s);
     row
 }
@@ -435,10 +505,11 @@ fn clones(ctx: &Ctx) -> PristineResult {
 fn per_test(
     ctx: &Ctx,
     s: Strategy,
+    parallel: usize,
     t0: Instant,
     peak: Option<pristine::PeakMemory>,
 ) -> PristineResult {
-    let (tests, parallel) = (ctx.a.tests, ctx.a.parallel.clamp(1, ctx.a.tests.max(1)));
+    let (tests, label) = (ctx.a.tests, ctx.a.label(s, parallel));
     let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::with_capacity(tests));
     let peak = peak.unwrap_or_else(pristine::PeakMemory::start);
@@ -457,19 +528,62 @@ fn per_test(
     let suite = t0.elapsed();
     let peak = peak.stop();
     if interrupt::requested() {
-        return PristineResult::failed(s.describe(), s, tests, parallel, "interrupted".into());
+        return PristineResult::failed(&label, s, tests, parallel, "interrupted".into());
     }
     let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
     let samples: Vec<InstanceSample> = done.iter().filter_map(|(s, _)| s.clone()).collect();
     let outcomes: Vec<Result<(), String>> = done.into_iter().map(|(_, o)| o).collect();
-    PristineResult::from_suite(
-        s.describe(),
-        s,
-        parallel,
-        suite,
-        &samples,
-        &[],
-        peak,
-        &outcomes,
-    )
+    PristineResult::from_suite(&label, s, parallel, suite, &samples, &[], peak, &outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(tests: usize, parallel: &[usize]) -> PristineArgs {
+        PristineArgs {
+            tests,
+            parallel: parallel.to_vec(),
+            pg_image: "pg".into(),
+            vm_memory: 256,
+        }
+    }
+
+    #[test]
+    fn the_sweep_keeps_each_p_once_and_none_above_the_tests() {
+        assert_eq!(args(50, &[4]).sweep(), [4]);
+        assert_eq!(args(50, &[1, 2, 2, 4]).sweep(), [1, 2, 4]);
+        assert_eq!(args(3, &[1, 4, 8]).sweep(), [1, 3]);
+        assert!(args(4, &[0]).check().is_err());
+        assert!(args(4, &[]).check().is_err());
+        assert!(args(0, &[1]).check().is_err());
+        assert!(args(4, &[1, 2]).check().is_ok());
+    }
+
+    #[test]
+    fn labels_name_p_only_when_several_are_measured() {
+        let one = args(50, &[4]);
+        assert_eq!(
+            one.label(Strategy::Vm, 4),
+            "one cold-booted microVM per test"
+        );
+        let sweep = args(50, &[1, 4]);
+        assert_eq!(
+            sweep.label(Strategy::Container, 4),
+            "one container per test, 4 at a time"
+        );
+        assert_eq!(
+            sweep.label(Strategy::SharedReset, 1),
+            "one shared server, reset between tests"
+        );
+    }
+
+    #[test]
+    fn the_testbed_gets_the_sweep_capped_to_its_own_limits() {
+        let a = args(50, &[1, 2, 4]);
+        let inner = a.args(4, 2);
+        let at = |flag: &str| inner[inner.iter().position(|x| x == flag).unwrap() + 1].clone();
+        assert_eq!(at("--tests"), "4");
+        assert_eq!(at("--parallel"), "1,2");
+    }
 }

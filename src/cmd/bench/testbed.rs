@@ -521,9 +521,14 @@ pub(super) fn vm_in_testbed(
                 // Emulated: the import of the ~210 MB archive (unpacked and
                 // hashed) and the layers' erofs images, then per test a VM
                 // boot, PostgreSQL's start and the test, and the container rows;
-                // the clones' template (a boot and its snapshot) and each clone.
+                // the clones' template (a boot and its snapshot) and each clone;
+                // the per-test strategies once per P.
                 let n = TESTBED_PRISTINE_TESTS.min(p.tests);
-                boots += 6 + 3 * n + 2 + n;
+                let sweep = p
+                    .capped(TESTBED_PRISTINE_TESTS, TESTBED_PRISTINE_PARALLEL)
+                    .sweep()
+                    .len();
+                boots += 6 + sweep * (3 * n + 2 + n);
             }
             Err(why) => {
                 for r in super::pristine::unavailable_rows(p, &[Isolation::Vm], &why) {
