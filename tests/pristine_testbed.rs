@@ -1,5 +1,5 @@
 //! `duet bench pristine-db` with microVMs: one testbed boot (the bench
-//! starts it: the image goes in as a `duet image save` archive), 2 tests,
+//! starts it: the image goes in as a `duet image save` archive), 4 tests,
 //! 2 at a time, as cold-booted VMs and as clones of a snapshot of a ready
 //! server, next to the container strategies in the same emulated machine.
 
@@ -28,7 +28,7 @@ fn each_test_gets_a_pristine_database_in_its_own_microvm() {
             "--vm-via",
             "testbed",
             "--tests",
-            "2",
+            "4",
             "--parallel",
             "2",
             "--pg-image",
@@ -53,7 +53,7 @@ fn each_test_gets_a_pristine_database_in_its_own_microvm() {
     assert_eq!(vm["status"]["state"], "measured", "{vm}");
     assert_eq!(
         (vm["tests"].as_u64(), vm["passed"].as_u64()),
-        (Some(2), Some(2)),
+        (Some(4), Some(4)),
         "{vm}"
     );
     assert!(vm["label"].as_str().unwrap().ends_with("(testbed)"), "{vm}");
@@ -73,7 +73,7 @@ fn each_test_gets_a_pristine_database_in_its_own_microvm() {
     assert_eq!(clone["status"]["state"], "measured", "{clone}");
     assert_eq!(
         (clone["tests"].as_u64(), clone["passed"].as_u64()),
-        (Some(2), Some(2)),
+        (Some(4), Some(4)),
         "{clone}"
     );
     for f in [
