@@ -31,6 +31,8 @@ enum Command {
     Image(cmd::image::ImageCommand),
     /// Pull an image from a registry: `duet pull debian:12`, `duet pull --insecure 127.0.0.1:5000/app`.
     Pull(cmd::pull::PullArgs),
+    /// Push an image of the store to a registry: `duet push myapp 127.0.0.1:5000/team/myapp:1`.
+    Push(cmd::pull::PushArgs),
     /// Store registry credentials (checked first) where Docker keeps them: `duet login HOST -u USER --password-stdin`.
     Login(cmd::pull::LoginArgs),
     /// Run a command inside a running instance: `duet exec [-i] [-t] NAME CMD [ARG...]`.
@@ -158,6 +160,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cmd::exec::exec(args),
         Command::Image(c) => cmd::image::image(c).map(|()| 0),
         Command::Pull(a) => cmd::pull::pull(&a).map(|()| 0),
+        Command::Push(a) => cmd::pull::push(&a).map(|()| 0),
         Command::Login(a) => cmd::pull::login(&a).map(|()| 0),
         Command::Ps { all } => cmd::instances::ps(all).map(|()| 0),
         Command::Rm { force, ids } => cmd::instances::rm(&ids, force).map(|()| 0),

@@ -815,6 +815,75 @@ fn an_image_saved_by_duet_goes_through_skopeo_into_a_registry_and_back() {
     assert!(e.contains("/nonexistent/dir"), "{e}");
 }
 
+/// `duet push`: an image made by `duet commit` goes to the registry as an
+/// OCI image and comes back, under another name, with the same manifest
+/// digest (pulled by it), its layers, config and the committed change.
+#[test]
+fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
+    let test = "a_committed_image_is_pushed_and_pulled_back_by_its_digest";
+    if needs_tools(test) || skip_unless_root(test) {
+        return;
+    }
+    let reg = registry_with(None, "team/app", &[busybox_layer(), app_layer()]);
+    let env = Env::new();
+    let original = format!("{}/team/app:1", reg.host());
+    ok(&env, &["pull", "--insecure", &original]);
+    let keeper = format!("push-src-{}", std::process::id());
+    ok(
+        &env,
+        &[
+            "run",
+            "--keep",
+            "--user",
+            "0",
+            "--name",
+            &keeper,
+            &original,
+            "--",
+            // The entrypoint is `/bin/sh -c`: this is its script.
+            "echo made-by-commit > /srv/made",
+        ],
+    );
+    ok(&env, &["commit", &keeper, "mine:1"]);
+    ok(&env, &["rm", &keeper]);
+    // Without a target, a name that names no registry is refused.
+    let e = failed(&env, &["push", "--insecure", "mine:1"]);
+    assert!(
+        e.contains("mine:1") && e.contains("names no registry"),
+        "{e}"
+    );
+    let e = failed(&env, &["push", "--insecure", "nosuch:1", "127.0.0.1:1/x:1"]);
+    assert!(e.contains("nosuch:1"), "{e}");
+
+    let target = format!("{}/pushed/mine:1", reg.host());
+    let digest = ok(&env, &["push", "--insecure", "mine:1", &target]);
+    let digest = digest.trim();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    // Back by digest (the pull checks the manifest's bytes against it),
+    // into another store, and by tag: the same digest.
+    let other = Env::new();
+    let by_digest = format!("{}/pushed/mine@{digest}", reg.host());
+    ok(&other, &["pull", "--insecure", &by_digest]);
+    let pulled = Command::new(duet_bin())
+        .args(["pull", "--insecure", &target])
+        .env("DUET_ROOT", other.root())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&pulled.stderr);
+    assert!(pulled.status.success(), "{said}");
+    assert!(said.contains(digest), "{said}");
+    // The image's config (entrypoint, env, workdir, user) and the change.
+    let want = ok(&env, &["run", &original]);
+    assert_eq!(ok(&other, &["run", &target]), want);
+    assert_eq!(
+        ok(&other, &["run", &target, "--", "cat /srv/made"]).trim(),
+        "made-by-commit"
+    );
+}
+
 /// In the testbed: a registry there, `duet pull`, and the image's
 /// entrypoint, env, workdir and user in a microVM.
 const TESTBED_CASE: &str = r#"set -eu

@@ -45,6 +45,20 @@ pub struct PullArgs {
     pub quiet: bool,
 }
 
+/// `duet push`.
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// The image in the store (pulled, imported or made by `duet commit`).
+    pub image: String,
+    /// Where to: `host:5000/team/app:1`; default the image's own name, if it names a registry.
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print only the pushed manifest's digest.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// `duet login`.
 #[derive(clap::Args, Debug)]
 pub struct LoginArgs {
@@ -104,6 +118,32 @@ pub fn pull(a: &PullArgs) -> Result<()> {
     let img = pull_now(&store, &a.reference, &a.registry, a.quiet)
         .with_context(|| format!("pulling `{}`", a.reference))?;
     println!("{}", img.name);
+    Ok(())
+}
+
+/// `duet push IMAGE [TARGET]`.
+pub fn push(a: &PushArgs) -> Result<()> {
+    let store = ImageStore::open(&duet_shared::paths::state_root())?;
+    let name = local_name(&store, &a.image).unwrap_or_else(|| a.image.clone());
+    let target = match &a.target {
+        Some(t) => t.clone(),
+        None if duet_registry::names_a_registry(&name) => name.clone(),
+        None => bail!(
+            "pushing `{name}`: its name names no registry; give a target such as \
+             127.0.0.1:5000/{name}"
+        ),
+    };
+    let pushed = duet_registry::push(&store, &name, Some(&target), &a.registry.options(a.quiet))
+        .with_context(|| format!("pushing `{name}` to {target}"))?;
+    if !a.quiet {
+        eprintln!(
+            "duet: pushed {name} to {} ({} layer(s), {:.1} MB)",
+            pushed.reference,
+            pushed.layers,
+            pushed.bytes as f64 / 1e6
+        );
+    }
+    println!("{}", pushed.digest);
     Ok(())
 }
 

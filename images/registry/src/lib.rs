@@ -9,10 +9,12 @@ pub mod blob;
 pub mod manifest;
 mod progress;
 mod pull;
+mod push;
 pub mod reference;
 
 pub use manifest::Platform;
 pub use pull::{login, pull, PullOptions, Pulled};
+pub use push::{names_a_registry, push, Pushed};
 
 use std::path::PathBuf;
 

@@ -73,7 +73,11 @@ fn install_tls_provider() {
 
 /// The client for `r`'s registry; `root` holds [`NO_TLS_ROOT`] if needed.
 /// Call it before the runtime's threads start.
-fn client_for(root: &Path, r: &Reference, opts: &PullOptions) -> Result<Client, RegistryError> {
+pub(crate) fn client_for(
+    root: &Path,
+    r: &Reference,
+    opts: &PullOptions,
+) -> Result<Client, RegistryError> {
     install_tls_provider();
     let registry = r.registry().to_string();
     let plain = opts.insecure_registries.contains(&registry)
@@ -161,7 +165,10 @@ sxBjtW+T4l//c84y/Jsn
 ";
 
 /// The credentials for `r`, and words that name where they came from.
-fn auth_for(r: &Reference, opts: &PullOptions) -> Result<(RegistryAuth, String), RegistryError> {
+pub(crate) fn auth_for(
+    r: &Reference,
+    opts: &PullOptions,
+) -> Result<(RegistryAuth, String), RegistryError> {
     let creds = match &opts.credentials {
         Some(c) => Some((c.clone(), "the command line".to_string())),
         None => crate::auth::credentials(r.registry())?
@@ -177,7 +184,7 @@ fn auth_for(r: &Reference, opts: &PullOptions) -> Result<(RegistryAuth, String),
 }
 
 /// Says who was refused, and how to log in when nobody was named.
-fn with_who(e: RegistryError, who: &str, registry: &str) -> RegistryError {
+pub(crate) fn with_who(e: RegistryError, who: &str, registry: &str) -> RegistryError {
     match e {
         RegistryError::Unauthorized { what, .. } => RegistryError::Unauthorized {
             what,

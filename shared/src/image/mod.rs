@@ -37,7 +37,7 @@ pub use import::{
     add_layer, add_layer_reporting, import_tarball, ImportFormat, ImportOptions, Imported,
     DEFAULT_PATH, MAX_INDEX_DEPTH, MAX_JSON,
 };
-pub use save::save_image;
+pub use save::{archive_layers, config_json, save_image, LayerTar};
 pub use store::{valid_reference_name, ImageError, ImageStore};
 pub use user::resolve_user;
 pub use whiteout::{is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};

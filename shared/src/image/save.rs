@@ -47,8 +47,9 @@ fn repo_tag(name: &str) -> Option<String> {
     })
 }
 
-/// The image config `docker load` expects, with these diff_ids.
-fn config_json(image: &Image, diff_ids: &[String]) -> Vec<u8> {
+/// The image config `docker load` expects (an OCI image config too),
+/// with these diff_ids.
+pub fn config_json(image: &Image, diff_ids: &[String]) -> Vec<u8> {
     let c = &image.config;
     let mut config = serde_json::json!({
         "Env": c.env,
@@ -83,6 +84,34 @@ fn config_json(image: &Image, diff_ids: &[String]) -> Vec<u8> {
     .expect("a JSON value serializes")
 }
 
+/// One layer archived again from the store: the open tar (at its start),
+/// its sha256 (hex) and length.
+pub type LayerTar = (File, String, u64);
+
+/// Archives each of `image`'s layers, bottom first, into `dir`
+/// (`layer-N.tar`); also returns warnings (sockets not archived).
+pub fn archive_layers(
+    store: &ImageStore,
+    image: &Image,
+    dir: &Path,
+) -> Result<(Vec<LayerTar>, Vec<String>), ImageError> {
+    let mut warnings = Vec::new();
+    let mut layers = Vec::new();
+    for (i, d) in image.layers.iter().enumerate() {
+        let p = dir.join(format!("layer-{i}.tar"));
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .map_err(io_err("cannot create", &p))?;
+        warnings.extend(write_layer_tar(&store.layer_dir(d), &mut f)?);
+        let (sha, len) = digest_of(&mut f, &p)?;
+        layers.push((f, sha, len));
+    }
+    Ok((layers, warnings))
+}
+
 /// Writes `image` to `out` (replaced atomically: a failed save leaves
 /// no file); returns warnings (sockets not archived).
 pub fn save_image(
@@ -92,20 +121,7 @@ pub fn save_image(
 ) -> Result<Vec<String>, ImageError> {
     let scratch = store.scratch("save")?;
     let result = (|| {
-        let mut warnings = Vec::new();
-        let mut layers = Vec::new();
-        for (i, d) in image.layers.iter().enumerate() {
-            let p = scratch.join(format!("layer-{i}.tar"));
-            let mut f = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&p)
-                .map_err(io_err("cannot create", &p))?;
-            warnings.extend(write_layer_tar(&store.layer_dir(d), &mut f)?);
-            let (sha, len) = digest_of(&mut f, &p)?;
-            layers.push((f, sha, len));
-        }
+        let (mut layers, warnings) = archive_layers(store, image, &scratch)?;
         let diff_ids: Vec<String> = layers.iter().map(|l| l.1.clone()).collect();
         let config = config_json(image, &diff_ids);
         let config_name = format!("{}.json", hex::encode(Sha256::digest(&config)));

@@ -102,7 +102,7 @@ impl ImageStore {
     }
 
     /// A fresh scratch directory on the store's file system (for atomic renames).
-    pub(crate) fn scratch(&self, what: &str) -> Result<PathBuf, ImageError> {
+    pub fn scratch(&self, what: &str) -> Result<PathBuf, ImageError> {
         let base = self.root.join("tmp");
         for n in 0u32.. {
             let p = base.join(format!(

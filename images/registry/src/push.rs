@@ -1,0 +1,166 @@
+//! `duet push NAME [REF]`: an image of the store (pulled, imported or made
+//! by `duet commit`) to a registry, as an OCI image: each layer archived
+//! again from the store's unpacked tree as an uncompressed tar (its digest
+//! is then also its diff_id), streamed to the registry in chunks without
+//! being held in memory, then the config, then the manifest last, so the
+//! tag never names an image whose blobs are not all there.
+
+use crate::pull::{auth_for, client_for, with_who};
+use crate::{reference, PullOptions, RegistryError};
+use duet_shared::image::{archive_layers, config_json, ImageStore};
+use oci_client::{Client, Reference, RegistryOperation};
+use sha2::{Digest as _, Sha256};
+use std::io::Read;
+use std::path::PathBuf;
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Bytes per PATCH of a chunked blob upload.
+const CHUNK: usize = 4 << 20;
+
+/// What a push did.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// The reference pushed to, as the registry names it.
+    pub reference: String,
+    /// The manifest's digest (`sha256:...`): pulling this reference by it
+    /// gives the same image.
+    pub digest: String,
+    /// Layers and their bytes sent.
+    pub layers: usize,
+    pub bytes: u64,
+}
+
+/// Pushes image `name` of `store` to `target` (a reference; `None`: the
+/// image's own name, which must then name a registry).
+pub fn push(
+    store: &ImageStore,
+    name: &str,
+    target: Option<&str>,
+    opts: &PullOptions,
+) -> Result<Pushed, RegistryError> {
+    let image = store.get(name)?;
+    let text = target.unwrap_or(&image.name);
+    let r = reference::parse(text)?;
+    let client = client_for(store.root(), &r, opts)?;
+    let scratch = store.scratch("push")?;
+    let result = (|| {
+        let (layers, warnings) = archive_layers(store, &image, &scratch)?;
+        if !opts.quiet {
+            for w in warnings {
+                eprintln!("duet: {w}");
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| RegistryError::Io {
+                what: "cannot start the upload thread for",
+                path: PathBuf::from(text),
+                source,
+            })?;
+        rt.block_on(push_async(&client, &r, &image, layers, opts))
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn push_async(
+    client: &Client,
+    r: &Reference,
+    image: &duet_shared::image::Image,
+    layers: Vec<duet_shared::image::LayerTar>,
+    opts: &PullOptions,
+) -> Result<Pushed, RegistryError> {
+    let what = r.whole();
+    let (auth, who) = auth_for(r, opts)?;
+    let registry = r.registry().to_string();
+    let fail = |e| with_who(RegistryError::from_oci(&what, e), &who, &registry);
+    client
+        .auth(r, &auth, RegistryOperation::Push)
+        .await
+        .map_err(fail)?;
+    let mut descriptors = Vec::new();
+    let mut bytes = 0u64;
+    for (i, (file, sha, len)) in layers.into_iter().enumerate() {
+        let digest = format!("sha256:{sha}");
+        if !opts.quiet {
+            eprintln!(
+                "duet: pushing layer {}/{} {digest} ({:.1} MB)",
+                i + 1,
+                image.layers.len(),
+                len as f64 / 1e6
+            );
+        }
+        client
+            .push_blob_stream(r, chunks(file), &digest, Some(len))
+            .await
+            .map_err(fail)?;
+        bytes += len;
+        descriptors.push(serde_json::json!({
+            "mediaType": LAYER_TYPE, "digest": digest, "size": len,
+        }));
+    }
+    let diff_ids: Vec<String> = descriptors
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap_or_default()[7..].to_string())
+        .collect();
+    let config = config_json(image, &diff_ids);
+    let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+    let config_len = config.len();
+    client
+        .push_blob(r, config, &config_digest)
+        .await
+        .map_err(fail)?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": { "mediaType": CONFIG_TYPE, "digest": config_digest, "size": config_len },
+        "layers": descriptors,
+    }))
+    .expect("a JSON value serializes");
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
+    client
+        .push_manifest_raw(r, manifest, http::HeaderValue::from_static(MANIFEST_TYPE))
+        .await
+        .map_err(fail)?;
+    Ok(Pushed {
+        reference: what,
+        digest,
+        layers: diff_ids.len(),
+        bytes,
+    })
+}
+
+/// `file` from its start as a stream of [`CHUNK`]-byte pieces. The reads
+/// block the upload thread briefly; it does nothing else meanwhile.
+fn chunks(
+    file: std::fs::File,
+) -> impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
+    futures_util::stream::unfold(Some(file), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0;
+        while n < CHUNK {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some((Err(e.into()), None)),
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        buf.truncate(n);
+        Some((Ok(bytes::Bytes::from(buf)), Some(f)))
+    })
+}
+
+/// Where `duet push` without a target sends `name`: itself, if it names a
+/// registry (a host with a dot or a port, or `localhost`).
+pub fn names_a_registry(name: &str) -> bool {
+    let first = name.split('/').next().unwrap_or_default();
+    name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost")
+}
