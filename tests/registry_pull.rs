@@ -884,6 +884,96 @@ fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
     );
 }
 
+/// A real distribution image through the registry: Debian bookworm
+/// (debootstrap minbase with PostgreSQL 15 and its seeded layer, the
+/// pristine-db image), pushed by duet, pulled into a fresh store, given a
+/// third layer that deletes a file (a whiteout) by `duet commit`, pushed
+/// again and pulled into another store, where the file is gone and the
+/// rest of Debian is there.
+#[test]
+fn a_debian_image_goes_through_the_registry_and_back_with_a_whiteout() {
+    let test = "a_debian_image_goes_through_the_registry_and_back_with_a_whiteout";
+    if needs_tools(test) {
+        return;
+    }
+    let Some(pg_store) = common::pristine::store(test) else {
+        return;
+    };
+    let reg = registry_with(None, "team/app", &[busybox_layer()]);
+    let push_from = |root: &Path, image: &str, target: &str| {
+        let o = Command::new(duet_bin())
+            .args(["push", "--insecure", image, target])
+            .env("DUET_ROOT", root)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let debian = format!("{}/debian/postgres:15", reg.host());
+    push_from(pg_store, common::pristine::IMAGE, &debian);
+    let first = Env::new();
+    ok(&first, &["pull", "--insecure", &debian]);
+    let os = ok(&first, &["run", &debian, "--", "cat", "/etc/os-release"]);
+    assert!(os.contains("bookworm"), "{os}");
+    let keeper = format!("debian-whiteout-{}", std::process::id());
+    ok(
+        &first,
+        &[
+            "run",
+            "--keep",
+            "--user",
+            "0",
+            "--name",
+            &keeper,
+            &debian,
+            "--",
+            "rm",
+            "/etc/debian_version",
+        ],
+    );
+    ok(&first, &["commit", &keeper, "debian-trimmed:1"]);
+    ok(&first, &["rm", &keeper]);
+    let trimmed = format!("{}/debian/trimmed:1", reg.host());
+    let digest = push_from(first.root(), "debian-trimmed:1", &trimmed);
+    let second = Env::new();
+    ok(
+        &second,
+        &[
+            "pull",
+            "--insecure",
+            &format!("{}/debian/trimmed@{digest}", reg.host()),
+        ],
+    );
+    ok(&second, &["pull", "--insecure", &trimmed]);
+    let ls = ok(&second, &["image", "ls"]);
+    // REPOSITORY TAG DIGEST LAYERS SIZE AGE
+    let row: Vec<&str> = ls
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0].ends_with("debian/trimmed") && f[1] == "1")
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert_eq!(row[2], &digest[..19], "{ls}");
+    assert_eq!(row[3], "3", "three layers: {ls}");
+    let seen = ok(
+        &second,
+        &[
+            "run",
+            "--user",
+            "0",
+            &trimmed,
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/os-release; ls /etc/debian_version 2>&1; true",
+        ],
+    );
+    assert!(seen.contains("bookworm"), "{seen}");
+    assert!(
+        seen.contains("No such file"),
+        "the whiteout did not hold: {seen}"
+    );
+}
+
 /// In the testbed: a registry there, `duet pull`, and the image's
 /// entrypoint, env, workdir and user in a microVM.
 const TESTBED_CASE: &str = r#"set -eu
