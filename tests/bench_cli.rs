@@ -96,6 +96,28 @@ fn bench_startup_writes_json_markdown_and_html() {
             crun.label
         );
     }
+    // The first run: pull (from the bench's own registry) + unpack + start,
+    // from an empty state root each time; the pull is in spec_loaded.
+    let first = r
+        .startup
+        .iter()
+        .find(|s| s.label == "duet container first run (pull + unpack + start)")
+        .unwrap_or_else(|| panic!("no first-run row: {json}"));
+    if duet_shared::testing::find_program("docker-registry").is_some() {
+        assert_eq!(first.status, RowStatus::Measured, "{first:?}");
+        assert_eq!(first.samples_ms.len(), 3);
+        let pull = first.segments.iter().find(|s| s.name == "spec_loaded");
+        let start = c.segments.iter().find(|s| s.name == "spec_loaded");
+        assert!(
+            pull.unwrap().ms.median > start.unwrap().ms.median,
+            "a pull takes longer than reading a stored image: {first:?}"
+        );
+    } else {
+        assert!(
+            matches!(&first.status, RowStatus::Unavailable(w) if w.contains("docker-registry")),
+            "{first:?}"
+        );
+    }
     // Lifecycle rows: `run -d` to running and the exec round trip, with
     // runc's exec beside them (measured, or a row that says why not).
     for label in [
@@ -382,6 +404,15 @@ fn bench_vm_rows_come_from_the_testbed() {
         assert_eq!(row.status, RowStatus::Measured, "{row:?}\n{err}");
         assert_eq!(row.samples_ms.len(), 1, "{row:?}");
     }
+    // The first run of a microVM: its image pulled from a registry in the
+    // testbed, unpacked, its layer disks made, booted.
+    let first = "duet vm first run (pull + unpack + start) (testbed)";
+    let row = r
+        .startup
+        .iter()
+        .find(|s| s.label == first)
+        .unwrap_or_else(|| panic!("no `{first}` row: {:?}\n{err}", r.startup));
+    assert_eq!(row.status, RowStatus::Measured, "{row:?}\n{err}");
     // No container was asked for: no native container row.
     assert!(!r.startup.iter().any(|s| s.label == "duet container"));
 }

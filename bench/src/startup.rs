@@ -430,6 +430,8 @@ pub struct DuetStarter {
     pub extra_args: Vec<String>,
     /// The row's label when not `duet <isolation>` (e.g. `duet vm --warm`).
     pub label: Option<String>,
+    /// The state root of its runs (`DUET_ROOT`); `None`: the caller's.
+    pub root: Option<PathBuf>,
 }
 
 impl DuetStarter {
@@ -466,11 +468,14 @@ impl Starter for DuetStarter {
 
     fn start_once(&mut self, _i: usize) -> Result<StartSample, StartError> {
         let program = self.duet.display().to_string();
-        let out = timed_spawn(Command::new(&self.duet).args(self.args())).map_err(|source| {
-            StartError::Spawn {
-                program: program.clone(),
-                source,
-            }
+        let mut cmd = Command::new(&self.duet);
+        cmd.args(self.args());
+        if let Some(r) = &self.root {
+            cmd.env("DUET_ROOT", r);
+        }
+        let out = timed_spawn(&mut cmd).map_err(|source| StartError::Spawn {
+            program: program.clone(),
+            source,
         })?;
         if !out.status.success() {
             return Err(StartError::Exit {
@@ -701,6 +706,7 @@ mod tests {
             command: vec!["true".into()],
             extra_args: vec!["--memory".into(), "128".into()],
             label: None,
+            root: None,
         };
         assert_eq!(
             s.args().join(" "),
@@ -732,6 +738,7 @@ mod tests {
             command: vec!["true".into()],
             extra_args: vec![],
             label: Some("duet container as a test".into()),
+            root: None,
         };
         assert_eq!(s.label(), "duet container as a test");
         let r = run(

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod first_run;
 mod network;
 mod pristine;
 mod progress;
@@ -382,6 +383,7 @@ impl Bench {
             command: vec!["true".into()],
             extra_args: vec![],
             label: None,
+            root: None,
         }
     }
 
@@ -424,6 +426,9 @@ impl Bench {
                     return Ok(());
                 }
             }
+        }
+        if !interrupt::requested() {
+            self.first_run_rows(&cfg, isolations);
         }
         self.lifecycle_rows(&cfg, isolations, peers);
         // Under Docker: runc and duet for containers; duet next to duet-vm
@@ -469,6 +474,47 @@ impl Bench {
             self.report.notes.extend(note);
         }
         Ok(())
+    }
+
+    /// Pull + unpack + start from an empty state root, per isolation, from
+    /// a registry of the bench's own ([`first_run`]).
+    fn first_run_rows(&mut self, cfg: &StartupConfig, isolations: &[Isolation]) {
+        let label = |iso: Isolation| format!("duet {iso} first run (pull + unpack + start)");
+        let reg = first_run::LocalRegistry::start(self.scratch.path())
+            .and_then(|reg| first_run::push_busybox(&self.exe, &reg).map(|r| (reg, r)));
+        let (_reg, reference) = match reg {
+            Ok(r) => r,
+            Err(why) => {
+                for &iso in isolations {
+                    let r = StartupResult::unavailable(
+                        &label(iso),
+                        Kind::of_isolation(&iso.to_string()),
+                        &why,
+                    );
+                    say_startup(&r);
+                    self.report.startup.push(r);
+                }
+                return;
+            }
+        };
+        // Every run is a first run (an empty state root): none is a warm-up.
+        let cfg = StartupConfig { warmup: 0, ..*cfg };
+        for &iso in isolations {
+            let mut inner = self.duet_starter(iso);
+            inner.image = reference.clone();
+            inner.extra_args.push("--insecure".into());
+            let mut st = first_run::FirstRun {
+                inner,
+                roots: self.scratch.path().join("first-run"),
+            };
+            let r = startup::run(&cfg, &mut st, &mut self.bars);
+            self.bars.clear();
+            say_startup(&r);
+            self.report.startup.push(r);
+            if interrupt::requested() {
+                return;
+            }
+        }
     }
 
     /// `run -d` until running and the `exec ID true` round trip, for

@@ -306,9 +306,12 @@ pub fn run_testbed(
         cmd.arg("--file")
             .arg(format!("{}:/usr/local/bin/duet-probe", p.display()));
     }
-    // nftables for duet's bridge network (the network rows).
-    if let Some(nft) = duet_shared::testing::find_program("nft") {
-        cmd.arg("--with-libs").arg(nft);
+    // nftables for duet's bridge network (the network rows), and a
+    // registry for the first-run rows (pull + unpack + start).
+    for program in ["nft", "docker-registry"] {
+        if let Some(p) = duet_shared::testing::find_program(program) {
+            cmd.arg("--with-libs").arg(p);
+        }
     }
     cmd.args(["--", "sh", "-c"])
         .arg(format!("{TESTBED_PRELUDE}{script}"))
