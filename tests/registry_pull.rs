@@ -862,6 +862,18 @@ fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
         digest.starts_with("sha256:") && digest.len() == 71,
         "{digest}"
     );
+    // Another tag of the same repository: every layer is there already,
+    // nothing is sent again, and the manifest is the same.
+    let again = Command::new(duet_bin())
+        .args(["push", "--insecure", "mine:1"])
+        .arg(format!("{}/pushed/mine:2", reg.host()))
+        .env("DUET_ROOT", env.root())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{said}");
+    assert!(said.contains("0.0 MB sent, 3 already there"), "{said}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), digest);
     // Back by digest (the pull checks the manifest's bytes against it),
     // into another store, and by tag: the same digest.
     let other = Env::new();

@@ -137,10 +137,11 @@ pub fn push(a: &PushArgs) -> Result<()> {
         .with_context(|| format!("pushing `{name}` to {target}"))?;
     if !a.quiet {
         eprintln!(
-            "duet: pushed {name} to {} ({} layer(s), {:.1} MB)",
+            "duet: pushed {name} to {} ({} layer(s), {:.1} MB sent, {} already there)",
             pushed.reference,
             pushed.layers,
-            pushed.bytes as f64 / 1e6
+            pushed.bytes as f64 / 1e6,
+            pushed.present
         );
     }
     println!("{}", pushed.digest);

@@ -27,9 +27,12 @@ pub struct Pushed {
     /// The manifest's digest (`sha256:...`): pulling this reference by it
     /// gives the same image.
     pub digest: String,
-    /// Layers and their bytes sent.
+    /// Layers in the image.
     pub layers: usize,
+    /// Bytes sent (layers the registry lacked).
     pub bytes: u64,
+    /// Layers the repository already had: not sent again.
+    pub present: usize,
 }
 
 /// Pushes image `name` of `store` to `target` (a reference; `None`: the
@@ -82,9 +85,25 @@ async fn push_async(
         .await
         .map_err(fail)?;
     let mut descriptors = Vec::new();
-    let mut bytes = 0u64;
+    let (mut bytes, mut present) = (0u64, 0usize);
     for (i, (file, sha, len)) in layers.into_iter().enumerate() {
         let digest = format!("sha256:{sha}");
+        let descriptor = serde_json::json!({
+            "mediaType": LAYER_TYPE, "digest": digest, "size": len,
+        });
+        // A HEAD of the blob: a layer the repository has is not sent again.
+        if client.blob_exists(r, &digest).await.map_err(fail)? {
+            if !opts.quiet {
+                eprintln!(
+                    "duet: layer {}/{} {digest} is already in the registry",
+                    i + 1,
+                    image.layers.len()
+                );
+            }
+            present += 1;
+            descriptors.push(descriptor);
+            continue;
+        }
         if !opts.quiet {
             eprintln!(
                 "duet: pushing layer {}/{} {digest} ({:.1} MB)",
@@ -98,9 +117,7 @@ async fn push_async(
             .await
             .map_err(fail)?;
         bytes += len;
-        descriptors.push(serde_json::json!({
-            "mediaType": LAYER_TYPE, "digest": digest, "size": len,
-        }));
+        descriptors.push(descriptor);
     }
     let diff_ids: Vec<String> = descriptors
         .iter()
@@ -130,6 +147,7 @@ async fn push_async(
         digest,
         layers: diff_ids.len(),
         bytes,
+        present,
     })
 }
 
