@@ -433,6 +433,20 @@ fn pull_by_tag_digest_and_platform_then_run_with_the_images_config() {
         &["run", "--user", "app:staff", &by_tag, "--", "id -u; id -g"],
     );
     assert_eq!(out, "1000\n50\n");
+    // Supplementary groups from the image's /etc/group (staff lists app),
+    // as Docker gives them; none twice.
+    assert_eq!(ok(&env, &["run", &by_tag, "--", "id -G"]), "1000 50\n");
+    assert_eq!(
+        ok(
+            &env,
+            &["run", "--user", "app:staff", &by_tag, "--", "id -G"]
+        ),
+        "50\n"
+    );
+    assert_eq!(
+        ok(&env, &["run", "--user", "1000:7", &by_tag, "--", "id -G"]),
+        "7 50\n"
+    );
     let e = failed(&env, &["run", "--user", "nobody", &by_tag, "--", "true"]);
     assert!(e.contains("`nobody`") && e.contains("/etc/passwd"), "{e}");
     // A command replaces Cmd, not the entrypoint (Docker's rule).
@@ -1001,6 +1015,8 @@ echo "== default"
 duet run --isolation vm --pull never 127.0.0.1:5000/team/app:1
 echo "== user"
 duet run --isolation vm --user app:staff 127.0.0.1:5000/team/app:1 -- 'id -u; id -g; pwd'
+echo "== groups"
+duet run --isolation vm 127.0.0.1:5000/team/app:1 -- 'id -G'
 echo "registry-vm: ok"
 "#;
 
@@ -1050,4 +1066,6 @@ fn a_pulled_image_runs_in_a_microvm_in_the_testbed() {
     );
     let user = text.split("== user\n").nth(1).unwrap_or_default();
     assert!(user.starts_with("1000\n50\n/srv\n"), "{text}");
+    let groups = text.split("== groups\n").nth(1).unwrap_or_default();
+    assert!(groups.starts_with("1000 50\n"), "{text}");
 }

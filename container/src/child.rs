@@ -199,11 +199,13 @@ fn run_step(step: &Step, plan: &ChildPlan, chan: &Channel, stamps: &mut Stamps) 
             Ok(())
         }
         Step::DropCapabilities => plan.caps.apply(),
-        Step::User { uid, gid } => {
-            let groups = [*gid];
-            // SAFETY: raw syscalls with integer arguments and a one-element array we own.
+        Step::User { uid, gid, groups } => {
+            // SAFETY: raw syscalls with integer arguments and an array the plan owns.
             unsafe {
-                check(libc::syscall(libc::SYS_setgroups, 1, groups.as_ptr()) as libc::c_int)?;
+                check(
+                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr())
+                        as libc::c_int,
+                )?;
                 check(libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) as libc::c_int)?;
                 check(libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) as libc::c_int)
             }

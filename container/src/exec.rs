@@ -496,7 +496,7 @@ pub fn exec(dir: &InstanceDir, request: &ExecRequest) -> Result<WorkloadExit, Ex
             env: &spec.env,
             env_overrides: &overrides,
             stdio: stdio.plan,
-            user: spec.numeric_user(),
+            user: spec.user_ids(),
         },
         CapabilityPlan::for_this_process(),
         Arc::new(seccomp),

@@ -480,7 +480,7 @@ impl ContainerRuntime {
                     other => Some(other),
                 },
                 host_network,
-                user: spec.numeric_user(),
+                user: spec.user_ids(),
             },
             CapabilityPlan::for_this_process(),
             Arc::new(seccomp::compile()?),

@@ -9,6 +9,7 @@
 
 use crate::capabilities::CapabilityPlan;
 use crate::seccomp::SeccompPrograms;
+use duet_shared::spec::UserIds;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -148,12 +149,15 @@ pub enum Step {
     Umask(libc::mode_t),
     /// Drop capabilities to [`ChildPlan::caps`].
     DropCapabilities,
-    /// setgroups([gid]), setresgid, setresuid: the workload's user.
+    /// setgroups(groups), setresgid, setresuid: the workload's user.
     User {
         /// User id.
         uid: u32,
-        /// Group id (also the only supplementary group).
+        /// Group id.
         gid: u32,
+        /// Every group of the process, `gid` first (allocated before the
+        /// fork: the child only passes the pointer).
+        groups: Vec<u32>,
     },
     /// PR_SET_NO_NEW_PRIVS.
     NoNewPrivs,
@@ -248,8 +252,11 @@ impl Step {
             Step::Workdir(p) => format!("changing to workdir `{}` (spec field `workdir`)", show(p)),
             Step::Umask(m) => format!("setting umask {m:o}"),
             Step::DropCapabilities => "dropping capabilities".into(),
-            Step::User { uid, gid } => {
-                format!("switching to user {uid}:{gid} (spec field `user`, or the image's)")
+            Step::User { uid, gid, groups } => {
+                format!(
+                    "switching to user {uid}:{gid}, groups {groups:?} (spec field `user`, or the \
+                     image's, with its groups in the image's /etc/group)"
+                )
             }
             Step::NoNewPrivs => "setting no_new_privs".into(),
             Step::Seccomp => "installing the seccomp filter".into(),
@@ -340,8 +347,8 @@ pub struct RootfsSpec<'a> {
     pub stdio: Option<ChildStdio>,
     /// `--network host`: the host's network namespace (no `lo` to bring up).
     pub host_network: bool,
-    /// The workload's (uid, gid), resolved from the image; `None`: root.
-    pub user: Option<(u32, u32)>,
+    /// The workload's ids, resolved from the image; `None`: root.
+    pub user: Option<UserIds>,
 }
 
 fn cstr(what: &'static str, s: impl AsRef<[u8]>) -> Result<CString, PlanError> {
@@ -540,7 +547,7 @@ pub fn build(
         Some(ChildStdio::Fds(fds)) => s.push(Step::Stdio(fds)),
         None => {}
     }
-    s.extend(restrictions(r.workdir, r.user)?);
+    s.extend(restrictions(r.workdir, &r.user)?);
     // Created: everything is ready; execve waits for `start`.
     s.push(Step::AwaitStart);
 
@@ -554,7 +561,7 @@ pub fn build(
 /// left open), the workdir, umask, capabilities, the user (its change
 /// of uid empties the effective and permitted sets, as with Docker),
 /// no_new_privs, seccomp.
-fn restrictions(workdir: &str, user: Option<(u32, u32)>) -> Result<Vec<Step>, PlanError> {
+fn restrictions(workdir: &str, user: &Option<UserIds>) -> Result<Vec<Step>, PlanError> {
     let mut s = vec![
         Step::CloseOtherFds,
         Step::Workdir(cstr(
@@ -564,8 +571,12 @@ fn restrictions(workdir: &str, user: Option<(u32, u32)>) -> Result<Vec<Step>, Pl
         Step::Umask(0o022),
         Step::DropCapabilities,
     ];
-    if let Some((uid, gid)) = user {
-        s.push(Step::User { uid, gid });
+    if let Some(u) = user {
+        s.push(Step::User {
+            uid: u.uid,
+            gid: u.gid,
+            groups: u.groups.clone(),
+        });
     }
     s.extend([Step::NoNewPrivs, Step::CloseInheritedFds, Step::Seccomp]);
     Ok(s)
@@ -652,7 +663,7 @@ pub struct ExecSpec<'a> {
     /// Its stdio.
     pub stdio: ChildStdio,
     /// The workload's (uid, gid): an exec runs as the workload's user.
-    pub user: Option<(u32, u32)>,
+    pub user: Option<UserIds>,
 }
 
 /// Namespaces `duet exec` joins: every one the container's init has of its own.
@@ -686,7 +697,7 @@ pub fn build_exec(
         ChildStdio::Console(c) => Step::Console(c),
         ChildStdio::Fds(fds) => Step::Stdio(fds),
     });
-    s.extend(restrictions(e.workdir, e.user)?);
+    s.extend(restrictions(e.workdir, &e.user)?);
     let mut env = environment(e.env, e.hostname);
     for (k, v) in e.env_overrides {
         env.insert(k.clone(), v.clone());
@@ -711,7 +722,11 @@ mod tests {
             env,
             stdio: None,
             host_network: false,
-            user: Some((1000, 50)),
+            user: Some(UserIds {
+                uid: 1000,
+                gid: 50,
+                groups: vec![50, 33],
+            }),
         };
         build(
             &r,
@@ -794,7 +809,10 @@ mod tests {
         assert!(pivot < wait && wait < cgns && cgns < caps && caps < nnp);
         // The user changes after the capability drop (which needs root's
         // caps) and before no_new_privs and seccomp.
-        let user = position(&p, |s| matches!(s, Step::User { uid: 1000, gid: 50 }));
+        let user = position(
+            &p,
+            |s| matches!(s, Step::User { uid: 1000, gid: 50, groups } if groups == &[50, 33]),
+        );
         assert!(caps < user && user < nnp);
         assert!(
             matches!(p.steps.last(), Some(Step::AwaitStart)),

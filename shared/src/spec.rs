@@ -124,6 +124,20 @@ pub struct WorkloadSpec {
     /// `duet run` resolves it to `uid:gid` before a backend sees it.
     #[serde(default)]
     pub user: Option<String>,
+    /// Supplementary group ids of the workload besides the user's group:
+    /// `duet run` fills them in from the image's /etc/group (the groups
+    /// that list the user by name), as Docker does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u32>,
+}
+
+/// A workload's ids: who it runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gid: u32,
+    /// Every group of the process: `gid` first, then the supplementary ones.
+    pub groups: Vec<u32>,
 }
 
 fn default_name() -> String {
@@ -179,6 +193,7 @@ impl WorkloadSpec {
             ports: Vec::new(),
             dns: Vec::new(),
             user: None,
+            groups: Vec::new(),
         }
     }
 
@@ -187,6 +202,15 @@ impl WorkloadSpec {
     /// name not resolved yet.
     pub fn numeric_user(&self) -> Option<(u32, u32)> {
         parse_numeric_user(self.user.as_deref()?)
+    }
+
+    /// [`numeric_user`](Self::numeric_user) with the process's groups.
+    pub fn user_ids(&self) -> Option<UserIds> {
+        let (uid, gid) = self.numeric_user()?;
+        let mut groups = vec![gid];
+        groups.extend(self.groups.iter().filter(|g| **g != gid));
+        groups.dedup();
+        Some(UserIds { uid, gid, groups })
     }
 
     /// Reads, parses and validates a spec file.

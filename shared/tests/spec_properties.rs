@@ -269,6 +269,7 @@ fn valid_spec() -> impl Strategy<Value = WorkloadSpec> {
                     ports: Vec::new(),
                     dns: Vec::new(),
                     user: None,
+                    groups: Vec::new(),
                 }
             },
         )

@@ -315,15 +315,16 @@ fn resolve_spec_user(
     let Some(u) = spec.user.clone() else {
         return Ok(());
     };
-    let (uid, gid) =
-        duet_shared::image::resolve_user(&store.layer_dirs(image), &u).map_err(|e| {
+    let (uid, gid, groups) = duet_shared::image::resolve_user(&store.layer_dirs(image), &u)
+        .map_err(|e| {
             anyhow::anyhow!(
                 "{}: field `user` (image `{}`): {e}",
                 origin.display(),
                 image.name
             )
         })?;
-    spec.user = (uid != 0 || gid != 0).then(|| format!("{uid}:{gid}"));
+    spec.user = (uid != 0 || gid != 0 || !groups.is_empty()).then(|| format!("{uid}:{gid}"));
+    spec.groups = groups;
     Ok(())
 }
 

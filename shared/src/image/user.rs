@@ -57,27 +57,40 @@ fn passwd(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
     })
 }
 
-/// `name:x:gid:members` lines: (name, gid).
-fn group(text: &str) -> impl Iterator<Item = (&str, u32)> {
+/// `name:x:gid:members` lines: (name, gid, members).
+fn group(text: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
     text.lines().filter_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        Some((*f.first()?, f.get(2)?.parse().ok()?))
+        let members = f
+            .get(3)
+            .map(|m| m.split(',').filter(|m| !m.is_empty()).collect())
+            .unwrap_or_default();
+        Some((*f.first()?, f.get(2)?.parse().ok()?, members))
     })
 }
 
-/// `user` as `uid:gid` for an image of `layers` (bottom first); the error
-/// says which name the image does not have.
-pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32), String> {
+/// Most supplementary groups taken from an image (Linux's NGROUPS_MAX is
+/// 65536; a hostile /etc/group must not make setgroups fail or grow).
+const MAX_GROUPS: usize = 64;
+
+/// `user` as `uid:gid` for an image of `layers` (bottom first), with the
+/// supplementary groups the image's /etc/group lists the user's name in
+/// (in file order, at most [`MAX_GROUPS`], none for a uid without a name);
+/// the error says which name the image does not have.
+pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32, Vec<u32>), String> {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
     let pw = merged_file(layers, "passwd").unwrap_or_default();
-    let (uid, primary) = match u.parse::<u32>() {
-        Ok(n) => (n, passwd(&pw).find(|e| e.1 == n).map(|e| e.2).unwrap_or(0)),
+    let (uid, primary, name) = match u.parse::<u32>() {
+        Ok(n) => match passwd(&pw).find(|e| e.1 == n) {
+            Some(e) => (n, e.2, Some(e.0)),
+            None => (n, 0, None),
+        },
         Err(_) => passwd(&pw)
             .find(|e| e.0 == u)
-            .map(|e| (e.1, e.2))
+            .map(|e| (e.1, e.2, Some(e.0)))
             .ok_or_else(|| {
                 format!(
                     "user `{}` is not in the image's /etc/passwd",
@@ -85,12 +98,12 @@ pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32), String
                 )
             })?,
     };
+    let gr = merged_file(layers, "group").unwrap_or_default();
     let gid = match g {
         None => primary,
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => {
-                let gr = merged_file(layers, "group").unwrap_or_default();
                 let found = group(&gr).find(|e| e.0 == g).map(|e| e.1);
                 found.ok_or_else(|| {
                     format!(
@@ -101,7 +114,19 @@ pub fn resolve_user(layers: &[PathBuf], user: &str) -> Result<(u32, u32), String
             }
         },
     };
-    Ok((uid, gid))
+    let mut groups: Vec<u32> = Vec::new();
+    if let Some(name) = name {
+        for (_, id, members) in group(&gr) {
+            if groups.len() < MAX_GROUPS
+                && id != gid
+                && !groups.contains(&id)
+                && members.contains(&name)
+            {
+                groups.push(id);
+            }
+        }
+    }
+    Ok((uid, gid, groups))
 }
 
 #[cfg(test)]
@@ -125,13 +150,22 @@ mod tests {
             "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/srv:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(low.join("etc/group"), "root:x:0:\nstaff:x:50:app\n").unwrap();
+        std::fs::write(
+            low.join("etc/group"),
+            "root:x:0:\nstaff:x:50:app\nwww:x:33:other,app,more\napps:x:60:application\n",
+        )
+        .unwrap();
         let layers = vec![low.clone(), high.clone()];
-        assert_eq!(resolve_user(&layers, "app"), Ok((1000, 1001)));
-        assert_eq!(resolve_user(&layers, "app:staff"), Ok((1000, 50)));
-        assert_eq!(resolve_user(&layers, "1000"), Ok((1000, 1001)));
-        assert_eq!(resolve_user(&layers, "4242"), Ok((4242, 0)));
-        assert_eq!(resolve_user(&layers, "7:8"), Ok((7, 8)));
+        // Supplementary groups: where /etc/group lists the user's name.
+        assert_eq!(resolve_user(&layers, "app"), Ok((1000, 1001, vec![50, 33])));
+        assert_eq!(resolve_user(&layers, "app:staff"), Ok((1000, 50, vec![33])));
+        assert_eq!(
+            resolve_user(&layers, "1000"),
+            Ok((1000, 1001, vec![50, 33]))
+        );
+        assert_eq!(resolve_user(&layers, "4242"), Ok((4242, 0, vec![])));
+        assert_eq!(resolve_user(&layers, "7:8"), Ok((7, 8, vec![])));
+        assert_eq!(resolve_user(&layers, "root"), Ok((0, 0, vec![])));
         let e = resolve_user(&layers, "old").unwrap_err();
         assert!(e.contains("`old`") && e.contains("/etc/passwd"), "{e}");
         let e = resolve_user(&layers, "app:wheel").unwrap_err();
@@ -139,6 +173,21 @@ mod tests {
         // A hostile image's User reaches the terminal escaped.
         let e = resolve_user(&layers, "x\u{1b}[2J").unwrap_err();
         assert!(!e.contains('\u{1b}'), "{e:?}");
+    }
+
+    #[test]
+    fn a_hostile_group_file_gives_at_most_max_groups() {
+        let d = tempfile::tempdir().unwrap();
+        let l = d.path().join("l");
+        std::fs::create_dir_all(l.join("etc")).unwrap();
+        std::fs::write(l.join("etc/passwd"), "app:x:1000:1000::/:/bin/sh\n").unwrap();
+        let groups: String = (0..1000)
+            .map(|i| format!("g{i}:x:{}:app\n", 2000 + i))
+            .collect();
+        std::fs::write(l.join("etc/group"), groups).unwrap();
+        let (_, _, g) = resolve_user(&[l], "app").unwrap();
+        assert_eq!(g.len(), MAX_GROUPS);
+        assert_eq!(g[0], 2000);
     }
 
     #[test]

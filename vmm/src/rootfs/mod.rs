@@ -247,13 +247,11 @@ pub fn guest_workload(
         pids_max: spec.resources.pids_max,
         // The VM has a vsock device (runtime.rs): `duet exec` reaches it.
         agent: true,
-        user: spec
-            .numeric_user()
-            .map(|(uid, gid)| duet_init::config::GuestUser {
-                uid,
-                gid,
-                additional_gids: vec![gid],
-            }),
+        user: spec.user_ids().map(|u| duet_init::config::GuestUser {
+            uid: u.uid,
+            gid: u.gid,
+            additional_gids: u.groups,
+        }),
         files: network
             .map(|n| {
                 [
