@@ -332,6 +332,16 @@ fn app_layer() -> Vec<u8> {
     ])
 }
 
+/// A registry holding the app image as `team/app:1`, a store that
+/// pulled it, and its reference.
+fn app_pulled() -> (Registry, Env, String) {
+    let reg = registry_with(None, "team/app", &[busybox_layer(), app_layer()]);
+    let env = Env::new();
+    let original = format!("{}/team/app:1", reg.host());
+    ok(&env, &["pull", "--insecure", &original]);
+    (reg, env, original)
+}
+
 fn failed(env: &Env, args: &[&str]) -> String {
     let o = env.run(args);
     assert!(
@@ -761,10 +771,7 @@ fn an_image_saved_by_duet_goes_through_skopeo_into_a_registry_and_back() {
     if needs_tools(test) || skip_unless_root(test) {
         return;
     }
-    let reg = registry_with(None, "team/app", &[busybox_layer(), app_layer()]);
-    let env = Env::new();
-    let original = format!("{}/team/app:1", reg.host());
-    ok(&env, &["pull", "--insecure", &original]);
+    let (reg, env, original) = app_pulled();
     let want = ok(&env, &["run", &original]);
     assert_eq!(
         want,
@@ -838,10 +845,7 @@ fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
     if needs_tools(test) || skip_unless_root(test) {
         return;
     }
-    let reg = registry_with(None, "team/app", &[busybox_layer(), app_layer()]);
-    let env = Env::new();
-    let original = format!("{}/team/app:1", reg.host());
-    ok(&env, &["pull", "--insecure", &original]);
+    let (reg, env, original) = app_pulled();
     let keeper = format!("push-src-{}", std::process::id());
     ok(
         &env,

@@ -11,16 +11,6 @@ fi
 . "$(dirname "$0")/cases-lib.sh"
 ip link set lo up
 
-get() { printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 "$1" "$2"; }
-# Until the server answers (a guest boots in seconds here).
-wait_for() {
-    i=0
-    while [ $i -lt 120 ]; do
-        out=$(get "$1" "$2" 2>/dev/null) && [ -n "$out" ] && { echo "$out" | tail -n 1; return 0; }
-        i=$((i + 1)); sleep 1
-    done
-    echo "no answer from $1:$2"; return 1
-}
 HTTPD='mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www'
 
 case_ vm_up duet run -d --name vmweb --isolation vm --network bridge -p 8080:80 busybox -- sh -c "$HTTPD"

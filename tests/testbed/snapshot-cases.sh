@@ -48,15 +48,6 @@ case_ clones_rm duet rm -f clonea cloneb
 # A VM on duet's bridge: clones of its snapshot each get a MAC and an
 # address of their own (their guest agent is told them at restore), serve
 # what the snapshotted server served, and one publishes a port.
-get() { printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 "$1" "$2"; }
-wait_for() {
-    i=0
-    while [ $i -lt 120 ]; do
-        out=$(get "$1" "$2" 2>/dev/null) && [ -n "$out" ] && { echo "$out" | tail -n 1; return 0; }
-        i=$((i + 1)); sleep 1
-    done
-    echo "no answer from $1:$2"; return 1
-}
 # The guest's own view of its eth0: "MAC ADDRESS/PREFIX".
 eth0() { duet exec "$1" sh -c 'echo $(cat /sys/class/net/eth0/address) $(ip -4 -o addr show eth0 | awk "{print \$4}")'; }
 addr_of() { eth0 "$1" | awk '{print $2}' | cut -d/ -f1; }
