@@ -133,7 +133,7 @@ pub fn push(a: &PushArgs) -> Result<()> {
              127.0.0.1:5000/{name}"
         ),
     };
-    let pushed = duet_registry::push(&store, &name, Some(&target), &a.registry.options(a.quiet))
+    let pushed = duet_registry::push(&store, &name, &target, &a.registry.options(a.quiet))
         .with_context(|| format!("pushing `{name}` to {target}"))?;
     if !a.quiet {
         eprintln!(

@@ -35,17 +35,15 @@ pub struct Pushed {
     pub present: usize,
 }
 
-/// Pushes image `name` of `store` to `target` (a reference; `None`: the
-/// image's own name, which must then name a registry).
+/// Pushes image `name` of `store` to `target` (a reference).
 pub fn push(
     store: &ImageStore,
     name: &str,
-    target: Option<&str>,
+    target: &str,
     opts: &PullOptions,
 ) -> Result<Pushed, RegistryError> {
     let image = store.get(name)?;
-    let text = target.unwrap_or(&image.name);
-    let r = reference::parse(text)?;
+    let r = reference::parse(target)?;
     let client = client_for(store.root(), &r, opts)?;
     let scratch = store.scratch("push")?;
     let result = (|| {
@@ -60,7 +58,7 @@ pub fn push(
             .build()
             .map_err(|source| RegistryError::Io {
                 what: "cannot start the upload thread for",
-                path: PathBuf::from(text),
+                path: PathBuf::from(target),
                 source,
             })?;
         rt.block_on(push_async(&client, &r, &image, layers, opts))
@@ -84,10 +82,12 @@ async fn push_async(
         .auth(r, &auth, RegistryOperation::Push)
         .await
         .map_err(fail)?;
-    let mut descriptors = Vec::new();
+    let (mut descriptors, mut diff_ids) = (Vec::new(), Vec::new());
     let (mut bytes, mut present) = (0u64, 0usize);
     for (i, (file, sha, len)) in layers.into_iter().enumerate() {
         let digest = format!("sha256:{sha}");
+        // Uncompressed: the blob's digest is the layer's diff_id.
+        diff_ids.push(sha);
         let descriptor = serde_json::json!({
             "mediaType": LAYER_TYPE, "digest": digest, "size": len,
         });
@@ -119,10 +119,6 @@ async fn push_async(
         bytes += len;
         descriptors.push(descriptor);
     }
-    let diff_ids: Vec<String> = descriptors
-        .iter()
-        .map(|d| d["digest"].as_str().unwrap_or_default()[7..].to_string())
-        .collect();
     let config = config_json(image, &diff_ids);
     let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
     let config_len = config.len();

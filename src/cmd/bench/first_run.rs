@@ -100,12 +100,16 @@ pub(super) struct FirstRun {
     pub roots: PathBuf,
 }
 
+impl FirstRun {
+    /// The row's label for isolation `iso`.
+    pub fn label_for(iso: &str) -> String {
+        format!("duet {iso} first run (pull + unpack + start)")
+    }
+}
+
 impl Starter for FirstRun {
     fn label(&self) -> String {
-        format!(
-            "duet {} first run (pull + unpack + start)",
-            self.inner.isolation
-        )
+        FirstRun::label_for(&self.inner.isolation)
     }
 
     fn kind(&self) -> Kind {

@@ -479,7 +479,7 @@ impl Bench {
     /// Pull + unpack + start from an empty state root, per isolation, from
     /// a registry of the bench's own ([`first_run`]).
     fn first_run_rows(&mut self, cfg: &StartupConfig, isolations: &[Isolation]) {
-        let label = |iso: Isolation| format!("duet {iso} first run (pull + unpack + start)");
+        let label = |iso: Isolation| first_run::FirstRun::label_for(&iso.to_string());
         let reg = first_run::LocalRegistry::start(self.scratch.path())
             .and_then(|reg| first_run::push_busybox(&self.exe, &reg).map(|r| (reg, r)));
         let (_reg, reference) = match reg {
