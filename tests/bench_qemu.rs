@@ -1,7 +1,8 @@
 //! The QEMU microvm peer row of `duet bench startup`, through the real
 //! binary: measured where duet's VM rows are (hardware KVM natively, else
 //! the nested-KVM testbed, which makes this test take a minute or two), or
-//! a row saying why not. Either way the row must be there.
+//! a row saying why not. Either way the row must be there; where duet's VM
+//! rows were measured, they are checked too (phases, lifecycle, first run).
 
 mod common;
 use common::*;
@@ -49,6 +50,9 @@ fn bench_startup_has_a_qemu_microvm_row_with_samples_or_a_reason() {
         duet.label
     );
     println!("{}: {:?} {:?}", qemu.label, qemu.status, qemu.samples_ms);
+    if duet.status == RowStatus::Measured {
+        vm_rows_are_phased_with_lifecycle_and_first_run(&r, duet, &err);
+    }
     match &qemu.status {
         RowStatus::Measured => {
             assert_eq!(qemu.samples_ms.len(), 2, "{qemu:?}");
@@ -120,4 +124,53 @@ fn qemu_row_says_why_when_vms_cannot_run() {
         other => panic!("{other:?}"),
     }
     assert!(qemu.samples_ms.is_empty());
+}
+
+/// duet's own VM rows from the same run (measured where QEMU's was, so
+/// one testbed boot serves both tests): the startup phases, the lifecycle
+/// rows of a microVM, and its first run from a registry.
+fn vm_rows_are_phased_with_lifecycle_and_first_run(
+    r: &Report,
+    vm: &duet_bench::startup::StartupResult,
+    err: &str,
+) {
+    let at = if vm.label.ends_with(" (testbed)") {
+        let env_line = r.vm_environment.as_deref().unwrap_or_default();
+        assert!(env_line.contains("nested-KVM testbed"), "{env_line}");
+        " (testbed)"
+    } else {
+        ""
+    };
+    assert_eq!(vm.label, format!("duet vm{at}"));
+    assert_eq!(vm.samples_ms.len(), 2, "{vm:?}");
+    for phase in ["vm_created", "kernel_loaded", "vcpus_started", "ready"] {
+        assert!(
+            vm.segments.iter().any(|s| s.name == phase),
+            "no {phase}: {:?}",
+            vm.segments
+        );
+    }
+    for label in [
+        format!("duet run -d vm (to running){at}"),
+        format!("duet exec vm (true){at}"),
+    ] {
+        let row = r
+            .lifecycle
+            .iter()
+            .find(|s| s.label == label)
+            .unwrap_or_else(|| panic!("no `{label}` row: {:?}\n{err}", r.lifecycle));
+        assert_eq!(row.status, RowStatus::Measured, "{row:?}\n{err}");
+        assert!(!row.samples_ms.is_empty(), "{row:?}");
+    }
+    // The first run of a microVM: its image pulled from a registry,
+    // unpacked, its layer disks made, booted.
+    let first = format!("duet vm first run (pull + unpack + start){at}");
+    let row = r
+        .startup
+        .iter()
+        .find(|s| s.label == first)
+        .unwrap_or_else(|| panic!("no `{first}` row: {:?}\n{err}", r.startup));
+    assert_eq!(row.status, RowStatus::Measured, "{row:?}\n{err}");
+    // No container was asked for: no native container row.
+    assert!(!r.startup.iter().any(|s| s.label == "duet container"));
 }

@@ -21,41 +21,40 @@ use std::time::{Duration, Instant};
 
 use common::pristine::IMAGE;
 
+/// `duet ARGS`, failing the test (with where it waited) after 15 minutes.
 fn duet(root: &Path, args: &[&str]) -> Output {
-    Command::new(duet_bin())
-        .args(args)
-        .env("DUET_ROOT", root)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    common::output_within(
+        Command::new(duet_bin())
+            .args(args)
+            .env("DUET_ROOT", root)
+            .stdin(Stdio::null()),
+        Duration::from_secs(15 * 60),
+    )
 }
 
 /// The bench at small scale, `parallel` at a time (a list: once per
 /// value); its report, exit status and pid.
 fn bench(root: &Path, image: &str, parallel: &str) -> (Value, Output, u32) {
-    let child = Command::new(duet_bin())
-        .args([
-            "bench",
-            "pristine-db",
-            "--isolation",
-            "container",
-            "--tests",
-            "4",
-            "--parallel",
-            parallel,
-            "--pg-image",
-            image,
-            "--report-json",
-            "-",
-        ])
-        .env("DUET_ROOT", root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (out, pid) = common::run_within(
+        Command::new(duet_bin())
+            .args([
+                "bench",
+                "pristine-db",
+                "--isolation",
+                "container",
+                "--tests",
+                "4",
+                "--parallel",
+                parallel,
+                "--pg-image",
+                image,
+                "--report-json",
+                "-",
+            ])
+            .env("DUET_ROOT", root)
+            .stdin(Stdio::null()),
+        Duration::from_secs(15 * 60),
+    );
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "no report ({e}); stderr: {}",
@@ -286,4 +285,54 @@ fn ctrl_c_in_the_middle_leaves_nothing_behind() {
         "{}",
         String::from_utf8_lossy(&gc.stderr)
     );
+}
+
+/// `duet demo --scenario pristine-db`: the story, the bench run by the
+/// demo itself, its table with every container way measured and 5/5
+/// passed, the microVM ways named as not run (`--vm-via skip`), and the
+/// conclusions from this run's numbers.
+#[test]
+fn the_demo_tells_the_pristine_database_story_from_a_real_run() {
+    let Some(root) = store("the_demo_tells_the_pristine_database_story_from_a_real_run") else {
+        return;
+    };
+    let out = duet(
+        root,
+        &[
+            "demo",
+            "--scenario",
+            "pristine-db",
+            "--vm-via",
+            "skip",
+            "--explain",
+        ],
+    );
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{text}\n{err}");
+    let line = |label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` row:\n{text}"))
+            .to_string()
+    };
+    for label in [
+        "one shared server, reset between tests",
+        "one container per test",
+    ] {
+        let l = line(label);
+        assert!(l.contains("5/5"), "{l}");
+    }
+    for label in [
+        "one cold-booted microVM per test",
+        "one microVM clone of a snapshot per test",
+    ] {
+        let l = line(label);
+        assert!(l.contains("not run (--vm-via skip)"), "{l}");
+    }
+    // The narration (stderr): each way told before it runs, the reading after.
+    assert!(err.contains("One container per test, 2 at a time"), "{err}");
+    assert!(err.contains("A container per test took"), "{err}");
 }

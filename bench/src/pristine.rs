@@ -117,16 +117,86 @@ impl Fingerprint {
     }
 }
 
-/// A client of the instance at `addr`, as every test and probe connects.
-pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, postgres::Error> {
+/// How long one test case may take, all of it, before the row fails with
+/// the step it was in (a test takes well under a second on a warm server).
+pub const TEST_LIMIT: Duration = Duration::from_secs(120);
+/// How long one readiness probe may take before it is tried again.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(5);
+/// How long the shared strategy's reset may take.
+pub const RESET_LIMIT: Duration = Duration::from_secs(60);
+
+/// The client settings every connection shares. `connect_timeout` bounds
+/// only the TCP connect, not PostgreSQL's startup handshake nor any query,
+/// so a peer that vanishes without a reset (its network namespace torn
+/// down) would leave the client waiting on its socket for ever: keepalives
+/// and `TCP_USER_TIMEOUT` end such a connection, and `statement_timeout`
+/// and `lock_timeout` end a server that is up but stuck.
+fn config(addr: SocketAddr, dbname: &str, timeout: Duration) -> Config {
     let mut cfg = Config::new();
     cfg.host(&addr.ip().to_string())
         .port(addr.port())
         .user("postgres")
-        .dbname(DATABASE)
+        .dbname(dbname)
         .application_name("duet-bench-pristine")
-        .connect_timeout(timeout);
-    cfg.connect(NoTls)
+        .options("-c statement_timeout=60s -c lock_timeout=30s")
+        .connect_timeout(timeout)
+        .tcp_user_timeout(Duration::from_secs(20))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
+    cfg
+}
+
+/// A client of the instance at `addr`, as every test and probe connects.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, postgres::Error> {
+    config(addr, DATABASE, timeout).connect(NoTls)
+}
+
+/// `f` on a thread of its own, given up on after `limit`: what no socket
+/// option can bound (a server that accepts and then says nothing, a
+/// handshake that never ends) fails the caller with `what` and the step
+/// `f` last reported through its [`Step`], instead of hanging the suite.
+/// A thread given up on is left to end by itself (its socket options end
+/// it once its instance is removed).
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce(&Step) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let step = Step::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mine = step.clone();
+    std::thread::Builder::new()
+        .name("duet-pristine".into())
+        .spawn(move || {
+            let _ = tx.send(f(&mine));
+        })
+        .map_err(|e| format!("{what}: starting its thread: {e}"))?;
+    match rx.recv_timeout(limit) {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "{what}: no answer within {} s (it was {})",
+            limit.as_secs_f64(),
+            step.get()
+        )),
+    }
+}
+
+/// The step a test is in, for the message when it is given up on.
+#[derive(Clone, Default)]
+pub struct Step(Arc<std::sync::Mutex<&'static str>>);
+
+impl Step {
+    pub fn set(&self, what: &'static str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = what;
+    }
+    fn get(&self) -> &'static str {
+        match *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            "" => "starting",
+            s => s,
+        }
+    }
 }
 
 /// Waits until PostgreSQL at `addr` accepts a connection and answers a
@@ -139,14 +209,32 @@ pub fn wait_ready(
     limit: Duration,
     stop: &dyn Fn() -> bool,
 ) -> Result<Duration, String> {
+    wait_ready_probing(addr, since, limit, PROBE_LIMIT, stop)
+}
+
+fn wait_ready_probing(
+    addr: SocketAddr,
+    since: Instant,
+    limit: Duration,
+    probe: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<Duration, String> {
     let mut last = String::from("no attempt");
     while since.elapsed() < limit {
         if stop() {
             return Err("interrupted".into());
         }
-        match connect(addr, Duration::from_secs(2)).and_then(|mut c| c.simple_query("SELECT 1")) {
-            Ok(_) => return Ok(since.elapsed()),
-            Err(e) => last = pg_error(&e),
+        // Each attempt on a leash of its own: a handshake that never ends
+        // is given up on and tried again, as a refused one is.
+        let attempt = within(probe, "a connection attempt", move |_| {
+            connect(addr, Duration::from_secs(2))
+                .and_then(|mut c| c.simple_query("SELECT 1"))
+                .map(drop)
+                .map_err(|e| pg_error(&e))
+        });
+        match attempt {
+            Ok(()) => return Ok(since.elapsed()),
+            Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -160,11 +248,24 @@ pub fn wait_ready(
 /// must find the pristine seed (and no other test's rows), then write 100
 /// rows, update 100 accounts and delete 200 orders in one transaction, and
 /// must then see exactly the seed plus its own changes.
+/// At most [`TEST_LIMIT`] in all.
 pub fn run_test(addr: SocketAddr, n: usize) -> Result<(), String> {
+    run_test_within(addr, n, TEST_LIMIT)
+}
+
+fn run_test_within(addr: SocketAddr, n: usize, limit: Duration) -> Result<(), String> {
+    within(limit, &format!("test-{n} against {addr}"), move |step| {
+        test_case(addr, n, step)
+    })
+}
+
+fn test_case(addr: SocketAddr, n: usize, step: &Step) -> Result<(), String> {
     let name = format!("test-{n}");
     let fail = |what: &str, e: postgres::Error| format!("{name}: {what}: {}", pg_error(&e));
+    step.set("connecting");
     let mut c = connect(addr, Duration::from_secs(10)).map_err(|e| fail("connecting", e))?;
     let seed = Seed::fingerprint();
+    step.set("reading the seed");
     let before = Fingerprint::read(&mut c).map_err(|e| fail("reading the seed", e))?;
     if before != seed {
         let others = foreign_writes(&mut c, &name);
@@ -175,6 +276,7 @@ pub fn run_test(addr: SocketAddr, n: usize) -> Result<(), String> {
     }
     let k_acc = (n % 1000) as i32;
     let k_ord = (n % 100) as i32;
+    step.set("writing");
     let mut t = c.transaction().map_err(|e| fail("BEGIN", e))?;
     t.execute(
         "INSERT INTO test_writes SELECT $1, g FROM generate_series(1, $2::integer) AS g",
@@ -202,6 +304,7 @@ pub fn run_test(addr: SocketAddr, n: usize) -> Result<(), String> {
         writes: WRITES_PER_TEST,
         ..seed
     };
+    step.set("reading back");
     let after = Fingerprint::read(&mut c).map_err(|e| fail("reading back", e))?;
     if after != want || updated != Seed::ACCOUNTS / 1000 {
         let others = foreign_writes(&mut c, &name);
@@ -234,14 +337,16 @@ fn foreign_writes(c: &mut Client, me: &str) -> String {
 
 /// The shared strategy's reset: `app` dropped and made again from the
 /// `seed` template (what a serial suite does between tests).
+/// At most [`RESET_LIMIT`].
 pub fn reset(addr: SocketAddr) -> Result<(), String> {
-    let mut cfg = Config::new();
-    cfg.host(&addr.ip().to_string())
-        .port(addr.port())
-        .user("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(10));
-    let mut c = cfg
+    within(RESET_LIMIT, &format!("the reset of {addr}"), move |step| {
+        step.set("connecting");
+        reset_now(addr)
+    })
+}
+
+fn reset_now(addr: SocketAddr) -> Result<(), String> {
+    let mut c = config(addr, "postgres", Duration::from_secs(10))
         .connect(NoTls)
         .map_err(|e| format!("reset: connecting to `postgres`: {e}"))?;
     // Two statements, not one batch: a batch is one transaction, which
@@ -587,6 +692,60 @@ mod tests {
         assert_eq!(f.balance, 5_000_073_754);
         assert_eq!(f.orders, 20_000);
         assert_eq!(f.writes, 0);
+    }
+
+    /// A server that accepts the connection and then never says a word:
+    /// the test case must fail, naming where it was, not wait for ever.
+    #[test]
+    fn a_server_that_never_answers_fails_the_test_instead_of_hanging() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = std::thread::spawn(move || l.accept().map(|(s, _)| s));
+        let t0 = Instant::now();
+        let e = run_test_within(addr, 3, Duration::from_millis(800)).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(e.contains("test-3 against 127.0.0.1"), "{e}");
+        assert!(e.contains("no answer within 0.8 s"), "{e}");
+        assert!(e.contains("connecting"), "{e}");
+        drop(held.join());
+    }
+
+    #[test]
+    fn a_probe_that_never_gets_an_answer_is_given_up_on() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // Accepts everything, answers nothing.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept() {
+                held.push(s);
+            }
+        });
+        let (limit, probe) = (Duration::from_secs(1), Duration::from_millis(300));
+        let e = wait_ready_probing(addr, Instant::now(), limit, probe, &|| false).unwrap_err();
+        assert!(e.contains("did not accept a connection within 1 s"), "{e}");
+        assert!(
+            e.contains("a connection attempt: no answer within 0.3 s"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn within_returns_what_finishes_in_time() {
+        let r = within(Duration::from_secs(5), "quick", |step| {
+            step.set("working");
+            Ok(7)
+        });
+        assert_eq!(r, Ok(7));
+        let r: Result<(), String> = within(Duration::from_millis(50), "slow", |step| {
+            step.set("sleeping");
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(())
+        });
+        assert_eq!(
+            r,
+            Err("slow: no answer within 0.05 s (it was sleeping)".into())
+        );
     }
 
     #[test]

@@ -205,3 +205,102 @@ pub fn cgroup_dirs_where(pred: impl Fn(&Path, &std::ffi::OsStr) -> bool) -> Vec<
     }
     found
 }
+
+/// `cmd`'s output, as `Command::output` gives it, but never waiting more
+/// than `limit`: a child still running then is sent SIGINT (duet cleans up
+/// on it), then SIGKILL 30 s later, and the test fails with what the child
+/// printed so far and where each of its threads was waiting. So a hang in
+/// CI is a failure that says where, not a job that runs out of time.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    run_within(cmd, limit).0
+}
+
+/// [`output_within`], with the child's pid.
+pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> (Output, u32) {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().unwrap()));
+    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() >= limit {
+            let waits = waits_below(child.id() as i32);
+            let pid = child.id() as i32;
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            let t1 = Instant::now();
+            while child.try_wait().unwrap().is_none() && t1.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{:?} did not finish within {} s; where it waited:\n{waits}\n\
+                 stdout:\n{}\nstderr:\n{}",
+                cmd,
+                limit.as_secs(),
+                String::from_utf8_lossy(&out.join().unwrap_or_default()),
+                String::from_utf8_lossy(&err.join().unwrap_or_default()),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (output, child.id())
+}
+
+/// For `pid` and every process below it: its command line and, per
+/// thread, its name and the kernel function it sleeps in (`wchan`).
+fn waits_below(pid: i32) -> String {
+    let mut lines = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let proc_dir = PathBuf::from(format!("/proc/{p}"));
+        let cmd = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        lines.push(format!("{p}: {}", cmd.trim()));
+        for t in std::fs::read_dir(proc_dir.join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let read = |f: &str| {
+                std::fs::read_to_string(t.path().join(f))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            lines.push(format!(
+                "  thread {} {}: {}",
+                t.file_name().to_string_lossy(),
+                read("comm"),
+                read("wchan")
+            ));
+            let children = read("children");
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    lines.join("\n")
+}
