@@ -148,6 +148,8 @@ fn every_container_strategy_gives_each_test_a_pristine_database() {
             "ready_p99_ms",
             "pss_mib",
             "disk_mib",
+            "test_p50_ms",
+            "removal_p50_ms",
         ] {
             assert!(r[f].as_f64().unwrap() > 0.0, "{f} in {r}");
         }

@@ -19,27 +19,28 @@ fn each_test_gets_a_pristine_database_in_its_own_microvm() {
     let Some(root) = store(test) else {
         return;
     };
-    let out = Command::new(duet_bin())
-        .args([
-            "bench",
-            "pristine-db",
-            "--isolation",
-            "vm",
-            "--vm-via",
-            "testbed",
-            "--tests",
-            "4",
-            "--parallel",
-            "2",
-            "--pg-image",
-            IMAGE,
-            "--report-json",
-            "-",
-        ])
-        .env("DUET_ROOT", root)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        Command::new(duet_bin())
+            .args([
+                "bench",
+                "pristine-db",
+                "--isolation",
+                "vm",
+                "--vm-via",
+                "testbed",
+                "--tests",
+                "4",
+                "--parallel",
+                "2",
+                "--pg-image",
+                IMAGE,
+                "--report-json",
+                "-",
+            ])
+            .env("DUET_ROOT", root)
+            .stdin(Stdio::null()),
+        std::time::Duration::from_secs(30 * 60),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -49,6 +50,20 @@ fn each_test_gets_a_pristine_database_in_its_own_microvm() {
             .find(|r| r["strategy"] == s)
             .unwrap_or_else(|| panic!("no {s} row: {err}"))
     };
+    // Where each row's time went, for the log.
+    for s in ["container", "vm", "vm-clone"] {
+        let r = by(s);
+        let f = |k: &str| r[k].as_f64().unwrap_or(-1.0);
+        println!(
+            "{}: suite {:.1} s, ready p50 {:.0} ms, test p50 {:.0} ms, removal p50 {:.0} ms, template {:.1} s",
+            r["label"],
+            f("suite_s"),
+            f("ready_p50_ms"),
+            f("test_p50_ms"),
+            f("removal_p50_ms"),
+            f("template_s")
+        );
+    }
     let vm = by("vm");
     assert_eq!(vm["status"]["state"], "measured", "{vm}");
     assert_eq!(
@@ -57,7 +72,14 @@ fn each_test_gets_a_pristine_database_in_its_own_microvm() {
         "{vm}"
     );
     assert!(vm["label"].as_str().unwrap().ends_with("(testbed)"), "{vm}");
-    for f in ["ready_p50_ms", "pss_mib", "disk_mib", "suite_s"] {
+    for f in [
+        "ready_p50_ms",
+        "pss_mib",
+        "disk_mib",
+        "suite_s",
+        "test_p50_ms",
+        "removal_p50_ms",
+    ] {
         assert!(vm[f].as_f64().unwrap() > 0.0, "{f}: {vm}");
     }
     // A microVM's memory is its own guest's: more than a container's.
@@ -82,6 +104,8 @@ fn each_test_gets_a_pristine_database_in_its_own_microvm() {
         "disk_mib",
         "suite_s",
         "template_s",
+        "test_p50_ms",
+        "removal_p50_ms",
     ] {
         assert!(clone[f].as_f64().unwrap() > 0.0, "{f}: {clone}");
     }

@@ -429,6 +429,11 @@ pub struct InstanceSample {
     pub pss_kib: u64,
     /// Its writable layer's allocated bytes after the test.
     pub disk_bytes: u64,
+    /// Each test run against it, connect to done (one per instance, or
+    /// the whole suite for the shared server).
+    pub tests: Vec<Duration>,
+    /// Its removal (`duet rm -f`, to the end of its teardown).
+    pub removal: Duration,
 }
 
 /// How the suite's databases are provided.
@@ -490,6 +495,13 @@ pub struct PristineResult {
     pub ready_p99_ms: f64,
     /// The shared strategy's reset after each test: median, ms.
     pub reset_p50_ms: Option<f64>,
+    /// One test case, connect to done: median, ms (where a suite ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_p50_ms: Option<f64>,
+    /// One instance's removal (`duet rm -f` to the end of its teardown):
+    /// median, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal_p50_ms: Option<f64>,
     /// The clone strategy's template, booted until it accepts connections
     /// and snapshotted once, s (part of `suite_s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,6 +537,8 @@ impl PristineResult {
             ready_p50_ms: 0.0,
             ready_p99_ms: 0.0,
             reset_p50_ms: None,
+            test_p50_ms: None,
+            removal_p50_ms: None,
             template_s: None,
             peak_mem_mib: 0.0,
             pss_mib: 0.0,
@@ -593,6 +607,16 @@ impl PristineResult {
             ready_p50_ms: ready.as_ref().map_or(0.0, |s| s.median),
             ready_p99_ms: p99,
             reset_p50_ms: (!resets.is_empty()).then(|| median(resets.iter().map(ms).collect())),
+            test_p50_ms: samples.iter().any(|s| !s.tests.is_empty()).then(|| {
+                median(
+                    samples
+                        .iter()
+                        .flat_map(|s| s.tests.iter().map(ms))
+                        .collect(),
+                )
+            }),
+            removal_p50_ms: (!samples.is_empty())
+                .then(|| median(samples.iter().map(|s| ms(&s.removal)).collect())),
             template_s: None,
             peak_mem_mib,
             pss_mib: median(samples.iter().map(|s| s.pss_kib as f64 / 1024.0).collect()),
@@ -768,6 +792,8 @@ mod tests {
             ready: Duration::from_millis(100),
             pss_kib: 2048,
             disk_bytes: 1 << 20,
+            tests: vec![Duration::from_millis(40)],
+            removal: Duration::from_millis(300),
         };
         let ok = PristineResult::from_suite(
             "x",
@@ -781,6 +807,10 @@ mod tests {
         );
         assert_eq!(ok.status, RowStatus::Measured);
         assert_eq!((ok.passed, ok.ready_p50_ms, ok.pss_mib), (2, 100.0, 2.0));
+        assert_eq!(
+            (ok.test_p50_ms, ok.removal_p50_ms),
+            (Some(40.0), Some(300.0))
+        );
         let bad = PristineResult::from_suite(
             "x",
             Strategy::Container,
@@ -806,6 +836,8 @@ mod tests {
                 ready: Duration::from_millis(100),
                 pss_kib: 2048,
                 disk_bytes: 1 << 20,
+                tests: vec![],
+                removal: Duration::ZERO,
             };
             PristineResult::from_suite(
                 "x",

@@ -499,6 +499,11 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
                     cell(format!("{:.2} s", p.suite_s)),
                     cell(format!("{} / {}", ms(p.ready_p50_ms), ms(p.ready_p99_ms))),
                     cell(p.reset_p50_ms.map(ms).unwrap_or_else(|| "-".into())),
+                    cell(format!(
+                        "{} / {}",
+                        p.test_p50_ms.map(ms).unwrap_or_else(|| "-".into()),
+                        p.removal_p50_ms.map(ms).unwrap_or_else(|| "-".into())
+                    )),
                     cell(format!("{:.0} MiB", p.peak_mem_mib)),
                     cell(format!("{:.1} MiB", p.pss_mib)),
                     cell(format!("{:.1} MiB", p.disk_mib)),
@@ -516,6 +521,7 @@ fn tables(r: &Report) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
                 "suite",
                 "ready p50 / p99",
                 "reset p50",
+                "test / removal p50",
                 "peak host memory",
                 "PSS per instance",
                 "written per instance",

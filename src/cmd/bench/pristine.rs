@@ -125,6 +125,12 @@ pub(super) fn say_pristine(r: &PristineResult) {
             r.reset_p50_ms
                 .map(|m| format!(", reset p50 {m:.0} ms"))
                 .unwrap_or_default()
+                + &r.test_p50_ms
+                    .map(|m| format!(", test p50 {m:.0} ms"))
+                    .unwrap_or_default()
+                + &r.removal_p50_ms
+                    .map(|m| format!(", removal p50 {m:.0} ms"))
+                    .unwrap_or_default()
                 + &r.template_s
                     .map(|t| format!(", template {t:.1} s"))
                     .unwrap_or_default()
@@ -388,23 +394,30 @@ fn shared_reset(ctx: &Ctx) -> PristineResult {
     let pss_kib = inst.pss_kib();
     let mut outcomes = Vec::with_capacity(tests);
     let mut resets = Vec::with_capacity(tests);
+    let mut times = Vec::with_capacity(tests);
     for n in 0..tests {
         if interrupt::requested() {
             return fail("interrupted".into());
         }
+        let t = Instant::now();
         outcomes.push(pristine::run_test(inst.addr(), n));
+        times.push(t.elapsed());
         let r0 = Instant::now();
         if let Err(e) = pristine::reset(inst.addr()) {
             return fail(e);
         }
         resets.push(r0.elapsed());
     }
-    let sample = InstanceSample {
+    let mut sample = InstanceSample {
         ready,
         pss_kib,
         disk_bytes: inst.disk_bytes(),
+        tests: times,
+        removal: Duration::ZERO,
     };
+    let t = Instant::now();
     drop(inst);
+    sample.removal = t.elapsed();
     let suite = t0.elapsed();
     PristineResult::from_suite(
         label,
@@ -430,12 +443,19 @@ fn one_instance(ctx: &Ctx, s: Strategy, n: usize) -> (Option<InstanceSample>, Re
         Err(e) => return (None, Err(format!("test-{n} ({}): {e}", inst.id))),
     };
     let pss_kib = inst.pss_kib();
+    let t = Instant::now();
     let outcome = pristine::run_test(inst.addr(), n);
-    let sample = InstanceSample {
+    let test = t.elapsed();
+    let mut sample = InstanceSample {
         ready,
         pss_kib,
         disk_bytes: inst.disk_bytes(),
+        tests: vec![test],
+        removal: Duration::ZERO,
     };
+    let t = Instant::now();
+    drop(inst);
+    sample.removal = t.elapsed();
     (Some(sample), outcome)
 }
 
