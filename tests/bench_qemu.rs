@@ -175,7 +175,14 @@ fn vm_rows_are_phased_with_lifecycle_and_first_run(
         .iter()
         .find(|s| s.label == first)
         .unwrap_or_else(|| panic!("no `{first}` row: {:?}\n{err}", r.startup));
-    assert_eq!(row.status, RowStatus::Measured, "{row:?}\n{err}");
+    match &row.status {
+        // A host without Debian's docker-registry has no registry to pull
+        // from: a skip, which fails under DUET_TEST_STRICT (CI has one).
+        RowStatus::Unavailable(why) if why.contains("docker-registry") => {
+            skip(&duet_shared::testing::this_test(), why);
+        }
+        s => assert_eq!(*s, RowStatus::Measured, "{row:?}\n{err}"),
+    }
     // No container was asked for: no native container row.
     assert!(!r.startup.iter().any(|s| s.label == "duet container"));
 }

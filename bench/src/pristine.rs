@@ -175,7 +175,11 @@ pub fn within<T: Send + 'static>(
         .map_err(|e| format!("{what}: starting its thread: {e}"))?;
     match rx.recv_timeout(limit) {
         Ok(r) => r,
-        Err(_) => Err(format!(
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(format!(
+            "{what}: its thread panicked (it was {})",
+            step.get()
+        )),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(format!(
             "{what}: no answer within {} s (it was {})",
             limit.as_secs_f64(),
             step.get()
@@ -340,12 +344,12 @@ fn foreign_writes(c: &mut Client, me: &str) -> String {
 /// At most [`RESET_LIMIT`].
 pub fn reset(addr: SocketAddr) -> Result<(), String> {
     within(RESET_LIMIT, &format!("the reset of {addr}"), move |step| {
-        step.set("connecting");
-        reset_now(addr)
+        reset_now(addr, step)
     })
 }
 
-fn reset_now(addr: SocketAddr) -> Result<(), String> {
+fn reset_now(addr: SocketAddr, step: &Step) -> Result<(), String> {
+    step.set("connecting");
     let mut c = config(addr, "postgres", Duration::from_secs(10))
         .connect(NoTls)
         .map_err(|e| format!("reset: connecting to `postgres`: {e}"))?;

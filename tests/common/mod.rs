@@ -207,62 +207,82 @@ pub fn cgroup_dirs_where(pred: impl Fn(&Path, &std::ffi::OsStr) -> bool) -> Vec<
 }
 
 /// `cmd`'s output, as `Command::output` gives it, but never waiting more
-/// than `limit`: a child still running then is sent SIGINT (duet cleans up
-/// on it), then SIGKILL 30 s later, and the test fails with what the child
-/// printed so far and where each of its threads was waiting. So a hang in
-/// CI is a failure that says where, not a job that runs out of time.
+/// than `limit`. The child runs in a process group of its own; one still
+/// running at the limit has the whole group sent SIGINT (duet cleans up on
+/// it, and a bench's own deadlines are shorter than the grace), then
+/// SIGKILL [`GRACE`] later, and the test fails with what the group printed
+/// so far and where each of its threads was waiting. So a hang in CI is a
+/// failure that says where, not a job that runs out of time.
 pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
     run_within(cmd, limit).0
 }
 
+/// How long a child sent SIGINT by [`run_within`] may take to clean up:
+/// longer than the pristine-db bench's longest deadline (a test, 120 s).
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(150);
+
 /// [`output_within`], with the child's pid.
 pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> (Output, u32) {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
+    // Each stream is read into a buffer the caller can look at without
+    // waiting for its end: a grandchild that outlives a kill keeps it open.
     let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = r.read_to_end(&mut b);
-            b
-        })
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mine = Arc::clone(&buf);
+        let t = std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                mine.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (t, buf)
     };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
+    let (out_t, out) = reader(Box::new(child.stdout.take().unwrap()));
+    let (err_t, err) = reader(Box::new(child.stderr.take().unwrap()));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
     let t0 = Instant::now();
+    let pid = child.id() as i32;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         if t0.elapsed() >= limit {
-            let waits = waits_below(child.id() as i32);
-            let pid = child.id() as i32;
-            unsafe { libc::kill(pid, libc::SIGINT) };
+            let waits = waits_below(pid);
+            // SAFETY: signals to the process group this function made.
+            unsafe { libc::kill(-pid, libc::SIGINT) };
             let t1 = Instant::now();
-            while child.try_wait().unwrap().is_none() && t1.elapsed() < Duration::from_secs(30) {
+            while child.try_wait().unwrap().is_none() && t1.elapsed() < GRACE {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = child.kill();
+            // SAFETY: as above; whatever of the group is left.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
             panic!(
                 "{:?} did not finish within {} s; where it waited:\n{waits}\n\
                  stdout:\n{}\nstderr:\n{}",
                 cmd,
                 limit.as_secs(),
-                String::from_utf8_lossy(&out.join().unwrap_or_default()),
-                String::from_utf8_lossy(&err.join().unwrap_or_default()),
+                text(&out),
+                text(&err),
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let (_, _) = (out_t.join(), err_t.join());
     let output = Output {
         status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+        stdout: std::mem::take(&mut *out.lock().unwrap()),
+        stderr: std::mem::take(&mut *err.lock().unwrap()),
     };
     (output, child.id())
 }
