@@ -218,8 +218,9 @@ pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
 }
 
 /// How long a child sent SIGINT by [`run_within`] may take to clean up:
-/// longer than the pristine-db bench's longest deadline (a test, 120 s).
-pub const GRACE: std::time::Duration = std::time::Duration::from_secs(150);
+/// longer than the pristine-db bench's longest deadline (one test case).
+pub const GRACE: std::time::Duration =
+    duet_bench::pristine::TEST_LIMIT.saturating_add(std::time::Duration::from_secs(30));
 
 /// [`output_within`], with the child's pid.
 pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> (Output, u32) {

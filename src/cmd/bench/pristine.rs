@@ -328,6 +328,21 @@ impl Started<'_> {
         };
         usage_bytes_one_fs(&[&layer]).unwrap_or(0)
     }
+
+    /// Its sample once its tests are done: its writable layer measured,
+    /// then the instance removed, the removal timed.
+    fn finish(self, ready: Duration, pss_kib: u64, tests: Vec<Duration>) -> InstanceSample {
+        let disk_bytes = self.disk_bytes();
+        let t = Instant::now();
+        drop(self);
+        InstanceSample {
+            ready,
+            pss_kib,
+            disk_bytes,
+            tests,
+            removal: t.elapsed(),
+        }
+    }
 }
 
 impl Drop for Started<'_> {
@@ -408,16 +423,7 @@ fn shared_reset(ctx: &Ctx) -> PristineResult {
         }
         resets.push(r0.elapsed());
     }
-    let mut sample = InstanceSample {
-        ready,
-        pss_kib,
-        disk_bytes: inst.disk_bytes(),
-        tests: times,
-        removal: Duration::ZERO,
-    };
-    let t = Instant::now();
-    drop(inst);
-    sample.removal = t.elapsed();
+    let sample = inst.finish(ready, pss_kib, times);
     let suite = t0.elapsed();
     PristineResult::from_suite(
         label,
@@ -445,17 +451,7 @@ fn one_instance(ctx: &Ctx, s: Strategy, n: usize) -> (Option<InstanceSample>, Re
     let pss_kib = inst.pss_kib();
     let t = Instant::now();
     let outcome = pristine::run_test(inst.addr(), n);
-    let test = t.elapsed();
-    let mut sample = InstanceSample {
-        ready,
-        pss_kib,
-        disk_bytes: inst.disk_bytes(),
-        tests: vec![test],
-        removal: Duration::ZERO,
-    };
-    let t = Instant::now();
-    drop(inst);
-    sample.removal = t.elapsed();
+    let sample = inst.finish(ready, pss_kib, vec![t.elapsed()]);
     (Some(sample), outcome)
 }
 
