@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 export DUET_TEST_STRICT=1
 
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+before="$(mktemp)"
+trap 'rm -f "$log" "$before"' EXIT
 
 stage() { echo "== test.sh: $1 took $((SECONDS - $2)) s" >&2; }
 t=$SECONDS; cargo build --workspace; stage "cargo build --workspace" "$t"
@@ -21,9 +22,17 @@ t=$SECONDS; cargo build --workspace; stage "cargo build --workspace" "$t"
 t=$SECONDS; images/kernel/build.sh --variant hostile >/dev/null; stage "hostile guest kernel" "$t"
 t=$SECONDS; tests/testbed/selftest.sh; stage "testbed self-test" "$t"
 status=0
+scripts/leftovers.sh > "$before"
 t=$SECONDS
 cargo test --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 stage "cargo test --workspace" "$t"
+# Every test cleans up after itself: cgroups, mounts, links and processes
+# that were not there before the tests fail the run, each named.
+if ! left="$(scripts/leftovers.sh --new-since "$before")"; then
+    echo "the tests left behind:" >&2
+    echo "$left" | sed 's/^/   /' >&2
+    status=1
+fi
 # The slowest test binaries (the testbed groups), so a creeping CI time has a name.
 awk '/Running / { bin = $2 } /^test result:/ { sub(/s$/, "", $NF); print $NF, bin }' "$log" \
     | sort -rn | head -8 | sed 's/^/   /' >&2

@@ -652,6 +652,35 @@ pub fn gc_instance(layout: &CgroupLayout, id: &str) -> Result<(), CgroupError> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Removes every empty `duet/` directory (no instance in it) below the
+/// roots of `layout`, which a run that crashed between removing its own
+/// cgroup and its parent left; returns those removed. One that holds an
+/// instance fails to go (EBUSY), and a create that finds its `duet/` gone
+/// under it starts again, so this is safe beside running instances.
+pub fn gc_empty_duet_dirs(layout: &CgroupLayout) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for (_, root) in layout.all_roots() {
+        let mut todo = vec![(root.to_path_buf(), 0usize)];
+        while let Some((dir, depth)) = todo.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let path = e.path();
+                if e.file_name() == DUET_CGROUP_DIR && std::fs::remove_dir(&path).is_ok() {
+                    removed.push(path);
+                } else if depth < GC_SEARCH_DEPTH {
+                    todo.push((path, depth + 1));
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// Levels of cgroups below a root that `gc` searches for `duet/<id>`.
 const GC_SEARCH_DEPTH: usize = 12;
 
@@ -835,6 +864,37 @@ pub fn dirs_to_join(target: &str, own: &str, mountinfo: &str) -> Result<Vec<Path
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_removes_an_empty_duet_parent_and_keeps_one_in_use() {
+        if duet_shared::testing::skip_unless_root(
+            "gc_removes_an_empty_duet_parent_and_keeps_one_in_use",
+            "to make cgroups",
+        ) {
+            return;
+        }
+        let layout = CgroupLayout::detect().unwrap();
+        let (_, root) = layout.all_roots().into_iter().next().unwrap();
+        // Below a cgroup of this test's own, so nothing else is in them.
+        let own = root.join(format!("duet-gc-test-{}", std::process::id()));
+        let empty = own.join("a").join(DUET_CGROUP_DIR);
+        let in_use = own.join("b").join(DUET_CGROUP_DIR).join("instance");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::create_dir_all(&in_use).unwrap();
+        let removed = gc_empty_duet_dirs(&layout);
+        let left_a = empty.exists();
+        let left_b = in_use.exists();
+        for d in [in_use.clone(), in_use.parent().unwrap().to_path_buf()] {
+            let _ = std::fs::remove_dir(d);
+        }
+        for d in [&empty, &own.join("a"), &own.join("b"), &own] {
+            let _ = std::fs::remove_dir(d);
+        }
+        assert!(removed.contains(&empty), "{removed:?}");
+        assert!(!left_a, "the empty duet/ is gone");
+        assert!(left_b, "a duet/ with an instance in it stays");
+        assert!(!own.exists());
+    }
 
     /// This development host's mountinfo (v1/v2 hybrid, cpu and cpuacct apart).
     const HYBRID: &str = "\

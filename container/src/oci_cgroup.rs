@@ -76,6 +76,48 @@ pub fn relative_path(cgroups_path: Option<&Path>, id: &str) -> Result<PathBuf, O
 pub struct OciCgroup {
     /// (v2?, directory) per hierarchy.
     pub dirs: Vec<(bool, PathBuf)>,
+    /// The levels above `dirs` that duet owns (`duet/` and what is below it),
+    /// removed by [`OciCgroup::destroy`] once empty, deepest first. A path
+    /// the engine chose (`/docker/...`) owns none: its parents are the engine's.
+    #[serde(default)]
+    pub parents: Vec<PathBuf>,
+}
+
+/// How often a create starts again when a parent it made or found (`duet/`)
+/// is removed under it by the last instance leaving it.
+const CREATE_TRIES: usize = 5;
+
+/// The levels of `rel` below `mount` that duet owns: `duet` and each level
+/// between it and `rel`'s last one, none when `rel` is not below `duet/`.
+fn owned_parents(mount: &Path, rel: &Path) -> Vec<PathBuf> {
+    let parts: Vec<_> = rel.components().collect();
+    if parts.first().is_none_or(|c| c.as_os_str() != "duet") {
+        return Vec::new();
+    }
+    let mut level = mount.to_path_buf();
+    let mut out = Vec::new();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        level.push(c);
+        out.push(level.clone());
+    }
+    out
+}
+
+/// Removes each of `parents` that is empty, deepest first. One that still
+/// holds another instance stays (EBUSY / ENOTEMPTY), as does a missing one.
+fn remove_empty_parents(parents: &[PathBuf]) {
+    let mut sorted: Vec<&PathBuf> = parents.iter().collect();
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    sorted.dedup();
+    for p in sorted {
+        let _ = std::fs::remove_dir(p);
+    }
+}
+
+/// Whether `e` says a parent vanished under a create (another instance's
+/// removal of an empty `duet/`): then the create starts again.
+fn parent_vanished(e: &OciCgroupError) -> bool {
+    matches!(e, OciCgroupError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 fn write(path: &Path, value: &str) -> Result<(), OciCgroupError> {
@@ -247,13 +289,23 @@ impl OciCgroup {
         devices_allowed: &[String],
     ) -> Result<OciCgroup, OciCgroupError> {
         let layout = CgroupLayout::detect()?;
-        let mut cg = OciCgroup { dirs: Vec::new() };
-        let made = cg.make_all(&layout, rel, r, devices_allowed);
-        if let Err(e) = made {
-            let _ = cg.clone().destroy();
-            return Err(e);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut cg = OciCgroup {
+                dirs: Vec::new(),
+                parents: Vec::new(),
+            };
+            match cg.make_all(&layout, rel, r, devices_allowed) {
+                Ok(()) => return Ok(cg),
+                Err(e) => {
+                    let _ = cg.destroy();
+                    if !(parent_vanished(&e) && tries < CREATE_TRIES) {
+                        return Err(e);
+                    }
+                }
+            }
         }
-        Ok(cg)
     }
 
     fn make_all(
@@ -282,6 +334,7 @@ impl OciCgroup {
                 continue;
             }
             let dir = mount.join(rel);
+            self.parents.extend(owned_parents(mount, rel));
             std::fs::create_dir_all(&dir).map_err(|source| OciCgroupError::Io {
                 action: "creating",
                 path: dir.clone(),
@@ -309,6 +362,7 @@ impl OciCgroup {
                 .filter(|c| available.split_whitespace().any(|a| a == *c))
                 .collect();
             // Every level from the root down passes the controllers on.
+            self.parents.extend(owned_parents(mount, rel));
             let mut level = mount.clone();
             for c in rel.components() {
                 for ctl in &wanted {
@@ -492,6 +546,7 @@ impl OciCgroup {
                 first.get_or_insert(OciCgroupError::from(e));
             }
         }
+        remove_empty_parents(&self.parents);
         first.map_or(Ok(()), Err)
     }
 }
@@ -527,6 +582,60 @@ fn inherit_cpuset(mount: &Path, rel: &Path, file: &str) -> Result<(), OciCgroupE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duet_owns_the_levels_below_duet_and_not_an_engines_parents() {
+        let m = Path::new("/sys/fs/cgroup/pids");
+        assert_eq!(owned_parents(m, Path::new("duet/c1")), vec![m.join("duet")]);
+        assert_eq!(
+            owned_parents(m, Path::new("duet/k8s/pod1")),
+            vec![m.join("duet"), m.join("duet/k8s")]
+        );
+        assert!(owned_parents(m, Path::new("docker/c1")).is_empty());
+        assert!(owned_parents(m, Path::new("kubepods/duet/c1")).is_empty());
+    }
+
+    #[test]
+    fn empty_parents_go_deepest_first_and_a_shared_one_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let duet = t.path().join("duet");
+        std::fs::create_dir_all(duet.join("k8s")).unwrap();
+        std::fs::create_dir_all(duet.join("other-instance")).unwrap();
+        remove_empty_parents(&[duet.clone(), duet.join("k8s")]);
+        assert!(!duet.join("k8s").exists(), "the empty level is removed");
+        assert!(duet.is_dir(), "a parent another instance is in stays");
+        std::fs::remove_dir(duet.join("other-instance")).unwrap();
+        remove_empty_parents(&[duet.join("k8s"), duet.clone(), duet.clone()]);
+        assert!(!duet.exists(), "the last one out removes it");
+    }
+
+    #[test]
+    fn destroy_leaves_no_parent_duet_made_in_any_hierarchy() {
+        if duet_shared::testing::skip_unless_root(
+            "destroy_leaves_no_parent_duet_made_in_any_hierarchy",
+            "to make cgroups",
+        ) {
+            return;
+        }
+        // A level of this test's own below `duet/`, so tests running beside
+        // it (whose instances share `duet/`) do not change what is seen.
+        let own = format!("unit-{}", std::process::id());
+        let rel = Path::new("duet").join(&own).join("c1");
+        let cg = OciCgroup::create(&rel, None, &[]).unwrap();
+        assert!(!cg.dirs.is_empty());
+        for (_, d) in &cg.dirs {
+            assert!(d.is_dir(), "{} made", d.display());
+        }
+        let tops: Vec<PathBuf> = cg
+            .dirs
+            .iter()
+            .map(|(_, d)| d.parent().unwrap().to_path_buf())
+            .collect();
+        cg.destroy().unwrap();
+        for t in tops {
+            assert!(!t.exists(), "{} left behind", t.display());
+        }
+    }
 
     #[test]
     fn cgroups_paths_stay_below_the_hierarchy() {

@@ -226,6 +226,13 @@ pub fn gc() -> Result<()> {
         println!("released the address of {owner}");
     }
     removed += gc_scratch(&root)?;
+    // Empty `duet/` cgroup parents a crash left (a live instance's stays).
+    if let Ok(layout) = duet_container::cgroup::CgroupLayout::detect() {
+        for p in duet_container::cgroup::gc_empty_duet_dirs(&layout) {
+            println!("removed {}", p.display());
+            removed += 1;
+        }
+    }
     // Warm-start templates of another duet, kernel or init, or of no image.
     let images: Vec<Vec<String>> = duet_shared::image::ImageStore::open(&root)?
         .list()?
