@@ -912,6 +912,68 @@ fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
         ok(&other, &["run", &target, "--", "cat /srv/made"]).trim(),
         "made-by-commit"
     );
+    // Layers went gzip-compressed (as `docker push` sends them), and with
+    // `--compression none` as plain tars: larger, and the same image.
+    let layers_of = |reference: &str| -> Vec<(String, u64)> {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["mediaType"].as_str().unwrap().to_string(),
+                    l["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let gzipped = layers_of(&target);
+    assert_eq!(gzipped.len(), 3);
+    assert!(
+        gzipped
+            .iter()
+            .all(|(t, _)| t == "application/vnd.oci.image.layer.v1.tar+gzip"),
+        "{gzipped:?}"
+    );
+    let plain = format!("{}/pushed/plain:1", reg.host());
+    ok(
+        &env,
+        &[
+            "push",
+            "--insecure",
+            "--compression",
+            "none",
+            "mine:1",
+            &plain,
+        ],
+    );
+    let tars = layers_of(&plain);
+    assert!(
+        tars.iter()
+            .all(|(t, _)| t == "application/vnd.oci.image.layer.v1.tar"),
+        "{tars:?}"
+    );
+    let (gz_bytes, tar_bytes): (u64, u64) = (
+        gzipped.iter().map(|l| l.1).sum(),
+        tars.iter().map(|l| l.1).sum(),
+    );
+    assert!(
+        gz_bytes * 10 < tar_bytes * 8,
+        "gzip {gz_bytes} bytes against tar {tar_bytes}"
+    );
+    ok(&other, &["pull", "--insecure", &plain]);
+    assert_eq!(ok(&other, &["run", &plain]), want);
 }
 
 /// A real distribution image through the registry: Debian bookworm

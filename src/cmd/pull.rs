@@ -54,9 +54,21 @@ pub struct PushArgs {
     pub target: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How layers are sent: gzip (as `docker push` does) or none.
+    #[arg(long, value_enum, default_value_t = Compression::Gzip)]
+    pub compression: Compression,
     /// Print only the pushed manifest's digest.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `duet push --compression`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip layers (`application/vnd.oci.image.layer.v1.tar+gzip`).
+    Gzip,
+    /// Plain tar layers (`application/vnd.oci.image.layer.v1.tar`).
+    None,
 }
 
 /// `duet login`.
@@ -133,8 +145,18 @@ pub fn push(a: &PushArgs) -> Result<()> {
              127.0.0.1:5000/{name}"
         ),
     };
-    let pushed = duet_registry::push(&store, &name, &target, &a.registry.options(a.quiet))
-        .with_context(|| format!("pushing `{name}` to {target}"))?;
+    let compression = match a.compression {
+        Compression::Gzip => duet_registry::LayerCompression::Gzip,
+        Compression::None => duet_registry::LayerCompression::None,
+    };
+    let pushed = duet_registry::push(
+        &store,
+        &name,
+        &target,
+        &a.registry.options(a.quiet),
+        compression,
+    )
+    .with_context(|| format!("pushing `{name}` to {target}"))?;
     if !a.quiet {
         eprintln!(
             "duet: pushed {name} to {} ({} layer(s), {:.1} MB sent, {} already there)",

@@ -299,11 +299,9 @@ fn finish(
             actual,
         });
     }
-    partial.file.sync_all().map_err(|source| RegistryError::Io {
-        what: "cannot sync",
-        path: partial.path.clone(),
-        source,
-    })
+    // Not synced: the file is only what a resume starts from (and is hashed
+    // again then), and the layer unpacked from it replaces it at once.
+    Ok(())
 }
 
 /// Removes the partial download at `path` unless a pull holds it.

@@ -14,7 +14,7 @@ pub mod reference;
 
 pub use manifest::Platform;
 pub use pull::{login, pull, PullOptions, Pulled};
-pub use push::{names_a_registry, push, Pushed};
+pub use push::{names_a_registry, push, LayerCompression, Pushed};
 
 use std::path::PathBuf;
 

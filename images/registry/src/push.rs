@@ -1,9 +1,10 @@
 //! `duet push NAME [REF]`: an image of the store (pulled, imported or made
 //! by `duet commit`) to a registry, as an OCI image: each layer archived
-//! again from the store's unpacked tree as an uncompressed tar (its digest
-//! is then also its diff_id), streamed to the registry in chunks without
-//! being held in memory, then the config, then the manifest last, so the
-//! tag never names an image whose blobs are not all there.
+//! again from the store's unpacked tree as a tar (its digest is the
+//! diff_id), gzip-compressed unless asked not to, streamed to the registry
+//! in chunks without being held in memory, then the config, then the
+//! manifest last, so the tag never names an image whose blobs are not all
+//! there.
 
 use crate::pull::{auth_for, client_for, with_who};
 use crate::{reference, PullOptions, RegistryError};
@@ -16,6 +17,87 @@ use std::path::PathBuf;
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+const GZIP_LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// How `duet push` sends layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LayerCompression {
+    /// gzip, as `docker push` sends them (every registry and engine reads it).
+    #[default]
+    Gzip,
+    /// The tar as it is: no CPU spent, more bytes sent and stored.
+    None,
+}
+
+/// One layer as it is sent: the file, its digest (hex), length and media type.
+struct Blob {
+    file: std::fs::File,
+    sha: String,
+    len: u64,
+    media_type: &'static str,
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// gzip of the layer tar `tar` into `out` (created), read back from its start.
+/// Deterministic (level 1, no name, mtime 0): the same layer pushed again has
+/// the same digest, so a registry that has it is not sent it twice. Level 1
+/// is about three times as fast as the default for a few per cent more bytes.
+fn gzip_layer(mut tar: std::fs::File, out: &std::path::Path) -> Result<Blob, RegistryError> {
+    use std::io::{Seek, Write};
+    let io = |what: &'static str| {
+        let path = out.to_path_buf();
+        move |source| RegistryError::Io { what, path, source }
+    };
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(io("cannot create"))?;
+    tar.seek(std::io::SeekFrom::Start(0))
+        .map_err(io("cannot read the layer tar for"))?;
+    let hashing = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, f),
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(hashing, flate2::Compression::fast());
+    std::io::copy(&mut tar, &mut gz).map_err(io("cannot compress into"))?;
+    let mut hashing = gz.finish().map_err(io("cannot compress into"))?;
+    hashing.flush().map_err(io("cannot write"))?;
+    let Hashing { inner, hasher, len } = hashing;
+    let mut file = inner
+        .into_inner()
+        .map_err(|e| io("cannot write")(e.into_error()))?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(io("cannot read"))?;
+    Ok(Blob {
+        file,
+        sha: hex::encode(hasher.finalize()),
+        len,
+        media_type: GZIP_LAYER_TYPE,
+    })
+}
 /// Bytes per PATCH of a chunked blob upload.
 const CHUNK: usize = 4 << 20;
 
@@ -41,6 +123,7 @@ pub fn push(
     name: &str,
     target: &str,
     opts: &PullOptions,
+    compression: LayerCompression,
 ) -> Result<Pushed, RegistryError> {
     let image = store.get(name)?;
     let r = reference::parse(target)?;
@@ -53,6 +136,21 @@ pub fn push(
                 eprintln!("duet: {w}");
             }
         }
+        let mut blobs = Vec::new();
+        for (i, (file, sha, len)) in layers.into_iter().enumerate() {
+            let blob = match compression {
+                LayerCompression::None => Blob {
+                    file,
+                    sha: sha.clone(),
+                    len,
+                    media_type: LAYER_TYPE,
+                },
+                LayerCompression::Gzip => {
+                    gzip_layer(file, &scratch.join(format!("layer-{i}.tar.gz")))?
+                }
+            };
+            blobs.push((blob, sha));
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -61,7 +159,7 @@ pub fn push(
                 path: PathBuf::from(target),
                 source,
             })?;
-        rt.block_on(push_async(&client, &r, &image, layers, opts))
+        rt.block_on(push_async(&client, &r, &image, blobs, opts))
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -71,7 +169,7 @@ async fn push_async(
     client: &Client,
     r: &Reference,
     image: &duet_shared::image::Image,
-    layers: Vec<duet_shared::image::LayerTar>,
+    layers: Vec<(Blob, String)>,
     opts: &PullOptions,
 ) -> Result<Pushed, RegistryError> {
     let what = r.whole();
@@ -84,12 +182,17 @@ async fn push_async(
         .map_err(fail)?;
     let (mut descriptors, mut diff_ids) = (Vec::new(), Vec::new());
     let (mut bytes, mut present) = (0u64, 0usize);
-    for (i, (file, sha, len)) in layers.into_iter().enumerate() {
+    for (i, (blob, diff_id)) in layers.into_iter().enumerate() {
+        let Blob {
+            file,
+            sha,
+            len,
+            media_type,
+        } = blob;
         let digest = format!("sha256:{sha}");
-        // Uncompressed: the blob's digest is the layer's diff_id.
-        diff_ids.push(sha);
+        diff_ids.push(diff_id);
         let descriptor = serde_json::json!({
-            "mediaType": LAYER_TYPE, "digest": digest, "size": len,
+            "mediaType": media_type, "digest": digest, "size": len,
         });
         // A HEAD of the blob: a layer the repository has is not sent again.
         if client.blob_exists(r, &digest).await.map_err(fail)? {

@@ -105,9 +105,12 @@ pub fn unpack(
         skipped: HashSet::new(),
         skipped_devices: Vec::new(),
         warnings: Vec::new(),
+        buf: vec![0u8; COPY_BUF],
     };
     {
-        let mut archive = tar::Archive::new(&mut hr);
+        // tar reads 512-byte headers one by one: a buffer keeps those from
+        // becoming one decompressor call each.
+        let mut archive = tar::Archive::new(io::BufReader::with_capacity(COPY_BUF, &mut hr));
         let entries = archive
             .entries()
             .map_err(|e| u.bad(format!("not a tar archive: {e}")))?;
@@ -139,7 +142,12 @@ struct Unpacker {
     skipped: HashSet<PathBuf>,
     skipped_devices: Vec<String>,
     warnings: Vec<String>,
+    /// The copy buffer for file contents, one for all files of the layer.
+    buf: Vec<u8>,
 }
+
+/// Bytes read at once from the tar stream and into a file's contents.
+const COPY_BUF: usize = 256 * 1024;
 
 /// The metadata of one entry, from its header.
 struct Meta {
@@ -339,9 +347,18 @@ impl Unpacker {
                 MAX_SPARSE_SIZE >> 30
             )));
         }
-        at.remove_all().map_err(self.fail("replace", shown))?;
-        let mut f = at.create_file().map_err(self.fail("create", shown))?;
-        copy_keeping_holes(entry, &mut f).map_err(self.fail("write", shown))?;
+        // Created first (O_EXCL, never through a symlink); only an entry in
+        // the way (an earlier entry of this archive at the same path) costs
+        // a removal.
+        let mut f = match at.create_file() {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                at.remove_all().map_err(self.fail("replace", shown))?;
+                at.create_file().map_err(self.fail("create", shown))?
+            }
+            Err(e) => return Err(self.fail("create", shown)(e)),
+        };
+        copy_keeping_holes(entry, &mut f, &mut self.buf).map_err(self.fail("write", shown))?;
         self.fd_meta(&f, meta, shown)?;
         rustix::fs::futimens(&f, &timestamps(meta.mtime))
             .map_err(|e| self.fail("set the mtime of", shown)(e.into()))
@@ -474,11 +491,18 @@ fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec
 
 /// Copies `src` into `f`, seeking over 4 KiB blocks of zeros so they stay
 /// holes (GNU sparse entries arrive with their holes as zeros).
-fn copy_keeping_holes(src: &mut impl Read, f: &mut std::fs::File) -> io::Result<u64> {
+fn copy_keeping_holes(
+    src: &mut impl Read,
+    f: &mut std::fs::File,
+    buf: &mut [u8],
+) -> io::Result<u64> {
     const BLOCK: usize = 4096;
     static ZEROS: [u8; BLOCK] = [0; BLOCK];
-    let mut buf = vec![0u8; 256 * 1024];
+    // A slice comparison is one memcmp, fast in debug builds too.
+    let zero = |b: &[u8]| b == &ZEROS[..b.len()];
     let mut len = 0u64;
+    // Whether the file ends in a hole, which only set_len makes part of it.
+    let mut trailing_hole = false;
     loop {
         let mut n = 0;
         while n < buf.len() {
@@ -492,20 +516,30 @@ fn copy_keeping_holes(src: &mut impl Read, f: &mut std::fs::File) -> io::Result<
         if n == 0 {
             break;
         }
-        for block in buf[..n].chunks(BLOCK) {
-            // A slice comparison is one memcmp, fast in debug builds too.
-            if block == &ZEROS[..block.len()] {
-                f.seek(SeekFrom::Current(block.len() as i64))?;
-            } else {
-                f.write_all(block)?;
+        // One write per run of data blocks, one seek per run of zero blocks.
+        let mut at = 0;
+        while at < n {
+            let hole = zero(&buf[at..n.min(at + BLOCK)]);
+            let mut end = n.min(at + BLOCK);
+            while end < n && zero(&buf[end..n.min(end + BLOCK)]) == hole {
+                end = n.min(end + BLOCK);
             }
+            if hole {
+                f.seek(SeekFrom::Current((end - at) as i64))?;
+            } else {
+                f.write_all(&buf[at..end])?;
+            }
+            trailing_hole = hole;
+            at = end;
         }
         len += n as u64;
         if n < buf.len() {
             break;
         }
     }
-    f.set_len(len)?;
+    if trailing_hole {
+        f.set_len(len)?;
+    }
     Ok(len)
 }
 
@@ -536,4 +570,43 @@ pub(crate) fn safe_relative(path: &Path) -> Option<PathBuf> {
         }
     }
     (!out.as_os_str().is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::copy_keeping_holes;
+    use std::io::Read;
+
+    /// Runs of data and zeros, across the copy buffer's edges, come out as
+    /// they went in; whole zero blocks become holes.
+    #[test]
+    fn runs_of_data_and_zeros_are_copied_exactly() {
+        let mut src = Vec::new();
+        src.extend((0..5000u32).map(|i| (i % 251 + 1) as u8));
+        src.extend(std::iter::repeat_n(0u8, 3 * 4096 + 100));
+        src.extend([7u8; 3]);
+        src.extend(std::iter::repeat_n(0u8, 40 * 4096));
+        src.extend([9u8; 4096 * 5]);
+        src.extend(std::iter::repeat_n(0u8, 4096 + 17));
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        for buf_len in [4096, 8192, 3 * 4096 + 5, 256 * 1024] {
+            let mut f = std::fs::File::create(&p).unwrap();
+            let mut buf = vec![0xAAu8; buf_len];
+            let n = copy_keeping_holes(&mut &src[..], &mut f, &mut buf).unwrap();
+            assert_eq!(n, src.len() as u64);
+            drop(f);
+            let mut got = Vec::new();
+            std::fs::File::open(&p)
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap();
+            assert!(got == src, "buffer of {buf_len}: contents differ");
+            let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&p).unwrap());
+            assert!(
+                blocks * 512 < src.len() as u64 / 2,
+                "buffer of {buf_len}: the 40 zero blocks are a hole ({blocks} sectors)"
+            );
+        }
+    }
 }
