@@ -40,7 +40,7 @@ ctd_pid=
 stop_containerd() {
     if [ -n "$ctd_pid" ]; then kill "$ctd_pid" 2>/dev/null; wait "$ctd_pid" 2>/dev/null || true; ctd_pid=; fi
     # What its snapshotter mounted, if a pull was cut off.
-    grep -o " $out/ctd/[^ ]*" /proc/mounts 2>/dev/null | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
+    { grep -o " $out/ctd/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
 }
 cleanup() { stop_containerd; [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$out"; }
 trap cleanup EXIT

@@ -10,9 +10,10 @@
 
 use super::beneath::Beneath;
 use super::layout::{import_docker_save, import_oci_layout, DockerManifest};
+use super::read_ahead::ReadAhead;
 use super::store::{io_err, remove_tree};
-use super::unpack::{unpack, Flavor};
-use super::whiteout::{decompressed, unpack_layer};
+use super::unpack::{unpack, unpack_layer_digesting, Flavor};
+use super::whiteout::decompressed;
 use super::{Image, ImageConfig, ImageError, ImageStore};
 use serde::Deserialize;
 use std::fs::File;
@@ -90,7 +91,7 @@ pub struct Imported {
 /// A layer already present is not unpacked again.
 pub fn add_layer(
     store: &ImageStore,
-    tar: impl Read + 'static,
+    tar: impl Read + Send + 'static,
     what: &Path,
 ) -> Result<String, ImageError> {
     add_layer_reporting(store, tar, what).map(|(d, _)| d)
@@ -99,7 +100,7 @@ pub fn add_layer(
 /// [`add_layer`], also returning warnings about what was not unpacked.
 pub fn add_layer_reporting(
     store: &ImageStore,
-    tar: impl Read + 'static,
+    tar: impl Read + Send + 'static,
     what: &Path,
 ) -> Result<(String, Vec<String>), ImageError> {
     let scratch = store.scratch("layer")?;
@@ -107,7 +108,10 @@ pub fn add_layer_reporting(
         let fs = scratch.join("fs");
         std::fs::create_dir(&fs).map_err(io_err("cannot create", &fs))?;
         let reader = decompressed(tar).map_err(io_err("cannot read", what))?;
-        let u = unpack_layer(reader, &fs, what)?;
+        // Decompressed and hashed on a thread of its own while this one
+        // creates the files.
+        let ahead = ReadAhead::spawn(reader).map_err(io_err("cannot start reading", what))?;
+        let u = unpack_layer_digesting(ahead, &fs, what)?;
         let size = scratch.join("size");
         std::fs::write(&size, u.tar_bytes.to_string()).map_err(io_err("cannot write", &size))?;
         let dest = store.layer_path(&u.digest);

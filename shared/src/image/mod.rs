@@ -23,6 +23,7 @@ mod layout;
 mod outer_tests;
 #[cfg(test)]
 mod proptests;
+mod read_ahead;
 mod save;
 mod store;
 #[cfg(test)]

@@ -90,11 +90,45 @@ pub fn unpack(
     what: &Path,
     flavor: Flavor,
 ) -> Result<Unpacked, ImageError> {
-    let mut hr = HashingReader {
-        inner: tar,
+    // tar reads 512-byte headers one by one: a buffer keeps those from
+    // becoming one decompressor call each.
+    let hr = HashingReader {
+        inner: io::BufReader::with_capacity(COPY_BUF, tar),
         hasher: Sha256::new(),
         bytes: 0,
     };
+    unpack_digesting(hr, dest, what, flavor)
+}
+
+/// A tar stream that computes its own digest: [`HashingReader`] as it is
+/// read, or a [`super::read_ahead::ReadAhead`] on its thread.
+pub trait Digesting: Read {
+    /// Reads the rest of the stream; the sha256 (hex) and length of all of it.
+    fn finish(self) -> io::Result<(String, u64)>;
+}
+
+impl<R: Read> Digesting for HashingReader<R> {
+    fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((hex::encode(self.hasher.finalize()), self.bytes))
+    }
+}
+
+/// [`unpack_layer`] of a stream that hashes itself.
+pub fn unpack_layer_digesting(
+    tar: impl Digesting,
+    dest: &Path,
+    what: &Path,
+) -> Result<Unpacked, ImageError> {
+    unpack_digesting(tar, dest, what, Flavor::Layer)
+}
+
+fn unpack_digesting(
+    mut hr: impl Digesting,
+    dest: &Path,
+    what: &Path,
+    flavor: Flavor,
+) -> Result<Unpacked, ImageError> {
     let mut u = Unpacker {
         root: Beneath::open(dest).map_err(io_err("cannot open", dest))?,
         archive: what.to_path_buf(),
@@ -108,9 +142,7 @@ pub fn unpack(
         buf: vec![0u8; COPY_BUF],
     };
     {
-        // tar reads 512-byte headers one by one: a buffer keeps those from
-        // becoming one decompressor call each.
-        let mut archive = tar::Archive::new(io::BufReader::with_capacity(COPY_BUF, &mut hr));
+        let mut archive = tar::Archive::new(&mut hr);
         let entries = archive
             .entries()
             .map_err(|e| u.bad(format!("not a tar archive: {e}")))?;
@@ -121,10 +153,10 @@ pub fn unpack(
     }
     u.finish()?;
     // Hash the trailing blocks too, so the digest is that of the whole stream.
-    io::copy(&mut hr, &mut io::sink()).map_err(|e| u.bad(format!("read error: {e}")))?;
+    let (digest, tar_bytes) = hr.finish().map_err(|e| u.bad(format!("read error: {e}")))?;
     Ok(Unpacked {
-        digest: hex::encode(hr.hasher.finalize()),
-        tar_bytes: hr.bytes,
+        digest,
+        tar_bytes,
         skipped_devices: u.skipped_devices,
         warnings: u.warnings,
     })

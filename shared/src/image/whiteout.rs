@@ -21,7 +21,7 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// Opens a possibly gzip- or zstd-compressed tar stream (detected by magic bytes).
-pub fn decompressed(mut r: impl Read + 'static) -> io::Result<Box<dyn Read>> {
+pub fn decompressed(mut r: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
     let mut magic = [0u8; 4];
     let mut got = 0;
     while got < magic.len() {
