@@ -652,6 +652,28 @@ pub fn gc_instance(layout: &CgroupLayout, id: &str) -> Result<(), CgroupError> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Walks the cgroup directories below `root`, at most [`GC_SEARCH_DEPTH`]
+/// levels down, calling `visit` with each; the walk goes below one only
+/// when `visit` returns true. cgroupfs has no symlinks, and file_type()
+/// would not follow one anyway.
+pub fn walk_cgroup_dirs(root: &Path, mut visit: impl FnMut(&Path) -> bool) {
+    let mut todo = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = e.path();
+            if visit(&path) && depth < GC_SEARCH_DEPTH {
+                todo.push((path, depth + 1));
+            }
+        }
+    }
+}
+
 /// Removes every empty `duet/` directory (no instance in it) below the
 /// roots of `layout`, which a run that crashed between removing its own
 /// cgroup and its parent left; returns those removed. One that holds an
@@ -660,53 +682,36 @@ pub fn gc_instance(layout: &CgroupLayout, id: &str) -> Result<(), CgroupError> {
 pub fn gc_empty_duet_dirs(layout: &CgroupLayout) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for (_, root) in layout.all_roots() {
-        let mut todo = vec![(root.to_path_buf(), 0usize)];
-        while let Some((dir, depth)) = todo.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let path = e.path();
-                if e.file_name() == DUET_CGROUP_DIR && std::fs::remove_dir(&path).is_ok() {
-                    removed.push(path);
-                } else if depth < GC_SEARCH_DEPTH {
-                    todo.push((path, depth + 1));
-                }
+        walk_cgroup_dirs(&root, |path| {
+            let gone = path.file_name().is_some_and(|n| n == DUET_CGROUP_DIR)
+                && std::fs::remove_dir(path).is_ok();
+            if gone {
+                removed.push(path.to_path_buf());
             }
-        }
+            !gone
+        });
     }
     removed
 }
 
 /// Levels of cgroups below a root that `gc` searches for `duet/<id>`.
-const GC_SEARCH_DEPTH: usize = 12;
+pub const GC_SEARCH_DEPTH: usize = 12;
 
 /// Every `.../duet/<id>` directory below `root`, whatever parent the run
 /// that made it used (the caller's cgroup then may differ from gc's).
 pub fn find_instance_dirs(root: &Path, id: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let mut todo = vec![(root.to_path_buf(), 0usize)];
-    while let Some((dir, depth)) = todo.pop() {
+    let at_root = root.join(DUET_CGROUP_DIR).join(id);
+    if at_root.is_dir() {
+        found.push(at_root);
+    }
+    walk_cgroup_dirs(root, |dir| {
         let candidate = dir.join(DUET_CGROUP_DIR).join(id);
         if candidate.is_dir() {
             found.push(candidate);
         }
-        if depth >= GC_SEARCH_DEPTH {
-            continue;
-        }
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            // cgroupfs has no symlinks; file_type() does not follow one anyway.
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                todo.push((e.path(), depth + 1));
-            }
-        }
-    }
+        true
+    });
     found
 }
 

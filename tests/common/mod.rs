@@ -115,23 +115,18 @@ impl Env {
 pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let prefix = format!("{name}-");
-    let mut todo = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((dir, depth)) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let n = e.file_name().to_string_lossy().into_owned();
-            if dir.file_name().is_some_and(|d| d == "duet") && n.starts_with(&prefix) {
-                found.push(e.path());
-            } else if depth < 12 {
-                todo.push((e.path(), depth + 1));
-            }
+    duet_container::cgroup::walk_cgroup_dirs(Path::new("/sys/fs/cgroup"), |p| {
+        let hit = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|d| d == "duet")
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+        if hit {
+            found.push(p.to_path_buf());
         }
-    }
+        !hit
+    });
     found
 }
 
