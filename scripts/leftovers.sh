@@ -10,10 +10,12 @@
 set -euo pipefail
 
 list() {
-    find /sys/fs/cgroup -maxdepth 8 -type d -name 'duet*' 2>/dev/null | sed 's/^/cgroup /'
+    # Each source on its own: none of them failing (no match, a cgroup gone
+    # during find, no `ip`) may stop the others or the script.
+    { find /sys/fs/cgroup -maxdepth 8 -type d -name 'duet*' 2>/dev/null || true; } | sed 's/^/cgroup /'
     awk '{ print "mount " $2 }' /proc/mounts
-    ip -o link 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print "link " $2 }'
-    pgrep -l -f 'duet|qemu-system|virtiofsd|dockerd|containerd|docker-registry|postgres|skopeo|firecracker' \
+    { ip -o link 2>/dev/null || true; } | awk -F': ' '{ sub(/@.*/, "", $2); print "link " $2 }'
+    { pgrep -l -f 'duet|qemu-system|virtiofsd|dockerd|containerd|docker-registry|postgres|skopeo|firecracker' || true; } \
         | awk '{ print "process " $2 }'
 }
 
@@ -21,11 +23,11 @@ if [ "${1:-}" = "--new-since" ]; then
     before="$2"
     # Processes take a moment to be reaped after their test: look twice.
     for try in 1 2 3; do
-        new="$(comm -13 <(sort "$before") <(list | grep -v '^process \(pgrep\|leftovers\)' | sort))"
+        new="$(comm -13 <(sort "$before") <(list | { grep -v '^process \(pgrep\|leftovers\)' || true; } | sort))"
         [ -z "$new" ] && exit 0
         sleep 5
     done
     echo "$new"
     exit 1
 fi
-list | grep -v '^process \(pgrep\|leftovers\)' | sort
+list | { grep -v '^process \(pgrep\|leftovers\)' || true; } | sort
