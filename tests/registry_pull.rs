@@ -352,6 +352,48 @@ fn failed(env: &Env, args: &[&str]) -> String {
     stderr(&o)
 }
 
+/// Runs skopeo with `args`; its stdout (it must succeed).
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The layers the manifest of `reference` (plain HTTP) names: media type,
+/// digest and size of each.
+fn manifest_layers(reference: &str) -> Vec<(String, String, u64)> {
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]);
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mediaType"].as_str().unwrap().to_string(),
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `duet push IMAGE TARGET` in `env`; what it said on stderr (it must succeed).
+fn push_said(env: &Env, image: &str, target: &str) -> String {
+    let o = env.run(&["push", "--insecure", image, target]);
+    assert!(o.status.success(), "push {image} {target}: {}", stderr(&o));
+    stderr(&o)
+}
+
 fn store(env: &Env) -> duet_shared::image::ImageStore {
     duet_shared::image::ImageStore::open(env.root()).unwrap()
 }
@@ -786,30 +828,18 @@ fn an_image_saved_by_duet_goes_through_skopeo_into_a_registry_and_back() {
     assert!(out.contains("2 layers"), "{out}");
     // A real reader of `docker save` archives: skopeo.
     let src = format!("docker-archive:{}", archive.display());
-    let inspect = Command::new("skopeo")
-        .args(["inspect", &src])
-        .output()
-        .unwrap();
-    assert!(
-        inspect.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inspect.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&skopeo(&["inspect", &src])).unwrap();
     assert_eq!(v["Layers"].as_array().map(Vec::len), Some(2), "{v}");
     assert_eq!(v["Architecture"], "amd64");
     // Through skopeo into the registry under another name, and pulled back.
     let copy = format!("{}/copy/app:2", reg.host());
-    let pushed = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false", &src])
-        .arg(format!("docker://{copy}"))
-        .output()
-        .unwrap();
-    assert!(
-        pushed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&pushed.stderr)
-    );
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &src,
+        &format!("docker://{copy}"),
+    ]);
     ok(&env, &["pull", "--insecure", &copy]);
     assert_eq!(
         ok(&env, &["run", &copy]),
@@ -915,27 +945,9 @@ fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
     // Layers went gzip-compressed (as `docker push` sends them), and with
     // `--compression none` as plain tars: larger, and the same image.
     let layers_of = |reference: &str| -> Vec<(String, u64)> {
-        let out = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{reference}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        m["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| {
-                (
-                    l["mediaType"].as_str().unwrap().to_string(),
-                    l["size"].as_u64().unwrap(),
-                )
-            })
+        manifest_layers(reference)
+            .into_iter()
+            .map(|(t, _, size)| (t, size))
             .collect()
     };
     let gzipped = layers_of(&target);
@@ -974,6 +986,127 @@ fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
     );
     ok(&other, &["pull", "--insecure", &plain]);
     assert_eq!(ok(&other, &["run", &plain]), want);
+}
+
+/// A layer the registry has in another repository is mounted there, not
+/// sent again (a cross-repository blob mount, as `docker push` does): a
+/// pulled image pushed to a second repository sends no layer and names the
+/// very blobs it was pulled as; a committed layer, sent once, is mounted by
+/// the next push elsewhere; and a place the registry no longer has (its
+/// repository's link to the blob removed) makes the push archive the layer
+/// and send it, as it would without any hint.
+#[test]
+fn a_layer_the_registry_has_in_another_repository_is_mounted_not_sent() {
+    let test = "a_layer_the_registry_has_in_another_repository_is_mounted_not_sent";
+    if needs_tools(test) || skip_unless_root(test) {
+        return;
+    }
+    let (reg, env, original) = app_pulled();
+    let want = ok(&env, &["run", &original]);
+    let log_lines = |needle: &str| reg.log().lines().filter(|l| l.contains(needle)).count();
+    // Uploads of blob `digest` into `repo` the registry finished (the PUT
+    // that ends an upload names the digest).
+    let uploads = |repo: &str, digest: &str| {
+        let hex = digest.strip_prefix("sha256:").unwrap().to_string();
+        reg.log()
+            .lines()
+            .filter(|l| l.contains(&format!("PUT /v2/{repo}/blobs/uploads/")) && l.contains(&hex))
+            .count()
+    };
+
+    let elsewhere = format!("{}/elsewhere/app:1", reg.host());
+    let said = push_said(&env, &original, &elsewhere);
+    assert!(
+        said.contains("0.0 MB sent, 0 already there, 2 mounted from another repository"),
+        "{said}"
+    );
+    assert_eq!(said.matches("mounted from team/app").count(), 2, "{said}");
+    assert_eq!(
+        manifest_layers(&elsewhere),
+        manifest_layers(&original),
+        "the same blobs as the pulled image"
+    );
+    // The registry was asked to mount, and nothing was uploaded.
+    assert_eq!(
+        log_lines("POST /v2/elsewhere/app/blobs/uploads/?mount=sha256%3A"),
+        2,
+        "{}",
+        reg.log()
+    );
+    for (_, digest, _) in manifest_layers(&original) {
+        assert_eq!(uploads("elsewhere/app", &digest), 0, "{}", reg.log());
+    }
+    // Pulled from the new repository (its blobs are served from there)
+    // into another store, it is the same image.
+    let other = Env::new();
+    ok(&other, &["pull", "--insecure", &elsewhere]);
+    assert_eq!(ok(&other, &["run", &elsewhere]), want);
+
+    // A committed layer goes to one repository, then is mounted from it.
+    let keeper = format!("mount-src-{}", std::process::id());
+    ok(
+        &env,
+        &[
+            "run",
+            "--keep",
+            "--user",
+            "0",
+            "--name",
+            &keeper,
+            &original,
+            "--",
+            "echo made-by-commit > /srv/made",
+        ],
+    );
+    ok(&env, &["commit", &keeper, "mine:1"]);
+    ok(&env, &["rm", &keeper]);
+    let first = format!("{}/a/mine:1", reg.host());
+    let said = push_said(&env, "mine:1", &first);
+    assert!(
+        said.contains("0 already there, 2 mounted from another repository"),
+        "{said}"
+    );
+    let committed = manifest_layers(&first)[2].1.clone();
+    assert_eq!(uploads("a/mine", &committed), 1, "{said}");
+    let second = format!("{}/b/mine:1", reg.host());
+    let said = push_said(&env, "mine:1", &second);
+    assert!(
+        said.contains("0.0 MB sent, 0 already there, 3 mounted from another repository"),
+        "{said}"
+    );
+    assert_eq!(manifest_layers(&second)[2].1, committed);
+    assert_eq!(uploads("b/mine", &committed), 0, "{said}");
+
+    // The registry loses the committed blob from both repositories it was
+    // pushed to (the blob's data stays; their links go): the hints lead
+    // nowhere, and the next push archives the layer and sends it.
+    for repo in ["a/mine", "b/mine"] {
+        let link = reg
+            .dir
+            .path()
+            .join("data/docker/registry/v2/repositories")
+            .join(repo)
+            .join("_layers/sha256")
+            .join(committed.strip_prefix("sha256:").unwrap());
+        std::fs::remove_dir_all(&link).unwrap();
+    }
+    let third = format!("{}/c/mine:1", reg.host());
+    let said = push_said(&env, "mine:1", &third);
+    assert!(
+        said.contains("0 already there, 2 mounted from another repository"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("pushing layer 3/3 {committed}")),
+        "{said}"
+    );
+    assert_eq!(uploads("c/mine", &committed), 1, "{said}");
+    let third_store = Env::new();
+    ok(&third_store, &["pull", "--insecure", &third]);
+    assert_eq!(
+        ok(&third_store, &["run", &third, "--", "cat /srv/made"]).trim(),
+        "made-by-commit"
+    );
 }
 
 /// A real distribution image through the registry: Debian bookworm

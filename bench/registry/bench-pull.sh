@@ -53,7 +53,7 @@ if [ "$debian" = 1 ]; then
         debootstrap --variant=minbase bookworm "$cache.tmp" http://deb.debian.org/debian >&2
         mv "$cache.tmp" "$cache"
     fi
-    dirs=("$cache")
+    dirs=("$cache=/")  # the rootfs at the layer's root, as an image has it
 else
     dirs=(/usr/share/doc /usr/lib/python3.11)
 fi

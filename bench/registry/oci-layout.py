@@ -4,6 +4,8 @@ directories, each tarred and gzip-compressed, tagged TAG:
 
     oci-layout.py OUT_DIR TAG DIR [DIR...]
 
+A DIR is stored under its own path (`/usr/share/doc` as `usr/share/doc/...`);
+`DIR=/` stores its contents at the layer's root (a whole rootfs).
 For bench-pull.sh: skopeo copies it into a registry."""
 import gzip, hashlib, io, json, os, sys, tarfile
 
@@ -23,7 +25,10 @@ layers, diff_ids = [], []
 for d in dirs:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
-        t.add(d, arcname=d.lstrip("/"))
+        if d.endswith("=/"):
+            t.add(d[:-2], arcname=".")
+        else:
+            t.add(d, arcname=d.lstrip("/"))
     raw = raw.getvalue()
     diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
     desc = blob(gzip.compress(raw, compresslevel=6, mtime=0))

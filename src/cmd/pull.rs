@@ -159,11 +159,12 @@ pub fn push(a: &PushArgs) -> Result<()> {
     .with_context(|| format!("pushing `{name}` to {target}"))?;
     if !a.quiet {
         eprintln!(
-            "duet: pushed {name} to {} ({} layer(s), {:.1} MB sent, {} already there)",
+            "duet: pushed {name} to {} ({} layer(s), {:.1} MB sent, {} already there, {} mounted from another repository)",
             pushed.reference,
             pushed.layers,
             pushed.bytes as f64 / 1e6,
-            pushed.present
+            pushed.present,
+            pushed.mounted
         );
     }
     println!("{}", pushed.digest);

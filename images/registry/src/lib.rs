@@ -11,6 +11,7 @@ mod progress;
 mod pull;
 mod push;
 pub mod reference;
+pub mod sources;
 
 pub use manifest::Platform;
 pub use pull::{login, pull, PullOptions, Pulled};

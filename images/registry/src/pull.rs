@@ -9,6 +9,7 @@
 use crate::blob::{self, sha256_hex, Partial};
 use crate::manifest::{self, Manifest, Platform, MAX_MANIFEST};
 use crate::progress::{Bar, Bars};
+use crate::sources::{self, oci_layer_type, LayerSource};
 use crate::{reference, RegistryError};
 use duet_shared::image::{Image, ImageConfig, ImageSource, ImageStore, DEFAULT_PATH};
 use futures_util::StreamExt;
@@ -534,6 +535,23 @@ async fn pull_async(
         }),
     };
     store.put(&image)?;
+    // Where each layer is in this registry, for a later push (see `sources`).
+    for (l, diff_id) in m.layers().iter().zip(&image.layers) {
+        if let Ok(c) = manifest::layer_compression(l.media_type().as_ref(), "") {
+            sources::record(
+                &store,
+                diff_id,
+                LayerSource {
+                    registry: r.resolve_registry().to_string(),
+                    repository: r.repository().to_string(),
+                    digest: l.digest().to_string(),
+                    size: l.size(),
+                    media_type: oci_layer_type(c).to_string(),
+                    diff_id: diff_id.clone(),
+                },
+            );
+        }
+    }
     Ok(Pulled {
         image,
         fetched_layers: todo.len(),

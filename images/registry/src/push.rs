@@ -1,23 +1,26 @@
 //! `duet push NAME [REF]`: an image of the store (pulled, imported or made
-//! by `duet commit`) to a registry, as an OCI image: each layer archived
-//! again from the store's unpacked tree as a tar (its digest is the
-//! diff_id), gzip-compressed unless asked not to, streamed to the registry
-//! in chunks without being held in memory, then the config, then the
-//! manifest last, so the tag never names an image whose blobs are not all
-//! there.
+//! by `duet commit`) to a registry, as an OCI image. A layer the registry
+//! is known to have (see [`crate::sources`]) is named by that blob, after
+//! a HEAD in the target repository or a mount from another repository of
+//! the registry; any other layer is archived again from the store's
+//! unpacked tree as a tar (its digest is the diff_id), gzip-compressed
+//! unless asked not to, and streamed to the registry in chunks without
+//! being held in memory. Then the config, then the manifest last, so the
+//! tag never names an image whose blobs are not all there.
 
+use crate::manifest::Compression;
 use crate::pull::{auth_for, client_for, with_who};
+use crate::sources::{self, oci_layer_type, LayerSource};
 use crate::{reference, PullOptions, RegistryError};
-use duet_shared::image::{archive_layers, config_json, ImageStore};
+use duet_shared::image::{config_json, write_layer_tar, HashingWriter, ImageStore};
 use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest as _, Sha256};
-use std::io::Read;
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::io::{BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
-const GZIP_LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// How `duet push` sends layers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,39 +32,40 @@ pub enum LayerCompression {
     None,
 }
 
-/// One layer as it is sent: the file, its digest (hex), length and media type.
-struct Blob {
+impl LayerCompression {
+    fn blob(self) -> Compression {
+        match self {
+            LayerCompression::Gzip => Compression::Gzip,
+            LayerCompression::None => Compression::None,
+        }
+    }
+}
+
+/// Known places of a layer tried before it is archived and sent.
+const MAX_TRIES: usize = 4;
+
+/// One layer archived for sending: the file (at its start) and where it
+/// will be once sent.
+struct Archived {
     file: std::fs::File,
-    sha: String,
-    len: u64,
-    media_type: &'static str,
+    path: PathBuf,
+    place: LayerSource,
 }
 
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// gzip of the layer tar `tar` into `out` (created), read back from its start.
-/// Deterministic (level 1, no name, mtime 0): the same layer pushed again has
-/// the same digest, so a registry that has it is not sent it twice. Level 1
-/// is about three times as fast as the default for a few per cent more bytes.
-fn gzip_layer(mut tar: std::fs::File, out: &std::path::Path) -> Result<Blob, RegistryError> {
-    use std::io::{Seek, Write};
+/// Archives layer `layer` of `store` into `out` (created), compressed as
+/// asked, hashing the tar (the diff_id) and the blob as they are written:
+/// one pass, and the tar of a gzip layer never lands on disk.
+/// The gzip is deterministic (level 1, no name, mtime 0): the same layer
+/// pushed again has the same digest, so a registry that has it is not sent
+/// it twice. Level 1 is about three times as fast as the default for a few
+/// per cent more bytes.
+fn archive(
+    store: &ImageStore,
+    layer: &str,
+    out: &Path,
+    compression: LayerCompression,
+    place: (&str, &str),
+) -> Result<(Archived, Vec<String>), RegistryError> {
     let io = |what: &'static str| {
         let path = out.to_path_buf();
         move |source| RegistryError::Io { what, path, source }
@@ -72,32 +76,51 @@ fn gzip_layer(mut tar: std::fs::File, out: &std::path::Path) -> Result<Blob, Reg
         .create_new(true)
         .open(out)
         .map_err(io("cannot create"))?;
-    tar.seek(std::io::SeekFrom::Start(0))
-        .map_err(io("cannot read the layer tar for"))?;
-    let hashing = Hashing {
-        inner: std::io::BufWriter::with_capacity(1 << 20, f),
-        hasher: Sha256::new(),
-        len: 0,
+    let blob = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
+    let dir = store.layer_dir(layer);
+    let (blob, diff_id, warnings) = match compression {
+        LayerCompression::None => {
+            let mut blob = blob;
+            let warnings = write_layer_tar(&dir, &mut blob)?;
+            (blob, None, warnings)
+        }
+        LayerCompression::Gzip => {
+            let gz = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(blob, flate2::Compression::fast());
+            let mut tar = HashingWriter::new(gz);
+            let warnings = write_layer_tar(&dir, &mut tar)?;
+            let (gz, diff_id, _) = tar.finish();
+            let blob = gz.finish().map_err(io("cannot compress into"))?;
+            (blob, Some(diff_id), warnings)
+        }
     };
-    let mut gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(hashing, flate2::Compression::fast());
-    std::io::copy(&mut tar, &mut gz).map_err(io("cannot compress into"))?;
-    let mut hashing = gz.finish().map_err(io("cannot compress into"))?;
-    hashing.flush().map_err(io("cannot write"))?;
-    let Hashing { inner, hasher, len } = hashing;
-    let mut file = inner
+    let (buffered, sha, len) = blob.finish();
+    let mut file = buffered
         .into_inner()
         .map_err(|e| io("cannot write")(e.into_error()))?;
+    file.flush().map_err(io("cannot write"))?;
     file.seek(std::io::SeekFrom::Start(0))
         .map_err(io("cannot read"))?;
-    Ok(Blob {
-        file,
-        sha: hex::encode(hasher.finalize()),
-        len,
-        media_type: GZIP_LAYER_TYPE,
-    })
+    let (registry, repository) = place;
+    Ok((
+        Archived {
+            file,
+            path: out.to_path_buf(),
+            place: LayerSource {
+                registry: registry.to_string(),
+                repository: repository.to_string(),
+                digest: format!("sha256:{sha}"),
+                size: len,
+                media_type: oci_layer_type(compression.blob()).to_string(),
+                // A plain tar is its own diff_id.
+                diff_id: diff_id.unwrap_or(sha),
+            },
+        },
+        warnings,
+    ))
 }
+
 /// Bytes per PATCH of a chunked blob upload.
 const CHUNK: usize = 4 << 20;
 
@@ -115,6 +138,8 @@ pub struct Pushed {
     pub bytes: u64,
     /// Layers the repository already had: not sent again.
     pub present: usize,
+    /// Layers mounted from another repository of the registry: not sent.
+    pub mounted: usize,
 }
 
 /// Pushes image `name` of `store` to `target` (a reference).
@@ -130,27 +155,7 @@ pub fn push(
     let client = client_for(store.root(), &r, opts)?;
     let scratch = store.scratch("push")?;
     let result = (|| {
-        let (layers, warnings) = archive_layers(store, &image, &scratch)?;
-        if !opts.quiet {
-            for w in warnings {
-                eprintln!("duet: {w}");
-            }
-        }
-        let mut blobs = Vec::new();
-        for (i, (file, sha, len)) in layers.into_iter().enumerate() {
-            let blob = match compression {
-                LayerCompression::None => Blob {
-                    file,
-                    sha: sha.clone(),
-                    len,
-                    media_type: LAYER_TYPE,
-                },
-                LayerCompression::Gzip => {
-                    gzip_layer(file, &scratch.join(format!("layer-{i}.tar.gz")))?
-                }
-            };
-            blobs.push((blob, sha));
-        }
+        // One thread: archiving a layer blocks it, and nothing else runs.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -159,18 +164,76 @@ pub fn push(
                 path: PathBuf::from(target),
                 source,
             })?;
-        rt.block_on(push_async(&client, &r, &image, blobs, opts))
+        rt.block_on(push_async(
+            &client,
+            &r,
+            store,
+            &image,
+            &scratch,
+            opts,
+            compression,
+        ))
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
+/// How a layer came to be in the target repository.
+enum Placed {
+    /// It was there already.
+    Present,
+    /// Mounted from this repository of the registry.
+    Mounted(String),
+    /// Archived and sent.
+    Sent,
+}
+
+/// A known place of `layer` (see [`sources`]) whose blob the target
+/// repository has, or can mount from another repository of its registry.
+async fn known_place<F>(
+    client: &Client,
+    r: &Reference,
+    store: &ImageStore,
+    layer: &str,
+    compression: LayerCompression,
+    fail: &F,
+) -> Result<Option<(LayerSource, Placed)>, RegistryError>
+where
+    F: Fn(oci_client::errors::OciDistributionError) -> RegistryError,
+{
+    let (registry, repository) = (r.resolve_registry(), r.repository());
+    let mut asked = HashSet::new();
+    let candidates = sources::candidates(store, layer, registry, repository, compression.blob());
+    for s in candidates.into_iter().take(MAX_TRIES) {
+        if asked.insert(s.digest.clone()) && client.blob_exists(r, &s.digest).await.map_err(fail)? {
+            return Ok(Some((s, Placed::Present)));
+        }
+        if s.repository != repository {
+            let from = Reference::with_tag(
+                r.registry().to_string(),
+                s.repository.clone(),
+                "latest".to_string(),
+            );
+            // A registry that cannot mount it (the source repository lost
+            // it, or the credentials do not reach it) answers otherwise
+            // than 201: the layer is then archived and sent.
+            if client.mount_blob(r, &from, &s.digest).await.is_ok() {
+                let from = s.repository.clone();
+                return Ok(Some((s, Placed::Mounted(from))));
+            }
+        }
+    }
+    Ok(None)
+}
+
 async fn push_async(
     client: &Client,
     r: &Reference,
+    store: &ImageStore,
     image: &duet_shared::image::Image,
-    layers: Vec<(Blob, String)>,
+    scratch: &Path,
     opts: &PullOptions,
+    compression: LayerCompression,
 ) -> Result<Pushed, RegistryError> {
     let what = r.whole();
     let (auth, who) = auth_for(r, opts)?;
@@ -180,47 +243,84 @@ async fn push_async(
         .auth(r, &auth, RegistryOperation::Push)
         .await
         .map_err(fail)?;
+    let here = (r.resolve_registry(), r.repository());
     let (mut descriptors, mut diff_ids) = (Vec::new(), Vec::new());
-    let (mut bytes, mut present) = (0u64, 0usize);
-    for (i, (blob, diff_id)) in layers.into_iter().enumerate() {
-        let Blob {
-            file,
-            sha,
-            len,
-            media_type,
-        } = blob;
-        let digest = format!("sha256:{sha}");
-        diff_ids.push(diff_id);
-        let descriptor = serde_json::json!({
-            "mediaType": media_type, "digest": digest, "size": len,
-        });
-        // A HEAD of the blob: a layer the repository has is not sent again.
-        if client.blob_exists(r, &digest).await.map_err(fail)? {
-            if !opts.quiet {
-                eprintln!(
-                    "duet: layer {}/{} {digest} is already in the registry",
-                    i + 1,
-                    image.layers.len()
-                );
+    let (mut bytes, mut present, mut mounted) = (0u64, 0usize, 0usize);
+    let n = image.layers.len();
+    for (i, layer) in image.layers.iter().enumerate() {
+        let (place, how) = match known_place(client, r, store, layer, compression, &fail).await? {
+            Some(found) => found,
+            None => {
+                let (a, warnings) = archive(
+                    store,
+                    layer,
+                    &scratch.join(format!("layer-{i}")),
+                    compression,
+                    here,
+                )?;
+                if !opts.quiet {
+                    for w in warnings {
+                        eprintln!("duet: {w}");
+                    }
+                }
+                let Archived { file, path, place } = a;
+                // A HEAD of the blob: one the repository has is not sent again.
+                let how = if client.blob_exists(r, &place.digest).await.map_err(fail)? {
+                    Placed::Present
+                } else {
+                    if !opts.quiet {
+                        eprintln!(
+                            "duet: pushing layer {}/{n} {} ({:.1} MB)",
+                            i + 1,
+                            place.digest,
+                            place.size as f64 / 1e6
+                        );
+                    }
+                    client
+                        .push_blob_stream(r, chunks(file), &place.digest, Some(place.size))
+                        .await
+                        .map_err(fail)?;
+                    bytes += place.size;
+                    Placed::Sent
+                };
+                let _ = std::fs::remove_file(path);
+                (place, how)
             }
-            present += 1;
-            descriptors.push(descriptor);
-            continue;
+        };
+        match &how {
+            Placed::Present => present += 1,
+            Placed::Mounted(_) => mounted += 1,
+            Placed::Sent => {}
         }
         if !opts.quiet {
-            eprintln!(
-                "duet: pushing layer {}/{} {digest} ({:.1} MB)",
-                i + 1,
-                image.layers.len(),
-                len as f64 / 1e6
-            );
+            match &how {
+                Placed::Present => eprintln!(
+                    "duet: layer {}/{n} {} is already in the repository",
+                    i + 1,
+                    place.digest
+                ),
+                Placed::Mounted(from) => eprintln!(
+                    "duet: layer {}/{n} {} mounted from {from}",
+                    i + 1,
+                    place.digest
+                ),
+                Placed::Sent => {}
+            }
         }
-        client
-            .push_blob_stream(r, chunks(file), &digest, Some(len))
-            .await
-            .map_err(fail)?;
-        bytes += len;
-        descriptors.push(descriptor);
+        descriptors.push(serde_json::json!({
+            "mediaType": place.media_type, "digest": place.digest, "size": place.size,
+        }));
+        diff_ids.push(place.diff_id.clone());
+        // The target has it now: a later push elsewhere may mount it from here.
+        sources::record(
+            store,
+            layer,
+            LayerSource {
+                registry: here.0.to_string(),
+                repository: here.1.to_string(),
+                ..place
+            },
+        );
     }
     let config = config_json(image, &diff_ids);
     let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
@@ -247,6 +347,7 @@ async fn push_async(
         layers: diff_ids.len(),
         bytes,
         present,
+        mounted,
     })
 }
 

@@ -15,7 +15,7 @@ use super::store::{io_err, remove_tree};
 use super::whiteout::{is_opaque, is_whiteout};
 use super::{Image, ImageError, ImageStore, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -30,7 +30,7 @@ pub struct Committed {
 
 /// Writes the tree under `upper` as a layer tar (OCI whiteouts) to `out`;
 /// returns warnings about what could not be archived (sockets).
-pub fn write_layer_tar(upper: &Path, out: &mut File) -> Result<Vec<String>, ImageError> {
+pub fn write_layer_tar<W: Write>(upper: &Path, out: W) -> Result<Vec<String>, ImageError> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     let mut warnings = Vec::new();
@@ -77,7 +77,7 @@ fn empty_file_header() -> tar::Header {
 }
 
 fn append_dir(
-    b: &mut tar::Builder<&mut File>,
+    b: &mut tar::Builder<impl Write>,
     root: &Path,
     rel: &Path,
     warnings: &mut Vec<String>,

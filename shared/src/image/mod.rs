@@ -16,6 +16,7 @@ mod commit;
 #[cfg(test)]
 mod confinement_tests;
 pub mod escape;
+mod hashing;
 mod import;
 pub mod layer_image;
 mod layout;
@@ -34,11 +35,12 @@ pub mod whiteout;
 
 pub use busybox::{ensure_probe_layer, find_probe, PROBE_ENV, PROBE_IN_IMAGE, SYSTEM_PROBE_PATH};
 pub use commit::{commit_upper, write_layer_tar, Committed};
+pub use hashing::HashingWriter;
 pub use import::{
     add_layer, add_layer_reporting, import_tarball, ImportFormat, ImportOptions, Imported,
     DEFAULT_PATH, MAX_INDEX_DEPTH, MAX_JSON,
 };
-pub use save::{archive_layers, config_json, save_image, LayerTar};
+pub use save::{config_json, save_image};
 pub use store::{valid_reference_name, ImageError, ImageStore};
 pub use user::resolve_user;
 pub use whiteout::{is_opaque, is_whiteout, OPAQUE_MARKER, WHITEOUT_PREFIX};

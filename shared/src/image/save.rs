@@ -6,32 +6,13 @@
 //! tar; the config written lists those as its diff_ids.
 
 use super::commit::write_layer_tar;
+use super::hashing::HashingWriter;
 use super::store::{io_err, remove_tree};
 use super::{Image, ImageError, ImageStore};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::path::Path;
-
-/// The sha256 (hex) and length of what `f` holds, read from its start.
-fn digest_of(f: &mut File, what: &Path) -> Result<(String, u64), ImageError> {
-    f.seek(SeekFrom::Start(0))
-        .map_err(io_err("cannot rewind", what))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(io_err("cannot read", what))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    f.seek(SeekFrom::Start(0))
-        .map_err(io_err("cannot rewind", what))?;
-    Ok((hex::encode(h.finalize()), n))
-}
 
 /// The name `docker load` gives the image: `repo:tag` (a plain name gets
 /// `:latest`; a digest-named image none, it cannot be a tag).
@@ -86,11 +67,12 @@ pub fn config_json(image: &Image, diff_ids: &[String]) -> Vec<u8> {
 
 /// One layer archived again from the store: the open tar (at its start),
 /// its sha256 (hex) and length.
-pub type LayerTar = (File, String, u64);
+type LayerTar = (File, String, u64);
 
 /// Archives each of `image`'s layers, bottom first, into `dir`
-/// (`layer-N.tar`); also returns warnings (sockets not archived).
-pub fn archive_layers(
+/// (`layer-N.tar`), hashing each as it is written; also returns warnings
+/// (sockets not archived).
+fn archive_layers(
     store: &ImageStore,
     image: &Image,
     dir: &Path,
@@ -99,14 +81,20 @@ pub fn archive_layers(
     let mut layers = Vec::new();
     for (i, d) in image.layers.iter().enumerate() {
         let p = dir.join(format!("layer-{i}.tar"));
-        let mut f = File::options()
+        let f = File::options()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&p)
             .map_err(io_err("cannot create", &p))?;
-        warnings.extend(write_layer_tar(&store.layer_dir(d), &mut f)?);
-        let (sha, len) = digest_of(&mut f, &p)?;
+        let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
+        warnings.extend(write_layer_tar(&store.layer_dir(d), &mut out)?);
+        let (buffered, sha, len) = out.finish();
+        let mut f = buffered
+            .into_inner()
+            .map_err(|e| io_err("cannot write", &p)(e.into_error()))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(io_err("cannot rewind", &p))?;
         layers.push((f, sha, len));
     }
     Ok((layers, warnings))
