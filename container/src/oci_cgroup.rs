@@ -115,9 +115,15 @@ fn remove_empty_parents(parents: &[PathBuf]) {
 }
 
 /// Whether `e` says a parent vanished under a create (another instance's
-/// removal of an empty `duet/`): then the create starts again.
+/// removal of an empty `duet/`): then the create starts again. Only a
+/// directory being made, or a parent level's `cgroup.subtree_control`,
+/// can vanish so; a limit file missing from the instance's own directory
+/// (a controller file this kernel does not offer) is an error at once.
 fn parent_vanished(e: &OciCgroupError) -> bool {
-    matches!(e, OciCgroupError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    matches!(e, OciCgroupError::Io { action, path, source }
+        if source.kind() == std::io::ErrorKind::NotFound
+            && (*action == "creating"
+                || path.file_name() == Some(std::ffi::OsStr::new("cgroup.subtree_control"))))
 }
 
 fn write(path: &Path, value: &str) -> Result<(), OciCgroupError> {
@@ -635,6 +641,34 @@ mod tests {
         for t in tops {
             assert!(!t.exists(), "{} left behind", t.display());
         }
+    }
+
+    #[test]
+    fn only_a_vanished_parent_starts_a_create_again() {
+        let gone = |action, path: &str| OciCgroupError::Io {
+            action,
+            path: PathBuf::from(path),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let m = "/sys/fs/cgroup";
+        assert!(parent_vanished(&gone(
+            "creating",
+            &format!("{m}/pids/duet/c1")
+        )));
+        assert!(parent_vanished(&gone(
+            "opening",
+            &format!("{m}/unified/duet/cgroup.subtree_control")
+        )));
+        assert!(!parent_vanished(&gone(
+            "opening",
+            &format!("{m}/memory/duet/c1/memory.memsw.limit_in_bytes")
+        )));
+        let denied = OciCgroupError::Io {
+            action: "creating",
+            path: PathBuf::from(format!("{m}/pids/duet/c1")),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(!parent_vanished(&denied));
     }
 
     #[test]
