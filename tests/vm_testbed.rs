@@ -12,9 +12,15 @@ use std::sync::OnceLock;
 static CASES: OnceLock<Result<BTreeMap<String, Case>, String>> = OnceLock::new();
 const SCRIPT: &str = "vm-cases.sh";
 
-/// The case `name`, or None when the test must skip.
+/// The case `name`, or None when the test must skip. util-linux's
+/// `script` goes in too: it gives `duet run -t` a terminal.
 fn case(test: &str, name: &str) -> Option<&'static Case> {
-    testbed::case(test, &CASES, SCRIPT, name)
+    if duet_shared::testing::skip_unless_program(test, "script", "util-linux") {
+        return None;
+    }
+    let script = duet_shared::testing::find_program("script").unwrap();
+    let extra = ["--with-libs".to_string(), script.display().to_string()];
+    testbed::case_with(test, &CASES, SCRIPT, name, &extra)
 }
 
 /// Every case, once the testbed ran (call after [`case`] returned Some).
@@ -669,6 +675,26 @@ fn vm_exec_tty_gets_a_guest_pty() {
     };
     assert_eq!(c.rc, 0, "{}", c.output);
     assert!(c.output.trim().starts_with("/dev/pts/"), "{:?}", c.output);
+}
+
+/// `duet run -t` in a microVM: the guest's console is the workload's
+/// terminal (at 24x80: script(1)'s pty has no size of its own), and what is
+/// typed reaches an interactive shell there, whose exit status is duet's.
+#[test]
+fn vm_run_t_gives_the_workload_the_console_as_its_terminal() {
+    let Some(c) = case(
+        "vm_run_t_gives_the_workload_the_console_as_its_terminal",
+        "run_tty",
+    ) else {
+        return;
+    };
+    assert_eq!(c.rc, 0, "{}", c.output);
+    for want in ["stdin-is-a-tty\n", "24 80\n", "TERM=xterm\n"] {
+        assert!(c.output.contains(want), "{want:?} in {:?}", c.output);
+    }
+    let c = &cases().as_ref().unwrap()["run_tty_typed"];
+    assert_eq!(c.rc, 5, "{}", c.output);
+    assert!(c.output.contains("typed-42"), "{:?}", c.output);
 }
 
 #[test]

@@ -48,6 +48,15 @@ pub enum Request {
     /// snapshot of a VM on duet's bridge gets its own MAC, address, route
     /// and `/etc/hosts`/`/etc/resolv.conf` before it counts as started.
     Network(NetworkUpdate),
+    /// The size of the terminal the workload's console stands for
+    /// (`duet run -t`, an engine's tty): the guest's console takes it, and
+    /// the workload gets SIGWINCH as on any resized terminal.
+    ConsoleSize {
+        /// Lines.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
 }
 
 /// The new identity of the guest's `eth0` ([`Request::Network`]).

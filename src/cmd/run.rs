@@ -91,9 +91,11 @@ pub struct RunArgs {
     /// hierarchy) instead of under the cgroup duet runs in.
     #[arg(long, value_name = "CGROUP")]
     pub cgroup_parent: Option<PathBuf>,
-    /// Give the workload a pty of its own (container). Without it, those of
-    /// duet's stdin, stdout and stderr that are terminals reach the workload
-    /// as pipes that duet relays, as in Docker.
+    /// Give the workload a terminal: a pty of its own (container), or the
+    /// guest's console as its terminal at the size of duet's (microVM).
+    /// Without it, those of duet's stdin, stdout and stderr that are
+    /// terminals reach a container's workload as pipes that duet relays, as
+    /// in Docker.
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Keep stdin open for the workload (the default in the foreground; a
@@ -334,9 +336,6 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let root = state_root();
     resolve_network(&mut spec, &origin, &root)?;
     let isolation = spec.isolation.unwrap_or(Isolation::Container);
-    if args.tty && isolation == Isolation::Vm {
-        bail!("-t: a microVM's workload has the guest's serial console; `duet exec -t` gives a pty inside the guest");
-    }
     let backend = backends::for_isolation(isolation);
     let mut report = RunReport::start(backend.isolation(), &spec.name, &spec.image);
     let store = ImageStore::open(&root)?;

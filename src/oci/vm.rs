@@ -306,6 +306,13 @@ fn translate(spec: &Spec, rootfs: &Path, id: &str) -> Result<Translated> {
         files,
         network: None,
         template: false,
+        // The keeper's stdio is then the engine's pty: the guest console
+        // becomes the workload's terminal (its size is the pty's, from the
+        // keeper on).
+        tty: p
+            .terminal()
+            .unwrap_or(false)
+            .then_some(duet_init::config::TtySize { rows: 24, cols: 80 }),
     };
     workload
         .validate()
@@ -636,6 +643,19 @@ pub fn keeper(root: &Path, id: &str) -> Result<u8> {
     let net = engine_network(&cfg.netns)?;
     let mut workload = cfg.workload;
     workload.network = net.as_ref().map(|(_, g)| *g);
+    // With a terminal, the engine's pty is fd 0 here: the guest's console
+    // starts at its size and follows it.
+    let _follower = workload.tty.as_mut().map(|size| {
+        if let Some((rows, cols)) = duet_vmm::agent::terminal_size() {
+            *size = duet_init::config::TtySize { rows, cols };
+        }
+        duet_vmm::agent::ConsoleFollower::start(
+            &cfg.id,
+            &cfg.socket_dir.join(duet_vmm::agent::SOCKET),
+            0,
+            Some((size.rows, size.cols)),
+        )
+    });
     let b = BundleVm {
         id: cfg.id,
         rootfs: cfg.rootfs,

@@ -32,7 +32,7 @@ start_dockerd() {
     R=/tmp/bb-rootfs
     mkdir -p $R/bin $R/etc $R/tmp $R/root
     cp /bin/busybox $R/bin/busybox
-    for a in sh echo cat sleep ls id hostname pwd grep tty head dd true httpd nc ip; do ln -sf busybox $R/bin/$a; done
+    for a in sh echo cat sleep ls id hostname pwd grep tty head dd true httpd nc ip stty; do ln -sf busybox $R/bin/$a; done
     tar -C $R -cf $D/bb.tar . && dk import --change 'ENV PATH=/bin' --change 'WORKDIR /tmp' $D/bb.tar busybox > /dev/null && echo imported
 }
 case_ dockerd_up start_dockerd
@@ -43,7 +43,7 @@ case_ docker_vm_read_only dk run --rm --read-only --runtime duet-vm busybox sh -
 case_ docker_vm_exit7 dk run --rm --runtime duet-vm busybox sh -c 'exit 7'
 case_ docker_vm_missing dk run --rm --runtime duet-vm busybox /no/such/program
 case_ docker_vm_env_user dk run --rm --runtime duet-vm -e GREETING=hello -w /root -u 1000:1000 busybox sh -c 'echo "$GREETING $(id -u):$(id -g) $(pwd)"; uname -r'
-case_ docker_vm_tty dk run --rm -t --runtime duet-vm busybox echo through-a-pty
+case_ docker_vm_tty dk run --rm -t --runtime duet-vm busybox sh -c 'test -t 0 && echo stdin-is-a-tty; stty size; echo through-a-pty'
 docker_vm_detached() {
     id=$(dk run -d --runtime duet-vm busybox sh -c 'echo detached-up; echo in-guest > /root/w; trap "echo got-term; exit 0" TERM; while true; do sleep 1; done') || return 1
     i=0

@@ -28,6 +28,9 @@ case_ timeout vm --timeout 4 busybox -- sleep 100
 case_ panic env DUET_KERNEL_APPEND=rdinit=/no/such/init duet run --isolation vm busybox -- true
 case_ quiet vm busybox -- echo only-this
 case_ console vm --console busybox -- echo after-boot
+# duet run -t: script(1) gives duet a terminal; the guest's console is the workload's.
+case_ run_tty timeout -k 10 180 script -qec "$DUET_EXE run -t --isolation vm busybox -- sh -c 'test -t 0 && echo stdin-is-a-tty; stty size; env | grep ^TERM='" /dev/null
+case_ run_tty_typed sh -c "printf 'echo typed-\$((40+2))\nexit 5\n' | timeout -k 10 180 script -qec '$DUET_EXE run -t --isolation vm busybox -- sh' /dev/null"
 case_ leftovers sh -c 'ls /tmp/duet/instances | wc -l'
 
 # --- issue 4: the guest's root on virtio-blk disks (layers + scratch) ----------

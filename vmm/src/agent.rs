@@ -543,14 +543,73 @@ fn relay_loop(
     }
 }
 
+/// The size of duet's own terminal (stdin's, else stdout's), if it has one.
+pub fn terminal_size() -> Option<(u16, u16)> {
+    [0, 1]
+        .into_iter()
+        .filter_map(window_size)
+        .find(|&(rows, cols)| rows > 0 && cols > 0)
+}
+
+/// How often a [`ConsoleFollower`] looks at its terminal's size.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps a microVM workload's console at the size of terminal `fd` (duet's
+/// own with `duet run -t`, or an engine's pty): looked at every
+/// [`FOLLOW_EVERY`] and sent to the guest agent ([`Request::ConsoleSize`])
+/// whenever it changed, until dropped. Looked at rather than waited on
+/// with SIGWINCH: a shim resizes an engine's pty from its master side,
+/// which signals nothing to the process holding the slave.
+pub struct ConsoleFollower {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ConsoleFollower {
+    /// Follows `fd` for the instance `id` whose agent listens at `socket`;
+    /// `sent` is the size the guest has already (its workload config's).
+    pub fn start(id: &str, socket: &Path, fd: RawFd, sent: Option<(u16, u16)>) -> ConsoleFollower {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, id, socket) = (stop.clone(), id.to_string(), socket.to_path_buf());
+        let _ = std::thread::Builder::new()
+            .name("duet-tty-size".into())
+            .spawn(move || {
+                let mut last = sent;
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(FOLLOW_EVERY);
+                    let now = window_size(fd).filter(|&(r, c)| r > 0 && c > 0);
+                    let Some((rows, cols)) = now.filter(|_| now != last) else {
+                        continue;
+                    };
+                    // A guest still booting has no agent yet: tried again
+                    // at the next look.
+                    let sent = connect_path(&id, &socket, Duration::from_millis(500))
+                        .and_then(|mut c| c.request(&Request::ConsoleSize { rows, cols }));
+                    if sent.is_ok() {
+                        last = now;
+                    }
+                }
+            });
+        ConsoleFollower { stop }
+    }
+}
+
+impl Drop for ConsoleFollower {
+    fn drop(&mut self) {
+        // Not joined: the thread ends at its next look, and the run's end
+        // does not wait for it.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The terminal in raw mode until dropped.
-struct RawMode {
+pub struct RawMode {
     fd: RawFd,
     saved: libc::termios,
 }
 
 impl RawMode {
-    fn enter(fd: RawFd) -> Option<RawMode> {
+    /// Puts terminal `fd` in raw mode; None if it is not a terminal.
+    pub fn enter(fd: RawFd) -> Option<RawMode> {
         // SAFETY: termios is plain data; tcgetattr fills it.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: as above.

@@ -559,6 +559,7 @@ mod tests {
             files: Vec::new(),
             network: None,
             template: false,
+            tty: None,
         };
         let dr = DiskRoot { layers: 1 };
         let first =

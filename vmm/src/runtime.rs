@@ -265,10 +265,7 @@ impl VmRuntime {
                         duet_shared::guest_abi::WARM_PORT
                     );
                 }
-                warm = Some(templates::warm_start(rootfs::guest_workload(
-                    launch.spec,
-                    launch.network,
-                )));
+                warm = Some(templates::warm_start(rootfs::launch_workload(launch)));
             }
             (Some(path), _) => {
                 snapshots::prepare_restore(launch, path, &mut cfg, report)?;
@@ -320,6 +317,8 @@ impl VmRuntime {
             handover_us: None,
             renumber,
             renumber_us: None,
+            terminal: None,
+            tty: launch.options.tty && boot != Boot::Template,
         };
         match jail::JailMode::from_env().map_err(VmmError::from)? {
             jail::JailMode::On => {
@@ -411,6 +410,12 @@ pub struct Vm {
     renumber: Option<duet_shared::agent_abi::NetworkUpdate>,
     /// How long that took (the `network_renumber_us` counter).
     renumber_us: Option<u64>,
+    /// With `-t`: the console's size sent along as duet's terminal changes,
+    /// and that terminal raw (the guest's console does the line editing),
+    /// until the VM ends.
+    terminal: Option<(Option<crate::agent::RawMode>, crate::agent::ConsoleFollower)>,
+    /// Whether the run asked for a terminal.
+    tty: bool,
 }
 
 fn eventfd() -> Result<std::os::fd::OwnedFd, VmRuntimeError> {
@@ -462,6 +467,20 @@ impl Instance for Vm {
             let _ = tx.send(std::process::id() as i32);
         }
         drop(tx);
+        if self.tty {
+            // SAFETY: isatty on a descriptor number.
+            let raw = (unsafe { libc::isatty(0) } == 1)
+                .then(|| crate::agent::RawMode::enter(0))
+                .flatten();
+            let follower = crate::agent::ConsoleFollower::start(
+                self.instance.id(),
+                &self.instance.path().join(crate::agent::SOCKET),
+                if raw.is_some() { 0 } else { 1 },
+                // What the guest's config had (`rootfs::launch_workload`).
+                Some(crate::agent::terminal_size().unwrap_or((24, 80))),
+            );
+            self.terminal = Some((raw, follower));
+        }
         let mut thread_report = report.clone();
         // SAFETY: dup of an fd we own; the thread owns the copy.
         let done = self
@@ -584,7 +603,10 @@ impl Instance for Vm {
         let Some(t) = self.thread.take() else {
             return Err("the VM was never started".into());
         };
-        let (outcome, r) = t.join().map_err(|_| "the VM's thread panicked")?;
+        let joined = t.join();
+        // duet's terminal is itself again before anything is printed.
+        self.terminal = None;
+        let (outcome, r) = joined.map_err(|_| "the VM's thread panicked")?;
         *report = r;
         if let Some(us) = self.handover_us {
             report.counters.insert("warm_handover_us".into(), us);
@@ -641,8 +663,12 @@ fn prepare_disks(
     let images = layer_image::ensure_layer_images(&store, layers)?;
     let built = images.iter().filter(|i| i.built).count() as u64;
     let scratch = disks::create_scratch(root, launch.instance.path())?;
-    let mut workload = rootfs::guest_workload(launch.spec, launch.network);
-    workload.template = template;
+    let mut workload = rootfs::launch_workload(launch);
+    if template {
+        // Each clone brings its own workload, terminal included.
+        workload.template = true;
+        workload.tty = None;
+    }
     let disk_root = disks::DiskRoot {
         layers: layers.len() as u32,
     };

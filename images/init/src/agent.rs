@@ -253,7 +253,27 @@ pub fn serve_connection(conn: OwnedFd, ctx: &AgentContext) {
             };
             let _ = write_all(fd, &agent_abi::encode_line(&reply));
         }
+        Request::ConsoleSize { rows, cols } => {
+            let reply = match console_size(rows, cols) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error(format!("cannot resize the console: {e}")),
+            };
+            let _ = write_all(fd, &agent_abi::encode_line(&reply));
+        }
     }
+}
+
+/// [`Request::ConsoleSize`]: the console's window size. The agent keeps
+/// the console as fd 0 from PID 1 (out of its session: TIOCSWINSZ needs no
+/// controlling terminal); the kernel signals the console's foreground
+/// group, the workload.
+fn console_size(rows: u16, cols: u16) -> std::io::Result<()> {
+    // SAFETY: isatty on a descriptor number.
+    if unsafe { libc::isatty(0) } != 1 {
+        return Err(std::io::Error::other("the agent has no console"));
+    }
+    set_size(0, rows, cols);
+    Ok(())
 }
 
 /// [`Request::Network`]: `eth0`'s new MAC, address and route, then the
@@ -307,8 +327,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sets a pty's window size (the kernel sends SIGWINCH to its foreground group).
-fn set_size(master: RawFd, rows: u16, cols: u16) {
+/// Sets a terminal's window size (the kernel sends SIGWINCH to its
+/// foreground group): an exec's pty, or the console.
+pub fn set_size(master: RawFd, rows: u16, cols: u16) {
     let ws = libc::winsize {
         ws_row: rows,
         ws_col: cols,

@@ -50,6 +50,21 @@ pub struct GuestWorkload {
     /// ([`WarmStart`]); the rest of this config is not used.
     #[serde(default)]
     pub template: bool,
+    /// The console is the workload's terminal (`duet run -t`): echo, line
+    /// editing, `\n` -> `\r\n` and signals from the keyboard, at this size;
+    /// `None`: the console passes bytes through untouched, as a pipe would.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// What a clone of a warm-start template gets on
@@ -257,6 +272,7 @@ mod tests {
                 mac: Some([0x02, 0xd0, 10, 89, 0, 2]),
             }),
             template: false,
+            tty: None,
         }
     }
 

@@ -173,7 +173,10 @@ fn boot(ports: &GuestPorts) -> Result<u32, InitError> {
     if let Some(limit) = w.pids_max {
         setup_pids_cgroup(limit)?;
     }
-    quiet_console();
+    match w.tty {
+        Some(size) => terminal_console(size),
+        None => quiet_console(),
+    }
     run_workload(&w, ports)
 }
 
@@ -346,6 +349,32 @@ fn quiet_console() {
             .remove(LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ECHOE);
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
     }
+}
+
+/// The console as the workload's terminal (`duet run -t`): the line
+/// discipline a terminal has (echo, line editing, `\n` -> `\r\n`, ^C and
+/// ^Z as signals to the foreground group), at the size of the host's.
+/// The host side passes keystrokes through raw.
+fn terminal_console(size: duet_init::config::TtySize) {
+    use nix::sys::termios::{tcgetattr, tcsetattr, InputFlags, LocalFlags, OutputFlags, SetArg};
+    let stdin = std::io::stdin();
+    if let Ok(mut t) = tcgetattr(&stdin) {
+        t.input_flags.insert(InputFlags::ICRNL);
+        t.output_flags
+            .insert(OutputFlags::OPOST | OutputFlags::ONLCR);
+        t.local_flags.insert(
+            LocalFlags::ECHO
+                | LocalFlags::ECHOE
+                | LocalFlags::ECHOK
+                | LocalFlags::ECHOCTL
+                | LocalFlags::ECHOKE
+                | LocalFlags::ICANON
+                | LocalFlags::ISIG
+                | LocalFlags::IEXTEN,
+        );
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
+    }
+    duet_init::agent::set_size(0, size.rows, size.cols);
 }
 
 /// Starts the workload and waits for it, reaping every other process meanwhile.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "pwd", "hostname", "env", "sleep", "true", "ls",
+    "sh", "echo", "cat", "pwd", "hostname", "env", "sleep", "true", "ls", "stty", "tr", "grep",
 ];
 
 fn busybox() -> Option<PathBuf> {
@@ -98,6 +98,55 @@ fn run_raw_with(config: &[u8], prepare: impl FnOnce(&Path)) -> Outcome {
     }
 }
 
+/// Runs `w` with a new pty's slave as init's fds 0-2 (its console, as the
+/// guest's serial console is); what came out of the master.
+fn run_on_pty(w: &GuestWorkload) -> String {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let root = make_root(dir.path());
+    std::fs::write(root.join("duet/workload.json"), w.to_json()).unwrap();
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two descriptors; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: two new descriptors, ours.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--uts", "--ipc"])
+        .args(["--propagation", "private", "chroot"])
+        .arg(&root)
+        .arg("/duet/init")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DUET_INIT_FAKE_PORTS", "/ports.log")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until every slave is closed (EIO from the master).
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    child.wait().unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn run(w: &GuestWorkload) -> Outcome {
     run_raw(&w.to_json())
 }
@@ -114,6 +163,7 @@ fn workload(script: &str) -> GuestWorkload {
         files: Vec::new(),
         network: None,
         template: false,
+        tty: None,
     }
 }
 
@@ -125,6 +175,42 @@ macro_rules! skip_unless_possible {
             }
         }
     };
+}
+
+/// With `tty` (`duet run -t`), the console is the workload's terminal: the
+/// size the host gave, echo and line editing on, `\n` written as `\r\n`;
+/// without, the console passes bytes through as a pipe would (no echo, no
+/// line editing, no `\r`).
+#[test]
+fn a_tty_workload_has_the_console_as_its_terminal() {
+    skip_unless_possible!();
+    let script = "stty size; stty -a | tr ' ;' '\\n\\n' | grep -x -e echo -e -echo -e icanon -e -icanon -e opost -e -opost -e onlcr; test -t 0 && echo on-a-tty";
+    let mut w = workload(script);
+    w.tty = Some(duet_init::config::TtySize {
+        rows: 30,
+        cols: 100,
+    });
+    let out = run_on_pty(&w);
+    for want in [
+        "30 100\r\n",
+        "\necho\r\n",
+        "\nicanon\r\n",
+        "\nopost\r\n",
+        "\nonlcr\r\n",
+        "on-a-tty\r\n",
+    ] {
+        assert!(out.contains(want), "{want:?} in {out:?}");
+    }
+    assert!(
+        !out.contains("-echo") && !out.contains("-icanon") && !out.contains("-opost"),
+        "{out:?}"
+    );
+    w.tty = None;
+    let out = run_on_pty(&w);
+    for want in ["\n-echo\n", "\n-opost\n", "on-a-tty\n"] {
+        assert!(out.contains(want), "{want:?} in {out:?}");
+    }
+    assert!(!out.contains('\r'), "{out:?}");
 }
 
 #[test]

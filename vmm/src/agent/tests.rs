@@ -22,6 +22,7 @@ fn ctx(workload_pid: i32) -> AgentContext {
             files: Vec::new(),
             network: None,
             template: false,
+            tty: None,
         },
         workload_pid,
         cgroup_procs: None,
@@ -32,6 +33,12 @@ fn ctx(workload_pid: i32) -> AgentContext {
 /// serves the connection with a forked agent session; `answer = false`
 /// closes it instead (a guest that does not listen).
 fn fake_vmm(dir: &Path, workload_pid: i32, answer: bool) -> PathBuf {
+    fake_vmm_on(dir, workload_pid, answer, None)
+}
+
+/// [`fake_vmm`] whose agent sessions have `console` as fd 0, as the
+/// guest's agent has the console from PID 1.
+fn fake_vmm_on(dir: &Path, workload_pid: i32, answer: bool, console: Option<RawFd>) -> PathBuf {
     let path = dir.join(SOCKET);
     let l = UnixListener::bind(&path).unwrap();
     let c = ctx(workload_pid);
@@ -51,6 +58,10 @@ fn fake_vmm(dir: &Path, workload_pid: i32, answer: bool) -> PathBuf {
             // SAFETY: the child only serves the connection and _exits.
             let pid = unsafe { libc::fork() };
             if pid == 0 {
+                if let Some(c) = console {
+                    // SAFETY: dup2 of a descriptor the test keeps open, in this child.
+                    unsafe { libc::dup2(c, 0) };
+                }
                 let fd = OwnedFd::from(s);
                 // As in the guest (forked from PID 1), the session holds
                 // nothing but its connection: close what the test harness's
@@ -312,4 +323,72 @@ fn output_to_a_full_nonblocking_pipe_is_not_dropped() {
         reader.join().unwrap() == want,
         "every byte arrives, in order"
     );
+}
+
+/// A pty pair (master, slave).
+fn pty_pair() -> (OwnedFd, OwnedFd) {
+    let (mut m, mut sl) = (0, 0);
+    // SAFETY: openpty fills two descriptors; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut sl,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: two new descriptors, ours.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(sl)) }
+}
+
+fn set_size(fd: RawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
+}
+
+fn wait_for_size(fd: RawFd, want: (u16, u16)) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while window_size(fd) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "the console is {:?}, not {want:?}",
+            window_size(fd)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `duet run -t` / an engine's tty: the guest console follows the size of
+/// the host's terminal, at the start and after each resize, through the
+/// agent; an agent without a console says so.
+#[test]
+fn the_console_follows_the_host_terminals_size() {
+    let t = tempfile::tempdir().unwrap();
+    let (_console_master, console) = pty_pair();
+    set_size(console.as_raw_fd(), 24, 80);
+    let sock = fake_vmm_on(t.path(), 1, true, Some(console.as_raw_fd()));
+    let (host_master, host) = pty_pair();
+    set_size(host_master.as_raw_fd(), 33, 111);
+    let follower = ConsoleFollower::start("t", &sock, host.as_raw_fd(), Some((24, 80)));
+    wait_for_size(console.as_raw_fd(), (33, 111));
+    set_size(host_master.as_raw_fd(), 50, 132);
+    wait_for_size(console.as_raw_fd(), (50, 132));
+    drop(follower);
+
+    let plain = tempfile::tempdir().unwrap();
+    let not_a_console = std::fs::File::open("/dev/null").unwrap();
+    let sock = fake_vmm_on(plain.path(), 1, true, Some(not_a_console.as_raw_fd()));
+    let e = connect_path("t", &sock, Duration::from_secs(5))
+        .unwrap()
+        .request(&Request::ConsoleSize { rows: 1, cols: 1 })
+        .unwrap_err();
+    assert!(e.to_string().contains("no console"), "{e}");
 }

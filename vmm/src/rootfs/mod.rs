@@ -225,6 +225,23 @@ pub fn build_initramfs(
 /// `PATH` a workload gets when neither spec nor image sets one (duet-container's too).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The guest config of a launch: [`guest_workload`] of its spec, with the
+/// console as the workload's terminal when the run asked for one (`-t`),
+/// at the size of duet's own terminal (80x24 without one).
+pub fn launch_workload(launch: &duet_shared::runtime::Launch<'_>) -> GuestWorkload {
+    let mut w = guest_workload(launch.spec, launch.network);
+    if launch.options.tty {
+        let (rows, cols) = crate::agent::terminal_size().unwrap_or((24, 80));
+        w.tty = Some(duet_init::config::TtySize { rows, cols });
+        // As `docker run -t` sets it: programs then know what they talk to.
+        if !w.env.iter().any(|e| e.starts_with("TERM=")) {
+            w.env.push("TERM=xterm".into());
+            w.env.sort();
+        }
+    }
+    w
+}
+
 /// The guest config for a resolved spec (image defaults already merged in),
 /// with the same environment a container gets: the spec's env plus `PATH`,
 /// `HOSTNAME` (= the instance name, also the guest's hostname) and
@@ -274,6 +291,7 @@ pub fn guest_workload(
             mac: Some(n.mac),
         }),
         template: false,
+        tty: None,
     }
 }
 
@@ -291,7 +309,7 @@ pub fn build_for_launch(
         &launch.layers,
         &launch.image.layers,
         init_binary,
-        &guest_workload(launch.spec, launch.network),
+        &launch_workload(launch),
         &dir.join("workload.cpio"),
     )?;
     let initrd = dir.join("initrd.cpio");

@@ -103,6 +103,7 @@ fn sample_workload() -> GuestWorkload {
         files: Vec::new(),
         network: None,
         template: false,
+        tty: None,
     }
 }
 
@@ -622,6 +623,7 @@ fn unpacked_initramfs_boots_duet_init_in_namespaces() {
         files: Vec::new(),
         network: None,
         template: false,
+        tty: None,
     };
     let info = build_initramfs(
         t.path(),
