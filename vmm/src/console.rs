@@ -32,6 +32,13 @@ struct Inner {
 /// The guest console: a sink plus the tail of recent lines.
 pub struct Console {
     inner: Mutex<Inner>,
+    /// Whether input may go to the guest yet: in workload mode from its
+    /// ready write on (or at once for a restored guest). A booting kernel's
+    /// UART driver empties the FIFO when it starts, so keystrokes typed
+    /// ahead would be lost; held back, they wait in duet's own stdin until
+    /// the workload runs. In forward mode (the whole console, kernel
+    /// included, is the user's) input goes at once.
+    input_open: std::sync::atomic::AtomicBool,
 }
 
 impl Console {
@@ -45,7 +52,19 @@ impl Console {
                 line: Vec::new(),
                 bytes: 0,
             }),
+            input_open: std::sync::atomic::AtomicBool::new(mode == ConsoleMode::Forward),
         })
+    }
+
+    /// Lets input reach the guest (its workload runs, or it was restored).
+    pub fn open_input(&self) {
+        self.input_open
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether input may reach the guest ([`Console::open_input`]).
+    pub fn input_is_open(&self) -> bool {
+        self.input_open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -87,6 +106,8 @@ impl Console {
         let mut inner = self.lock();
         inner.forwarding = true;
         let _ = inner.sink.flush();
+        drop(inner);
+        self.open_input();
     }
 
     /// The last lines the guest wrote (a trailing partial line included).

@@ -401,7 +401,11 @@ impl Vm {
                 })?;
         }
         let serial = match serial_state {
-            Some(st) => SerialDevice::from_state(irq, con.clone(), st).map_err(VmmError::Config)?,
+            Some(st) => {
+                // A restored guest's UART is running already: nothing would lose input.
+                con.open_input();
+                SerialDevice::from_state(irq, con.clone(), st).map_err(VmmError::Config)?
+            }
             None => SerialDevice::new(irq, con.clone()),
         };
         let serial = Arc::new(Mutex::new(serial));
@@ -727,9 +731,14 @@ impl Vm {
         });
         let input = match std::mem::take(&mut self.input) {
             ConsoleInput::None => None,
-            source => match &self.serial {
-                Some(serial) => Some(InputThread::spawn(source, serial.clone(), filter.clone())?),
-                None => None,
+            source => match (&self.serial, &self.console) {
+                (Some(serial), Some(console)) => Some(InputThread::spawn(
+                    source,
+                    serial.clone(),
+                    console.clone(),
+                    filter.clone(),
+                )?),
+                _ => None,
             },
         };
         let host_threads = self
@@ -992,6 +1001,7 @@ impl InputThread {
     fn spawn(
         source: ConsoleInput,
         serial: Arc<Mutex<SerialDevice>>,
+        console: Arc<Console>,
         filter: Option<Arc<seccompiler::BpfProgram>>,
     ) -> Result<InputThread, VmmError> {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::InputThread)?;
@@ -1014,6 +1024,12 @@ impl InputThread {
                     }
                     ConsoleInput::None => return,
                 };
+                // Nothing is read before the guest may take it (see Console).
+                while !console.input_is_open() {
+                    if poll_in(None, &stop_rx, 10).0 {
+                        return;
+                    }
+                }
                 pump_input(fd, &stop_rx, &serial);
             })
             .map_err(VmmError::InputThread)?;
