@@ -387,6 +387,29 @@ fn manifest_layers(reference: &str) -> Vec<(String, String, u64)> {
         .collect()
 }
 
+/// Image `name`: `image` with a layer on top, made by `duet commit`, that
+/// adds `/srv/made` ("made-by-commit").
+fn commit_a_file(env: &Env, image: &str, name: &str) {
+    let keeper = format!("commit-src-{}", std::process::id());
+    ok(
+        env,
+        &[
+            "run",
+            "--keep",
+            "--user",
+            "0",
+            "--name",
+            &keeper,
+            image,
+            "--",
+            // The entrypoint is `/bin/sh -c`: this is its script.
+            "echo made-by-commit > /srv/made",
+        ],
+    );
+    ok(env, &["commit", &keeper, name]);
+    ok(env, &["rm", &keeper]);
+}
+
 /// `duet push IMAGE TARGET` in `env`; what it said on stderr (it must succeed).
 fn push_said(env: &Env, image: &str, target: &str) -> String {
     let o = env.run(&["push", "--insecure", image, target]);
@@ -876,24 +899,7 @@ fn a_committed_image_is_pushed_and_pulled_back_by_its_digest() {
         return;
     }
     let (reg, env, original) = app_pulled();
-    let keeper = format!("push-src-{}", std::process::id());
-    ok(
-        &env,
-        &[
-            "run",
-            "--keep",
-            "--user",
-            "0",
-            "--name",
-            &keeper,
-            &original,
-            "--",
-            // The entrypoint is `/bin/sh -c`: this is its script.
-            "echo made-by-commit > /srv/made",
-        ],
-    );
-    ok(&env, &["commit", &keeper, "mine:1"]);
-    ok(&env, &["rm", &keeper]);
+    commit_a_file(&env, &original, "mine:1");
     // Without a target, a name that names no registry is refused.
     let e = failed(&env, &["push", "--insecure", "mine:1"]);
     assert!(
@@ -1043,23 +1049,7 @@ fn a_layer_the_registry_has_in_another_repository_is_mounted_not_sent() {
     assert_eq!(ok(&other, &["run", &elsewhere]), want);
 
     // A committed layer goes to one repository, then is mounted from it.
-    let keeper = format!("mount-src-{}", std::process::id());
-    ok(
-        &env,
-        &[
-            "run",
-            "--keep",
-            "--user",
-            "0",
-            "--name",
-            &keeper,
-            &original,
-            "--",
-            "echo made-by-commit > /srv/made",
-        ],
-    );
-    ok(&env, &["commit", &keeper, "mine:1"]);
-    ok(&env, &["rm", &keeper]);
+    commit_a_file(&env, &original, "mine:1");
     let first = format!("{}/a/mine:1", reg.host());
     let said = push_said(&env, "mine:1", &first);
     assert!(

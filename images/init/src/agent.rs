@@ -341,7 +341,7 @@ pub fn set_size(master: RawFd, rows: u16, cols: u16) {
 }
 
 /// A pty pair (master, slave), both close-on-exec.
-fn pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub fn pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (mut m, mut s) = (0, 0);
     // SAFETY: openpty writes two descriptors; no name, termios or size given.
     if unsafe {

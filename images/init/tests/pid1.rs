@@ -74,22 +74,25 @@ fn run_with(w: &GuestWorkload, prepare: impl FnOnce(&Path)) -> Outcome {
     run_raw_with(&w.to_json(), prepare)
 }
 
+/// duet-init as PID 1 of new namespaces, chrooted into `root`.
+fn init_in(root: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--mount", "--uts", "--ipc"])
+        .args(["--propagation", "private", "chroot"])
+        .arg(root)
+        .arg("/duet/init")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DUET_INIT_FAKE_PORTS", "/ports.log");
+    c
+}
+
 fn run_raw_with(config: &[u8], prepare: impl FnOnce(&Path)) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let root = make_root(dir.path());
     prepare(&root);
     std::fs::write(root.join("duet/workload.json"), config).unwrap();
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount", "--uts", "--ipc"])
-        .args(["--propagation", "private", "chroot"])
-        .arg(&root)
-        .arg("/duet/init")
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("DUET_INIT_FAKE_PORTS", "/ports.log")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = init_in(&root).stdin(Stdio::null()).output().unwrap();
     Outcome {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -102,32 +105,11 @@ fn run_raw_with(config: &[u8], prepare: impl FnOnce(&Path)) -> Outcome {
 /// guest's serial console is); what came out of the master.
 fn run_on_pty(w: &GuestWorkload) -> String {
     use std::io::Read;
-    use std::os::fd::{FromRawFd, OwnedFd};
     let dir = tempfile::tempdir().unwrap();
     let root = make_root(dir.path());
     std::fs::write(root.join("duet/workload.json"), w.to_json()).unwrap();
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: openpty fills two descriptors; the other arguments may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty");
-    // SAFETY: two new descriptors, ours.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount", "--uts", "--ipc"])
-        .args(["--propagation", "private", "chroot"])
-        .arg(&root)
-        .arg("/duet/init")
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("DUET_INIT_FAKE_PORTS", "/ports.log")
+    let (master, slave) = duet_init::agent::pty().unwrap();
+    let mut child = init_in(&root)
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave))

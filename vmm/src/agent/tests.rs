@@ -325,24 +325,6 @@ fn output_to_a_full_nonblocking_pipe_is_not_dropped() {
     );
 }
 
-/// A pty pair (master, slave).
-fn pty_pair() -> (OwnedFd, OwnedFd) {
-    let (mut m, mut sl) = (0, 0);
-    // SAFETY: openpty fills two descriptors; the other arguments may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut m,
-            &mut sl,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty");
-    // SAFETY: two new descriptors, ours.
-    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(sl)) }
-}
-
 fn set_size(fd: RawFd, rows: u16, cols: u16) {
     let ws = libc::winsize {
         ws_row: rows,
@@ -372,10 +354,10 @@ fn wait_for_size(fd: RawFd, want: (u16, u16)) {
 #[test]
 fn the_console_follows_the_host_terminals_size() {
     let t = tempfile::tempdir().unwrap();
-    let (_console_master, console) = pty_pair();
+    let (_console_master, console) = duet_init::agent::pty().unwrap();
     set_size(console.as_raw_fd(), 24, 80);
     let sock = fake_vmm_on(t.path(), 1, true, Some(console.as_raw_fd()));
-    let (host_master, host) = pty_pair();
+    let (host_master, host) = duet_init::agent::pty().unwrap();
     set_size(host_master.as_raw_fd(), 33, 111);
     let follower = ConsoleFollower::start("t", &sock, host.as_raw_fd(), Some((24, 80)));
     wait_for_size(console.as_raw_fd(), (33, 111));
