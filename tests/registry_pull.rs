@@ -250,6 +250,18 @@ impl Layout {
         arch: &str,
         config: serde_json::Value,
     ) -> serde_json::Value {
+        self.image_stored(layers, arch, config, true)
+    }
+
+    /// [`Layout::image`], its layers stored as they are (`gzipped` false):
+    /// the same layers, other blobs.
+    fn image_stored(
+        &self,
+        layers: &[Vec<u8>],
+        arch: &str,
+        config: serde_json::Value,
+        gzipped: bool,
+    ) -> serde_json::Value {
         let cfg = serde_json::json!({
             "architecture": arch,
             "os": "linux",
@@ -261,9 +273,15 @@ impl Layout {
         let ls: Vec<_> = layers
             .iter()
             .map(|l| {
-                let mut d = self.blob(&gzip(l));
-                d["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
-                d
+                if gzipped {
+                    let mut d = self.blob(&gzip(l));
+                    d["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+                    d
+                } else {
+                    let mut d = self.blob(l);
+                    d["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+                    d
+                }
             })
             .collect();
         let m = serde_json::json!({
@@ -1047,6 +1065,30 @@ fn a_layer_the_registry_has_in_another_repository_is_mounted_not_sent() {
     let other = Env::new();
     ok(&other, &["pull", "--insecure", &elsewhere]);
     assert_eq!(ok(&other, &["run", &elsewhere]), want);
+
+    // Only a blob the pull itself checked against a layer is remembered: a
+    // manifest that pairs the layers this store has with other blobs (here
+    // the same tars stored plain; a hostile one could name any blob) leaves
+    // no hint, or a later push would name those blobs for these layers.
+    let mut layout = Layout::new();
+    let d = layout.image_stored(
+        &[busybox_layer(), app_layer()],
+        "amd64",
+        app_config(),
+        false,
+    );
+    layout.tag(d, "1");
+    reg.push(layout.dir.path(), "1", "plain/app", false);
+    let plain = format!("{}/plain/app:1", reg.host());
+    ok(&env, &["pull", "--insecure", &plain]);
+    for layer in store(&env).get(&plain).unwrap().layers {
+        let hints = duet_registry::sources::read(&store(&env), &layer);
+        assert!(!hints.is_empty(), "the first pull's hint stays");
+        assert!(
+            hints.iter().all(|h| h.repository != "plain/app"),
+            "{hints:?}"
+        );
+    }
 
     // A committed layer goes to one repository, then is mounted from it.
     commit_a_file(&env, &original, "mine:1");

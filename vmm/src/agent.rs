@@ -581,11 +581,19 @@ impl ConsoleFollower {
                         continue;
                     };
                     // A guest still booting has no agent yet: tried again
-                    // at the next look.
-                    let sent = connect_path(&id, &socket, Duration::from_millis(500))
-                        .and_then(|mut c| c.request(&Request::ConsoleSize { rows, cols }));
-                    if sent.is_ok() {
-                        last = now;
+                    // at the next look. One that does not answer within a
+                    // second is given up on until then.
+                    let sent =
+                        connect_path(&id, &socket, Duration::from_millis(500)).and_then(|mut c| {
+                            let _ = c.stream.set_read_timeout(Some(Duration::from_secs(1)));
+                            c.request(&Request::ConsoleSize { rows, cols })
+                        });
+                    match sent {
+                        Ok(()) => last = now,
+                        // An agent that says no (no console, or an older
+                        // init without ConsoleSize) will not say yes later.
+                        Err(AgentError::Refused { .. }) => break,
+                        Err(_) => {}
                     }
                 }
             });

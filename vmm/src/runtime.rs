@@ -476,8 +476,9 @@ impl Instance for Vm {
                 self.instance.id(),
                 &self.instance.path().join(crate::agent::SOCKET),
                 if raw.is_some() { 0 } else { 1 },
-                // What the guest's config had (`rootfs::launch_workload`).
-                Some(crate::agent::terminal_size().unwrap_or((24, 80))),
+                // Sent once at the first look too: the terminal may have
+                // changed since the guest's config was written.
+                None,
             );
             self.terminal = Some((raw, follower));
         }

@@ -313,6 +313,7 @@ struct Todo {
     size: u64,
     diff_id: String,
     what: String,
+    compression: manifest::Compression,
 }
 
 /// Pulls `text` (a reference) into the store; returns the stored image.
@@ -419,7 +420,7 @@ fn plan_layers(
     for (i, (l, diff)) in layers.iter().zip(cfg.rootfs().diff_ids()).enumerate() {
         let d = l.digest().to_string();
         let what = format!("{}: layer {} of {} ({d})", r.whole(), i + 1, layers.len());
-        manifest::layer_compression(l.media_type().as_ref(), &what)?;
+        let compression = manifest::layer_compression(l.media_type().as_ref(), &what)?;
         sha256_hex(&d, &what)?;
         let diff_hex = sha256_hex(diff, &what)?.to_string();
         hexes.push(diff_hex.clone());
@@ -431,6 +432,7 @@ fn plan_layers(
             size: l.size(),
             diff_id: diff_hex,
             what,
+            compression,
         });
     }
     Ok((hexes, todo))
@@ -452,11 +454,35 @@ async fn download_all(
     for t in todo {
         let bar = bars.layer(t.size, &t.digest[7..19]);
         let (client, r, root, sem) = (client.clone(), r.clone(), root.to_path_buf(), sem.clone());
-        let (digest, size, diff_id, what) =
-            (t.digest.clone(), t.size, t.diff_id.clone(), t.what.clone());
+        let (digest, size, diff_id, what, compression) = (
+            t.digest.clone(),
+            t.size,
+            t.diff_id.clone(),
+            t.what.clone(),
+            t.compression,
+        );
         set.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("the semaphore stays open");
-            let n = fetch_layer(&client, &r, &root, &digest, size, &diff_id, &bar, &what).await?;
+            let (n, checked) =
+                fetch_layer(&client, &r, &root, &digest, size, &diff_id, &bar, &what).await?;
+            if checked {
+                // Where this layer is in the registry, for a later push (see
+                // `sources`). Only a blob this pull checked against the
+                // layer (its digest, then its diff_id) is recorded: a
+                // manifest may pair a layer the store has with any blob.
+                sources::record(
+                    &ImageStore::open(&root)?,
+                    &diff_id,
+                    LayerSource {
+                        registry: r.resolve_registry().to_string(),
+                        repository: r.repository().to_string(),
+                        digest: digest.clone(),
+                        size,
+                        media_type: oci_layer_type(compression).to_string(),
+                        diff_id: diff_id.clone(),
+                    },
+                );
+            }
             bar.done();
             Ok::<_, RegistryError>(n)
         });
@@ -535,23 +561,6 @@ async fn pull_async(
         }),
     };
     store.put(&image)?;
-    // Where each layer is in this registry, for a later push (see `sources`).
-    for (l, diff_id) in m.layers().iter().zip(&image.layers) {
-        if let Ok(c) = manifest::layer_compression(l.media_type().as_ref(), "") {
-            sources::record(
-                &store,
-                diff_id,
-                LayerSource {
-                    registry: r.resolve_registry().to_string(),
-                    repository: r.repository().to_string(),
-                    digest: l.digest().to_string(),
-                    size: l.size(),
-                    media_type: oci_layer_type(c).to_string(),
-                    diff_id: diff_id.clone(),
-                },
-            );
-        }
-    }
     Ok(Pulled {
         image,
         fetched_layers: todo.len(),
@@ -560,7 +569,9 @@ async fn pull_async(
     })
 }
 
-/// Downloads and unpacks one layer; returns the bytes fetched.
+/// Downloads and unpacks one layer; returns the bytes fetched, and whether
+/// this pull checked the blob against the layer (false: another pull
+/// stored the layer while this one waited).
 #[allow(clippy::too_many_arguments)]
 async fn fetch_layer(
     client: &Client,
@@ -571,7 +582,7 @@ async fn fetch_layer(
     diff_id: &str,
     bar: &Bar,
     what: &str,
-) -> Result<u64, RegistryError> {
+) -> Result<(u64, bool), RegistryError> {
     let hex = sha256_hex(digest, what)?.to_string();
     let lock_root = root.to_path_buf();
     let mut partial = tokio::task::spawn_blocking(move || Partial::open(&lock_root, &hex))
@@ -581,7 +592,7 @@ async fn fetch_layer(
     if store.layer_dir(diff_id).is_dir() {
         // Another pull stored it while this one waited for the lock.
         partial.remove();
-        return Ok(0);
+        return Ok((0, false));
     }
     // Unpack while it downloads: the layer lands in the store only once
     // complete, and is checked (digest, then diff_id) before any image
@@ -620,7 +631,7 @@ async fn fetch_layer(
     if streamed {
         if let Ok(got) = unpacked {
             partial.remove();
-            return check_diff_id(&root, got, &diff_id, &what).map(|()| fetched);
+            return check_diff_id(&root, got, &diff_id, &what).map(|()| (fetched, true));
         }
         // The streamed unpack failed: try once more from the verified file,
         // which reports the error with the file's name.
@@ -628,7 +639,7 @@ async fn fetch_layer(
     tokio::task::spawn_blocking(move || unpack(&root, partial, &diff_id, &what))
         .await
         .expect("the unpack task does not panic")?;
-    Ok(fetched)
+    Ok((fetched, true))
 }
 
 /// Warns of what the unpack skipped; a layer that is not `diff_id` is

@@ -190,23 +190,24 @@ enum Placed {
 
 /// A known place of `layer` (see [`sources`]) whose blob the target
 /// repository has, or can mount from another repository of its registry.
-async fn known_place<F>(
+/// A hint the registry does not confirm is passed over, whatever the
+/// reason: the layer is then archived and sent, and that upload reports
+/// any real trouble with the registry.
+async fn known_place(
     client: &Client,
     r: &Reference,
     store: &ImageStore,
     layer: &str,
     compression: LayerCompression,
-    fail: &F,
-) -> Result<Option<(LayerSource, Placed)>, RegistryError>
-where
-    F: Fn(oci_client::errors::OciDistributionError) -> RegistryError,
-{
+) -> Option<(LayerSource, Placed)> {
     let (registry, repository) = (r.resolve_registry(), r.repository());
     let mut asked = HashSet::new();
     let candidates = sources::candidates(store, layer, registry, repository, compression.blob());
     for s in candidates.into_iter().take(MAX_TRIES) {
-        if asked.insert(s.digest.clone()) && client.blob_exists(r, &s.digest).await.map_err(fail)? {
-            return Ok(Some((s, Placed::Present)));
+        // A HEAD that fails is no answer either way: the hint is passed over.
+        if asked.insert(s.digest.clone()) && client.blob_exists(r, &s.digest).await.unwrap_or(false)
+        {
+            return Some((s, Placed::Present));
         }
         if s.repository != repository {
             let from = Reference::with_tag(
@@ -219,11 +220,11 @@ where
             // than 201: the layer is then archived and sent.
             if client.mount_blob(r, &from, &s.digest).await.is_ok() {
                 let from = s.repository.clone();
-                return Ok(Some((s, Placed::Mounted(from))));
+                return Some((s, Placed::Mounted(from)));
             }
         }
     }
-    Ok(None)
+    None
 }
 
 async fn push_async(
@@ -248,7 +249,7 @@ async fn push_async(
     let (mut bytes, mut present, mut mounted) = (0u64, 0usize, 0usize);
     let n = image.layers.len();
     for (i, layer) in image.layers.iter().enumerate() {
-        let (place, how) = match known_place(client, r, store, layer, compression, &fail).await? {
+        let (place, how) = match known_place(client, r, store, layer, compression).await {
             Some(found) => found,
             None => {
                 let (a, warnings) = archive(

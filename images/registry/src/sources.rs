@@ -8,9 +8,12 @@
 //! repository of the same registry has is mounted from there (a
 //! cross-repository blob mount, no bytes sent); and a pulled layer goes
 //! back as the very blob it was pulled as, instead of being archived and
-//! compressed again. It is a cache of hints: each is checked against the
-//! registry before the manifest names it, and a missing or unreadable file
-//! only means the layer is archived and sent.
+//! compressed again. A pull records only a blob it checked against the
+//! layer itself (its digest, then its diff_id); a push, only what it sent
+//! or found through such a hint. It is a cache of hints: the registry is
+//! asked whether the target repository has the blob (HEAD) or can mount
+//! it before the manifest names it, and a missing, unreadable or
+//! malformed hint only means the layer is archived and sent.
 
 use crate::manifest::Compression;
 use duet_shared::image::ImageStore;
@@ -69,7 +72,31 @@ fn read_file(p: &Path) -> Vec<LayerSource> {
     if f.take(MAX_FILE + 1).read_to_end(&mut bytes).is_err() || bytes.len() as u64 > MAX_FILE {
         return Vec::new();
     }
-    serde_json::from_slice(&bytes).unwrap_or_default()
+    let all: Vec<LayerSource> = serde_json::from_slice(&bytes).unwrap_or_default();
+    all.into_iter().filter(LayerSource::well_formed).collect()
+}
+
+impl LayerSource {
+    /// Whether every field can go into a request and a manifest as it is
+    /// (a file edited by hand, or damaged, is no hint).
+    fn well_formed(&self) -> bool {
+        let hex64 = |h: &str| {
+            h.len() == 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        self.digest.strip_prefix("sha256:").is_some_and(hex64)
+            && hex64(&self.diff_id)
+            && !self.registry.is_empty()
+            && !self.repository.is_empty()
+            && self
+                .repository
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+            && [Compression::None, Compression::Gzip, Compression::Zstd]
+                .iter()
+                .any(|&c| self.media_type == oci_layer_type(c))
+    }
 }
 
 /// Records that layer `layer` is `s`. Best effort: a layer directory lent
@@ -128,6 +155,9 @@ pub fn candidates(
 mod tests {
     use super::*;
 
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
     fn src(repo: &str, digest: &str, c: Compression) -> LayerSource {
         LayerSource {
             registry: "reg:5000".into(),
@@ -148,14 +178,14 @@ mod tests {
         let store = ImageStore::open(t.path()).unwrap();
         let layer = "a".repeat(64);
         // No layer directory: nothing is recorded, nothing offered.
-        record(&store, &layer, src("x/one", "sha256:1", Compression::Gzip));
+        record(&store, &layer, src("x/one", D1, Compression::Gzip));
         assert!(read(&store, &layer).is_empty());
         std::fs::create_dir_all(store.layer_dir(&layer)).unwrap();
-        record(&store, &layer, src("x/one", "sha256:1", Compression::Gzip));
-        record(&store, &layer, src("x/two", "sha256:1", Compression::Gzip));
-        record(&store, &layer, src("x/two", "sha256:2", Compression::None));
-        record(&store, &layer, src("x/one", "sha256:1", Compression::Gzip));
-        let mut other = src("x/one", "sha256:1", Compression::Gzip);
+        record(&store, &layer, src("x/one", D1, Compression::Gzip));
+        record(&store, &layer, src("x/two", D1, Compression::Gzip));
+        record(&store, &layer, src("x/two", D2, Compression::None));
+        record(&store, &layer, src("x/one", D1, Compression::Gzip));
+        let mut other = src("x/one", D1, Compression::Gzip);
         other.registry = "elsewhere".into();
         record(&store, &layer, other);
         assert_eq!(read(&store, &layer).len(), 4);
@@ -166,12 +196,19 @@ mod tests {
         assert_eq!(got, ["x/two", "x/one"]);
         let got = candidates(&store, &layer, "reg:5000", "x/one", Compression::None);
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].digest, "sha256:2");
+        assert_eq!(got[0].digest, D2);
+        // A malformed place (a damaged or hand-edited file) is not offered.
+        let mut bad = src("x/one", "sha256:../../etc", Compression::Gzip);
+        record(&store, &layer, bad.clone());
+        bad.digest = D1.into();
+        bad.repository = "X/Upper?q".into();
+        record(&store, &layer, bad);
+        assert_eq!(read(&store, &layer).len(), 4);
         for i in 0..40 {
             record(
                 &store,
                 &layer,
-                src(&format!("r/{i}"), "sha256:1", Compression::Gzip),
+                src(&format!("r/{i}"), D1, Compression::Gzip),
             );
         }
         let all = read(&store, &layer);
@@ -182,7 +219,7 @@ mod tests {
         assert!(read(&store, &layer).is_empty());
         std::fs::write(file_of(&store, &layer), vec![b' '; MAX_FILE as usize + 1]).unwrap();
         assert!(read(&store, &layer).is_empty());
-        record(&store, &layer, src("x/one", "sha256:1", Compression::Gzip));
+        record(&store, &layer, src("x/one", D1, Compression::Gzip));
         assert_eq!(read(&store, &layer).len(), 1);
     }
 
@@ -194,7 +231,7 @@ mod tests {
         let lender = tempfile::tempdir().unwrap();
         let layer = "b".repeat(64);
         std::os::unix::fs::symlink(lender.path(), store.layer_path(&layer)).unwrap();
-        record(&store, &layer, src("x/one", "sha256:1", Compression::Gzip));
+        record(&store, &layer, src("x/one", D1, Compression::Gzip));
         assert!(!lender.path().join(FILE).exists());
     }
 }
