@@ -32,17 +32,19 @@ const WAIT: &[u8] = &[
     0xeb, 0xfd, // jmp hlt
 ];
 
-/// Waits for a byte on COM1, says ready, echoes it, exits with it as status.
+/// Says ready (input reaches a guest from its ready write on, as duet-init
+/// writes it right before the workload starts), waits for a byte on COM1,
+/// echoes it, exits with it as status.
 const ECHO_BYTE: &[u8] = &[
-    0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (line status)
+    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510 (ready)
+    0xee, // out dx, al
+    0x66, 0xba, 0xfd, 0x03, // 5: mov dx, 0x3fd (line status)
     0xec, // in al, dx
     0xa8, 0x01, // test al, 1 (data ready)
-    0x74, 0xf7, // jz 0
+    0x74, 0xf7, // jz 5
     0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
     0xec, // in al, dx
     0x88, 0xc3, // mov bl, al
-    0x66, 0xba, 0x10, 0x05, // mov dx, 0x510 (ready)
-    0xee, // out dx, al
     0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
     0x88, 0xd8, // mov al, bl
     0xee, // out dx, al (echo)
