@@ -545,10 +545,12 @@ fn relay_loop(
 
 /// The size of duet's own terminal (stdin's, else stdout's), if it has one.
 pub fn terminal_size() -> Option<(u16, u16)> {
-    [0, 1]
-        .into_iter()
-        .filter_map(window_size)
-        .find(|&(rows, cols)| rows > 0 && cols > 0)
+    [0, 1].into_iter().find_map(nonzero_window_size)
+}
+
+/// The size of terminal `fd`, unless it has none (0x0: a pty nobody sized).
+fn nonzero_window_size(fd: RawFd) -> Option<(u16, u16)> {
+    window_size(fd).filter(|&(rows, cols)| rows > 0 && cols > 0)
 }
 
 /// How often a [`ConsoleFollower`] looks at its terminal's size.
@@ -576,7 +578,7 @@ impl ConsoleFollower {
                 let mut last = sent;
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(FOLLOW_EVERY);
-                    let now = window_size(fd).filter(|&(r, c)| r > 0 && c > 0);
+                    let now = nonzero_window_size(fd);
                     let Some((rows, cols)) = now.filter(|_| now != last) else {
                         continue;
                     };

@@ -468,10 +468,7 @@ impl Instance for Vm {
         }
         drop(tx);
         if self.tty {
-            // SAFETY: isatty on a descriptor number.
-            let raw = (unsafe { libc::isatty(0) } == 1)
-                .then(|| crate::agent::RawMode::enter(0))
-                .flatten();
+            let raw = crate::agent::RawMode::enter(0);
             let follower = crate::agent::ConsoleFollower::start(
                 self.instance.id(),
                 &self.instance.path().join(crate::agent::SOCKET),

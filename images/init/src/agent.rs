@@ -272,8 +272,7 @@ fn console_size(rows: u16, cols: u16) -> std::io::Result<()> {
     if unsafe { libc::isatty(0) } != 1 {
         return Err(std::io::Error::other("the agent has no console"));
     }
-    set_size(0, rows, cols);
-    Ok(())
+    set_size(0, rows, cols)
 }
 
 /// [`Request::Network`]: `eth0`'s new MAC, address and route, then the
@@ -329,7 +328,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sets a terminal's window size (the kernel sends SIGWINCH to its
 /// foreground group): an exec's pty, or the console.
-pub fn set_size(master: RawFd, rows: u16, cols: u16) {
+pub fn set_size(master: RawFd, rows: u16, cols: u16) -> std::io::Result<()> {
     let ws = libc::winsize {
         ws_row: rows,
         ws_col: cols,
@@ -337,7 +336,10 @@ pub fn set_size(master: RawFd, rows: u16, cols: u16) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ with a valid winsize on our pty master.
-    unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) };
+    if unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(last_err("TIOCSWINSZ"));
+    }
+    Ok(())
 }
 
 /// A pty pair (master, slave), both close-on-exec.
@@ -423,7 +425,7 @@ fn start(r: &ExecRequest, size: Option<(u16, u16)>, ctx: &AgentContext) -> Resul
     } = if r.tty {
         let (m, s) = pty().map_err(|e| e.to_string())?;
         if let Some((rows, cols)) = size.filter(|&(r, c)| r > 0 && c > 0) {
-            set_size(m.as_raw_fd(), rows, cols);
+            let _ = set_size(m.as_raw_fd(), rows, cols);
         }
         let m2 = m.try_clone().map_err(|e| e.to_string())?;
         let sfd = s.as_raw_fd();
@@ -691,7 +693,7 @@ fn relay(conn: RawFd, dec: &mut Decoder, s: Started) -> Option<WorkloadExit> {
                     Ok(Some(Frame::StdinEof)) => stdin_eof = true,
                     Ok(Some(Frame::Resize { rows, cols })) => {
                         if let Some(m) = s.master {
-                            set_size(m, rows, cols);
+                            let _ = set_size(m, rows, cols);
                         }
                     }
                     Ok(Some(_)) | Err(_) => host_open = false,

@@ -374,7 +374,7 @@ fn terminal_console(size: duet_init::config::TtySize) {
         );
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, &t);
     }
-    duet_init::agent::set_size(0, size.rows, size.cols);
+    let _ = duet_init::agent::set_size(0, size.rows, size.cols);
 }
 
 /// Starts the workload and waits for it, reaping every other process meanwhile.

@@ -182,8 +182,8 @@ pub fn push(
 enum Placed {
     /// It was there already.
     Present,
-    /// Mounted from this repository of the registry.
-    Mounted(String),
+    /// Mounted from another repository of the registry (the hint's).
+    Mounted,
     /// Archived and sent.
     Sent,
 }
@@ -219,8 +219,7 @@ async fn known_place(
             // it, or the credentials do not reach it) answers otherwise
             // than 201: the layer is then archived and sent.
             if client.mount_blob(r, &from, &s.digest).await.is_ok() {
-                let from = s.repository.clone();
-                return Some((s, Placed::Mounted(from)));
+                return Some((s, Placed::Mounted));
             }
         }
     }
@@ -288,25 +287,30 @@ async fn push_async(
                 (place, how)
             }
         };
-        match &how {
-            Placed::Present => present += 1,
-            Placed::Mounted(_) => mounted += 1,
-            Placed::Sent => {}
-        }
-        if !opts.quiet {
-            match &how {
-                Placed::Present => eprintln!(
-                    "duet: layer {}/{n} {} is already in the repository",
-                    i + 1,
-                    place.digest
-                ),
-                Placed::Mounted(from) => eprintln!(
-                    "duet: layer {}/{n} {} mounted from {from}",
-                    i + 1,
-                    place.digest
-                ),
-                Placed::Sent => {}
+        match how {
+            Placed::Present => {
+                present += 1;
+                if !opts.quiet {
+                    eprintln!(
+                        "duet: layer {}/{n} {} is already in the repository",
+                        i + 1,
+                        place.digest
+                    );
+                }
             }
+            Placed::Mounted => {
+                mounted += 1;
+                if !opts.quiet {
+                    // The hint's repository, before the record below names the target.
+                    eprintln!(
+                        "duet: layer {}/{n} {} mounted from {}",
+                        i + 1,
+                        place.digest,
+                        place.repository
+                    );
+                }
+            }
+            Placed::Sent => {}
         }
         descriptors.push(serde_json::json!({
             "mediaType": place.media_type, "digest": place.digest, "size": place.size,

@@ -4,7 +4,7 @@
 //! with its vsock connections.
 
 use super::*;
-use duet_init::agent::{serve_connection, AgentContext};
+use duet_init::agent::{serve_connection, set_size, AgentContext};
 use duet_init::config::GuestWorkload;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
@@ -325,17 +325,6 @@ fn output_to_a_full_nonblocking_pipe_is_not_dropped() {
     );
 }
 
-fn set_size(fd: RawFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid winsize.
-    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
-}
-
 fn wait_for_size(fd: RawFd, want: (u16, u16)) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while window_size(fd) != Some(want) {
@@ -355,13 +344,13 @@ fn wait_for_size(fd: RawFd, want: (u16, u16)) {
 fn the_console_follows_the_host_terminals_size() {
     let t = tempfile::tempdir().unwrap();
     let (_console_master, console) = duet_init::agent::pty().unwrap();
-    set_size(console.as_raw_fd(), 24, 80);
+    set_size(console.as_raw_fd(), 24, 80).unwrap();
     let sock = fake_vmm_on(t.path(), 1, true, Some(console.as_raw_fd()));
     let (host_master, host) = duet_init::agent::pty().unwrap();
-    set_size(host_master.as_raw_fd(), 33, 111);
+    set_size(host_master.as_raw_fd(), 33, 111).unwrap();
     let follower = ConsoleFollower::start("t", &sock, host.as_raw_fd(), Some((24, 80)));
     wait_for_size(console.as_raw_fd(), (33, 111));
-    set_size(host_master.as_raw_fd(), 50, 132);
+    set_size(host_master.as_raw_fd(), 50, 132).unwrap();
     wait_for_size(console.as_raw_fd(), (50, 132));
     drop(follower);
 
