@@ -3,7 +3,8 @@
 //! Scenarios take a runner (a [`startup::Starter`] or an
 //! [`instances::IdleLauncher`]) so the CLI can plug in duet's own backends
 //! (as a `duet run` subprocess) and peers ([`oci`]: runc, crun; [`qemu`]:
-//! QEMU microvm on duet's guest kernel and initramfs). Results go
+//! QEMU microvm, [`firecracker`]: Firecracker, both on duet's guest kernel
+//! and initramfs). Results go
 //! into a [`report::Report`], rendered as JSON, Markdown or HTML with SVG
 //! charts. The isolation scenario compares [`duet_probe`] reports.
 //!
@@ -22,6 +23,7 @@ pub mod charts;
 pub mod detached;
 pub mod disk;
 pub mod docker;
+pub mod firecracker;
 pub mod host;
 pub mod instances;
 pub mod isolation;

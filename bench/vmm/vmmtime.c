@@ -12,17 +12,22 @@
  *   wall_ms=<exec to exit> marker_ms=<exec to the first output line that
  *   contains MARKER, -1 if none> maxrss_kib=<ru_maxrss of CMD, from wait4>
  *   status=<exit code, or 128+signal>
- * With -m, 500 ms after the marker line it also reads /proc/<pid>/smaps of
- * CMD once and adds
+ * With -m, 500 ms after the marker line it reads /proc/<pid>/smaps once for
+ * CMD and each of its descendants, finds the one that maps the guest RAM
+ * (CMD itself, or a child such as duet's jailed VMM) and adds, for it,
  *   rss_kib=<sum of Rss over all mappings>
  *   guest_kib=<Rss of the mappings whose Size is exactly GUEST_KIB, i.e.
  *   the guest RAM mapping of a VM with that much memory>
  *   hwm_kib=<VmHWM of /proc/<pid>/status at that moment>
+ *   vmm_is_child=<1 if that process is not CMD itself>
+ * and, for the rest of the tree, others_rss_kib=<their summed Rss> and
+ * others=<how many>.
  * so both VMMs' overhead is measured identically (run a workload that
  * sleeps after printing the marker). -v lists the mappings of 16 MiB or
  * more at that moment on stderr.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -88,6 +93,62 @@ static int sample_smaps(pid_t pid, long guest_kib, long *rss, long *guest, long 
     return 0;
 }
 
+/* Parent pid of pid, from /proc/<pid>/stat (-1 if gone). */
+static pid_t parent_of(pid_t pid) {
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    /* "pid (comm) state ppid ...": comm may hold spaces and parentheses. */
+    char *close_paren = strrchr(buf, ')');
+    int ppid;
+    if (!close_paren || sscanf(close_paren + 1, " %*c %d", &ppid) != 1) return -1;
+    return ppid;
+}
+
+static int descends_from(pid_t p, pid_t root) {
+    for (int depth = 0; p > 1 && depth < 64; depth++) {
+        if (p == root) return 1;
+        p = parent_of(p);
+    }
+    return p == root;
+}
+
+/* Samples the process of root's tree (root included) that maps the guest
+ * RAM (a jailed VMM is a child of the command): its rss, guest and hwm; the
+ * other processes' summed Rss go to *others and their count to *nothers. */
+static int sample_tree(pid_t root, long guest_kib, long *rss, long *guest, long *hwm,
+                       long *others, int *nothers, pid_t *vmm) {
+    DIR *d = opendir("/proc");
+    if (!d) return -1;
+    struct dirent *e;
+    *rss = *guest = *hwm = -1;
+    *others = 0;
+    *nothers = 0;
+    *vmm = -1;
+    while ((e = readdir(d))) {
+        pid_t p = (pid_t)atoi(e->d_name);
+        if (p <= 0 || !descends_from(p, root)) continue;
+        long r, g, h;
+        if (sample_smaps(p, guest_kib, &r, &g, &h) != 0) continue;
+        if (g > 0 && *vmm < 0) {
+            *rss = r;
+            *guest = g;
+            *hwm = h;
+            *vmm = p;
+        } else {
+            *others += r;
+            (*nothers)++;
+        }
+    }
+    closedir(d);
+    if (*vmm < 0) return sample_smaps(root, guest_kib, rss, guest, hwm);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     long guest_kib = -1, timeout_s = 0;
     int a = 1;
@@ -139,7 +200,9 @@ int main(int argc, char **argv) {
     }
     close(p[1]);
     double t_marker = -1, t_sample = -1;
-    long rss = -1, guest = -1, hwm = -1;
+    long rss = -1, guest = -1, hwm = -1, others = 0;
+    int nothers = 0;
+    pid_t vmm = -1;
     char line[4096];
     size_t len = 0;
     char buf[4096];
@@ -165,7 +228,8 @@ int main(int argc, char **argv) {
             continue;
         }
         if (r == 0 && sampling) {
-            if (sample_smaps(pid, guest_kib, &rss, &guest, &hwm) == 0) t_sample = now_ms() - t0;
+            if (sample_tree(pid, guest_kib, &rss, &guest, &hwm, &others, &nothers, &vmm) == 0)
+                t_sample = now_ms() - t0;
             else rss = 0;
             continue;
         }
@@ -194,7 +258,9 @@ int main(int argc, char **argv) {
     printf("wall_ms=%.1f marker_ms=%.1f maxrss_kib=%ld status=%d%s", t_end - t0,
            t_marker < 0 ? -1.0 : t_marker - t0, ru.ru_maxrss, code, killed ? " timed_out=1" : "");
     if (guest_kib >= 0)
-        printf(" rss_kib=%ld guest_kib=%ld hwm_kib=%ld sample_ms=%.1f", rss, guest, hwm, t_sample);
+        printf(" rss_kib=%ld guest_kib=%ld hwm_kib=%ld sample_ms=%.1f vmm_is_child=%d"
+               " others_rss_kib=%ld others=%d",
+               rss, guest, hwm, t_sample, vmm > 0 && vmm != pid, others, nothers);
     printf("\n");
     return 0;
 }

@@ -39,6 +39,11 @@ pub struct Console {
     /// the workload runs. In forward mode (the whole console, kernel
     /// included, is the user's) input goes at once.
     input_open: std::sync::atomic::AtomicBool,
+    /// Readable once input is open, so the input thread can wait in poll(2)
+    /// instead of waking up on a timer while the guest boots (every wake-up
+    /// preempts a vCPU on a busy host). `None` if the eventfd could not be
+    /// made: the input thread then checks every 10 ms.
+    opened: Option<vmm_sys_util::eventfd::EventFd>,
 }
 
 impl Console {
@@ -53,6 +58,8 @@ impl Console {
                 bytes: 0,
             }),
             input_open: std::sync::atomic::AtomicBool::new(mode == ConsoleMode::Forward),
+            opened: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .ok(),
         })
     }
 
@@ -60,6 +67,16 @@ impl Console {
     pub fn open_input(&self) {
         self.input_open
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(e) = &self.opened {
+            let _ = e.write(1);
+        }
+    }
+
+    /// An fd that becomes readable once [`Console::open_input`] ran (it
+    /// stays readable); lives as long as the console.
+    pub fn input_opened_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.opened.as_ref().map(|e| e.as_raw_fd())
     }
 
     /// Whether input may reach the guest ([`Console::open_input`]).

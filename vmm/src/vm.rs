@@ -1024,9 +1024,14 @@ impl InputThread {
                     }
                     ConsoleInput::None => return,
                 };
-                // Nothing is read before the guest may take it (see Console).
+                // Nothing is read before the guest may take it (see Console):
+                // wait for that without a timer (no wake-ups while it boots).
                 while !console.input_is_open() {
-                    if poll_in(None, &stop_rx, 10).0 {
+                    let stopped = match console.input_opened_fd() {
+                        Some(opened) => poll_in(Some(opened), &stop_rx, -1).0,
+                        None => poll_in(None, &stop_rx, 10).0,
+                    };
+                    if stopped {
                         return;
                     }
                 }

@@ -24,7 +24,7 @@ use duet_bench::instances::{
 use duet_bench::isolation::{self, Canary};
 use duet_bench::report::{render_html, render_json, render_markdown, Report};
 use duet_bench::startup::{self, DuetStarter, RowStatus, StartupConfig, StartupResult};
-use duet_bench::{oci, qemu, Kind};
+use duet_bench::{firecracker, oci, qemu, Kind};
 use duet_probe::ProbeReport;
 use duet_shared::image::{Image, ImageStore};
 use duet_shared::paths::state_root;
@@ -89,6 +89,11 @@ pub struct StartupArgs {
     /// Untimed runs first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Firecracker binary for the Firecracker peer row (default:
+    /// `firecracker` on PATH; without one the row says how to get it).
+    /// Where VM rows run in the testbed, it is packed in with its libraries.
+    #[arg(long, value_name = "PATH")]
+    pub firecracker: Option<PathBuf>,
 }
 
 /// Options of the memory scenario.
@@ -465,6 +470,19 @@ impl Bench {
             let (r, note) = qemu::peer_startup(
                 &cfg,
                 &self.guest_source(),
+                self.scratch.path(),
+                &mut self.bars,
+            );
+            self.bars.clear();
+            say_startup(&r);
+            self.report.startup.push(r);
+            self.report.notes.extend(note);
+        }
+        if vm_peers && isolations.contains(&Isolation::Vm) && !interrupt::requested() {
+            let (r, note) = firecracker::peer_startup(
+                &cfg,
+                &self.guest_source(),
+                a.firecracker.as_deref(),
                 self.scratch.path(),
                 &mut self.bars,
             );
@@ -1250,9 +1268,11 @@ fn run_plan(common: &CommonArgs, plan: &Plan) -> Result<()> {
             .push("interrupted (Ctrl-C): the report holds what was measured before".into());
     }
     // Rows measured here; from the testbed, the inner run's note says it.
-    if let (VmPlace::Native(_), Some(q)) = (&vm_place, qemu_ratio(&b.report)) {
-        eprintln!("duet bench: {q}");
-        b.report.notes.push(q);
+    if let VmPlace::Native(_) = &vm_place {
+        for q in vm_peer_ratios(&b.report) {
+            eprintln!("duet bench: {q}");
+            b.report.notes.push(q);
+        }
     }
     write_outputs(&b.report, common)?;
     if interrupt::requested() {
@@ -1299,6 +1319,11 @@ fn add_vm_missing(
             let q = StartupResult::unavailable(&qemu::detect().label(), Kind::Vm, why);
             say_startup(&q);
             r.startup.push(q);
+            let explicit = plan.startup.as_ref().and_then(|a| a.firecracker.as_deref());
+            let f =
+                StartupResult::unavailable(&firecracker::detect(explicit).label(), Kind::Vm, why);
+            say_startup(&f);
+            r.startup.push(f);
         }
     }
     if plan.memory.is_some() {
@@ -1487,7 +1512,7 @@ mod tests {
     }
 
     #[test]
-    fn qemu_ratio_compares_rows_of_one_place() {
+    fn peer_ratios_compare_rows_of_one_place() {
         let mut r = Report::new(duet_bench::host::collect());
         let row = |label: &str, v: f64| StartupResult {
             wall_ms: duet_bench::stats::summarize(&[v]),
@@ -1496,10 +1521,20 @@ mod tests {
         };
         r.startup.push(row("duet vm (testbed)", 3000.0));
         r.startup.push(row("qemu microvm 7.2.22", 100.0));
-        assert!(qemu_ratio(&r).is_none(), "native QEMU vs testbed duet");
+        assert!(vm_peer_ratios(&r).is_empty(), "native QEMU vs testbed duet");
         r.startup.push(row("qemu microvm 7.2.22 (testbed)", 2000.0));
-        let n = qemu_ratio(&r).unwrap();
-        assert!(n.contains("1.50x") && n.contains("(testbed)"), "{n}");
+        let n = vm_peer_ratios(&r);
+        assert!(
+            n.len() == 1 && n[0].contains("duet/QEMU 1.50x") && n[0].contains("(testbed)"),
+            "{n:?}"
+        );
+        r.startup
+            .push(row("firecracker 1.17.0-dev (testbed)", 4000.0));
+        let n = vm_peer_ratios(&r);
+        assert!(
+            n.len() == 2 && n[1].contains("duet/Firecracker 0.75x"),
+            "{n:?}"
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct Testbed {
     pub docker: bool,
     /// Extra files, `HOST:GUEST` (`tests/testbed/run --file`).
     pub files: Vec<String>,
+    /// Extra programs packed at their own path with their libraries
+    /// (`tests/testbed/run --with-libs`).
+    pub with_libs: Vec<PathBuf>,
     /// The outer machine's memory, MiB (the testbed's default if none).
     pub memory_mib: Option<u32>,
 }
@@ -149,6 +152,7 @@ pub fn find_testbed() -> Result<Testbed, String> {
         qemu: false,
         docker: false,
         files: Vec::new(),
+        with_libs: Vec::new(),
         memory_mib: None,
     })
 }
@@ -286,6 +290,9 @@ pub fn run_testbed(
     }
     for f in &tb.files {
         cmd.arg("--file").arg(f);
+    }
+    for p in &tb.with_libs {
+        cmd.arg("--with-libs").arg(p);
     }
     if let Some(m) = tb.memory_mib {
         cmd.arg("--memory").arg(m.to_string());
@@ -444,6 +451,14 @@ pub(super) fn vm_in_testbed(
         script += &testbed_section(&name, &inner_bench_args(scenario, iso, peers, &extra));
         benches.push((name, scenario, iso));
     };
+    // The Firecracker peer: the user's binary, packed at its own path.
+    let mut with_libs = Vec::new();
+    if let Some(a) = plan.startup.as_ref().filter(|_| qemu_row) {
+        let explicit = a.firecracker.as_deref();
+        if let Some(fc) = firecracker::detect(explicit).binary {
+            with_libs.push(std::fs::canonicalize(&fc).unwrap_or(fc));
+        }
+    }
     if plan.startup.is_some() {
         let extra = vec![
             "--runs".to_string(),
@@ -451,7 +466,11 @@ pub(super) fn vm_in_testbed(
             "--warmup".into(),
             "1".into(),
         ];
-        add("startup", "vm", extra.clone());
+        let mut vm_extra = extra.clone();
+        if let Some(fc) = with_libs.first() {
+            vm_extra.extend(["--firecracker".to_string(), fc.display().to_string()]);
+        }
+        add("startup", "vm", vm_extra);
         // The same container start inside the same emulated machine: the only
         // fair ratio against a VM measured there.
         add("startup", "container", extra);
@@ -462,6 +481,10 @@ pub(super) fn vm_in_testbed(
             // duet run --keep for the initramfs, QEMU's warm-up and runs;
             // `docker run --runtime duet-vm`'s warm-up and runs.
             boots += runs + 2 + runs + 1;
+        }
+        if !with_libs.is_empty() {
+            // The same for Firecracker.
+            boots += runs + 2;
         }
     }
     if let Some(m) = &plan.memory {
@@ -557,6 +580,7 @@ pub(super) fn vm_in_testbed(
         qemu: qemu_row,
         docker: qemu_row,
         files,
+        with_libs,
         memory_mib,
         ..tb.clone()
     };
@@ -685,9 +709,10 @@ pub(super) fn testbed_ratio(r: &Report) -> Option<String> {
     ))
 }
 
-/// "duet vm vs QEMU microvm" medians, from two measured rows of one place
-/// (both native, or both in the same testbed run).
-pub(super) fn qemu_ratio(r: &Report) -> Option<String> {
+/// "duet vm vs a VM peer" medians (`peer_label` starts the peer's row
+/// label), from two measured rows of one place (both native, or both in
+/// the same testbed run).
+pub(super) fn peer_ratio(r: &Report, peer_label: &str, peer_name: &str) -> Option<String> {
     let median = |pred: &dyn Fn(&str) -> bool| {
         r.startup
             .iter()
@@ -697,14 +722,22 @@ pub(super) fn qemu_ratio(r: &Report) -> Option<String> {
     ["", " (testbed)"].iter().find_map(|place| {
         let (dl, d) = median(&|l| l == format!("duet vm{place}"))?;
         let (ql, q) = median(&|l| {
-            l.starts_with(qemu::LABEL)
+            l.starts_with(peer_label)
                 && l.ends_with(place)
                 && !(place.is_empty() && l.ends_with(")"))
         })?;
         Some(format!(
             "VM start on the same guest kernel, initramfs and command line: {dl} median {d:.0} ms \
-             vs {ql} median {q:.0} ms (duet/QEMU {:.2}x)",
+             vs {ql} median {q:.0} ms (duet/{peer_name} {:.2}x)",
             d / q
         ))
     })
+}
+
+/// [`peer_ratio`] against each VM peer that has a measured row.
+pub(super) fn vm_peer_ratios(r: &Report) -> Vec<String> {
+    [(qemu::LABEL, "QEMU"), (firecracker::LABEL, "Firecracker")]
+        .iter()
+        .filter_map(|(label, name)| peer_ratio(r, label, name))
+        .collect()
 }
