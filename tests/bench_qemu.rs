@@ -17,7 +17,7 @@ fn bench_startup_has_a_qemu_microvm_row_with_samples_or_a_reason() {
         return;
     }
     let env = Env::new();
-    let out = env.run(&[
+    let mut args = vec![
         "bench",
         "startup",
         "--isolation",
@@ -28,7 +28,16 @@ fn bench_startup_has_a_qemu_microvm_row_with_samples_or_a_reason() {
         "2",
         "--report-json",
         "-",
-    ]);
+    ];
+    // The Firecracker peer, where this checkout has the team's binary
+    // (../shared/peers, see its README; never part of duet): measured like
+    // QEMU. Without it the row must say how to get one.
+    let fc = firecracker_peer();
+    let fc_arg = fc.as_ref().map(|p| p.display().to_string());
+    if let Some(p) = &fc_arg {
+        args.extend(["--firecracker", p.as_str()]);
+    }
+    let out = env.run(&args);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     let r: Report = serde_json::from_str(&stdout(&out)).expect("only JSON on stdout");
@@ -85,8 +94,53 @@ fn bench_startup_has_a_qemu_microvm_row_with_samples_or_a_reason() {
             );
         }
     }
-    // The kept instance that gave QEMU its initramfs is gone.
+    let firecracker = row("firecracker");
+    assert_eq!(firecracker.kind, Kind::Vm);
+    assert_eq!(
+        firecracker.label.ends_with(" (testbed)"),
+        duet.label.ends_with(" (testbed)"),
+        "{} / {}",
+        firecracker.label,
+        duet.label
+    );
+    println!(
+        "{}: {:?} {:?}",
+        firecracker.label, firecracker.status, firecracker.samples_ms
+    );
+    match (&firecracker.status, &fc) {
+        (RowStatus::Measured, Some(_)) => {
+            assert_eq!(firecracker.samples_ms.len(), 2, "{firecracker:?}");
+            assert!(
+                r.notes
+                    .iter()
+                    .any(|n| n.contains("--no-api --config-file") && n.contains("initrd.cpio")),
+                "no note on how Firecracker was measured: {:?}",
+                r.notes
+            );
+        }
+        (RowStatus::Measured, None) => {} // a firecracker on PATH
+        (RowStatus::Unavailable(why) | RowStatus::Failed(why), given) => {
+            assert!(!why.trim().is_empty(), "{firecracker:?}");
+            if given.is_none() && duet.status == RowStatus::Measured {
+                assert!(why.contains("--firecracker PATH"), "{why}");
+            } else {
+                // Given a Firecracker, it must run where duet's VM row did.
+                assert_ne!(
+                    duet.status,
+                    RowStatus::Measured,
+                    "duet vm measured but Firecracker not: {why}\n{err}"
+                );
+            }
+        }
+    }
+    // The kept instances that gave QEMU and Firecracker their initramfs are gone.
     assert_eq!(env.instances(), Vec::<String>::new());
+}
+
+/// The team's static Firecracker beside this checkout (../shared/peers).
+fn firecracker_peer() -> Option<std::path::PathBuf> {
+    let p = common::testbed::repo().join("../shared/peers/firecracker");
+    p.is_file().then(|| std::fs::canonicalize(&p).unwrap_or(p))
 }
 
 /// Where VMs cannot run at all (no accelerated KVM, no testbed), the row is

@@ -32,6 +32,13 @@ const WAIT: &[u8] = &[
     0xeb, 0xfd, // jmp hlt
 ];
 
+/// Halts for good without saying ready (a guest still booting, as far as
+/// the host can tell: console input stays closed).
+const HALT: &[u8] = &[
+    0xf4, // hlt
+    0xeb, 0xfd, // jmp hlt
+];
+
 /// Says ready (input reaches a guest from its ready write on, as duet-init
 /// writes it right before the workload starts), waits for a byte on COM1,
 /// echoes it, exits with it as status.
@@ -315,4 +322,72 @@ fn a_vmm_that_does_not_stop_is_killed_after_the_grace() {
     );
     assert!(gone_within(vmm, Duration::from_secs(10)), "VMM {vmm} left");
     env.assert_clean("stuck");
+}
+
+/// Voluntary context switches of every thread of `pid` but its vCPUs.
+fn host_side_switches(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if name.starts_with("duet-vcpu") {
+            continue;
+        }
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+#[test]
+fn a_running_vms_host_side_sleeps_instead_of_waking_on_timers() {
+    let test = "a_running_vms_host_side_sleeps_instead_of_waking_on_timers";
+    if !can_run(test) {
+        return;
+    }
+    let env = Env::new();
+    // A guest that never says ready: console input stays closed, the VM
+    // runs. On a busy host every wake-up of the VMM's or duet's threads
+    // preempts a vCPU; they must wait on fds (the guest's events, the
+    // child's exit, a stop signal), not check on timers.
+    let kernel = write_kernel(&env, HALT);
+    let mut duet = vm_cmd(&env, &kernel, "asleep", &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let vmm = jailed_vmm(&env, &mut duet);
+    std::thread::sleep(Duration::from_millis(500));
+    let pids = [duet.id() as i32, vmm];
+    let before: u64 = pids.iter().map(|&p| host_side_switches(p)).sum();
+    let window = Duration::from_secs(3);
+    std::thread::sleep(window);
+    let after: u64 = pids.iter().map(|&p| host_side_switches(p)).sum();
+    assert!(duet.try_wait().unwrap().is_none(), "duet ended early");
+    // SAFETY: plain kill of our child.
+    assert_eq!(unsafe { libc::kill(duet.id() as i32, libc::SIGTERM) }, 0);
+    let st = duet.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{st}");
+    assert!(gone_within(vmm, Duration::from_secs(10)), "VMM {vmm} left");
+    env.assert_clean("asleep");
+    // What remains are safety nets: the VM's waiting thread and the jail's
+    // parent at most once a second, the vsock device's connection timeouts
+    // twice a second. A 50 ms timer alone would be 60 in this window.
+    let woke = after - before;
+    println!("host threads woke {woke} times in {window:?}");
+    assert!(
+        woke <= 25,
+        "duet's and its VMM's host threads woke {woke} times in {window:?} of an idle VM"
+    );
 }

@@ -46,6 +46,8 @@ pub enum VcpuStop {
 pub enum VmEvent {
     /// A control request (a snapshot) is queued for the waiting thread.
     Control,
+    /// A stop signal arrived ([`crate::signals`]); the waiting thread reads which.
+    Signal,
     /// The guest wrote the ready port.
     Ready {
         /// CLOCK_MONOTONIC ns at the exit.

@@ -95,6 +95,9 @@ pub const HOSTNAME: &str = "duet-vmm";
 
 /// After a stop signal was passed on, how long the VMM gets before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(10);
+/// Longest the jail's parent sleeps without an event: a safety net only
+/// (the result pipe, a pidfd and the signal eventfd wake it).
+const WAIT_CAP: Duration = Duration::from_secs(1);
 /// Beyond the VM's own timeout, how long the parent waits before SIGKILL
 /// (boot set-up in the child, which starts the VM's clock later, plus the
 /// vCPUs' 5 s stop grace).
@@ -390,6 +393,9 @@ pub fn run_jailed(
     let child_report = report.clone();
     let pid = fork_into_new_pid_namespace()?;
     if pid == 0 {
+        // The parent's wake-up eventfd is closed below; a signal must
+        // never write into whatever reuses its number.
+        crate::signals::forget_wake_fd();
         drop(result_rx);
         drop(alive_tx);
         child_main(&plan, child_report, result_tx, alive_rx);
@@ -558,15 +564,49 @@ fn wait_for_child(pid: i32, rx: &OwnedFd, timeout: Option<Duration>) -> Result<W
     let mut forwarded: Option<(Instant, i32)> = None;
     let mut killed: Option<Kill> = None;
     let mut bytes = Vec::new();
+    // The child's exit and a stop signal wake this loop through fds; a
+    // timer only where one of them is missing (kernels before 5.3 have no
+    // pidfd), so a running VM's parent stays asleep.
+    let pidfd = duet_shared::child_wait::pidfd_open(pid).ok();
     loop {
-        let mut fds = [libc::pollfd {
+        let wake = crate::signals::wake_fd().filter(|_| forwarded.is_none() && killed.is_none());
+        let mut fds = vec![libc::pollfd {
             fd: rx.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
-        if n > 0 {
+        fds.extend(
+            pidfd
+                .as_ref()
+                .map(|p| p.as_raw_fd())
+                .into_iter()
+                .chain(wake)
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }),
+        );
+        let mut wait = if pidfd.is_some() && (wake.is_some() || forwarded.is_some()) {
+            WAIT_CAP
+        } else {
+            Duration::from_millis(50)
+        };
+        if let Some((t, _)) = forwarded {
+            wait = wait.min(KILL_GRACE.saturating_sub(t.elapsed()));
+        }
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_sub(started.elapsed()));
+        }
+        let ms = (wait.as_millis() as i32).max(1);
+        // SAFETY: valid pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let woken = wake.is_some() && fds.last().is_some_and(|f| f.revents != 0);
+        if woken && crate::signals::received().is_none() {
+            crate::signals::drain_wake();
+        }
+        let readable = n > 0 && fds[0].revents != 0;
+        if readable {
             let mut buf = [0u8; 16 << 10];
             // SAFETY: reads into a stack buffer of its length from our pipe end.
             let got = unsafe { libc::read(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -584,7 +624,7 @@ fn wait_for_child(pid: i32, rx: &OwnedFd, timeout: Option<Duration>) -> Result<W
                 }
             }
         }
-        if n == 0 && exited(pid) {
+        if !readable && exited(pid) {
             // The child is gone but something else (a process that forked
             // from duet meanwhile) holds the pipe's write end: its result
             // was written before it exited; take what is there and stop
@@ -837,6 +877,8 @@ fn child_run(
     // The tap the parent put on the bridge: the VMM's only network resource.
     keep.extend(plan.jailed.net.iter().map(|n| n.tap.as_raw_fd()));
     close_inherited_fds(&keep)?;
+    // Stop signals the parent passes on wake the VM's waiting thread through it.
+    crate::signals::renew_wake_fd();
     // SAFETY: connected sockets inherited by the fork and kept open above;
     // this process owns its copies.
     let fs: Vec<_> = plan

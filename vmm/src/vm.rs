@@ -762,10 +762,18 @@ impl Vm {
         }
         report.mark_at(Phase::VcpusStarted, started_ns);
 
+        let events = self.events_tx.clone();
+        let relay = crate::signals::SignalRelay::spawn(
+            Box::new(move || {
+                let _ = events.send(VmEvent::Signal);
+            }),
+            filter.clone(),
+        );
         let mut running = Running {
             handles,
             host_threads,
             filter,
+            relay,
         };
         let end = self.wait_for_end(started, timeout, report, &mut running);
         // A vCPU parked by a snapshot that failed half-way must not block the stop.
@@ -775,6 +783,9 @@ impl Vm {
             input.stop();
         }
         running.host_threads.into_iter().for_each(HostThread::stop);
+        if let Some(r) = running.relay {
+            r.stop();
+        }
         stopped?;
 
         let mut counters: BTreeMap<String, u64> = BTreeMap::new();
@@ -861,8 +872,15 @@ impl Vm {
         running: &mut Running,
     ) -> VmEnd {
         let mut halted = 0;
-        // Wake up this often to notice SIGINT/SIGTERM (see crate::signals).
-        const SIGNAL_POLL: Duration = Duration::from_millis(50);
+        // Stop signals arrive as VmEvent::Signal through the relay; without
+        // one, wake up this often to notice SIGINT/SIGTERM (crate::signals).
+        // The long wait is only a safety net: a guest that runs idle keeps
+        // this thread asleep (every wake-up preempts a vCPU on a busy host).
+        let signal_poll = if running.relay.is_some() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(50)
+        };
         loop {
             if let Some(sig) = crate::signals::received() {
                 self.stamp_pending_ready(report);
@@ -871,14 +889,14 @@ impl Vm {
             }
             let slice = match timeout {
                 Some(t) => match t.checked_sub(started.elapsed()) {
-                    Some(left) => left.min(SIGNAL_POLL),
+                    Some(left) => left.min(signal_poll),
                     None => {
                         self.stamp_pending_ready(report);
                         report.mark(Phase::Exited);
                         return VmEnd::Timeout(t);
                     }
                 },
-                None => SIGNAL_POLL,
+                None => signal_poll,
             };
             let event = match self.events_rx.recv_timeout(slice) {
                 Ok(ev) => ev,
@@ -890,6 +908,7 @@ impl Vm {
                     report.mark_at(Phase::Ready, at_ns);
                     continue;
                 }
+                VmEvent::Signal => continue,
                 VmEvent::Control => {
                     while let Ok(req) = self.snapshots_rx.try_recv() {
                         let r = self
@@ -967,6 +986,8 @@ struct Running {
     handles: Vec<(u32, JoinHandle<()>)>,
     host_threads: Vec<HostThread>,
     filter: Option<Arc<seccompiler::BpfProgram>>,
+    /// Wakes [`Vm::wait_for_end`] on a stop signal (`None`: it checks every 50 ms).
+    relay: Option<crate::signals::SignalRelay>,
 }
 
 /// Sets the stop flag, kicks every vCPU thread until it leaves KVM_RUN, joins them.
