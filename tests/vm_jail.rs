@@ -324,30 +324,32 @@ fn a_vmm_that_does_not_stop_is_killed_after_the_grace() {
     env.assert_clean("stuck");
 }
 
-/// Voluntary context switches of every thread of `pid` but its vCPUs.
-fn host_side_switches(pid: i32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    let mut n = 0;
+/// Voluntary context switches per thread of `pid`, vCPU threads left out.
+fn host_side_switches(pid: i32) -> std::collections::BTreeMap<String, u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
+    let mut out = std::collections::BTreeMap::new();
     for t in tasks.flatten() {
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let name = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Name:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let name = field("Name:").unwrap_or_default();
         if name.starts_with("duet-vcpu") {
             continue;
         }
-        n += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let n = field("voluntary_ctxt_switches:").and_then(|v| v.parse().ok());
+        if let Some(n) = n {
+            out.insert(
+                format!("{pid}/{} {name}", t.file_name().to_string_lossy()),
+                n,
+            );
+        }
     }
-    n
+    out
 }
 
 #[test]
@@ -370,24 +372,44 @@ fn a_running_vms_host_side_sleeps_instead_of_waking_on_timers() {
     let vmm = jailed_vmm(&env, &mut duet);
     std::thread::sleep(Duration::from_millis(500));
     let pids = [duet.id() as i32, vmm];
-    let before: u64 = pids.iter().map(|&p| host_side_switches(p)).sum();
+    let sample = || -> std::collections::BTreeMap<String, u64> {
+        pids.iter().flat_map(|&p| host_side_switches(p)).collect()
+    };
+    let before = sample();
     let window = Duration::from_secs(3);
     std::thread::sleep(window);
-    let after: u64 = pids.iter().map(|&p| host_side_switches(p)).sum();
+    let after = sample();
     assert!(duet.try_wait().unwrap().is_none(), "duet ended early");
+    // Per thread, threads present at both looks (none may come or go).
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    let per_thread: Vec<(String, u64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(before[k])))
+        .collect();
+    // A stop signal wakes the waiting threads at once, not at their next
+    // safety-net check (1 s): SIGTERM to the end of duet, VM stopped.
+    let t = Instant::now();
     // SAFETY: plain kill of our child.
     assert_eq!(unsafe { libc::kill(duet.id() as i32, libc::SIGTERM) }, 0);
     let st = duet.wait().unwrap();
+    let stopped_in = t.elapsed();
     assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{st}");
     assert!(gone_within(vmm, Duration::from_secs(10)), "VMM {vmm} left");
     env.assert_clean("asleep");
     // What remains are safety nets: the VM's waiting thread and the jail's
     // parent at most once a second, the vsock device's connection timeouts
     // twice a second. A 50 ms timer alone would be 60 in this window.
-    let woke = after - before;
-    println!("host threads woke {woke} times in {window:?}");
+    let woke: u64 = per_thread.iter().map(|(_, n)| n).sum();
+    println!("host threads woke {woke} times in {window:?}: {per_thread:?}; SIGTERM to exit {stopped_in:?}");
     assert!(
         woke <= 25,
-        "duet's and its VMM's host threads woke {woke} times in {window:?} of an idle VM"
+        "duet's and its VMM's host threads woke {woke} times in {window:?} of an idle VM: {per_thread:?}"
+    );
+    assert!(
+        stopped_in < Duration::from_millis(700),
+        "SIGTERM took {stopped_in:?} to stop the VM"
     );
 }

@@ -14,9 +14,9 @@
 //! binary is the user's (`--firecracker PATH`, or `firecracker` on PATH),
 //! and without one the row says how to get it.
 
-use crate::qemu::{console_failure, keep_initrd, spawn_with_deadline, GuestSource, MicrovmSpec};
+use crate::qemu::{boot_once, keep_initrd, GuestSource, MicrovmSpec};
 use crate::startup::{
-    self, tail, Progress, StartError, StartSample, Starter, StartupConfig, StartupResult,
+    self, Progress, StartError, StartSample, Starter, StartupConfig, StartupResult,
 };
 use crate::Kind;
 use std::path::{Path, PathBuf};
@@ -168,38 +168,7 @@ impl Starter for FirecrackerStarter {
             .binary
             .clone()
             .ok_or_else(|| StartError::Other(format!("{PROGRAM} not found")))?;
-        let program = binary.display().to_string();
-        let mut cmd = Command::new(&binary);
-        cmd.args(args(&self.config));
-        let out =
-            spawn_with_deadline(&mut cmd, self.timeout).map_err(|source| StartError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        let Some(out) = out else {
-            return Err(StartError::Other(format!(
-                "{program} still running after {} s (killed): the guest hung",
-                self.timeout.as_secs()
-            )));
-        };
-        if !out.status.success() {
-            return Err(StartError::Exit {
-                program,
-                status: out.status.to_string(),
-                stderr: tail(&[out.stdout.as_slice(), out.stderr.as_slice()].concat()),
-            });
-        }
-        if let Some(line) = console_failure(&String::from_utf8_lossy(&out.stdout)) {
-            return Err(StartError::Other(format!(
-                "{program} exited but the guest failed: {line}"
-            )));
-        }
-        Ok(StartSample {
-            wall_ms: (out.exited_ns - out.spawned_ns) as f64 / 1e6,
-            spawn_to_t0_ms: None,
-            last_stamp_to_exit_ms: None,
-            report: None,
-        })
+        boot_once(&binary, &args(&self.config), self.timeout)
     }
 }
 

@@ -188,39 +188,50 @@ impl Starter for QemuStarter {
             .binary
             .clone()
             .ok_or_else(|| StartError::Other(format!("{QEMU_PROGRAM} not installed")))?;
-        let program = binary.display().to_string();
-        let mut cmd = Command::new(&binary);
-        cmd.args(microvm_args(&self.spec));
-        let out =
-            spawn_with_deadline(&mut cmd, self.timeout).map_err(|source| StartError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        let Some(out) = out else {
-            return Err(StartError::Other(format!(
-                "{program} still running after {} s (killed): the guest hung",
-                self.timeout.as_secs()
-            )));
-        };
-        if !out.status.success() {
-            return Err(StartError::Exit {
-                program,
-                status: out.status.to_string(),
-                stderr: tail(&[out.stdout.as_slice(), out.stderr.as_slice()].concat()),
-            });
-        }
-        if let Some(line) = console_failure(&String::from_utf8_lossy(&out.stdout)) {
-            return Err(StartError::Other(format!(
-                "{program} exited but the guest failed: {line}"
-            )));
-        }
-        Ok(StartSample {
-            wall_ms: (out.exited_ns - out.spawned_ns) as f64 / 1e6,
-            spawn_to_t0_ms: None,
-            last_stamp_to_exit_ms: None,
-            report: None,
-        })
+        boot_once(&binary, &microvm_args(&self.spec), self.timeout)
     }
+}
+
+/// One boot of a VM peer (QEMU, Firecracker): `binary ARGS`, timed from
+/// spawn to exit like duet's own rows; it counts only if the VMM exits 0
+/// with no kernel panic or duet-init error on the console
+/// ([`console_failure`]), within `timeout` (else it is killed).
+pub fn boot_once(
+    binary: &Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<StartSample, StartError> {
+    let program = binary.display().to_string();
+    let mut cmd = Command::new(binary);
+    cmd.args(args);
+    let out = spawn_with_deadline(&mut cmd, timeout).map_err(|source| StartError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let Some(out) = out else {
+        return Err(StartError::Other(format!(
+            "{program} still running after {} s (killed): the guest hung",
+            timeout.as_secs()
+        )));
+    };
+    if !out.status.success() {
+        return Err(StartError::Exit {
+            program,
+            status: out.status.to_string(),
+            stderr: tail(&[out.stdout.as_slice(), out.stderr.as_slice()].concat()),
+        });
+    }
+    if let Some(line) = console_failure(&String::from_utf8_lossy(&out.stdout)) {
+        return Err(StartError::Other(format!(
+            "{program} exited but the guest failed: {line}"
+        )));
+    }
+    Ok(StartSample {
+        wall_ms: (out.exited_ns - out.spawned_ns) as f64 / 1e6,
+        spawn_to_t0_ms: None,
+        last_stamp_to_exit_ms: None,
+        report: None,
+    })
 }
 
 /// An anonymous in-memory file for a child's output: nothing to drain

@@ -145,7 +145,12 @@ static int sample_tree(pid_t root, long guest_kib, long *rss, long *guest, long 
         }
     }
     closedir(d);
-    if (*vmm < 0) return sample_smaps(root, guest_kib, rss, guest, hwm);
+    if (*vmm < 0) {
+        /* No process maps the guest RAM: report CMD itself, nothing beside it. */
+        *others = 0;
+        *nothers = 0;
+        return sample_smaps(root, guest_kib, rss, guest, hwm);
+    }
     return 0;
 }
 

@@ -300,8 +300,10 @@ milestones() {
     done
 }
 if [ "$diagnose" = 1 ]; then
-    dcmd="$cmdline initcall_debug"
-    DUET_KERNEL_APPEND=initcall_debug vmmtime -t "$timeout_s" @uptime "$work/diag.duet" -- \
+    # A log buffer large enough that initcall_debug's lines do not push
+    # out the early boot.
+    dcmd="$cmdline initcall_debug log_buf_len=1M"
+    DUET_KERNEL_APPEND="initcall_debug log_buf_len=1M" vmmtime -t "$timeout_s" @uptime "$work/diag.duet" -- \
         duet run --isolation vm --memory "$mem_mib" busybox -- dmesg >/dev/null
     # shellcheck disable=SC2046 # word splitting of the command is intended
     vmmtime -t "$timeout_s" @uptime "$work/diag.qemu" -- $(qemu_cmd "$work/initrd-dmesg.cpio") -append "$dcmd" >/dev/null

@@ -134,32 +134,37 @@ impl Drop for RunGuard {
 
 /// A thread that waits on [`wake_fd`] and calls `notify` once a stop
 /// signal came, so a thread waiting on a channel (the VM's end) hears of it
-/// without checking on a timer. Ends with [`SignalRelay::stop`].
+/// without checking on a timer. Ends when dropped.
 pub struct SignalRelay {
-    stop: vmm_sys_util::eventfd::EventFd,
-    handle: std::thread::JoinHandle<()>,
+    stop: std::sync::Arc<vmm_sys_util::eventfd::EventFd>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SignalRelay {
-    /// Starts the relay (`None` without a wake-up fd or a thread: the
-    /// waiter then keeps its timer). The thread gets `filter` first.
+    /// Starts the relay (`None` without a wake-up fd, a thread, or its
+    /// seccomp filter: the waiter then keeps its timer). The thread gets
+    /// `filter` before it reports that it runs.
     pub fn spawn(
         notify: Box<dyn Fn() + Send>,
         filter: Option<std::sync::Arc<seccompiler::BpfProgram>>,
     ) -> Option<SignalRelay> {
+        use std::os::fd::AsRawFd;
         let wake = wake_fd()?;
-        let stop = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).ok()?;
-        let stop_rx = stop.try_clone().ok()?;
+        let stop = std::sync::Arc::new(
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).ok()?,
+        );
+        let stop_rx = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("duet-signals".into())
             .stack_size(crate::vcpu::VMM_THREAD_STACK)
             .spawn(move || {
-                if let Some(f) = filter {
-                    if crate::seccomp::install(&f, "signal relay").is_err() {
-                        return;
-                    }
+                let filtered =
+                    filter.is_none_or(|f| crate::seccomp::install(&f, "signal relay").is_ok());
+                let _ = ready_tx.send(filtered);
+                if !filtered {
+                    return;
                 }
-                use std::os::fd::AsRawFd;
                 loop {
                     let mut fds = [stop_rx.as_raw_fd(), wake].map(|fd| libc::pollfd {
                         fd,
@@ -170,23 +175,33 @@ impl SignalRelay {
                     if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } <= 0 {
                         continue;
                     }
-                    if fds[0].revents != 0 {
+                    let broken = libc::POLLERR | libc::POLLNVAL;
+                    if fds[0].revents != 0 || fds[1].revents & broken != 0 {
                         return;
                     }
+                    // Drained before the check: a signal after it writes again.
+                    drain_wake();
                     if received().is_some() {
                         notify();
                         return;
                     }
-                    drain_wake();
                 }
             })
             .ok()?;
-        Some(SignalRelay { stop, handle })
+        let relay = SignalRelay {
+            stop,
+            handle: Some(handle),
+        };
+        // A relay that could not take its filter is no relay.
+        ready_rx.recv().unwrap_or(false).then_some(relay)
     }
+}
 
-    /// Ends the thread and waits for it.
-    pub fn stop(self) {
+impl Drop for SignalRelay {
+    fn drop(&mut self) {
         let _ = self.stop.write(1);
-        let _ = self.handle.join();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }

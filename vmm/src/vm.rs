@@ -783,9 +783,7 @@ impl Vm {
             input.stop();
         }
         running.host_threads.into_iter().for_each(HostThread::stop);
-        if let Some(r) = running.relay {
-            r.stop();
-        }
+        drop(running.relay);
         stopped?;
 
         let mut counters: BTreeMap<String, u64> = BTreeMap::new();
@@ -986,7 +984,8 @@ struct Running {
     handles: Vec<(u32, JoinHandle<()>)>,
     host_threads: Vec<HostThread>,
     filter: Option<Arc<seccompiler::BpfProgram>>,
-    /// Wakes [`Vm::wait_for_end`] on a stop signal (`None`: it checks every 50 ms).
+    /// Wakes [`Vm::wait_for_end`] on a stop signal (`None`: it checks every
+    /// 50 ms); ends when dropped.
     relay: Option<crate::signals::SignalRelay>,
 }
 

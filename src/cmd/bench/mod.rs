@@ -466,26 +466,19 @@ impl Bench {
                 self.report.startup.push(r);
             }
         }
-        if vm_peers && isolations.contains(&Isolation::Vm) && !interrupt::requested() {
-            let (r, note) = qemu::peer_startup(
-                &cfg,
-                &self.guest_source(),
-                self.scratch.path(),
-                &mut self.bars,
-            );
-            self.bars.clear();
-            say_startup(&r);
-            self.report.startup.push(r);
-            self.report.notes.extend(note);
-        }
-        if vm_peers && isolations.contains(&Isolation::Vm) && !interrupt::requested() {
-            let (r, note) = firecracker::peer_startup(
-                &cfg,
-                &self.guest_source(),
-                a.firecracker.as_deref(),
-                self.scratch.path(),
-                &mut self.bars,
-            );
+        // The VM peers on duet's own guest: QEMU microvm, then Firecracker.
+        for firecracker_row in [false, true] {
+            if !vm_peers || !isolations.contains(&Isolation::Vm) || interrupt::requested() {
+                break;
+            }
+            let src = self.guest_source();
+            let dir = self.scratch.path().to_path_buf();
+            let (r, note) = if firecracker_row {
+                let fc = a.firecracker.as_deref();
+                firecracker::peer_startup(&cfg, &src, fc, &dir, &mut self.bars)
+            } else {
+                qemu::peer_startup(&cfg, &src, &dir, &mut self.bars)
+            };
             self.bars.clear();
             say_startup(&r);
             self.report.startup.push(r);

@@ -451,12 +451,20 @@ pub(super) fn vm_in_testbed(
         script += &testbed_section(&name, &inner_bench_args(scenario, iso, peers, &extra));
         benches.push((name, scenario, iso));
     };
-    // The Firecracker peer: the user's binary, packed at its own path.
+    // The Firecracker peer: the user's binary, packed at its own path; a
+    // given path that is no program goes in as given, and the row inside
+    // says so.
     let mut with_libs = Vec::new();
+    let mut fc_arg = None;
     if let Some(a) = plan.startup.as_ref().filter(|_| qemu_row) {
         let explicit = a.firecracker.as_deref();
-        if let Some(fc) = firecracker::detect(explicit).binary {
-            with_libs.push(std::fs::canonicalize(&fc).unwrap_or(fc));
+        match firecracker::detect(explicit).binary {
+            Some(fc) => {
+                let fc = std::fs::canonicalize(&fc).unwrap_or(fc);
+                fc_arg = Some(fc.display().to_string());
+                with_libs.push(fc);
+            }
+            None => fc_arg = explicit.map(|p| p.display().to_string()),
         }
     }
     if plan.startup.is_some() {
@@ -467,8 +475,8 @@ pub(super) fn vm_in_testbed(
             "1".into(),
         ];
         let mut vm_extra = extra.clone();
-        if let Some(fc) = with_libs.first() {
-            vm_extra.extend(["--firecracker".to_string(), fc.display().to_string()]);
+        if let Some(fc) = &fc_arg {
+            vm_extra.extend(["--firecracker".to_string(), fc.clone()]);
         }
         add("startup", "vm", vm_extra);
         // The same container start inside the same emulated machine: the only
