@@ -14,7 +14,7 @@
 //! binary is the user's (`--firecracker PATH`, or `firecracker` on PATH),
 //! and without one the row says how to get it.
 
-use crate::qemu::{boot_once, keep_initrd, GuestSource, MicrovmSpec};
+use crate::qemu::{boot_once, failed_row, prepare_guest, GuestSource, MicrovmSpec};
 use crate::startup::{
     self, Progress, StartError, StartSample, Starter, StartupConfig, StartupResult,
 };
@@ -184,43 +184,17 @@ pub fn peer_startup(
 ) -> (StartupResult, Option<String>) {
     let peer = detect(explicit);
     let label = peer.label();
-    if let Some(why) = &peer.unavailable {
-        return (StartupResult::unavailable(&label, Kind::Vm, why), None);
-    }
-    let kernel = match &src.kernel {
-        Ok(k) => k.clone(),
-        Err(why) => return (StartupResult::unavailable(&label, Kind::Vm, why), None),
-    };
-    let failed = |why: String| StartupResult {
-        status: startup::RowStatus::Failed(why),
-        runs: cfg.runs,
-        warmup: cfg.warmup,
-        ..StartupResult::unavailable(&label, Kind::Vm, "")
-    };
-    let command: Vec<&str> = src.command.iter().map(String::as_str).collect();
     let dest = workdir.join("firecracker-initrd.cpio");
-    let initrd = match keep_initrd(
-        &src.duet,
-        &src.state_root,
-        src.memory_mib,
-        &src.image,
-        &command,
-        &dest,
-    ) {
-        Ok(i) => i,
-        Err(why) => return (failed(format!("preparing the initramfs: {why}")), None),
-    };
-    let spec = MicrovmSpec {
-        kernel,
-        initrd: initrd.path.clone(),
-        cmdline: src.cmdline.clone(),
-        memory_mib: src.memory_mib,
-        vcpus: src.vcpus,
-    };
+    let (spec, initrd_bytes) =
+        match prepare_guest(cfg, src, &label, peer.unavailable.as_deref(), &dest) {
+            Ok(g) => g,
+            Err(row) => return (*row, None),
+        };
     let config = workdir.join("firecracker.json");
     if let Err(e) = std::fs::write(&config, config_json(&spec)) {
-        let _ = std::fs::remove_file(&initrd.path);
-        return (failed(format!("writing {}: {e}", config.display())), None);
+        let _ = std::fs::remove_file(&dest);
+        let why = format!("writing {}: {e}", config.display());
+        return (failed_row(cfg, &label, why), None);
     }
     let mut starter = FirecrackerStarter {
         peer: peer.clone(),
@@ -228,7 +202,7 @@ pub fn peer_startup(
         timeout: RUN_TIMEOUT,
     };
     let row = startup::run(cfg, &mut starter, progress);
-    let _ = std::fs::remove_file(&initrd.path);
+    let _ = std::fs::remove_file(&dest);
     let _ = std::fs::remove_file(&config);
     let note = format!(
         "{label}: {} timed runs after {} warm-up of `{} {}`, wall time from spawn to exit \
@@ -248,7 +222,7 @@ pub fn peer_startup(
             .display(),
         args(Path::new("CFG")).join(" "),
         spec.kernel.display(),
-        initrd.bytes,
+        initrd_bytes,
         src.image,
         src.command.join(" "),
         src.vcpus,

@@ -410,6 +410,61 @@ pub struct GuestSource {
     pub command: Vec<String>,
 }
 
+/// What a VM peer boots, prepared for the row `label`: duet's guest as a
+/// [`MicrovmSpec`], its initramfs copied to `dest` out of a kept instance
+/// ([`keep_initrd`]; the caller removes the copy), with the copy's size;
+/// or the row saying why not (the peer `unavailable`, no kernel, or the
+/// initramfs could not be made).
+pub fn prepare_guest(
+    cfg: &StartupConfig,
+    src: &GuestSource,
+    label: &str,
+    unavailable: Option<&str>,
+    dest: &Path,
+) -> Result<(MicrovmSpec, u64), Box<StartupResult>> {
+    if let Some(why) = unavailable {
+        return Err(Box::new(StartupResult::unavailable(label, Kind::Vm, why)));
+    }
+    let kernel = src
+        .kernel
+        .clone()
+        .map_err(|why| Box::new(StartupResult::unavailable(label, Kind::Vm, &why)))?;
+    let command: Vec<&str> = src.command.iter().map(String::as_str).collect();
+    let initrd = keep_initrd(
+        &src.duet,
+        &src.state_root,
+        src.memory_mib,
+        &src.image,
+        &command,
+        dest,
+    )
+    .map_err(|why| {
+        Box::new(failed_row(
+            cfg,
+            label,
+            format!("preparing the initramfs: {why}"),
+        ))
+    })?;
+    let spec = MicrovmSpec {
+        kernel,
+        initrd: initrd.path,
+        cmdline: src.cmdline.clone(),
+        memory_mib: src.memory_mib,
+        vcpus: src.vcpus,
+    };
+    Ok((spec, initrd.bytes))
+}
+
+/// A VM peer's row that failed before its runs.
+pub fn failed_row(cfg: &StartupConfig, label: &str, why: String) -> StartupResult {
+    StartupResult {
+        status: startup::RowStatus::Failed(why),
+        runs: cfg.runs,
+        warmup: cfg.warmup,
+        ..StartupResult::unavailable(label, Kind::Vm, "")
+    }
+}
+
 /// The `qemu microvm` startup row and a note saying what was measured and
 /// how (or `None` when it did not run). `workdir` holds the initramfs copy.
 pub fn peer_startup(
@@ -420,45 +475,19 @@ pub fn peer_startup(
 ) -> (StartupResult, Option<String>) {
     let peer = detect();
     let label = peer.label();
-    if let Some(why) = &peer.unavailable {
-        return (StartupResult::unavailable(&label, Kind::Vm, why), None);
-    }
-    let kernel = match &src.kernel {
-        Ok(k) => k.clone(),
-        Err(why) => return (StartupResult::unavailable(&label, Kind::Vm, why), None),
-    };
-    let failed = |why: String| StartupResult {
-        status: startup::RowStatus::Failed(why),
-        runs: cfg.runs,
-        warmup: cfg.warmup,
-        ..StartupResult::unavailable(&label, Kind::Vm, "")
-    };
-    let command: Vec<&str> = src.command.iter().map(String::as_str).collect();
     let dest = workdir.join("qemu-initrd.cpio");
-    let initrd = match keep_initrd(
-        &src.duet,
-        &src.state_root,
-        src.memory_mib,
-        &src.image,
-        &command,
-        &dest,
-    ) {
-        Ok(i) => i,
-        Err(why) => return (failed(format!("preparing the initramfs: {why}")), None),
-    };
+    let (spec, initrd_bytes) =
+        match prepare_guest(cfg, src, &label, peer.unavailable.as_deref(), &dest) {
+            Ok(g) => g,
+            Err(row) => return (*row, None),
+        };
     let mut starter = QemuStarter {
         peer: peer.clone(),
-        spec: MicrovmSpec {
-            kernel,
-            initrd: initrd.path.clone(),
-            cmdline: src.cmdline.clone(),
-            memory_mib: src.memory_mib,
-            vcpus: src.vcpus,
-        },
+        spec,
         timeout: RUN_TIMEOUT,
     };
     let row = startup::run(cfg, &mut starter, progress);
-    let _ = std::fs::remove_file(&initrd.path);
+    let _ = std::fs::remove_file(&dest);
     let note = format!(
         "{label}: {} timed runs after {} warm-up of `{} {}`, wall time from spawn to exit \
          (as for duet vm); same guest kernel ({}), same initramfs (the {}-byte initrd.cpio of \
@@ -471,7 +500,7 @@ pub fn peer_startup(
         QEMU_PROGRAM,
         microvm_args(&starter.spec).join(" "),
         starter.spec.kernel.display(),
-        initrd.bytes,
+        initrd_bytes,
         src.image,
         src.command.join(" "),
         src.vcpus,
