@@ -207,6 +207,28 @@ if [ -n "$fc" ]; then
     [ "$verbose" = 1 ] && { echo "--- Firecracker warm-up console:"; tr -d '\r' <"$work/fc.warm"; }
 fi
 
+# A peer's timed run: $1 = name in the log, $2 = file prefix (run $i's
+# output is $work/$2.$i), $3 = vmmtime's result line; appends to $work/$2.tsv.
+peer_timed() {
+    up=$(uptime_of "$work/$2.$i")
+    if [ -n "$up" ]; then
+        printf '%s\t%s\t%s\n' "$up" "$(field marker_ms "$3")" "$(field wall_ms "$3")" >>"$work/$2.tsv"
+        echo "bench-vmm: $1 run $i: guest_ready ${up} s, to_ready $(field marker_ms "$3") ms, wall $(field wall_ms "$3") ms"
+    else
+        echo "bench-vmm: $1 run $i FAILED ($3):"; tr -d '\r' <"$work/$2.$i" | tail -n 30; failed=1
+    fi
+}
+# A peer's memory run, the same way ($work/$2-mem.$i, $work/$2-mem.tsv).
+peer_memory() {
+    g=$(field guest_kib "$3"); t=$(field rss_kib "$3")
+    if [ -n "$g" ] && [ "$g" -gt 0 ]; then
+        printf '%s\t%s\t%s\t%s\n' "$((t - g))" "$t" "$g" "$(field maxrss_kib "$3")" >>"$work/$2-mem.tsv"
+        echo "bench-vmm: $1 memory run $i: sampled rss ${t} KiB, guest ${g} KiB, overhead $((t - g)) KiB, max rss $(field maxrss_kib "$3") KiB"
+    else
+        echo "bench-vmm: $1 memory run $i FAILED ($3):"; tr -d '\r' <"$work/$2-mem.$i" | tail -n 30; failed=1
+    fi
+}
+
 : >"$work/duet.tsv"
 : >"$work/qemu.tsv"
 : >"$work/fc.tsv"
@@ -226,24 +248,8 @@ while [ "$i" -le "$runs" ]; do
     else
         echo "bench-vmm: duet run $i FAILED ($r):"; tr -d '\r' <"$work/duet.$i" | tail -n 30; failed=1
     fi
-    r=$(run_qemu "$work/qemu.$i" "$work/initrd-time.cpio")
-    up=$(uptime_of "$work/qemu.$i")
-    if [ -n "$up" ]; then
-        printf '%s\t%s\t%s\n' "$up" "$(field marker_ms "$r")" "$(field wall_ms "$r")" >>"$work/qemu.tsv"
-        echo "bench-vmm: qemu run $i: guest_ready ${up} s, to_ready $(field marker_ms "$r") ms, wall $(field wall_ms "$r") ms"
-    else
-        echo "bench-vmm: qemu run $i FAILED ($r):"; tr -d '\r' <"$work/qemu.$i" | tail -n 30; failed=1
-    fi
-    if [ -n "$fc" ]; then
-        r=$(run_fc "$work/fc.$i" "$work/fc-time.json")
-        up=$(uptime_of "$work/fc.$i")
-        if [ -n "$up" ]; then
-            printf '%s\t%s\t%s\n' "$up" "$(field marker_ms "$r")" "$(field wall_ms "$r")" >>"$work/fc.tsv"
-            echo "bench-vmm: firecracker run $i: guest_ready ${up} s, to_ready $(field marker_ms "$r") ms, wall $(field wall_ms "$r") ms"
-        else
-            echo "bench-vmm: firecracker run $i FAILED ($r):"; tr -d '\r' <"$work/fc.$i" | tail -n 30; failed=1
-        fi
-    fi
+    peer_timed qemu qemu "$(run_qemu "$work/qemu.$i" "$work/initrd-time.cpio")"
+    [ -z "$fc" ] || peer_timed firecracker fc "$(run_fc "$work/fc.$i" "$work/fc-time.json")"
     i=$((i + 1))
 done
 
@@ -264,25 +270,8 @@ while [ "$i" -le "$mem_runs" ]; do
     else
         echo "bench-vmm: duet memory run $i FAILED ($r):"; tr -d '\r' <"$work/duet-mem.$i" | tail -n 30; failed=1
     fi
-    r=$(vmmtime -t "$timeout_s" -m "$guest_kib" $vflag @uptime "$work/qemu-mem.$i" -- \
-        $(qemu_cmd "$work/initrd-mem.cpio") -append "$cmdline")
-    g=$(field guest_kib "$r"); t=$(field rss_kib "$r")
-    if [ -n "$g" ] && [ "$g" -gt 0 ]; then
-        printf '%s\t%s\t%s\t%s\n' "$((t - g))" "$t" "$g" "$(field maxrss_kib "$r")" >>"$work/qemu-mem.tsv"
-        echo "bench-vmm: qemu memory run $i: sampled rss ${t} KiB, guest ${g} KiB, overhead $((t - g)) KiB, max rss $(field maxrss_kib "$r") KiB"
-    else
-        echo "bench-vmm: qemu memory run $i FAILED ($r):"; tr -d '\r' <"$work/qemu-mem.$i" | tail -n 30; failed=1
-    fi
-    if [ -n "$fc" ]; then
-        r=$(run_fc "$work/fc-mem.$i" "$work/fc-mem.json" -m "$guest_kib" $vflag)
-        g=$(field guest_kib "$r"); t=$(field rss_kib "$r")
-        if [ -n "$g" ] && [ "$g" -gt 0 ]; then
-            printf '%s\t%s\t%s\t%s\n' "$((t - g))" "$t" "$g" "$(field maxrss_kib "$r")" >>"$work/fc-mem.tsv"
-            echo "bench-vmm: firecracker memory run $i: sampled rss ${t} KiB, guest ${g} KiB, overhead $((t - g)) KiB, max rss $(field maxrss_kib "$r") KiB"
-        else
-            echo "bench-vmm: firecracker memory run $i FAILED ($r):"; tr -d '\r' <"$work/fc-mem.$i" | tail -n 30; failed=1
-        fi
-    fi
+    peer_memory qemu qemu "$(run_qemu "$work/qemu-mem.$i" "$work/initrd-mem.cpio" -m "$guest_kib" $vflag)"
+    [ -z "$fc" ] || peer_memory firecracker fc "$(run_fc "$work/fc-mem.$i" "$work/fc-mem.json" -m "$guest_kib" $vflag)"
     i=$((i + 1))
 done
 
